@@ -1,0 +1,26 @@
+# pipeline3d: raw archives -> manifest -> cache shards -> fingerprints -> splits (-> pretrain, embed, eval, report).
+# Wiring only: the logic lives in src/pipeline3d; each rule calls `python -m pipeline3d.stages.<rule>`.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/cache.smk"
+include: "workflow/rules/splits.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        data_targets(),
+
+
+rule data_all:
+    input:
+        data_targets(),

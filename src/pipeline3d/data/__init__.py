@@ -1,0 +1,1 @@
+"""Data stages: demo generator, ingest, cache, fingerprints and splits."""

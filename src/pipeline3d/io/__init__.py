@@ -1,0 +1,1 @@
+"""I/O: atomic writes, safe archive reading, format readers, item store and cache shards."""

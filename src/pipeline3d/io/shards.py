@@ -1,0 +1,164 @@
+"""Cache shards: HDF5 files of fixed-shape per-shape arrays, one shape per chunk, for random access.
+
+A shard is written to a temporary file and renamed into place only when complete; its attributes carry the
+schema version, dataset, shard number and cache profile (with a hash). ``validate_shard`` detects truncated,
+incomplete and foreign files; readers refuse them, and the workflow moves them aside so they are rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..data.cache_schema import ARRAYS, KIND_ARRAYS, PRIMITIVE_ARRAYS, array_spec
+from ..versions import CACHE_SCHEMA_VERSION
+from .atomic import atomic_path
+
+FORMAT = "pipeline3d-cache"
+
+
+def profile_hash(profile: dict) -> str:
+    return hashlib.sha256(json.dumps(profile, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shard_of(shape_id: str, n_shards: int) -> int:
+    """Shard assignment by a stable hash of the shape id (independent of list position)."""
+    return int.from_bytes(hashlib.sha256(shape_id.encode()).digest()[:8], "little") % n_shards
+
+
+class ShardWriter:
+    """Write rows (one shape each) into a new shard; atomic: nothing appears at ``path`` unless closed cleanly."""
+
+    def __init__(self, path, *, dataset: str, shard: int, n_shards: int, kind: str, profile: dict,
+                 compression: str = "lzf"):
+        self.path = Path(path)
+        self.dataset, self.shard, self.n_shards, self.kind, self.profile = dataset, shard, n_shards, kind, profile
+        self.keys = KIND_ARRAYS[kind]
+        self.compression = None if compression == "none" else compression
+        self._ids: list[str] = []
+
+    def __enter__(self) -> "ShardWriter":
+        self._ctx = atomic_path(self.path)
+        self._h5 = h5py.File(self._ctx.__enter__(), "w")
+        for key in self.keys:
+            shape, dtype = array_spec(key, self.profile)
+            self._h5.create_dataset(key, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                    chunks=(1, *shape), compression=self.compression)
+        return self
+
+    def append(self, shape_id: str, arrays: dict[str, np.ndarray]) -> None:
+        missing = set(self.keys) - set(arrays)
+        extra = set(arrays) - set(self.keys)
+        if missing or extra:
+            raise ValueError(f"{shape_id}: cache arrays mismatch (missing {sorted(missing)}, extra {sorted(extra)})")
+        row = len(self._ids)
+        for key in self.keys:
+            ds = self._h5[key]
+            value = np.asarray(arrays[key])
+            if value.shape != ds.shape[1:]:
+                raise ValueError(f"{shape_id}: array {key} has shape {value.shape}, expected {ds.shape[1:]}")
+            ds.resize(row + 1, axis=0)
+            ds[row] = value.astype(ds.dtype, copy=False)
+        self._ids.append(shape_id)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._h5.create_dataset("shape_id", data=np.array(self._ids, dtype=object),
+                                        dtype=h5py.string_dtype("utf-8"))
+                self._h5.attrs.update(
+                    format=FORMAT, schema_version=CACHE_SCHEMA_VERSION, dataset=self.dataset, shard=self.shard,
+                    n_shards=self.n_shards, kind=self.kind, profile=json.dumps(self.profile, sort_keys=True),
+                    profile_hash=profile_hash(self.profile), n_rows=len(self._ids), arrays=json.dumps(self.keys),
+                )
+                # Written last: a file without it was never finished.
+                self._h5.attrs["complete"] = 1
+        finally:
+            self._h5.close()
+            self._ctx.__exit__(exc_type, exc, tb)
+
+
+def validate_shard(path, *, dataset: str | None = None, shard: int | None = None, profile: dict | None = None,
+                   deep: bool = False) -> str | None:
+    """Return None if ``path`` is a complete shard matching the expectations, else the reason it is not."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    try:
+        with h5py.File(path, "r") as h5:
+            a = h5.attrs
+            if a.get("format") != FORMAT:
+                return "foreign file (not a pipeline3d cache shard)"
+            if int(a.get("schema_version", -1)) != CACHE_SCHEMA_VERSION:
+                return f"schema version {a.get('schema_version')} != {CACHE_SCHEMA_VERSION}"
+            if int(a.get("complete", 0)) != 1:
+                return "incomplete (writer did not finish)"
+            if dataset is not None and a.get("dataset") != dataset:
+                return f"belongs to dataset {a.get('dataset')!r}, not {dataset!r}"
+            if shard is not None and int(a.get("shard", -1)) != shard:
+                return f"is shard {a.get('shard')}, not {shard}"
+            if profile is not None and a.get("profile_hash") != profile_hash(profile):
+                return "built with a different cache profile"
+            n = int(a["n_rows"])
+            keys = json.loads(a["arrays"])
+            if h5["shape_id"].shape[0] != n:
+                return "row count does not match shape ids"
+            for key in keys:
+                if key not in h5 or h5[key].shape[0] != n:
+                    return f"array {key} missing or has the wrong row count"
+            if deep and n:
+                for key in keys:  # touches the last chunk of every array: catches truncation
+                    h5[key][n - 1]
+    except (OSError, KeyError, ValueError) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    return None
+
+
+class ShardReader:
+    """Random access to rows of one shard, restricted to the arrays a primitive may see."""
+
+    def __init__(self, path, primitive: str = "all"):
+        self.path = Path(path)
+        reason = validate_shard(self.path)
+        if reason:
+            raise ValueError(f"{self.path}: invalid cache shard: {reason}")
+        self._h5 = h5py.File(self.path, "r")
+        self.attrs = dict(self._h5.attrs)
+        self.profile = json.loads(self.attrs["profile"])
+        present = json.loads(self.attrs["arrays"])
+        self.allowed = tuple(k for k in PRIMITIVE_ARRAYS[primitive] if k in present)
+        self.shape_ids = [s.decode() if isinstance(s, bytes) else s for s in self._h5["shape_id"][:]]
+
+    def __len__(self) -> int:
+        return len(self.shape_ids)
+
+    def read(self, row: int, keys=None) -> dict[str, np.ndarray]:
+        keys = self.allowed if keys is None else tuple(keys)
+        for key in keys:
+            if key not in self.allowed:
+                if key in ARRAYS:
+                    raise PermissionError(f"array {key!r} is not visible to this reader ({self.path.name})")
+                raise KeyError(f"unknown cache array {key!r}")
+        return {key: self._h5[key][row] for key in keys}
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> "ShardReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def quarantine(path) -> Path:
+    """Move an invalid shard aside (never delete data silently) so the workflow rebuilds it."""
+    path = Path(path)
+    target = path.with_name(path.name + ".invalid")
+    os.replace(path, target)
+    return target

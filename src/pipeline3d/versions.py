@@ -1,0 +1,19 @@
+"""Per-stage code versions.
+
+Bump a stage's number whenever a change alters what that stage writes. The number travels in the rule's
+``params`` (see ``stage_params`` in workflow/rules/common.smk), so Snakemake's params trigger reruns exactly
+that stage and its dependents. Kept import-cheap: common.smk reads it at parse time.
+"""
+
+STAGE_VERSIONS: dict[str, int] = {
+    "make_demo_data": 1,
+    "ingest_dataset": 1,
+    "build_cache_shard": 1,
+    "index_cache": 1,
+    "fingerprint_dataset": 1,
+    "make_splits": 1,
+    "materialize_unpaired": 1,
+}
+
+# On-disk schema of cache shards; readers refuse any other value.
+CACHE_SCHEMA_VERSION = 1

@@ -1,0 +1,44 @@
+# Cache: every shape -> sampled training arrays (pipeline3d.data.cache_schema), sharded by a stable hash of the id.
+# Outputs: results/cache/{dataset}/shard-{shard}.h5   one Snakemake job per shard (config cache.shards)
+#          results/cache/{dataset}/index.parquet      shape_id -> (shard, row), validated against every shard
+
+
+rule build_cache_shard:
+    input:
+        manifest=f"{RESULTS}/ingest/{{dataset}}/manifest.parquet",
+        store=f"{RESULTS}/ingest/{{dataset}}/items.h5",
+    output:
+        shard=f"{RESULTS}/cache/{{dataset}}/shard-{{shard}}.h5",
+    log:
+        f"{RESULTS}/logs/build_cache_shard/{{dataset}}/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/build_cache_shard/{{dataset}}/{{shard}}.tsv"
+    params:
+        cfg=dataset_cfg("build_cache_shard", "cache"),
+    threads: config["cache"]["threads"]
+    resources:
+        mem_mb=1500,
+        runtime=scaled_runtime(240),
+    shell:
+        "{PY} -m pipeline3d.stages.build_cache_shard --params {params.cfg:q} --shard {wildcards.shard}"
+        " --manifest {input.manifest:q} --items {input.store:q} --out {output.shard:q} > {log:q} 2>&1"
+
+
+rule index_cache:
+    input:
+        shards=get_shards,
+    output:
+        index=f"{RESULTS}/cache/{{dataset}}/index.parquet",
+    log:
+        f"{RESULTS}/logs/index_cache/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/index_cache/{{dataset}}.tsv"
+    params:
+        cfg=dataset_cfg("index_cache", "cache"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=scaled_runtime(10),
+    shell:
+        "{PY} -m pipeline3d.stages.index_cache --params {params.cfg:q} --shards {input.shards:q}"
+        " --out {output.index:q} > {log:q} 2>&1"

@@ -1,0 +1,123 @@
+# Shared helpers: config validation, wildcard constraints, per-stage params/resources and target lists.
+# Kept light: it runs on every parse, including inside every SLURM job (no torch, no globbing of data trees).
+import logging
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from pipeline3d.config import stage_params as _stage_params  # noqa: E402
+from pipeline3d.data.cache_schema import profile_of  # noqa: E402
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+# The interpreter running Snakemake runs the stages too (a bare `python` may be another one on PATH).
+PY = sys.executable
+RESULTS = "results"
+DATASETS = config["datasets"]
+MESH_LIKE = [d for d, c in DATASETS.items() if c["kind"] in ("mesh", "pointcloud")]
+MESH_DATASETS = [d for d, c in DATASETS.items() if c["kind"] == "mesh"]
+N_SHARDS = config["cache"]["shards"]
+SHARDS = [f"{i:04d}" for i in range(N_SHARDS)]
+SPLIT_FILES = ["ttv", "kfold", "unpaired", "fewshot", "qg"]
+UNPAIRED_SPLITS = ["train_mesh", "train_pc", "train_udf", "eval"]
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS) or "^$",
+    shard=r"\d{4}",
+    usplit="|".join(UNPAIRED_SPLITS),
+
+
+def stage_params(stage, config_slice):
+    """Canonical JSON of a stage's config slice + its code version (drives the params rerun trigger)."""
+    return _stage_params(stage, config_slice)
+
+
+def dataset_params(stage, wildcards, extra):
+    ds = DATASETS[wildcards.dataset]
+    return stage_params(stage, {"seed": config["seed"], "dataset": wildcards.dataset, "source": ds, **extra})
+
+
+def dataset_cfg(stage, *sections):
+    """params.cfg for a per-dataset rule: seed, the dataset's entry and the named config sections."""
+
+    def cfg(wildcards):
+        return dataset_params(stage, wildcards, {section: config[section] for section in sections})
+
+    return cfg
+
+
+def parent_of(name):
+    """A params function giving the folder of the named output."""
+
+    def parent(wildcards, output):
+        return str(Path(output[name]).parent)
+
+    return parent
+
+
+def get_raw_inputs(wildcards):
+    """The raw files (or directory) a dataset is ingested from; paths only, no globbing."""
+    ds = DATASETS[wildcards.dataset]
+    root = Path(ds["path"])
+    if ds["kind"] == "pointcloud" and ds["format"] == "scanobjectnn":
+        folder, stem = {
+            "obj_bg": ("main_split", "objectdataset"),
+            "obj_only": ("main_split_nobg", "objectdataset"),
+            "pb_t50_rs": ("main_split", "objectdataset_augmentedrot_scale75"),
+        }[ds["variant"]]
+        return [str(root / folder / f"training_{stem}.h5"), str(root / folder / f"test_{stem}.h5")]
+    return [str(root)]
+
+
+def get_shards(wildcards):
+    return expand(f"{RESULTS}/cache/{{dataset}}/shard-{{shard}}.h5", dataset=wildcards.dataset, shard=SHARDS)
+
+
+def get_fingerprint_inputs(wildcards):
+    if DATASETS[wildcards.dataset]["kind"] == "image":
+        return {"store": f"{RESULTS}/ingest/{wildcards.dataset}/items.h5"}
+    return {"index": f"{RESULTS}/cache/{wildcards.dataset}/index.parquet", "shards": get_shards(wildcards)}
+
+
+def scaled_runtime(base):
+    """Runtime in minutes that grows with the attempt, so a retry after a time-out gets more."""
+    return lambda wildcards, attempt: base * attempt
+
+
+def check_existing_shards():
+    """Move aside existing shards that are truncated, unfinished or foreign, so they are rebuilt, not trusted."""
+    from pipeline3d.io.shards import quarantine, validate_shard
+
+    profile = profile_of(config["cache"])
+    for dataset in MESH_LIKE:
+        for i, shard in enumerate(SHARDS):
+            path = Path(RESULTS) / "cache" / dataset / f"shard-{shard}.h5"
+            if not path.exists():
+                continue
+            reason = validate_shard(path, dataset=dataset, shard=i, profile=profile)
+            if reason:
+                moved = quarantine(path)
+                logging.getLogger("pipeline3d").warning(
+                    "cache shard %s is invalid (%s); moved to %s, it will be rebuilt", path, reason, moved
+                )
+
+
+check_existing_shards()
+
+
+def data_targets():
+    targets = []
+    for dataset, ds in DATASETS.items():
+        targets += [f"{RESULTS}/ingest/{dataset}/manifest.parquet", f"{RESULTS}/ingest/{dataset}/rejects.parquet"]
+        if ds["kind"] in ("mesh", "pointcloud"):
+            targets.append(f"{RESULTS}/cache/{dataset}/index.parquet")
+        targets.append(f"{RESULTS}/fingerprints/{dataset}/duplicates.parquet")
+        targets += expand(f"{RESULTS}/splits/{dataset}/{{name}}.parquet", name=SPLIT_FILES)
+    for dataset in MESH_DATASETS:
+        targets += expand(f"{RESULTS}/splits/{dataset}/unpaired/{{usplit}}.h5", usplit=UNPAIRED_SPLITS)
+    return targets

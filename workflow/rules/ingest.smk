@@ -1,0 +1,26 @@
+# Ingest: raw archives / folders / h5 files -> one manifest per dataset.
+# Outputs: results/ingest/{dataset}/manifest.parquet   one row per accepted item (stable shape id, label, sha256, sizes)
+#          results/ingest/{dataset}/rejects.parquet    one row per refused item or archive (source, stage, reason, detail)
+#          results/ingest/{dataset}/items.h5           the validated payloads, in manifest order (pipeline3d.io.itemstore)
+
+
+rule ingest_dataset:
+    input:
+        raw=get_raw_inputs,
+    output:
+        manifest=f"{RESULTS}/ingest/{{dataset}}/manifest.parquet",
+        rejects=f"{RESULTS}/ingest/{{dataset}}/rejects.parquet",
+        store=f"{RESULTS}/ingest/{{dataset}}/items.h5",
+    log:
+        f"{RESULTS}/logs/ingest_dataset/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ingest_dataset/{{dataset}}.tsv"
+    params:
+        cfg=dataset_cfg("ingest_dataset", "ingest"),
+    threads: config["ingest"]["workers"]
+    resources:
+        mem_mb=4000,
+        runtime=scaled_runtime(120),
+    shell:
+        "{PY} -m pipeline3d.stages.ingest_dataset --params {params.cfg:q}"
+        " --manifest {output.manifest:q} --rejects {output.rejects:q} --items {output.store:q} > {log:q} 2>&1"

@@ -1,0 +1,74 @@
+# Fingerprints and splits.
+# Outputs: results/fingerprints/{dataset}/fingerprints.parquet  perceptual hashes of depth views (or images) + geometry hash
+#          results/fingerprints/{dataset}/duplicates.parquet    near-duplicate groups (Hamming <= threshold)
+#          results/splits/{dataset}/{ttv,kfold,unpaired,fewshot,qg}.parquet
+#          results/splits/{dataset}/unpaired/{usplit}.h5       per-primitive shards that physically lack other primitives
+
+
+rule fingerprint_dataset:
+    input:
+        unpack(get_fingerprint_inputs),
+        manifest=f"{RESULTS}/ingest/{{dataset}}/manifest.parquet",
+    output:
+        fingerprints=f"{RESULTS}/fingerprints/{{dataset}}/fingerprints.parquet",
+        duplicates=f"{RESULTS}/fingerprints/{{dataset}}/duplicates.parquet",
+    log:
+        f"{RESULTS}/logs/fingerprint_dataset/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/fingerprint_dataset/{{dataset}}.tsv"
+    params:
+        cfg=dataset_cfg("fingerprint_dataset", "fingerprints", "cache"),
+        cache_dir=f"{RESULTS}/cache/{{dataset}}",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=scaled_runtime(60),
+    shell:
+        "{PY} -m pipeline3d.stages.fingerprint_dataset --params {params.cfg:q} --manifest {input.manifest:q}"
+        " --cache-dir {params.cache_dir:q} --items-dir {RESULTS}/ingest/{wildcards.dataset}"
+        " --fingerprints {output.fingerprints:q} --duplicates {output.duplicates:q} > {log:q} 2>&1"
+
+
+rule make_splits:
+    input:
+        manifest=f"{RESULTS}/ingest/{{dataset}}/manifest.parquet",
+        duplicates=f"{RESULTS}/fingerprints/{{dataset}}/duplicates.parquet",
+    output:
+        **{name: f"{RESULTS}/splits/{{dataset}}/{name}.parquet" for name in SPLIT_FILES},
+    log:
+        f"{RESULTS}/logs/make_splits/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/make_splits/{{dataset}}.tsv"
+    params:
+        cfg=dataset_cfg("make_splits", "splits"),
+        out_dir=parent_of("ttv"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=scaled_runtime(20),
+    shell:
+        "{PY} -m pipeline3d.stages.make_splits --params {params.cfg:q} --manifest {input.manifest:q}"
+        " --duplicates {input.duplicates:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule materialize_unpaired:
+    input:
+        unpaired=f"{RESULTS}/splits/{{dataset}}/unpaired.parquet",
+        index=f"{RESULTS}/cache/{{dataset}}/index.parquet",
+        shards=get_shards,
+    output:
+        store=f"{RESULTS}/splits/{{dataset}}/unpaired/{{usplit}}.h5",
+    log:
+        f"{RESULTS}/logs/materialize_unpaired/{{dataset}}/{{usplit}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/materialize_unpaired/{{dataset}}/{{usplit}}.tsv"
+    params:
+        cfg=dataset_cfg("materialize_unpaired", "cache"),
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=scaled_runtime(60),
+    shell:
+        "{PY} -m pipeline3d.stages.materialize_unpaired --params {params.cfg:q} --split {wildcards.usplit}"
+        " --unpaired {input.unpaired:q} --index {input.index:q} --shards {input.shards:q}"
+        " --out {output.store:q} > {log:q} 2>&1"
