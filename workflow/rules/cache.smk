@@ -1,6 +1,7 @@
 # Cache: every shape -> sampled training arrays (pipeline3d.data.cache_schema), sharded by a stable hash of the id.
 # Outputs: results/cache/{dataset}/shard-{shard}.h5   one Snakemake job per shard (config cache.shards)
 #          results/cache/{dataset}/index.parquet      shape_id -> (shard, row), validated against every shard
+#          results/cache/{dataset}/rejects.parquet    shapes a shard job could not cache (source, stage, reason, detail)
 
 
 rule build_cache_shard:
@@ -29,6 +30,7 @@ rule index_cache:
         shards=get_shards,
     output:
         index=f"{RESULTS}/cache/{{dataset}}/index.parquet",
+        rejects=f"{RESULTS}/cache/{{dataset}}/rejects.parquet",
     log:
         f"{RESULTS}/logs/index_cache/{{dataset}}.log",
     benchmark:
@@ -41,4 +43,4 @@ rule index_cache:
         runtime=scaled_runtime(10),
     shell:
         "{PY} -m pipeline3d.stages.index_cache --params {params.cfg:q} --shards {input.shards:q}"
-        " --out {output.index:q} > {log:q} 2>&1"
+        " --out {output.index:q} --rejects {output.rejects:q} > {log:q} 2>&1"

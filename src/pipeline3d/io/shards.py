@@ -35,10 +35,11 @@ class ShardWriter:
     """Write rows (one shape each) into a new shard; atomic: nothing appears at ``path`` unless closed cleanly."""
 
     def __init__(self, path, *, dataset: str, shard: int, n_shards: int, kind: str, profile: dict,
-                 compression: str = "lzf"):
+                 compression: str = "lzf", keys: tuple[str, ...] | None = None):
         self.path = Path(path)
         self.dataset, self.shard, self.n_shards, self.kind, self.profile = dataset, shard, n_shards, kind, profile
-        self.keys = KIND_ARRAYS[kind]
+        # ``keys`` restricts the shard to a subset (per-primitive stores physically lack the other arrays).
+        self.keys = tuple(KIND_ARRAYS[kind] if keys is None else keys)
         self.compression = None if compression == "none" else compression
         self._ids: list[str] = []
 
@@ -74,7 +75,7 @@ class ShardWriter:
                 self._h5.attrs.update(
                     format=FORMAT, schema_version=CACHE_SCHEMA_VERSION, dataset=self.dataset, shard=self.shard,
                     n_shards=self.n_shards, kind=self.kind, profile=json.dumps(self.profile, sort_keys=True),
-                    profile_hash=profile_hash(self.profile), n_rows=len(self._ids), arrays=json.dumps(self.keys),
+                    profile_hash=profile_hash(self.profile), n_rows=len(self._ids), arrays=json.dumps(list(self.keys)),
                 )
                 # Written last: a file without it was never finished.
                 self._h5.attrs["complete"] = 1
