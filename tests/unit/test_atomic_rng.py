@@ -40,3 +40,9 @@ def test_rng_depends_on_seed_stage_and_key_only():
 def test_stable_hash_is_fixed():
     # A fixed value: the hash must never change between processes or releases (it assigns shards).
     assert stable_hash("x") == int.from_bytes(__import__("hashlib").sha256(b"x").digest()[:8], "little")
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    atomic.write_text(tmp_path / "a.txt", "x")
+    mode = (tmp_path / "a.txt").stat().st_mode & 0o777
+    assert mode == 0o666 & ~atomic._UMASK

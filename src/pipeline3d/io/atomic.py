@@ -13,6 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
@@ -22,6 +25,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; give the final file the usual permissions (shared cluster storage).
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
