@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from pipeline3d.config import stage_params as _stage_params  # noqa: E402
 from pipeline3d.data.cache_schema import profile_of  # noqa: E402
+from pipeline3d.io.h5clouds import scanobjectnn_files  # noqa: E402
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -60,17 +61,21 @@ def parent_of(name):
     return parent
 
 
+def parent_of_input(name):
+    """A params function giving the folder of the named input."""
+
+    def parent(wildcards, input):
+        return str(Path(input[name]).parent)
+
+    return parent
+
+
 def get_raw_inputs(wildcards):
     """The raw files (or directory) a dataset is ingested from; paths only, no globbing."""
     ds = DATASETS[wildcards.dataset]
     root = Path(ds["path"])
     if ds["kind"] == "pointcloud" and ds["format"] == "scanobjectnn":
-        folder, stem = {
-            "obj_bg": ("main_split", "objectdataset"),
-            "obj_only": ("main_split_nobg", "objectdataset"),
-            "pb_t50_rs": ("main_split", "objectdataset_augmentedrot_scale75"),
-        }[ds["variant"]]
-        return [str(root / folder / f"training_{stem}.h5"), str(root / folder / f"test_{stem}.h5")]
+        return scanobjectnn_files(root, ds["variant"])
     return [str(root)]
 
 

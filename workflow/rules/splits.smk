@@ -19,13 +19,14 @@ rule fingerprint_dataset:
     params:
         cfg=dataset_cfg("fingerprint_dataset", "fingerprints", "cache"),
         cache_dir=f"{RESULTS}/cache/{{dataset}}",
+        items_dir=parent_of_input("manifest"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=scaled_runtime(60),
     shell:
         "{PY} -m pipeline3d.stages.fingerprint_dataset --params {params.cfg:q} --manifest {input.manifest:q}"
-        " --cache-dir {params.cache_dir:q} --items-dir {RESULTS}/ingest/{wildcards.dataset}"
+        " --cache-dir {params.cache_dir:q} --items-dir {params.items_dir:q}"
         " --fingerprints {output.fingerprints:q} --duplicates {output.duplicates:q} > {log:q} 2>&1"
 
 

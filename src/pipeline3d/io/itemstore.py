@@ -42,6 +42,7 @@ class ItemStoreWriter:
         self._ids: list[str] = []
         self._buffers = {name: [] for name, *_ in FIELDS[kind]}
         self._counts = {name: [0] for name, *_ in FIELDS[kind]}
+        self._buffered_bytes = 0  # a running total: summing every buffer on each add is quadratic
         self._h5 = None
 
     def __enter__(self) -> "ItemStoreWriter":
@@ -62,8 +63,9 @@ class ItemStoreWriter:
             arr = np.asarray(arrays[name], dtype=dtype).reshape((-1, *trailing))
             self._buffers[name].append(arr)
             self._counts[name].append(self._counts[name][-1] + len(arr))
+            self._buffered_bytes += arr.nbytes
         self._ids.append(shape_id)
-        if sum(b.nbytes for bufs in self._buffers.values() for b in bufs) > 64 << 20:
+        if self._buffered_bytes > 64 << 20:
             self._flush()
 
     def _flush(self) -> None:
@@ -76,6 +78,7 @@ class ItemStoreWriter:
             ds.resize(start + len(data), axis=0)
             ds[start:] = data
             bufs.clear()
+        self._buffered_bytes = 0
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
