@@ -42,14 +42,17 @@ class ShardWriter:
         self.keys = tuple(KIND_ARRAYS[kind] if keys is None else keys)
         self.compression = None if compression == "none" else compression
         self._ids: list[str] = []
+        self.failed: list[tuple[str, str, str]] = []  # shapes that could not be cached: (shape_id, reason, detail)
 
     def __enter__(self) -> "ShardWriter":
         self._ctx = atomic_path(self.path)
         self._h5 = h5py.File(self._ctx.__enter__(), "w")
+        # handles stay open: re-opening a dataset per row costs more than the write itself (~3x with lzf)
+        self._datasets = {}
         for key in self.keys:
             shape, dtype = array_spec(key, self.profile)
-            self._h5.create_dataset(key, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                                    chunks=(1, *shape), compression=self.compression)
+            self._datasets[key] = self._h5.create_dataset(key, shape=(0, *shape), maxshape=(None, *shape),
+                                                          dtype=dtype, chunks=(1, *shape), compression=self.compression)
         return self
 
     def append(self, shape_id: str, arrays: dict[str, np.ndarray]) -> None:
@@ -58,14 +61,20 @@ class ShardWriter:
         if missing or extra:
             raise ValueError(f"{shape_id}: cache arrays mismatch (missing {sorted(missing)}, extra {sorted(extra)})")
         row = len(self._ids)
-        for key in self.keys:
-            ds = self._h5[key]
-            value = np.asarray(arrays[key])
-            if value.shape != ds.shape[1:]:
-                raise ValueError(f"{shape_id}: array {key} has shape {value.shape}, expected {ds.shape[1:]}")
+        values = {key: np.asarray(arrays[key]) for key in self.keys}
+        for key, value in values.items():  # check every array before writing any: no half-written rows
+            expected = self._datasets[key].shape[1:]
+            if value.shape != expected:
+                raise ValueError(f"{shape_id}: array {key} has shape {value.shape}, expected {expected}")
+        for key, value in values.items():
+            ds = self._datasets[key]
             ds.resize(row + 1, axis=0)
             ds[row] = value.astype(ds.dtype, copy=False)
         self._ids.append(shape_id)
+
+    def record_failure(self, shape_id: str, reason: str, detail: str) -> None:
+        """Note a shape of this shard that could not be cached (stored in the ``failed`` attribute)."""
+        self.failed.append((shape_id, reason, detail))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -76,6 +85,7 @@ class ShardWriter:
                     format=FORMAT, schema_version=CACHE_SCHEMA_VERSION, dataset=self.dataset, shard=self.shard,
                     n_shards=self.n_shards, kind=self.kind, profile=json.dumps(self.profile, sort_keys=True),
                     profile_hash=profile_hash(self.profile), n_rows=len(self._ids), arrays=json.dumps(list(self.keys)),
+                    failed=json.dumps(self.failed),
                 )
                 # Written last: a file without it was never finished.
                 self._h5.attrs["complete"] = 1
@@ -155,6 +165,13 @@ class ShardReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def shard_failures(path) -> list[tuple[str, str, str]]:
+    """The (shape_id, reason, detail) of the shapes a shard job could not cache (``[]`` if none recorded)."""
+    with h5py.File(path, "r") as h5:
+        raw = h5.attrs.get("failed", "[]")
+    return [tuple(item) for item in json.loads(raw)]
 
 
 def quarantine(path) -> Path:

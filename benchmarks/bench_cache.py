@@ -1,0 +1,273 @@
+"""Cache throughput on real meshes: the shard builder end to end, 1 vs 2 single-threaded workers, per grid mode.
+
+Input: the 114 SHREC'07 watertight meshes (``<repo>/../shared/data/shrec07_watertight``), parsed and cleaned by
+ingest's own loader (``pipeline3d.io.meshes.load_mesh``) into an item store. Each worker is a fresh process pinned
+to one CPU (``os.sched_setaffinity``) with BLAS/OpenMP capped at one thread, and runs the real shard job
+(``pipeline3d.data.cache.shard_job.build_shard``: item-store load + compute + shard write) over *all* shapes into
+its own shard file, so 1 and 2 workers do the same work per worker and the ratio measures scaling, not load
+balance. Reported per mode: seconds per shape by stage (mean over shapes), shapes/s, peak RSS per worker
+(``resource.getrusage``) and the 2-worker/1-worker throughput ratio. ``--engines`` adds engine comparisons on a
+subset (fcpw vs trimesh closest point, Morton vs random query order, Embree vs fcpw rays, shard compression,
+narrowband accuracy).
+
+    .venv/bin/python benchmarks/bench_cache.py [--modes edt narrowband exact] [--limit N] [--engines]
+                                                [--out benchmarks/results/bench_cache.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "shrec07_watertight"
+STAGES = ("load", "prepare", "sample", "pool", "grid", "rays", "pc_rays", "write")
+TARGETS = {"edt": 0.08, "narrowband": 0.18}  # s/shape, one single-threaded worker per core
+RSS_TARGET_MB = 1500
+SCALING_TARGET = 1.7
+CACHE = {"shards": 1, "pc_points": 2048, "pt_pool": 20000, "pt_surface_ratio": 0.5, "pt_surface_sigma": 0.02,
+         "n_views": 20, "rays_per_view": 400, "camera_radius": 2.2, "pc_grid": 64, "pc_dilate": 1, "df_grid": 64,
+         "df_dilate": 1, "grid_mode": "edt", "band_voxels": 3, "compression": "lzf", "threads": 1}
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(), "date": str(date.today()),
+            "loadavg_start": os.getloadavg()}
+
+
+def build_inputs(workdir: Path, limit: int | None) -> tuple[Path, Path, int]:
+    import numpy as np  # noqa: F401  (after the thread caps)
+    import pandas as pd
+
+    from pipeline3d.io.itemstore import ItemStoreWriter
+    from pipeline3d.io.meshes import load_mesh
+
+    files = sorted(DATA.glob("*/*/*.off"))[:limit]
+    if not files:
+        raise SystemExit(f"no meshes under {DATA}")
+    ids = []
+    with ItemStoreWriter(workdir / "items.h5", "shrec07", "mesh") as writer:
+        for path in files:
+            mesh = load_mesh(path.read_bytes(), "off", 10_000_000)
+            sid = f"shrec07/{path.parts[-3]}/{path.stem}"
+            writer.add(sid, vertices=mesh.vertices, faces=mesh.faces)
+            ids.append(sid)
+    pd.DataFrame({"shape_id": ids}).to_parquet(workdir / "manifest.parquet")
+    return workdir / "manifest.parquet", workdir / "items.h5", len(ids)
+
+
+def _worker(cpu: int, cache: dict, manifest: str, items: str, out: str, queue) -> None:
+    os.sched_setaffinity(0, {cpu})
+    import logging
+
+    start = time.perf_counter()
+    from pipeline3d.data.cache.shard_job import build_shard
+
+    imported = time.perf_counter() - start
+    params = {"seed": 0, "dataset": "shrec07", "cache": cache}
+    logger = logging.getLogger("bench")
+    begin, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    n_ok, failures, seconds = build_shard(params, 0, manifest, items, out, logger)
+    wall = time.perf_counter() - begin
+    end = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (end.ru_utime - usage.ru_utime) + (end.ru_stime - usage.ru_stime)
+    queue.put({"cpu": cpu, "wall": wall, "cpu_s": cpu_s, "import_s": imported, "n": n_ok + len(failures),
+               "failed": len(failures),
+               "seconds": seconds, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "bytes": os.path.getsize(out)})
+
+
+def run_workers(n_workers: int, cache: dict, manifest: Path, items: Path, workdir: Path) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    cpus = sorted(os.sched_getaffinity(0))[:n_workers]
+    procs = [ctx.Process(target=_worker, args=(cpu, cache, str(manifest), str(items),
+                                               str(workdir / f"w{n_workers}-{cpu}-{cache['grid_mode']}.h5"), queue))
+             for cpu in cpus]
+    for p in procs:
+        p.start()
+    results = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise SystemExit(f"worker exited with {p.exitcode}")
+    return sorted(results, key=lambda r: r["cpu"])
+
+
+def summarise(mode: str, one: list[dict], two: list[dict]) -> dict:
+    w1 = one[0]
+    per_stage = {k: w1["seconds"].get(k, 0.0) / w1["n"] for k in STAGES}
+    per_shape = w1["wall"] / w1["n"]
+    thr1 = w1["n"] / w1["wall"]
+    thr2 = sum(r["n"] for r in two) / max(r["wall"] for r in two)
+    return {
+        "mode": mode, "shapes": w1["n"], "failed": w1["failed"], "s_per_shape_1w": per_shape,
+        "cpu_s_per_shape_1w": w1["cpu_s"] / w1["n"],
+        "stage_s_per_shape": per_stage, "throughput_1w": thr1, "throughput_2w": thr2, "ratio_2w_1w": thr2 / thr1,
+        "max_rss_mb": max(r["max_rss_mb"] for r in one + two), "shard_mb_per_shape": w1["bytes"] / w1["n"] / 1e6,
+        "import_s": w1["import_s"], "target_s_per_shape": TARGETS.get(mode),
+        "workers_1": one, "workers_2": two,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| grid mode | s/shape (1 worker) | CPU s/shape | " + " | ".join(STAGES)
+            + " | shapes/s 1w | shapes/s 2w | 2w/1w | peak RSS/worker | target s/shape |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        stages = " | ".join(f"{1000 * r['stage_s_per_shape'][k]:.1f}" for k in STAGES)
+        target = r["target_s_per_shape"]
+        verdict = "-" if target is None else f"{target:.2f} ({'met' if r['s_per_shape_1w'] <= target else 'NOT met'})"
+        lines.append(f"| {r['mode']} | {r['s_per_shape_1w']:.3f} | {r['cpu_s_per_shape_1w']:.3f} | {stages} | "
+                     f"{r['throughput_1w']:.2f} | {r['throughput_2w']:.2f} | {r['ratio_2w_1w']:.2f} | "
+                     f"{r['max_rss_mb']:.0f} MB | {verdict} |")
+    return "\n".join(lines) + "\n\n(stage columns: ms per shape, 1 worker)"
+
+
+def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
+    """Engine comparisons on a subset (single CPU)."""
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    import numpy as np
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    from pipeline3d.data.cache import grids
+    from pipeline3d.data.cache.distances import MeshDistance, morton_order
+    from pipeline3d.data.cache.normalize import normalize_mesh
+    from pipeline3d.data.cache.rays import MeshRayCaster, camera_rays
+    from pipeline3d.data.cache.sampling import SurfaceSampler, query_pool
+    from pipeline3d.io.itemstore import ItemStore
+
+    store = ItemStore(items)
+    rows = list(range(0, len(store), max(1, len(store) // n_shapes)))[:n_shapes]
+    acc: dict[str, list[float]] = {}
+
+    def clock(name, fn):
+        t = time.perf_counter()
+        out = fn()
+        acc.setdefault(name, []).append(time.perf_counter() - t)
+        return out
+
+    errors = {"trimesh_vs_fcpw_max_abs": 0.0, "embree_vs_fcpw_hit_disagree": 0, "embree_vs_fcpw_t_max_abs": 0.0,
+              "narrowband_max_abs_outside_band": 0.0, "narrowband_mean_abs_outside_band": []}
+    import fcpw
+
+    for row in rows:
+        rng = np.random.default_rng(row)
+        vertices, faces = normalize_mesh(*store.mesh(row))
+        sampler = SurfaceSampler(vertices, faces)
+        near, _ = sampler.sample(10000, rng)
+        pool = query_pool(near, 10000, 0.02, rng, rng)
+        distance = clock("fcpw BVH build", lambda: MeshDistance(vertices, faces))
+        clock("fcpw 20k pool, input order", lambda: distance.distances_sorted(pool))
+        order = clock("morton sort 20k", lambda: morton_order(pool))
+        exact = clock("fcpw 20k pool, Morton order", lambda: distance.distances_sorted(pool[order]))
+        tree = cKDTree(sampler.sample(2048, rng)[0])
+        clock("cKDTree 20k pool, input order", lambda: tree.query(pool, workers=1))
+        clock("cKDTree 20k pool, Morton order", lambda: tree.query(pool[order], workers=1))
+        mesh = trimesh.Trimesh(vertices, faces, process=False)
+        few = pool[order][:: 40]  # 500 queries: trimesh is far too slow for 20k
+        _, d_tm, _ = clock("trimesh closest_point, 500 queries", lambda: trimesh.proximity.closest_point(mesh, few))
+        errors["trimesh_vs_fcpw_max_abs"] = max(errors["trimesh_vs_fcpw_max_abs"],
+                                                float(np.abs(d_tm - exact[:: 40]).max()))
+        origins, dirs = camera_rays(20, 400, 2.2, rng)
+        caster = clock("Embree scene build (embreex)", lambda: MeshRayCaster(vertices, faces, sampler.face_normals))
+        hit, t, _ = clock("Embree 8000 rays", lambda: caster.cast(origins, dirs))
+
+        def fcpw_rays():
+            inter = fcpw.interaction_3D_list()
+            distance._scene.intersect(np.asfortranarray(origins, dtype=np.float32),
+                                      np.asfortranarray(dirs, dtype=np.float32),
+                                      np.full(len(origins), np.inf, dtype=np.float32), inter)
+            face = np.fromiter((h.primitive_index for h in inter), np.int64, len(origins))
+            tt = np.fromiter((h.d for h in inter), np.float64, len(origins))
+            return face, tt
+
+        face, tt = clock("fcpw 8000 rays (BVH reused) + extraction", fcpw_rays)
+        both = (face >= 0) & hit.astype(bool)
+        errors["embree_vs_fcpw_hit_disagree"] += int(((face >= 0) != hit.astype(bool)).sum())
+        if both.any():
+            errors["embree_vs_fcpw_t_max_abs"] = max(errors["embree_vs_fcpw_t_max_abs"],
+                                                     float(np.abs(tt[both] - t[both]).max()))
+        full = clock("grid 64^3 exact", lambda: grids.exact_grid(distance, 64))
+        band, _ = clock("grid 64^3 narrowband", lambda: grids.narrowband_grid(distance, 64, 3))
+        clock("grid 64^3 edt (2048-point sample)", lambda: grids.edt_grid(sampler.sample(2048, rng)[0], 64, 1))
+        outside = full > 3 * (2 / 64)
+        diff = np.abs(band - full)[outside]
+        errors["narrowband_max_abs_outside_band"] = max(errors["narrowband_max_abs_outside_band"], float(diff.max()))
+        errors["narrowband_mean_abs_outside_band"].append(float(diff.mean()))
+    errors["narrowband_mean_abs_outside_band"] = float(np.mean(errors["narrowband_mean_abs_outside_band"]))
+    errors["narrowband_documented_bound"] = grids.narrowband_bound(64)
+    timings = {k: 1000 * float(np.mean(v)) for k, v in acc.items()}
+    return {"shapes": len(rows), "ms_mean": timings, "accuracy": errors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--modes", nargs="+", default=["edt", "narrowband", "exact"])
+    ap.add_argument("--limit", type=int, default=None, help="only the first N meshes")
+    ap.add_argument("--compression", nargs="+", default=["lzf", "none"], help="edt runs with each (1 worker)")
+    ap.add_argument("--engines", action="store_true", help="also run the engine comparisons")
+    ap.add_argument("--engine-shapes", type=int, default=12)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_cache.json"))
+    args = ap.parse_args(argv)
+
+    from pipeline3d.data.cache.threads import thread_env
+
+    os.environ.update(thread_env(1))  # inherited by the spawned workers
+    result = {"machine": machine(), "profile": CACHE, "modes": [], "compression": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        manifest, items, n = build_inputs(workdir, args.limit)
+        print(f"{n} meshes -> item store; machine: {result['machine']}", flush=True)
+        for mode in args.modes:
+            cache = {**CACHE, "grid_mode": mode}
+            one = run_workers(1, cache, manifest, items, workdir)
+            two = run_workers(2, cache, manifest, items, workdir)
+            result["modes"].append(summarise(mode, one, two))
+            print(f"{mode}: {result['modes'][-1]['s_per_shape_1w']:.3f} s/shape", flush=True)
+        for comp in args.compression:
+            w = run_workers(1, {**CACHE, "compression": comp}, manifest, items, workdir)[0]
+            result["compression"].append({"compression": comp,
+                                          "write_ms_per_shape": 1000 * w["seconds"]["write"] / w["n"],
+                                          "mb_per_shape": w["bytes"] / w["n"] / 1e6,
+                                          "s_per_shape": w["wall"] / w["n"]})
+        if args.engines:
+            result["engines"] = engines(manifest, items, args.engine_shapes)
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(table(result["modes"]))
+    print()
+    for c in result["compression"]:
+        print(f"compression {c['compression']}: write {c['write_ms_per_shape']:.1f} ms/shape, "
+              f"{c['mb_per_shape']:.2f} MB/shape, total {c['s_per_shape']:.3f} s/shape")
+    if "engines" in result:
+        print()
+        for k, v in result["engines"]["ms_mean"].items():
+            print(f"| {k} | {v:.1f} ms |")
+        print(json.dumps(result["engines"]["accuracy"], indent=2))
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Stage build_cache_shard: cache every manifest item whose stable hash puts it in this shard.
+
+Writes one HDF5 shard (``pipeline3d.io.shards``) atomically. A shape that cannot be cached is logged and listed
+in the shard's ``failed`` attribute (index_cache turns those into rejects); it never fails the job. The job
+fails (exit 2) only for a problem with its inputs: unreadable manifest/item store, the two out of step, a
+shard number outside the configured count, or a dataset kind without a cache.
+
+With ``cache.threads == 1`` the job is single-threaded: BLAS/OpenMP pools are capped through the environment
+before numpy is imported, and the native engines (fcpw, Embree) run pinned to one CPU (see
+``pipeline3d.data.cache.threads``). One such job per core is the fastest layout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ._cli import parser, start
+
+STAGE = "build_cache_shard"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(STAGE, __doc__)
+    p.add_argument("--shard", required=True, help="shard number, e.g. 0003")
+    p.add_argument("--manifest", required=True, help="the dataset's manifest.parquet")
+    p.add_argument("--items", required=True, help="the dataset's items.h5 (pipeline3d.io.itemstore)")
+    p.add_argument("--out", required=True, help="output shard .h5")
+    args = p.parse_args(argv)
+    params, logger = start(STAGE, args)
+
+    from ..data.cache.threads import thread_env  # numpy-free: the limits must be in place before numpy loads
+
+    threads = int(params.get("cache", {}).get("threads", 1))
+    if "numpy" not in sys.modules:  # only effective before numpy loads (always so when run as a job)
+        os.environ.update(thread_env(threads))
+
+    from ..data.cache.shard_job import ShardJobError, build_shard
+
+    try:
+        shard = int(args.shard)
+        n_ok, failures, seconds = build_shard(params, shard, args.manifest, args.items, args.out, logger)
+    except (ShardJobError, ValueError, KeyError, OSError) as exc:
+        logger.error("build_cache_shard %s of %r failed: %s", args.shard, params.get("dataset"), exc)
+        return 2
+    n_total = n_ok + len(failures)
+    per_shape = {k: 1000.0 * v / max(n_total, 1) for k, v in sorted(seconds.items())}
+    logger.info("time per shape (ms): %s", ", ".join(f"{k} {v:.1f}" for k, v in per_shape.items()))
+    logger.info("done: %d cached, %d failed -> %s", n_ok, len(failures), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
