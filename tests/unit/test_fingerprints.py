@@ -422,3 +422,17 @@ def test_stage_on_images(tmp_path):
     assert dups["geometry_distance"].isna().all()
     fps = pd.read_parquet(tmp_path / "out" / "fingerprints.parquet")
     assert fps["geometry_hash"].isna().all() and all(len(v) == 1 for v in fps["view_hashes"])
+
+
+def test_views_of_one_object_share_a_group():
+    """Images of the same object must never straddle splits, even when their pixels differ a lot."""
+    from pipeline3d.data.near_duplicates import DuplicateRule, duplicates_table, find_near_duplicates, link_same_source
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 2**63, size=(4, 1), dtype=np.uint64)  # four unrelated hashes
+    result = find_near_duplicates(codes, DuplicateRule(views=1, threshold=0.0))
+    assert len(set(result.root.tolist())) == 4
+    linked = link_same_source(result, ["chair/a", None, "chair/a", "table/b"])
+    table = duplicates_table(["i0", "i1", "i2", "i3"], linked)
+    assert table["group"].tolist() == ["i0", "i1", "i0", "i3"]
+    assert table["group_size"].tolist() == [2, 1, 2, 1]

@@ -22,7 +22,7 @@ from ..log import Progress
 from .cache_lookup import locate_rows
 from .fingerprints import (GEOMETRY_BITS, GEOMETRY_GRID, GEOMETRY_SIGMA, SYM_BITS, bits_to_hex, geometry_hashes,
                            image_hash_bits, pack_codes, soft_occupancy, symmetry_inverses, view_hash_bits)
-from .near_duplicates import DuplicateRule, GeometryCodes, duplicates_table, find_near_duplicates
+from .near_duplicates import DuplicateRule, GeometryCodes, duplicates_table, find_near_duplicates, link_same_source
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,23 @@ def manifest_ids(manifest_path: str | Path, kind: str) -> list[str]:
     if kinds - {kind}:
         raise ValueError(f"{manifest_path}: items of kind {sorted(kinds - {kind})}, the dataset config says {kind!r}")
     return manifest["shape_id"].astype(str).tolist()
+
+
+def image_source_keys(manifest_path: str | Path, ids: list[str]) -> list[str | None]:
+    """The object each image shows (metadata ``shape``), so views of one object share a group."""
+    table = pd.read_parquet(manifest_path)
+    if "meta" not in table.columns:
+        return [None] * len(ids)
+    manifest = table.set_index("shape_id")["meta"]
+    keys = []
+    for sid in ids:
+        try:
+            meta = json.loads(manifest.get(sid) or "{}")
+        except (TypeError, ValueError):
+            meta = {}
+        shape = meta.get("shape") if isinstance(meta, dict) else None
+        keys.append(str(shape) if shape not in (None, "") else None)
+    return keys
 
 
 def _select(ids_available: list[str], manifest: list[str], where: str, manifest_path) -> list[str]:
@@ -176,6 +193,8 @@ def run(params: dict, manifest_path, cache_dir, items_dir, fingerprints_path, du
     n_items, n_views, n_bits = hashes.view_bits.shape
     view_codes = pack_codes(hashes.view_bits.reshape(n_items, n_views * n_bits))
     result = find_near_duplicates(view_codes, rule, hashes.geometry)
+    if kind == "image":
+        result = link_same_source(result, image_source_keys(manifest_path, ids))
     table = duplicates_table(ids, result)
     log_groups(table, result.n_pairs, result.n_rotated_pairs)
     meta = {"pipeline3d.fingerprints": json.dumps({

@@ -26,6 +26,8 @@ group id is the smallest shape id in the group, whatever order the pairs are fou
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,6 +205,26 @@ def find_near_duplicates(view_codes: np.ndarray, rule: DuplicateRule, geometry: 
         if use_geo:
             best_gd[rows[r]] = gd2[r, row_arg[r]] / 2
     return DuplicateResult(uf.roots(), nearest, best_vd, best_gd, best, n_pairs, n_rot)
+
+
+def link_same_source(result: DuplicateResult, keys: list[str | None]) -> DuplicateResult:
+    """Also put items with the same non-empty source key (e.g. views of one object) into one group.
+
+    Several images of one object are not near-duplicates pixel-wise, but splitting them across train and test
+    leaks the object all the same.
+    """
+    uf = UnionFind(len(keys))
+    uf.parent = result.root.astype(np.int64).copy()  # roots are the smallest members: a valid forest
+    first: dict[str, int] = {}
+    u, v = [], []
+    for i, key in enumerate(keys):
+        if key:
+            j = first.setdefault(key, i)
+            if j != i:
+                u.append(j)
+                v.append(i)
+    uf.union(np.asarray(u, dtype=np.int64), np.asarray(v, dtype=np.int64))
+    return dataclasses.replace(result, root=uf.roots())
 
 
 def duplicates_table(shape_ids: list[str], result: DuplicateResult) -> pd.DataFrame:
