@@ -266,6 +266,12 @@ def _scan_directory(root: Path, label: str, limits: Limits, prefetch, prefetch_m
             return _too_big(member.source, len(data), limits)
         return data
 
+    return _random_access(src, read_one, prefetch, prefetch_max_bytes)
+
+
+def _random_access(src: "RawSource", read_one: Callable[[Member], bytes | Reject], prefetch,
+                   prefetch_max_bytes: int) -> "RawSource":
+    """Finish a source whose members can be read in any order: prefetch the small wanted ones, then serve reads."""
     if prefetch is not None:
         for m in src.members:
             if prefetch(m.name) and m.size <= prefetch_max_bytes:
@@ -390,19 +396,7 @@ def _scan_zip(path: Path, label: str, limits: Limits, prefetch, prefetch_max_byt
             return Reject(member.source, "ratio", f"{len(data)} bytes from {info.compress_size} compressed")
         return data
 
-    if prefetch is not None:
-        for m in src.members:
-            if prefetch(m.name) and m.size <= prefetch_max_bytes:
-                got = read_one(m)
-                if isinstance(got, bytes):
-                    src.prefetched[m.index] = got
-
-    def reader(wanted: Sequence[Member]) -> Iterator[tuple[Member, bytes | Reject]]:
-        for m in wanted:
-            yield m, read_one(m)
-
-    src._reader = reader
-    return src
+    return _random_access(src, read_one, prefetch, prefetch_max_bytes)
 
 
 # --------------------------------------------------------------------------------------------------------------
