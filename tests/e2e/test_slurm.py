@@ -1,0 +1,164 @@
+"""End to end through a real SLURM cluster (ci/start-slurm.sh), with the literal `snakemake --profile slurm`.
+
+Skipped when no SLURM controller answers, unless PIPELINE3D_REQUIRE_SLURM=1 (ci/test.sh sets it once it has a
+cluster), then it fails. Each SLURM job costs ~15 s per DAG level (sbatch -> Snakemake in the job -> srun), so the
+pipeline run is reduced to the image dataset: make_demo_data -> ingest -> fingerprints -> splits, 4 levels.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from smk import (
+    ROOT,
+    copy_repo,
+    job_counts,
+    planned_jobs,
+    rewrite_tar_without_last_item,
+    run_snakemake,
+    tiny_config,
+    write_config,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
+
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
+
+
+def slurm_answers() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return False
+    return out.returncode == 0 and any(state in out.stdout for state in ("idle", "mix", "alloc"))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    if not slurm_answers():
+        message = "no SLURM cluster answers (start one with: sudo bash ci/start-slurm.sh)"
+        if os.environ.get("PIPELINE3D_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def squeue_jobs(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Finished jobs stay listed for MinJobAge (600 s in the CI cluster): id -> rule, cpus, mem, time limit, state."""
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%k|%C|%m|%l|%T"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    jobs = {}
+    for line in out.splitlines():
+        job_id, comment, cpus, mem, limit, state = line.split("|")
+        rule = re.match(r"rule_(\w+?)(?:_wildcards_.*)?$", comment).group(1)
+        jobs[job_id] = {"rule": rule, "cpus": cpus, "mem": mem, "limit": limit, "state": state}
+    return jobs
+
+
+def minutes(limit: str) -> int:
+    """SLURM's [days-]hours:minutes:seconds / minutes:seconds time limit, in minutes."""
+    days, _, clock = limit.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    hours, mins, secs = parts
+    return int(days or 0) * 1440 + hours * 60 + mins + (secs > 0)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    workdir = copy_repo(tmp_path_factory.mktemp("slurm") / "repo")
+    config = tiny_config(ingest={"workers": 2})
+    config["datasets"] = {"demo-img": config["datasets"]["demo-img"]}
+    write_config(workdir, config)
+
+    # a dry-run caps threads at --cores (1 by default), SLURM jobs do not: plan with plenty to see what rules declare
+    plan = run_snakemake(workdir, "--profile", "slurm", "-n", "--cores", "64", "all")
+    assert plan.returncode == 0, plan.tail()
+    result = run_snakemake(workdir, "--profile", "slurm", "all", timeout=400)
+    assert result.returncode == 0, result.tail(8000)
+    return {"workdir": workdir, "plan": planned_jobs(plan.output), "result": result}
+
+
+def test_every_job_went_through_sbatch_with_the_declared_resources(slurm_run: dict) -> None:
+    plan = {job.rule: job for job in slurm_run["plan"] if job.rule != "all"}
+    assert set(plan) == {"make_demo_data", "ingest_dataset", "fingerprint_dataset", "make_splits"}
+    job_ids = SUBMITTED.findall(slurm_run["result"].output)
+    assert len(job_ids) == len(plan)
+
+    jobs = squeue_jobs(job_ids)
+    assert sorted(job["rule"] for job in jobs.values()) == sorted(plan)
+    for job in jobs.values():
+        declared = plan[job["rule"]]
+        assert job["state"] == "COMPLETED", job
+        assert job["mem"] == f"{declared.resources['mem_mb']}M", (job, declared.resources)
+        assert minutes(job["limit"]) == int(declared.resources["runtime"]), (job, declared.resources)
+        assert int(job["cpus"]) == declared.threads, (job, declared.fields)
+    # the config asks for 2 ingest workers: the job's CPUs follow the rule's threads
+    assert next(int(j["cpus"]) for j in jobs.values() if j["rule"] == "ingest_dataset") == 2
+
+
+def test_noop_rerun_submits_nothing(slurm_run: dict) -> None:
+    result = run_snakemake(slurm_run["workdir"], "--profile", "slurm", "all", timeout=120)
+    assert result.returncode == 0, result.tail()
+    assert "Nothing to be done" in result.output
+    assert not SUBMITTED.findall(result.output)
+
+
+def test_content_change_resubmits_only_the_dependents(slurm_run: dict) -> None:
+    workdir = slurm_run["workdir"]
+    images = workdir / "resources" / "demo" / "demo_images.tar"
+    rewrite_tar_without_last_item(images)  # new content (a touch is not a change)
+
+    result = run_snakemake(workdir, "--profile", "slurm", "all", timeout=300)
+    assert result.returncode == 0, result.tail(8000)
+    assert job_counts(result.output) == {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 1, "all": 1}
+    jobs = squeue_jobs(SUBMITTED.findall(result.output))
+    assert sorted(job["rule"] for job in jobs.values()) == ["fingerprint_dataset", "ingest_dataset", "make_splits"]
+
+
+def test_cluster_exposes_fake_gpus(cluster) -> None:
+    gres = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True, timeout=20, check=True).stdout
+    assert re.search(r"gpu:(\w+:)?[1-9]", gres), gres
+
+
+GPU_SNAKEFILE = """
+rule gpu_probe:
+    output:
+        "gpu.txt",
+    log:
+        "gpu.log",
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=200,
+        runtime=5,
+    shell:
+        "echo ${{SLURM_JOB_ID:-none}} ${{CUDA_VISIBLE_DEVICES:-none}} > {output} 2> {log}"
+"""
+
+
+def test_gpu_job_gets_a_device(cluster, tmp_path: Path) -> None:
+    """`gpu=1` (the spelling rules use) becomes `sbatch --gpus=1`, and the job sees CUDA_VISIBLE_DEVICES."""
+    (tmp_path / "Snakefile").write_text(GPU_SNAKEFILE)
+    (tmp_path / "slurm").symlink_to(ROOT / "profiles" / "slurm")
+    (tmp_path / "src").mkdir()
+
+    result = run_snakemake(tmp_path, "--profile", "slurm", "gpu.txt", timeout=180)
+    assert result.returncode == 0, result.tail()
+    job_id, devices = (tmp_path / "gpu.txt").read_text().split()
+    assert job_id == SUBMITTED.search(result.output).group(1)
+    assert re.fullmatch(r"\d+(,\d+)*", devices), devices
+    requested = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", job_id, "-O", "tres-per-job"], capture_output=True, text=True, timeout=30
+    ).stdout
+    assert requested.split() == ["gres:gpu:1"], requested

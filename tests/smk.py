@@ -1,0 +1,243 @@
+"""Helpers for the workflow-level tests (tests/workflow, tests/e2e) and benchmarks: repo copies, running Snakemake,
+reading its job stats and dry-run job blocks, reduced and synthetic configs.
+
+Workflow tests never run in the repo itself: `copy_repo` copies what a run needs (Snakefile, workflow/, config/,
+profiles/, envs/, src/) into a tmp folder. The workflow imports pipeline3d from `<workdir>/src` first, and
+`run_snakemake` puts `<workdir>/src` on PYTHONPATH for the stage jobs too, so editing the copy's code (e.g.
+`src/pipeline3d/versions.py`) acts like a code change in a real checkout.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO_ITEMS = ("Snakefile", "workflow", "config", "profiles", "envs", "src")
+VENV_BIN = Path(sys.executable).parent
+
+# A reduced demo: same datasets and stages as config/config.yaml, a few shapes and small cache arrays, so a full
+# local run takes seconds. Deep-merged over the repo's config/config.yaml.
+TINY_OVERRIDES: dict = {
+    "demo": {
+        "classes": ["chair", "mug", "lamp"],
+        "train_per_class": 4,
+        "test_per_class": 2,
+        "scans_per_class": 4,
+        "scan_points": 256,
+        "image_views": 1,
+        "image_size": 32,
+    },
+    "datasets": {"demo-scan": {"class_names": ["chair", "mug", "lamp"]}},
+    "cache": {
+        "shards": 1,
+        "pc_points": 256,
+        "pt_pool": 512,
+        "n_views": 4,
+        "rays_per_view": 64,
+        "pc_grid": 16,
+        "df_grid": 16,
+    },
+    "fingerprints": {"views": 2},
+    "splits": {"kfold": 2, "fewshot_k": [1], "fewshot_seeds": [0], "query_gallery_splits": 2},
+}
+
+
+# --------------------------------------------------------------------------------------------- repo copies
+def copy_repo(dst: Path) -> Path:
+    """Copy what a workflow run needs into ``dst`` (no results, no caches) and recreate the ./slurm link."""
+    dst.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".snakemake", "results", "resources")
+    for name in REPO_ITEMS:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=ignore, symlinks=True)
+        else:
+            shutil.copy2(src, dst / name)
+    (dst / "slurm").symlink_to("profiles/slurm")
+    return dst
+
+
+def repo_config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    out = deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = deepcopy(value)
+    return out
+
+
+def tiny_config(**overrides) -> dict:
+    return deep_merge(deep_merge(repo_config(), TINY_OVERRIDES), overrides)
+
+
+def read_config(workdir: Path) -> dict:
+    return yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+
+
+def write_config(workdir: Path, config: dict) -> Path:
+    """Replace the copy's config/config.yaml (the file the Snakefile loads), as a user would edit it."""
+    path = workdir / "config" / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def rewrite_tar_without_last_item(path: Path) -> None:
+    """Drop the last item (all members sharing its stem) from a tar: new content, still a valid archive."""
+    with tarfile.open(path) as src:
+        members = [(m, src.extractfile(m).read() if m.isfile() else None) for m in src.getmembers()]
+    last_stem = Path(members[-1][0].name).stem
+    tmp = path.with_suffix(".tmp")
+    with tarfile.open(tmp, "w") as dst:
+        for member, data in members:
+            if Path(member.name).stem != last_stem:
+                dst.addfile(member, None if data is None else io.BytesIO(data))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------- running snakemake
+@dataclass
+class SmkResult:
+    cmd: list[str]
+    returncode: int
+    output: str  # stdout and stderr interleaved (snakemake logs to stderr)
+
+    def tail(self, n: int = 4000) -> str:
+        return f"$ {' '.join(self.cmd)}\n(exit {self.returncode})\n{self.output[-n:]}"
+
+
+def smk_env(workdir: Path) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir / "src"), env.get("PYTHONPATH")]))
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> SmkResult:
+    """Run the literal `snakemake ...` (the venv's) in ``workdir``, bounded by ``timeout`` seconds.
+
+    SIGINT, not SIGTERM: Snakemake ignores SIGTERM while it waits for remote (SLURM) jobs.
+    """
+    cmd = ["timeout", "-s", "INT", "-k", "30", str(timeout), "snakemake", *args]
+    proc = subprocess.run(
+        cmd, cwd=workdir, env=smk_env(workdir), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    return SmkResult(cmd[6:], proc.returncode, proc.stdout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Per-rule job counts from Snakemake's "Job stats" table; {} when there is nothing to do."""
+    if "Nothing to be done" in output:
+        return {}
+    match = re.search(r"Job stats:\n(?:.*\n)?job\s+count\n[-\s]+\n((?:.*\n)*?)total\s+\d+", output)
+    if not match:
+        raise AssertionError(f"no job stats in snakemake output:\n{output[-3000:]}")
+    counts = {}
+    for line in match.group(1).splitlines():
+        name, count = line.split()
+        counts[name] = int(count)
+    return counts
+
+
+@dataclass
+class PlannedJob:
+    rule: str
+    fields: dict[str, str]
+
+    @property
+    def resources(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.fields.get("resources", "").split(", ") if "=" in item)
+
+    @property
+    def threads(self) -> int:
+        return int(self.fields.get("threads", 1))
+
+
+def planned_jobs(output: str) -> list[PlannedJob]:
+    """The job blocks of a dry-run (`rule x:` followed by indented `key: value` lines)."""
+    jobs: list[PlannedJob] = []
+    for line in output.splitlines():
+        head = re.match(r"^(?:local)?rule (\w+):$", line)
+        if head:
+            jobs.append(PlannedJob(head.group(1), {}))
+        elif jobs and line.startswith("    ") and ": " in line:
+            key, value = line.strip().split(": ", 1)
+            jobs[-1].fields.setdefault(key, value)
+    return jobs
+
+
+# --------------------------------------------------------------------------------------------- synthetic manifest
+def write_big_manifest_workdir(workdir: Path, n_shapes: int, shards: int, dataset: str = "big") -> dict:
+    """Turn a repo copy into one whose ingest is already done for ``n_shapes`` shapes of one mesh dataset.
+
+    Writes a contract-conforming manifest.parquet (and empty rejects / item store) under results/ingest/<dataset>/,
+    newer than the raw archive, plus a config with ``shards`` cache shards; the demo is switched off.
+    Returns the config.
+    """
+    import numpy as np
+    import pandas as pd
+
+    raw = workdir / "raw" / f"{dataset}.tar.gz"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_bytes(b"stand-in for a ShapeNetCore archive")
+    config = deep_merge(repo_config(), {"demo": {"enabled": False}, "cache": {"shards": shards}})
+    config["datasets"] = {dataset: {"kind": "mesh", "format": "shapenet", "path": str(raw.relative_to(workdir))}}
+    write_config(workdir, config)
+
+    n_classes = 55
+    labels = np.arange(n_shapes) % n_classes
+    names = [f"{i:08x}" for i in range(n_shapes)]
+    classes = [f"{label:08d}" for label in labels]
+    manifest = pd.DataFrame(
+        {
+            "shape_id": [f"{dataset}/{c}/{n}" for c, n in zip(classes, names)],
+            "dataset": dataset,
+            "kind": "mesh",
+            "label": labels.astype("int64"),
+            "label_name": classes,
+            "source_split": "",
+            "source": [f"{raw.name}::{c}/{n}/models/model_normalized.obj" for c, n in zip(classes, names)],
+            "sha256": [f"{i:064x}" for i in range(n_shapes)],
+            "n_vertices": pd.array(np.full(n_shapes, 2000), dtype="Int64"),
+            "n_faces": pd.array(np.full(n_shapes, 4000), dtype="Int64"),
+            "n_points": pd.array([None] * n_shapes, dtype="Int64"),
+            "meta": "{}",
+        }
+    )
+    out = workdir / "results" / "ingest" / dataset
+    out.mkdir(parents=True, exist_ok=True)
+    manifest.to_parquet(out / "manifest.parquet", index=False)
+    pd.DataFrame({c: pd.Series(dtype="string") for c in ("source", "stage", "reason", "detail")}).to_parquet(
+        out / "rejects.parquet", index=False
+    )
+    (out / "items.h5").write_bytes(b"")
+    return config
+
+
+def expected_big_counts(shards: int) -> dict[str, int]:
+    """Jobs of `all` for one mesh dataset whose ingest is done: one per shard, a handful per dataset."""
+    return {
+        "build_cache_shard": shards,
+        "index_cache": 1,
+        "fingerprint_dataset": 1,
+        "make_splits": 1,
+        "materialize_unpaired": 4,
+        "all": 1,
+    }

@@ -1,0 +1,128 @@
+"""Dry-runs: the DAG the demo config produces, what every job declares, config typos, and DAG size at scale."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smk import (
+    ROOT,
+    expected_big_counts,
+    job_counts,
+    planned_jobs,
+    repo_config,
+    run_snakemake,
+    write_big_manifest_workdir,
+)
+
+TARGET_RULES = {"all", "data_all"}
+UNPAIRED_SPLITS = 4  # train_mesh, train_pc, train_udf, eval
+
+
+def expected_demo_counts(config: dict, target: str = "all") -> dict[str, int]:
+    """The DAG's shape, stated per dataset kind: ingest + fingerprints + splits for every dataset, a cache (one job
+    per shard + an index) for meshes and point clouds, physically unpaired stores for meshes."""
+    kinds = [d["kind"] for d in config["datasets"].values()]
+    cached = sum(k in ("mesh", "pointcloud") for k in kinds)
+    counts = {
+        "make_demo_data": int(config["demo"]["enabled"]),
+        "ingest_dataset": len(kinds),
+        "build_cache_shard": cached * config["cache"]["shards"],
+        "index_cache": cached,
+        "fingerprint_dataset": len(kinds),
+        "make_splits": len(kinds),
+        "materialize_unpaired": kinds.count("mesh") * UNPAIRED_SPLITS,
+        target: 1,
+    }
+    return {rule: n for rule, n in counts.items() if n}
+
+
+@pytest.mark.parametrize("target", ["all", "data_all"])
+def test_demo_dry_run_job_counts(workdir: Path, target: str) -> None:
+    result = run_snakemake(workdir, "-n", target)
+    assert result.returncode == 0, result.tail()
+    assert job_counts(result.output) == expected_demo_counts(repo_config(), target)
+
+
+def test_default_target_is_all(workdir: Path) -> None:
+    default = run_snakemake(workdir, "-n")
+    assert default.returncode == 0, default.tail()
+    assert job_counts(default.output) == expected_demo_counts(repo_config(), "all")
+
+
+def test_every_job_declares_log_benchmark_and_resources(workdir: Path) -> None:
+    result = run_snakemake(workdir, "-n", "all")
+    assert result.returncode == 0, result.tail()
+    jobs = [job for job in planned_jobs(result.output) if job.rule not in TARGET_RULES]
+    assert jobs
+    for job in jobs:
+        assert job.fields.get("log", "").startswith(f"results/logs/{job.rule}/"), (job.rule, job.fields)
+        assert job.fields.get("benchmark", "").startswith(f"results/benchmarks/{job.rule}/"), (job.rule, job.fields)
+        resources = job.resources
+        assert int(resources["mem_mb"]) > 0 and int(resources["runtime"]) > 0, (job.rule, resources)
+
+
+def rule_blocks() -> dict[str, str]:
+    """Source text of every rule in the Snakefile and workflow/rules/*.smk."""
+    blocks = {}
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]:
+        text = path.read_text()
+        heads = list(re.finditer(r"^( *)rule (\w+):", text, flags=re.M))
+        for head, nxt in zip(heads, heads[1:] + [None]):
+            blocks[head.group(2)] = text[head.start(): nxt.start() if nxt else len(text)]
+    return blocks
+
+
+def test_every_command_rule_sets_threads_explicitly() -> None:
+    """Without `threads:` Snakemake pins OMP_NUM_THREADS=1 silently; every rule that runs something states it."""
+    blocks = rule_blocks()
+    assert set(blocks) >= {"make_demo_data", "ingest_dataset", "build_cache_shard", "make_splits"}
+    commands = {name: text for name, text in blocks.items() if re.search(r"^\s+(shell|script|run):", text, re.M)}
+    assert set(commands) == set(blocks) - TARGET_RULES
+    missing = [name for name, text in commands.items() if not re.search(r"^\s+threads:", text, re.M)]
+    assert not missing, f"rules without threads: {missing}"
+
+
+@pytest.mark.parametrize(
+    "section, typo",
+    [
+        (None, "seeed"),  # top level
+        ("splits", "kfolds"),  # inside a section
+        ("cache", "pc_point"),
+    ],
+)
+def test_config_typo_fails_naming_the_key(workdir: Path, section: str | None, typo: str) -> None:
+    config = repo_config()
+    (config[section] if section else config)[typo] = 3
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+
+    result = run_snakemake(workdir, "-n", "all")
+    assert result.returncode != 0
+    assert re.search(rf"['\"]?{typo}['\"]? was unexpected|unknown key.*{typo}|{typo}.*unknown key", result.output), (
+        result.tail()
+    )
+
+
+def test_dataset_entry_typo_fails_naming_the_key(workdir: Path) -> None:
+    config = repo_config()
+    config["datasets"]["demo-mesh"]["fromat"] = "shapenet"
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+
+    result = run_snakemake(workdir, "-n", "all")
+    assert result.returncode != 0
+    assert "fromat" in result.output.split("Failed validating")[0], result.tail()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_shapes, shards", [(50_000, 64), (500, 8)])
+def test_dag_size_depends_on_shards_not_shapes(workdir: Path, n_shapes: int, shards: int) -> None:
+    """A 50k-shape dataset (ingest done) plans one cache job per shard: Snakemake never sees individual shapes.
+    Wall time of the 50k dry-run: benchmarks/bench_dryrun.py (BENCHMARKS.md)."""
+    write_big_manifest_workdir(workdir, n_shapes=n_shapes, shards=shards)
+
+    result = run_snakemake(workdir, "-n", "all")
+    assert result.returncode == 0, result.tail()
+    assert job_counts(result.output) == expected_big_counts(shards)
