@@ -4,16 +4,22 @@ import logging
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
+from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from pipeline3d.config import stage_params as _stage_params  # noqa: E402
+from pipeline3d.config import ConfigError, stage_params as _stage_params, validate as _validate  # noqa: E402
 from pipeline3d.data.cache_schema import profile_of  # noqa: E402
 from pipeline3d.io.h5clouds import scanobjectnn_files  # noqa: E402
+from pipeline3d.io.rawdigest import listing_digest  # noqa: E402
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+# The JSON schema (workflow/schemas/config.schema.yaml) checked by pipeline3d: a one-line error naming the key,
+# defaults filled in place.
+try:
+    _validate(config)
+except ConfigError as _exc:
+    raise WorkflowError(str(_exc)) from None
 
 # The interpreter running Snakemake runs the stages too (a bare `python` may be another one on PATH).
 PY = sys.executable
@@ -41,6 +47,12 @@ def stage_params(stage, config_slice):
 def dataset_params(stage, wildcards, extra):
     ds = DATASETS[wildcards.dataset]
     return stage_params(stage, {"seed": config["seed"], "dataset": wildcards.dataset, "source": ds, **extra})
+
+
+def ingest_params(wildcards):
+    """Ingest's params also carry a digest of a raw folder's listing: Snakemake ignores changes inside folders."""
+    extra = {"ingest": config["ingest"], "raw_listing": listing_digest(DATASETS[wildcards.dataset]["path"])}
+    return dataset_params("ingest_dataset", wildcards, extra)
 
 
 def dataset_cfg(stage, *sections):

@@ -16,7 +16,7 @@ rule ingest_dataset:
     benchmark:
         f"{RESULTS}/benchmarks/ingest_dataset/{{dataset}}.tsv"
     params:
-        cfg=dataset_cfg("ingest_dataset", "ingest"),
+        cfg=ingest_params,
     threads: config["ingest"]["workers"]
     resources:
         mem_mb=4000,

@@ -1,0 +1,31 @@
+"""A raw *folder* dataset: editing a file inside it must rerun its ingest (Snakemake alone would not notice)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smk import copy_repo, job_counts, repo_config, run_snakemake, write_config
+
+TETRA = "OFF\n4 4 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n3 0 1 3\n3 0 2 3\n3 1 2 3\n"
+
+
+def test_editing_a_file_inside_a_raw_folder_reruns_ingest(tmp_path: Path) -> None:
+    workdir = copy_repo(tmp_path / "w")
+    raw = workdir / "raw" / "shapes"
+    for cls in ("cube", "tet"):
+        (raw / cls / "train").mkdir(parents=True)
+        (raw / cls / "train" / f"{cls}_1.off").write_text(TETRA)
+    config = repo_config()
+    config["demo"]["enabled"] = False
+    config["datasets"] = {"shapes": {"kind": "mesh", "format": "modelnet", "path": "raw/shapes"}}
+    write_config(workdir, config)
+    target = "results/ingest/shapes/manifest.parquet"
+    first = run_snakemake(workdir, "--cores", "1", target)
+    assert first.returncode == 0, first.tail()
+    again = run_snakemake(workdir, "-n", target)
+    assert job_counts(again.output) == {}, again.tail()
+
+    # a new file deep inside the folder: the folder's own mtime may not change, its digest does
+    (raw / "tet" / "train" / "tet_2.off").write_text(TETRA)
+    changed = run_snakemake(workdir, "-n", target)
+    assert job_counts(changed.output).get("ingest_dataset") == 1, changed.tail()
