@@ -70,3 +70,30 @@ def test_trilinear_conventions():
     np.testing.assert_allclose(grids.trilinear(affine, q), q @ np.array([0.3, -1.2, 2.0]) + 0.5)
     # the separable 2x upsampling is the same interpolation at the fine centres
     np.testing.assert_allclose(grids.upsample2(coarse).ravel(), grids.trilinear(coarse, grids.cell_centres(12)))
+
+
+def test_child_lower_bounds_are_certified_and_use_the_face_neighbours():
+    rng = np.random.default_rng(3)
+    sites = rng.uniform(-1, 1, (5, 3))
+
+    def f(x):  # a 1-Lipschitz function: distance to a few points
+        return np.sqrt(((x[:, None] - sites[None]) ** 2).sum(-1)).min(1)
+
+    n = 6
+    parent = f(grids.cell_centres(n)).reshape((n,) * 3)
+    lower = grids.child_lower_bounds(parent, 2 / (2 * n))
+    child = f(grids.cell_centres(2 * n)).reshape((2 * n,) * 3)
+    assert np.all(lower <= child + 1e-12)
+    # brute force: max over the parent and its face neighbours on the child's side of (value - centre distance)
+    pc, cc = grids.cell_centres(n).reshape((n,) * 3 + (3,)), grids.cell_centres(2 * n)
+    for flat in rng.choice(len(cc), 40, replace=False):
+        i = np.unravel_index(flat, (2 * n,) * 3)
+        k = [a // 2 for a in i]
+        cands = [tuple(k)]
+        for axis in range(3):
+            nb = list(k)
+            nb[axis] += 1 if i[axis] % 2 else -1
+            if 0 <= nb[axis] < n:
+                cands.append(tuple(nb))
+        want = max(parent[c] - np.linalg.norm(cc[flat] - pc[c]) for c in cands)
+        assert abs(lower[i] - want) < 1e-12

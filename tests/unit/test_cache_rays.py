@@ -1,11 +1,12 @@
-"""Camera layout contract and Embree first hits against a brute-force Möller–Trumbore."""
+"""Camera layout contract and first hits (fcpw, and the Embree oracle) against a brute-force Möller–Trumbore."""
 
 import math
 
 import numpy as np
+import pytest
 import trimesh
 
-from pipeline3d.data.cache.rays import MeshRayCaster, camera_positions, camera_rays
+from pipeline3d.data.cache.rays import EmbreeRayCaster, MeshRayCaster, camera_positions, camera_rays
 from pipeline3d.data.cache.sampling import SurfaceSampler
 
 
@@ -31,12 +32,13 @@ def moller_trumbore(origins, dirs, tri):
     return hit, np.where(hit, t_min, 0.0), face
 
 
-def test_embree_hits_match_brute_force():
+@pytest.mark.parametrize("caster", [MeshRayCaster, EmbreeRayCaster])
+def test_first_hits_match_brute_force(caster):
     mesh = trimesh.creation.torus(major_radius=0.6, minor_radius=0.25, major_sections=16, minor_sections=10)
     vertices, faces = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
     normals = SurfaceSampler(vertices, faces).face_normals
     origins, dirs = camera_rays(6, 64, 2.2, np.random.default_rng(0))
-    hit, t, normal = MeshRayCaster(vertices, faces, normals).cast(origins, dirs)
+    hit, t, normal = caster(vertices, faces, normals).cast(origins, dirs)
     want_hit, want_t, want_face = moller_trumbore(origins, dirs, vertices[faces])
     assert 0.2 < want_hit.mean() < 0.9  # the test exercises both hits and misses
     np.testing.assert_array_equal(hit.astype(bool), want_hit)

@@ -79,6 +79,14 @@ def test_shards_are_valid_and_record_the_failing_shape(inputs, built):
     assert [(sid, reason) for sid, reason, _ in failed] == [(BAD, "degenerate")]
 
 
+def test_the_codec_goes_only_to_arrays_it_shrinks(built):
+    with h5py.File(built[0], "r") as h5:
+        for key in ("udf_grid", "occ_grid", "ray_hit_mesh", "ray_normal_pc"):
+            assert h5[key].compression == "lzf", key
+        for key in ("pc_xyz", "pool_xyz", "pool_dist_mesh", "ray_dir"):
+            assert h5[key].compression is None, key
+
+
 def test_rows_do_not_depend_on_the_shard_count(inputs, built, tmp_path):
     single = run_shards(inputs, tmp_path, shards=1)[0]
     with ShardReader(single) as one:

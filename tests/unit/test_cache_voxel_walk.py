@@ -50,12 +50,13 @@ def random_rays(rng, n):
     return origins, dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
 
 
+@pytest.mark.parametrize("brick", [2, 3, 4])  # the default, the non-power-of-two path, the former default
 @pytest.mark.parametrize("grid,density", [(8, 0.3), (16, 0.05), (16, 0.01), (32, 0.002), (20, 0.004)])
-def test_walk_matches_per_ray_reference(grid, density):
+def test_walk_matches_per_ray_reference(grid, density, brick):
     rng = np.random.default_rng(grid * 1000 + int(density * 1e4))
     occ = rng.random((grid,) * 3) < density  # sparse grids make the walk skip empty blocks
     origins, dirs = random_rays(rng, 400)
-    hit, t = first_hits(origins, dirs, occ)
+    hit, t = first_hits(origins, dirs, occ, brick=brick)
     want = [reference_walk(origins[i], dirs[i], occ) for i in range(len(origins))]
     want_hit = np.array([w[0] for w in want])
     assert 0.05 < want_hit.mean() < 0.95
@@ -95,3 +96,22 @@ def test_dilate_is_the_26_neighbourhood_binary_dilation():
 def test_voxelize_marks_the_containing_cells():
     occ = voxelize(np.array([[-1.0, -1.0, -1.0], [0.99, 0.0, 0.3], [1.0, 1.0, 1.0]]), 4)
     assert occ.sum() == 3 and occ[0, 0, 0] and occ[3, 2, 2] and occ[3, 3, 3]
+
+
+@pytest.mark.parametrize("brick,cap", [(2, 8), (3, 4), (4, 50)])
+def test_block_distance_is_the_capped_chessboard_distance(brick, cap):
+    from scipy import ndimage
+
+    from pipeline3d.data.cache.voxel_walk import _brick_distance
+
+    rng = np.random.default_rng(brick)
+    occ = rng.random((20, 20, 20)) < 0.001
+    occ[3, 4, 5] = True
+    n = -(-20 // brick)
+    full = np.zeros((n * brick,) * 3, bool)
+    full[:20, :20, :20] = occ
+    blocks = full.reshape(n, brick, n, brick, n, brick).any(axis=(1, 3, 5))
+    want = np.minimum(ndimage.distance_transform_cdt(~blocks, metric="chessboard"), cap)
+    got = _brick_distance(occ, brick, cap)
+    np.testing.assert_array_equal(got[1:-1, 1:-1, 1:-1], want)
+    assert got[0].sum() == got[-1].sum() == got[:, 0].sum() == got[:, :, -1].sum() == 0  # the padding

@@ -35,12 +35,13 @@ class ShardWriter:
     """Write rows (one shape each) into a new shard; atomic: nothing appears at ``path`` unless closed cleanly."""
 
     def __init__(self, path, *, dataset: str, shard: int, n_shards: int, kind: str, profile: dict,
-                 compression: str = "lzf", keys: tuple[str, ...] | None = None):
+                 compression: str | dict[str, str] = "lzf", keys: tuple[str, ...] | None = None):
         self.path = Path(path)
         self.dataset, self.shard, self.n_shards, self.kind, self.profile = dataset, shard, n_shards, kind, profile
         # ``keys`` restricts the shard to a subset (per-primitive stores physically lack the other arrays).
         self.keys = tuple(KIND_ARRAYS[kind] if keys is None else keys)
-        self.compression = None if compression == "none" else compression
+        # one filter for every array, or {array: filter} (arrays it does not name are stored uncompressed)
+        self.compression = compression
         self._ids: list[str] = []
         self.failed: list[tuple[str, str, str]] = []  # shapes that could not be cached: (shape_id, reason, detail)
 
@@ -51,8 +52,10 @@ class ShardWriter:
         self._datasets = {}
         for key in self.keys:
             shape, dtype = array_spec(key, self.profile)
+            codec = self.compression.get(key, "none") if isinstance(self.compression, dict) else self.compression
             self._datasets[key] = self._h5.create_dataset(key, shape=(0, *shape), maxshape=(None, *shape),
-                                                          dtype=dtype, chunks=(1, *shape), compression=self.compression)
+                                                          dtype=dtype, chunks=(1, *shape),
+                                                          compression=None if codec == "none" else codec)
         return self
 
     def append(self, shape_id: str, arrays: dict[str, np.ndarray]) -> None:

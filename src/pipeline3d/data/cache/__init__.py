@@ -1,10 +1,11 @@
 """The per-shape training cache: normalise, sample, exact distances, rays, voxel walk and grids.
 
 Modules (one job each): ``normalize`` (unit-ball frame), ``sampling`` (area-weighted surface points, query pool),
-``distances`` (exact point-to-mesh distance via fcpw + float64 refinement), ``rays`` (fixed camera layout,
-Embree hits), ``voxel_walk`` (vectorised Amanatides–Woo on point occupancy), ``grids`` (edt / narrowband / exact
-UDF and occupancy), ``pointcloud`` (resampling, PCA normals), ``build`` (one shape -> one cache row),
-``threads`` (keeping native engines on one core).
+``distances`` (exact point-to-mesh distance via fcpw + float64 refinement, pykdtree nearest neighbours), ``rays``
+(fixed camera layout, first hits on the same fcpw BVH; Embree as the test oracle), ``voxel_walk`` (vectorised
+Amanatides–Woo on point occupancy), ``grids`` (edt / narrowband / exact UDF and occupancy), ``pointcloud``
+(resampling, PCA normals), ``build`` (one shape -> one cache row), ``threads`` (keeping native engines on one
+core).
 
 The public names are imported lazily, so ``pipeline3d.data.cache.threads`` can be used before numpy is loaded
 (the shard stage sets thread limits first).

@@ -1,5 +1,8 @@
 """Unsigned distances: exact point-to-mesh (fcpw BVH + float64 refinement) and nearest-neighbour to a point set.
 
+Nearest neighbours use pykdtree: on the 20k pool against 2048 surface points it answers in ~9 ms against
+~14 ms for the best-tuned ``scipy.spatial.cKDTree`` (measured, one CPU), with identical float64 distances.
+
 Engine choice (measured, see BENCHMARKS.md "Cache"): fcpw's batched closest-point query is the fastest exact
 engine available here; pure trimesh is ~100x slower. fcpw works in float32, so each answer is refined: the exact
 float64 point-triangle distance to the triangle fcpw selected. Queries are sent in Morton (Z-curve) order, which
@@ -8,12 +11,37 @@ keeps consecutive queries in the same BVH subtrees (~20% cheaper on the 20k pool
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import numpy as np
+from pykdtree.kdtree import KDTree
 
 from .errors import ShapeError
 from .threads import one_cpu
 
 _MORTON_BITS = 10
+# fcpw answers come back as a list of interaction objects; map(attrgetter) reads a field ~1.8x faster than a
+# generator expression (the per-object proxy creation is most of the cost).
+_PRIMITIVE = attrgetter("primitive_index")
+_DISTANCE = attrgetter("d")
+
+
+def _field(interactions, getter, dtype) -> np.ndarray:
+    return np.fromiter(map(getter, interactions), dtype=dtype, count=len(interactions))
+
+
+class NearestPoint:
+    """Exact Euclidean nearest neighbour in a fixed point set (float64)."""
+
+    def __init__(self, points: np.ndarray):
+        self._tree = KDTree(np.ascontiguousarray(points, dtype=np.float64), leafsize=16)
+
+    def query(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distance float64 (N,), index int64 (N,)) of the nearest point to each query (N,3)."""
+        if len(queries) == 0:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        dist, index = self._tree.query(np.ascontiguousarray(queries, dtype=np.float64), k=1)
+        return np.asarray(dist, dtype=np.float64), index.astype(np.int64)
 
 
 def _spread_bits(x: np.ndarray) -> np.ndarray:
@@ -85,7 +113,7 @@ class MeshDistance:
         fcpw = _require_fcpw()
         self._fcpw = fcpw
         self._single_cpu = single_cpu
-        self._a, self._b, self._c = (vertices[faces[:, k]] for k in range(3))
+        self._vertices, self._faces = vertices, faces
         scene = fcpw.scene_3D()
         scene.set_object_count(1)
         scene.set_object_vertices(np.asfortranarray(vertices, dtype=np.float32), 0)
@@ -112,7 +140,7 @@ class MeshDistance:
         interactions = self._fcpw.interaction_3D_list()
         with one_cpu(self._single_cpu):
             self._scene.find_closest_points(query, radii, interactions)
-        face = np.fromiter((hit.primitive_index for hit in interactions), dtype=np.int64, count=n)
+        face = _field(interactions, _PRIMITIVE, np.int64)
         lost = np.flatnonzero(face < 0)
         if len(lost) and upper is not None:
             face[lost] = self.closest_faces(points[lost])
@@ -121,10 +149,27 @@ class MeshDistance:
             raise ShapeError("distance_failed", f"fcpw found no closest point for {len(lost)} queries")
         return face
 
+    def ray_hits(self, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(face int64, -1 on a miss; t float64, fcpw's float32 hit distance, inf on a miss) of the first hit of
+        each ray on the same BVH (no second acceleration structure: see ``rays``)."""
+        n = len(origins)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        interactions = self._fcpw.interaction_3D_list()
+        with one_cpu(self._single_cpu):
+            self._scene.intersect(np.asfortranarray(origins, dtype=np.float32),
+                                  np.asfortranarray(dirs, dtype=np.float32), np.full(n, np.inf, dtype=np.float32),
+                                  interactions)
+        face = _field(interactions, _PRIMITIVE, np.int64)
+        t = _field(interactions, _DISTANCE, np.float64)
+        return face, np.where(face >= 0, t, np.inf)
+
     def distances_sorted(self, points: np.ndarray, upper: np.ndarray | None = None) -> np.ndarray:
         """Exact float64 distances for points already in a spatially coherent (e.g. Morton) order."""
         face = self.closest_faces(points, upper)
-        return point_triangle_distance(points, self._a[face], self._b[face], self._c[face])
+        corners = self._faces[face]  # gathered for the queried faces only, not for the whole mesh
+        a, b, c = (self._vertices.take(corners[:, k], axis=0) for k in range(3))
+        return point_triangle_distance(points, a, b, c)
 
     def __call__(self, points: np.ndarray, upper: np.ndarray | None = None) -> np.ndarray:
         """Exact float64 distance from each point (N,3) to the mesh."""

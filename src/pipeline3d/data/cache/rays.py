@@ -1,4 +1,4 @@
-"""Camera rays (fixed layout, per-shape pixel jitter) and their first hits on a mesh (Embree).
+"""Camera rays (fixed layout, per-shape pixel jitter) and their first hits on a mesh (fcpw BVH; Embree oracle).
 
 Layout contract (fingerprints rely on it): ``n_views`` cameras on a Fibonacci sphere of radius ``camera_radius``,
 identical for every shape, each looking at the origin with a deterministic up vector; per view a
@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from .distances import MeshDistance
 from .threads import one_cpu
 
 GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
@@ -65,16 +66,61 @@ def camera_rays(n_views: int, rays_per_view: int, radius: float,
     return origins, dirs
 
 
+def _first_hit_answers(face: np.ndarray, engine_t: np.ndarray, origins: np.ndarray, dirs: np.ndarray,
+                       v0: np.ndarray, face_normals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hit uint8, t float64, normal float64) from an engine's hit face (-1 = miss) and its float32 t.
+
+    t is recomputed in float64 from the hit triangle's plane; the normal is the unit face normal turned towards
+    the ray origin (dot(n, d) < 0). t and normal are 0 on a miss.
+    """
+    hit = face >= 0
+    t = np.zeros(len(origins))
+    normal = np.zeros((len(origins), 3))
+    if hit.any():
+        f, o, d = face[hit], origins[hit], dirs[hit]
+        n = face_normals[f]
+        denom = np.einsum("ij,ij->i", d, n)
+        plane_t = np.einsum("ij,ij->i", v0[f] - o, n) / np.where(denom != 0, denom, 1.0)
+        rough_t = engine_t[hit].astype(np.float64)
+        # a degenerate (zero-normal) face or a grazing hit keeps the engine's t
+        ok = (denom != 0) & np.isfinite(plane_t) & (np.abs(plane_t - rough_t) < 1e-3)
+        t[hit] = np.where(ok, plane_t, rough_t)
+        normal[hit] = np.where(denom[:, None] > 0, -n, n)
+    return hit.astype(np.uint8), t, normal
+
+
+class MeshRayCaster:
+    """First hits of rays on one triangle mesh, on the fcpw BVH that already serves the exact distances.
+
+    Why fcpw and not Embree (measured on SHREC'07, one CPU, BENCHMARKS.md "Cache"): the closest-point BVH is
+    built anyway, and casting the 8000 rays on it costs ~5 ms including result extraction, against ~9 ms to
+    build an Embree scene through embreex plus ~6 ms to cast, with identical hit/miss answers on every ray.
+    ``EmbreeRayCaster`` (same answers, second acceleration structure) remains the test oracle.
+    """
+
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray, face_normals: np.ndarray,
+                 bvh: MeshDistance | None = None, single_cpu: bool = True):
+        self._bvh = bvh if bvh is not None else MeshDistance(vertices, faces, single_cpu=single_cpu)
+        self._v0 = vertices[faces[:, 0]]
+        self._normals = face_normals
+
+    def cast(self, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(hit uint8 (R,), t float64 (R,), normal float64 (R,3)) for unit directions; t and normal are 0 on a miss.
+
+        t is the distance along the direction, recomputed in float64 from the hit triangle's plane (fcpw's own
+        t is float32); the normal is the unit face normal turned towards the ray origin (dot(n, d) < 0).
+        """
+        face, engine_t = self._bvh.ray_hits(origins, dirs)
+        return _first_hit_answers(face, engine_t, origins, dirs, self._v0, self._normals)
+
+
 def require_embree():
-    """Import embreex or fail loudly: without it rays would fall back to a pure-Python intersector (100x slower)."""
+    """Import embreex or fail loudly (it is only the reference engine for tests and benchmarks)."""
     try:
         from embreex import rtcore, rtcore_scene
         from embreex.mesh_construction import TriangleMesh
     except ImportError as exc:
-        raise RuntimeError(
-            "the cache needs Embree for mesh rays: pip install embreex==4.4.0.post1 (a pinned dependency of "
-            "pipeline3d); there is deliberately no pure-Python fallback"
-        ) from exc
+        raise RuntimeError("EmbreeRayCaster needs embreex: pip install embreex==4.4.0.post1") from exc
     return rtcore, rtcore_scene, TriangleMesh
 
 
@@ -84,8 +130,8 @@ def _device():
     return rtcore.EmbreeDevice()
 
 
-class MeshRayCaster:
-    """First hits of rays on one triangle mesh (Embree BVH built once per mesh)."""
+class EmbreeRayCaster:
+    """The same answers as ``MeshRayCaster`` from an Embree scene (embreex): the independent reference engine."""
 
     def __init__(self, vertices: np.ndarray, faces: np.ndarray, face_normals: np.ndarray, single_cpu: bool = True):
         _, rtcore_scene, TriangleMesh = require_embree()
@@ -98,26 +144,8 @@ class MeshRayCaster:
         self._normals = face_normals
 
     def cast(self, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(hit uint8 (R,), t float64 (R,), normal float64 (R,3)) for unit directions; t and normal are 0 on a miss.
-
-        t is the distance along the direction, recomputed in float64 from the hit triangle's plane (Embree's own
-        t is float32); the normal is the unit face normal turned towards the ray origin (dot(n, d) < 0).
-        """
         with one_cpu(self._single_cpu):
             out = self._scene.run(np.ascontiguousarray(origins, dtype=np.float32),
                                   np.ascontiguousarray(dirs, dtype=np.float32), output=1)
-        face = out["primID"].astype(np.int64)
-        hit = face >= 0
-        t = np.zeros(len(origins))
-        normal = np.zeros((len(origins), 3))
-        if hit.any():
-            f, o, d = face[hit], origins[hit], dirs[hit]
-            n = self._normals[f]
-            denom = np.einsum("ij,ij->i", d, n)
-            plane_t = np.einsum("ij,ij->i", self._v0[f] - o, n) / np.where(denom != 0, denom, 1.0)
-            embree_t = out["tfar"][hit].astype(np.float64)
-            # a degenerate (zero-normal) face or a grazing hit keeps Embree's t
-            ok = (denom != 0) & np.isfinite(plane_t) & (np.abs(plane_t - embree_t) < 1e-3)
-            t[hit] = np.where(ok, plane_t, embree_t)
-            normal[hit] = np.where(denom[:, None] > 0, -n, n)
-        return hit.astype(np.uint8), t, normal
+        return _first_hit_answers(out["primID"].astype(np.int64), out["tfar"], origins, dirs, self._v0,
+                                  self._normals)
