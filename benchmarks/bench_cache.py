@@ -52,21 +52,42 @@ def machine() -> dict:
             "loadavg_start": os.getloadavg()}
 
 
-def build_inputs(workdir: Path, limit: int | None) -> tuple[Path, Path, int]:
+# The 30 meshes of shared/reference/cache-performance.md (paths inside pybullet_data), to compare with its anchors.
+ANCHOR_SET = (
+    "random_urdfs/525/525.obj", "random_urdfs/100/100.obj", "toys/concave_box.obj", "random_urdfs/200/200.obj",
+    "duck_vhacd.obj", "random_urdfs/000/000.obj", "random_urdfs/700/700.obj", "random_urdfs/350/350.obj",
+    "random_urdfs/025/025.obj", "random_urdfs/400/400.obj", "objects/mug.obj", "bunny.obj",
+    "torus/torus_textured.obj", "racecar/meshes/left_front_wheel.obj", "sphere_smooth.obj",
+    "kuka_iiwa/meshes/link_3.obj", "teddy2_VHACD_CHs.obj", "lego/lego.obj", "aliengo/meshes/trunk.obj",
+    "kuka_iiwa/meshes/link_0.obj", "duck.obj", "laikago/chassis_mod.obj", "a1/meshes/calf.obj",
+    "franka_panda/meshes/visual/hand.obj", "soccerball.obj", "laikago/chassis.obj",
+    "franka_panda/meshes/visual/link3.obj", "mini_cheetah/meshes/mini_lower_link.obj",
+    "mini_cheetah/meshes/mini_body.obj", "a1/meshes/trunk.obj",
+)
+
+
+def mesh_files(data: Path, anchor: bool) -> list[Path]:
+    """SHREC'07 (ModelNet layout .off) by default; with ``anchor``, the reference study's 30 pybullet_data meshes."""
+    if anchor:
+        return [data / rel for rel in ANCHOR_SET]
+    return sorted(data.glob("*/*/*.off"))
+
+
+def build_inputs(workdir: Path, limit: int | None, data: Path = DATA, anchor: bool = False) -> tuple[Path, Path, int]:
     import numpy as np  # noqa: F401  (after the thread caps)
     import pandas as pd
 
     from pipeline3d.io.itemstore import ItemStoreWriter
     from pipeline3d.io.meshes import load_mesh
 
-    files = sorted(DATA.glob("*/*/*.off"))[:limit]
-    if not files:
-        raise SystemExit(f"no meshes under {DATA}")
+    files = mesh_files(data, anchor)[:limit]
+    if not files or not all(f.exists() for f in files):
+        raise SystemExit(f"meshes missing under {data}")
     ids = []
-    with ItemStoreWriter(workdir / "items.h5", "shrec07", "mesh") as writer:
+    with ItemStoreWriter(workdir / "items.h5", "bench", "mesh") as writer:
         for path in files:
-            mesh = load_mesh(path.read_bytes(), "off", 10_000_000)
-            sid = f"shrec07/{path.parts[-3]}/{path.stem}"
+            mesh = load_mesh(path.read_bytes(), path.suffix[1:], 10_000_000)
+            sid = f"bench/{path.parent.relative_to(data).as_posix() or 'root'}/{path.stem}"
             writer.add(sid, vertices=mesh.vertices, faces=mesh.faces)
             ids.append(sid)
     pd.DataFrame({"shape_id": ids}).to_parquet(workdir / "manifest.parquet")
@@ -81,7 +102,7 @@ def _worker(cpu: int, cache: dict, manifest: str, items: str, out: str, queue) -
     from pipeline3d.data.cache.shard_job import build_shard
 
     imported = time.perf_counter() - start
-    params = {"seed": 0, "dataset": "shrec07", "cache": cache}
+    params = {"seed": 0, "dataset": "bench", "cache": cache}
     logger = logging.getLogger("bench")
     begin, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     n_ok, failures, seconds = build_shard(params, 0, manifest, items, out, logger)
@@ -264,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modes", nargs="+", default=["edt", "narrowband", "exact"])
     ap.add_argument("--limit", type=int, default=None, help="only the first N meshes")
+    ap.add_argument("--data", type=Path, default=DATA, help="mesh folder (default: shared/data/shrec07_watertight)")
+    ap.add_argument("--anchor", action="store_true",
+                    help="use the 30 pybullet_data meshes of cache-performance.md; --data = a pybullet_data folder")
     ap.add_argument("--compression", nargs="*", default=["lzf", "none"],
                     help="edt runs with each (1 worker); give none to skip")
     ap.add_argument("--engines", action="store_true", help="also run the engine comparisons")
@@ -274,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline3d.data.cache.threads import thread_env
 
     os.environ.update(thread_env(1))  # inherited by the spawned workers
-    result = {"machine": machine(), "profile": CACHE, "modes": [], "compression": []}
+    result = {"machine": machine(), "profile": CACHE, "modes": [], "compression": [],
+              "meshes": "cache-performance.md anchor set (pybullet_data)" if args.anchor else str(args.data)}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        manifest, items, n = build_inputs(workdir, args.limit)
+        manifest, items, n = build_inputs(workdir, args.limit, args.data, args.anchor)
         print(f"{n} meshes -> item store; machine: {result['machine']}", flush=True)
         for mode in args.modes:
             cache = {**CACHE, "grid_mode": mode}
