@@ -38,7 +38,6 @@ TINY_OVERRIDES: dict = {
         "image_views": 1,
         "image_size": 32,
     },
-    "datasets": {"demo-scan": {"class_names": ["chair", "mug", "lamp"]}},
     "cache": {
         "shards": 1,
         "pc_points": 256,

@@ -198,6 +198,26 @@ def test_scan_files_have_the_scanobjectnn_layout(demo):
         assert (mask == 1).all()
         assert np.allclose(data.mean(axis=1), 0, atol=1e-5)
         assert np.allclose(np.linalg.norm(data, axis=2).max(axis=1), 1, atol=1e-5)
+    # label names ship beside the scans, in label order, so ingest needs no class list in the config
+    names = (demo["scans_train"].parent / "shape_names.txt").read_text().split()
+    assert names == ["bottle", "table", "mug"]
+
+
+def test_ingest_names_the_demo_scan_labels_without_a_class_list(demo, tmp_path):
+    from pipeline3d.data.ingest import run_ingest
+
+    root = demo["scans_train"].parents[1]
+    params = {"seed": 0, "dataset": "scan", "stage_version": 1,
+              "source": {"kind": "pointcloud", "format": "scanobjectnn", "variant": "obj_only", "path": str(root)},
+              "ingest": {"max_members": 100, "max_total_bytes": 10**9, "max_member_bytes": 10**9, "max_ratio": 200,
+                         "max_faces": 10**6, "workers": 1}}
+    run_ingest(params, tmp_path / "m.parquet", tmp_path / "r.parquet", tmp_path / "i.h5")
+    import pandas as pd
+
+    manifest = pd.read_parquet(tmp_path / "m.parquet")
+    assert set(manifest["label_name"]) == {"bottle", "table", "mug"}
+    for _, row in manifest.iterrows():
+        assert ["bottle", "table", "mug"][row["label"]] == row["label_name"]
 
 
 def test_scans_are_held_out_instances():

@@ -2,6 +2,7 @@
 # Outputs (under config demo.out_dir, default resources/demo):
 #   demo_meshes.tar.gz                                   ShapeNetCore.v2 layout: <class>/<model>/models/model_normalized.obj
 #   demo_scans/main_split_nobg/{training,test}_objectdataset.h5   ScanObjectNN layout (data, label, mask)
+#   demo_scans/main_split_nobg/shape_names.txt                    label names, one per line (index = label)
 #   demo_images.tar                                      <key>.png + <key>.json depth views
 DEMO = Path(config["demo"]["out_dir"])
 
@@ -12,6 +13,7 @@ if config["demo"]["enabled"]:
             meshes=str(DEMO / "demo_meshes.tar.gz"),
             scans_train=str(DEMO / "demo_scans/main_split_nobg/training_objectdataset.h5"),
             scans_test=str(DEMO / "demo_scans/main_split_nobg/test_objectdataset.h5"),
+            scan_names=str(DEMO / "demo_scans/main_split_nobg/shape_names.txt"),
             images=str(DEMO / "demo_images.tar"),
         log:
             f"{RESULTS}/logs/make_demo_data/make_demo_data.log",

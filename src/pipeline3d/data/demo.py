@@ -35,7 +35,8 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, write_text
+from ..io.h5clouds import CLASS_NAMES_FILE
 from ..log import Progress
 from ..rng import rng_for
 from .demo_shapes import check_classes, jittered, make_shape
@@ -386,5 +387,10 @@ def write_demo(cfg: DemoConfig, meshes_path: str | Path, scans_train_path: str |
                 split_counts["test"])
     if split_counts["test"] == 0:
         logger.warning("demo.scans_per_class is 1: the test scan file is empty")
+    # The scans' integer labels index demo.classes; ship the names beside them (the ModelNet40-h5 convention
+    # ingest reads), so the dataset config need not repeat the class list.
+    names_path = Path(scans_train_path).parent / CLASS_NAMES_FILE
+    write_text(names_path, "".join(f"{name}\n" for name in cfg.classes))
+    logger.info("wrote %s", names_path)
     return {"meshes": n_members, "duplicates": n_dup, "images": n_images, "scans_train": split_counts["train"],
             "scans_test": split_counts["test"]}
