@@ -122,6 +122,11 @@ def check_existing_shards():
                 logging.getLogger("pipeline3d").warning(
                     "cache shard %s is invalid (%s); moved to %s, it will be rebuilt", path, reason, moved
                 )
+                # The index vouches for the shards: drop it too, or Snakemake (seeing an up-to-date index)
+                # would never rebuild the missing shard.
+                index = path.parent / "index.parquet"
+                if index.exists():
+                    index.replace(index.with_name("index.parquet.stale"))
 
 
 check_existing_shards()
