@@ -1,0 +1,1 @@
+"""Evaluation metrics (classification; retrieval and completion probes follow)."""

@@ -1,0 +1,78 @@
+"""The few-shot table: test accuracy mean ± std over seeds per (method, K), from the fine-tune metrics JSONs.
+
+Layout of the seed table: Method | K | n(seed) | test_acc mean ± std (+ mean class accuracy), then a readout of
+the best method per K. Only the metrics files are read (never checkpoints), and the output depends only on
+their results, so rerunning with identical metrics gives byte-identical tables.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REQUIRED = ("method", "k", "seed", "test")
+
+
+def load_rows(paths: Sequence[str | Path]) -> pd.DataFrame:
+    rows = []
+    for path in map(Path, paths):
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read fine-tune metrics: {exc}") from exc
+        missing = [key for key in REQUIRED if key not in metrics]
+        if missing:
+            raise ValueError(f"{path}: fine-tune metrics lack {missing}")
+        rows.append({"method": metrics["method"], "k": int(metrics["k"]), "seed": int(metrics["seed"]),
+                     "test_acc": float(metrics["test"]["accuracy"]),
+                     "test_macc": float(metrics["test"]["mean_class_accuracy"])})
+    return pd.DataFrame(rows, columns=["method", "k", "seed", "test_acc", "test_macc"])
+
+
+def _std(values: pd.Series) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarize(rows: pd.DataFrame, method_order: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per (method, K): n_seed, mean and sample std (ddof=1; 0 with one seed) of test accuracies."""
+    grouped = rows.groupby(["method", "k"], sort=False)
+    table = grouped.agg(n_seed=("seed", "nunique"), acc_mean=("test_acc", "mean"), acc_std=("test_acc", _std),
+                        macc_mean=("test_macc", "mean"), macc_std=("test_macc", _std)).reset_index()
+    order = list(method_order) if method_order else sorted(table["method"].unique())
+    table["_m"] = table["method"].map({m: i for i, m in enumerate(order)})
+    return table.sort_values(["k", "_m"]).drop(columns="_m").reset_index(drop=True)
+
+
+def best_per_k(table: pd.DataFrame) -> pd.DataFrame:
+    """The method with the highest mean accuracy per K (ties: the first in table order)."""
+    idx = table.groupby("k", sort=True)["acc_mean"].idxmax()
+    return table.loc[idx, ["k", "method", "acc_mean", "acc_std"]].reset_index(drop=True)
+
+
+def _k_label(k: int) -> str:
+    return "full" if k == 0 else str(k)
+
+
+def to_markdown(table: pd.DataFrame, title: str) -> str:
+    lines = [f"# {title}", "", "| Method | K | n(seed) | test_acc mean ± std | test mAcc mean ± std |",
+             "|---|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.method} | {_k_label(r.k)} | {r.n_seed} | {r.acc_mean:.4f} ± {r.acc_std:.4f} | "
+                     f"{r.macc_mean:.4f} ± {r.macc_std:.4f} |")
+    lines += ["", "Best method per K (mean test accuracy):", ""]
+    for r in best_per_k(table).itertuples():
+        lines.append(f"- K={_k_label(r.k)}: **{r.method}** {r.acc_mean:.4f} ± {r.acc_std:.4f}")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: pd.DataFrame) -> str:
+    return table.to_csv(index=False, float_format="%.6f", lineterminator="\n")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
