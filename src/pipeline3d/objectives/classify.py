@@ -1,0 +1,71 @@
+"""Classification fine-tuning / linear probing: a head on the encoder's pooled features, cross-entropy loss."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline3d.models.heads import ClassificationHead
+from pipeline3d.objectives.base import Objective
+
+POOLS = ("eos", "mean")
+
+
+class ClassifyObjective(Objective):
+    """Cross-entropy (+ label smoothing) on ``head(encoder.pool(...))``.
+
+    Args:
+        encoder: a QueryNepa-like encoder.
+        n_classes: number of classes (labels must be in 0..n_classes-1).
+        pool: "eos" (the last token; the reference's readout, meaningful under causal attention) or "mean".
+        label_smoothing: cross-entropy label smoothing.
+        freeze_encoder: linear probe: the encoder stays in eval mode, runs without gradient and its parameters
+            get ``requires_grad=False`` (only the head trains).
+        causal: run the encoder causally (as NEPA pretrains it); set false for bidirectionally pretrained encoders.
+        head_hidden: hidden width of an MLP head (0 = a single Linear, as the reference).
+        head_dropout: dropout before the head's last Linear.
+    """
+
+    def __init__(self, encoder: nn.Module, *, n_classes: int, pool: str = "eos", label_smoothing: float = 0.0,
+                 freeze_encoder: bool = False, causal: bool = True, head_hidden: int = 0,
+                 head_dropout: float = 0.0) -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"classify pool must be one of {POOLS}, got {pool!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.encoder = encoder
+        self.head = ClassificationHead(encoder.d_model, n_classes, hidden_dim=head_hidden, dropout=head_dropout)
+        self.n_classes, self.pool, self.label_smoothing = n_classes, pool, label_smoothing
+        self.freeze_encoder, self.causal = freeze_encoder, causal
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True) -> "ClassifyObjective":
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def predict_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (B, n_classes) for a token batch."""
+        grad = torch.no_grad() if self.freeze_encoder else contextlib.nullcontext()
+        with grad:
+            out = self.encoder(batch["feat"], batch["type_id"], batch["pos"], batch["valid"], causal=self.causal)
+            pooled = self.encoder.pool(out, batch, self.pool)
+        return self.head(pooled)
+
+    def forward(self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        label = batch["label"]
+        if bool(((label < 0) | (label >= self.n_classes)).any()):
+            bad = sorted(set(label[(label < 0) | (label >= self.n_classes)].tolist()))
+            raise ValueError(f"labels {bad} outside 0..{self.n_classes - 1} (-1 = unknown label) in a classify batch")
+        logits = self.predict_logits(batch)
+        loss = F.cross_entropy(logits, label, label_smoothing=self.label_smoothing)
+        acc = (logits.argmax(dim=1) == label).float().mean()
+        return loss, {"ce_loss": float(loss.detach()), "acc": float(acc)}
