@@ -7,10 +7,13 @@ to one CPU (``os.sched_setaffinity``) with BLAS/OpenMP capped at one thread, and
 its own shard file, so 1 and 2 workers do the same work per worker and the ratio measures scaling, not load
 balance. Reported per mode: seconds per shape by stage (mean over shapes), shapes/s, peak RSS per worker
 (``resource.getrusage``) and the 2-worker/1-worker throughput ratio. ``--engines`` adds engine comparisons on a
-subset (fcpw vs trimesh closest point, Morton vs input query order, uniform vs near-surface query cost, pykdtree
-vs cKDTree, the edt package vs scipy's EDT, fcpw vs Embree rays, shard codecs per array, narrowband accuracy).
+subset (our BVH vs fcpw vs trimesh closest point, Morton vs input query order, uniform vs near-surface query cost,
+point BVH vs pykdtree vs cKDTree, our EDT vs the edt package vs scipy's, our BVH vs fcpw vs Embree rays, shard
+codecs per array, narrowband accuracy). ``--ab GIT_REF`` times ``cache_mesh`` of GIT_REF's cache package against
+the working tree's, interleaved shape by shape in one process (the robust before/after on a shared machine).
 
     .venv/bin/python benchmarks/bench_cache.py [--modes edt narrowband exact] [--limit N] [--engines]
+                                                [--ab GIT_REF] [--no-workers]
                                                 [--out benchmarks/results/bench_cache.json]
 """
 
@@ -172,19 +175,20 @@ def table(rows: list[dict]) -> str:
 
 
 def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
-    """Engine comparisons on a subset (single CPU, process time): the choices made in ``pipeline3d.data.cache``
-    against their alternatives, with the accuracy of each against its oracle."""
+    """Engine comparisons on a subset (single CPU, process time, engines interleaved shape by shape): the choices
+    made in ``pipeline3d.data.cache`` against their alternatives, with the accuracy of each against its oracle."""
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     import edt
     import h5py
     import numpy as np
     import trimesh
+    from pykdtree.kdtree import KDTree
     from scipy import ndimage
     from scipy.spatial import cKDTree
 
     from pipeline3d.data.cache import grids
     from pipeline3d.data.cache.build import CacheProfile, cache_mesh, point_tree
-    from pipeline3d.data.cache.distances import MeshDistance, NearestPoint, morton_order
+    from pipeline3d.data.cache.distances import FcpwMeshDistance, MeshDistance, NearestPoint, morton_order
     from pipeline3d.data.cache.normalize import normalize_mesh
     from pipeline3d.data.cache.rays import EmbreeRayCaster, MeshRayCaster, camera_rays
     from pipeline3d.data.cache.sampling import SurfaceSampler, query_pool
@@ -204,8 +208,14 @@ def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
         acc.setdefault(name, []).append(time.process_time() - t)
         return out
 
-    errors = {"trimesh_vs_fcpw_max_abs": 0.0, "embree_vs_fcpw_hit_disagree": 0, "embree_vs_fcpw_t_max_abs": 0.0,
-              "pykdtree_vs_ckdtree_max_abs": 0.0, "edt_pkg_vs_scipy_max_abs": 0.0,
+    # the compiled kernels load (or compile) on first use: not part of any per-shape cost
+    warm_v, warm_f = normalize_mesh(*store.mesh(rows[0]))
+    cache_mesh(warm_v, warm_f, "warm-up", 0, CacheProfile.from_config(CACHE))
+
+    errors = {"bvh_minus_fcpw_max": -np.inf, "bvh_minus_fcpw_min": np.inf, "trimesh_vs_bvh_max_abs": 0.0,
+              "embree_vs_bvh_hit_disagree": 0, "embree_vs_bvh_t_max_abs": 0.0, "fcpw_vs_bvh_hit_disagree": 0,
+              "point_tree_vs_pykdtree_max_abs": 0.0, "point_tree_vs_ckdtree_max_abs": 0.0,
+              "squared_edt_vs_scipy_max_abs": 0.0, "edt_pkg_vs_scipy_max_abs": 0.0,
               "narrowband_max_abs_outside_band": 0.0, "narrowband_mean_abs_outside_band": []}
     cache_rows = []
     for row in rows:
@@ -214,41 +224,57 @@ def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
         sampler = SurfaceSampler(vertices, faces)
         near, _ = sampler.sample(10000, rng)
         pool = query_pool(near, 10000, 0.02, rng, rng)
-        distance = clock("fcpw BVH build", lambda: MeshDistance(vertices, faces))
-        clock("fcpw 20k pool, input order", lambda: distance.distances_sorted(pool))
+        reference = clock("fcpw BVH build", lambda: FcpwMeshDistance(vertices, faces))
+        distance = clock("BVH build (bvh.TriangleBVH, used)", lambda: MeshDistance(vertices, faces))
         order = clock("morton sort 20k", lambda: morton_order(pool))
-        exact = clock("fcpw 20k pool, Morton order", lambda: distance.distances_sorted(pool[order]))
+        sorted_pool = pool[order]
+        clock("fcpw 20k pool, input order", lambda: reference.distances_sorted(pool))
+        clock("BVH 20k pool, input order", lambda: distance.distances_sorted(pool))
+        fcpw = clock("fcpw 20k pool, Morton order", lambda: reference.distances_sorted(sorted_pool))
+        exact = clock("BVH 20k pool, Morton order (used)", lambda: distance.distances_sorted(sorted_pool))
+        errors["bvh_minus_fcpw_max"] = max(errors["bvh_minus_fcpw_max"], float((exact - fcpw).max()))
+        errors["bvh_minus_fcpw_min"] = min(errors["bvh_minus_fcpw_min"], float((exact - fcpw).min()))
         for half, part in (("uniform", pool[:10000]), ("near-surface", pool[10000:])):
-            sorted_part = part[morton_order(part)]
-            clock(f"fcpw 10k {half} half, Morton order", lambda: distance.distances_sorted(sorted_part))
+            part = part[morton_order(part)]
+            clock(f"fcpw 10k {half} half, Morton order", lambda: reference.distances_sorted(part))
+            clock(f"BVH 10k {half} half, Morton order", lambda: distance.distances_sorted(part))
         pc = sampler.sample(2048, rng)[0]
         tree = clock("cKDTree build (tuned: 32-point leaves)", lambda: point_tree(pc))
-        d_ck, _ = clock("cKDTree 20k pool, Morton order", lambda: tree.query(pool[order], workers=1))
-        nearest = clock("pykdtree build", lambda: NearestPoint(pc))
-        d_pk, _ = clock("pykdtree 20k pool, Morton order (used)", lambda: nearest.query(pool[order]))
-        errors["pykdtree_vs_ckdtree_max_abs"] = max(errors["pykdtree_vs_ckdtree_max_abs"],
-                                                    float(np.abs(d_pk - d_ck).max()))
+        d_ck, _ = clock("cKDTree 20k pool, Morton order", lambda: tree.query(sorted_pool, workers=1))
+        kd = clock("pykdtree build", lambda: KDTree(pc, leafsize=16))
+        d_pk, _ = clock("pykdtree 20k pool, Morton order", lambda: kd.query(sorted_pool, k=1))
+        nearest = clock("point BVH build (bvh.PointTree, used)", lambda: NearestPoint(pc))
+        d_pt, _ = clock("point BVH 20k pool, Morton order (used)", lambda: nearest.query(sorted_pool))
+        errors["point_tree_vs_pykdtree_max_abs"] = max(errors["point_tree_vs_pykdtree_max_abs"],
+                                                       float(np.abs(d_pt - d_pk).max()))
+        errors["point_tree_vs_ckdtree_max_abs"] = max(errors["point_tree_vs_ckdtree_max_abs"],
+                                                      float(np.abs(d_pt - d_ck).max()))
         mesh = trimesh.Trimesh(vertices, faces, process=False)
-        few = pool[order][:: 40]  # 500 queries: trimesh is far too slow for 20k
+        few = sorted_pool[:: 40]  # 500 queries: trimesh is far too slow for 20k
         _, d_tm, _ = clock("trimesh closest_point, 500 queries", lambda: trimesh.proximity.closest_point(mesh, few))
-        errors["trimesh_vs_fcpw_max_abs"] = max(errors["trimesh_vs_fcpw_max_abs"],
-                                                float(np.abs(d_tm - exact[:: 40]).max()))
+        errors["trimesh_vs_bvh_max_abs"] = max(errors["trimesh_vs_bvh_max_abs"],
+                                               float(np.abs(d_tm - exact[:: 40]).max()))
         origins, dirs = camera_rays(20, 400, 2.2, rng)
         embree = clock("Embree scene build (embreex)", lambda: EmbreeRayCaster(vertices, faces, sampler.face_normals))
         hit, t, _ = clock("Embree 8000 rays", lambda: embree.cast(origins, dirs))
+        fcpw_caster = MeshRayCaster(vertices, faces, sampler.face_normals, bvh=reference)
+        hit_f, _, _ = clock("fcpw 8000 rays on its BVH, incl. extraction", lambda: fcpw_caster.cast(origins, dirs))
         caster = MeshRayCaster(vertices, faces, sampler.face_normals, bvh=distance)
-        hit_f, t_f, _ = clock("fcpw 8000 rays on the pool's BVH, incl. extraction (used)",
-                              lambda: caster.cast(origins, dirs))
-        errors["embree_vs_fcpw_hit_disagree"] += int((hit_f != hit).sum())
-        both = (hit_f > 0) & (hit > 0)
+        hit_b, t_b, _ = clock("BVH 8000 rays on the pool's BVH (used)", lambda: caster.cast(origins, dirs))
+        errors["embree_vs_bvh_hit_disagree"] += int((hit_b != hit).sum())
+        errors["fcpw_vs_bvh_hit_disagree"] += int((hit_b != hit_f).sum())
+        both = (hit_b > 0) & (hit > 0)
         if both.any():
-            errors["embree_vs_fcpw_t_max_abs"] = max(errors["embree_vs_fcpw_t_max_abs"],
-                                                     float(np.abs(t_f[both] - t[both]).max()))
+            errors["embree_vs_bvh_t_max_abs"] = max(errors["embree_vs_bvh_t_max_abs"],
+                                                    float(np.abs(t_b[both] - t[both]).max()))
         occ = dilate(voxelize(sampler.sample(2048, rng)[0], 64), 1)
         want = clock("64^3 EDT, scipy distance_transform_edt", lambda: ndimage.distance_transform_edt(~occ, 2 / 64))
-        got = clock("64^3 EDT, edt package (used)", lambda: np.sqrt(
+        got = clock("64^3 EDT, edt package", lambda: np.sqrt(
             edt.edtsq((~occ).view(np.uint8), black_border=False, parallel=1), dtype=np.float64) * (2 / 64))
         errors["edt_pkg_vs_scipy_max_abs"] = max(errors["edt_pkg_vs_scipy_max_abs"], float(np.abs(got - want).max()))
+        got = clock("64^3 EDT, grids.squared_edt (used)", lambda: np.sqrt(grids.squared_edt(occ)) * (2 / 64))
+        errors["squared_edt_vs_scipy_max_abs"] = max(errors["squared_edt_vs_scipy_max_abs"],
+                                                     float(np.abs(got - want).max()))
         full = clock("grid 64^3 exact", lambda: grids.exact_grid(distance, 64))
         band, _ = clock("grid 64^3 narrowband", lambda: grids.narrowband_grid(distance, 64, 3))
         clock("grid 64^3 edt (2048-point sample)", lambda: grids.edt_grid(sampler.sample(2048, rng)[0], 64, 1))
@@ -281,6 +307,73 @@ def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
     return {"shapes": len(rows), "ms_mean": timings, "accuracy": errors, "shard_write": shard_write}
 
 
+def load_cache_package(ref: str, dest: Path):
+    """``pipeline3d.data.cache`` as of git ``ref``, imported as ``pipeline3d.data.cache_ab`` (its relative imports
+    resolve to the working tree's other modules, so only the cache package differs)."""
+    import importlib.util
+    import subprocess
+
+    import pipeline3d.data
+
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src/pipeline3d/data/cache"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    folder = dest / "src" / "pipeline3d" / "data" / "cache"
+    spec = importlib.util.spec_from_file_location("pipeline3d.data.cache_ab", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    pipeline3d.data.cache_ab = module
+    return importlib.import_module("pipeline3d.data.cache_ab.build")
+
+
+def ab(ref: str, items: Path, mode: str) -> dict:
+    """Interleaved A/B of ``cache_mesh`` (compute only, no load/write): git ``ref``'s cache package against the
+    working tree's, alternating which runs first shape by shape, in one process pinned to one CPU, so background
+    load hits both alike. Reports CPU ms per shape and per stage, the per-shape time ratio, and the largest
+    difference of every array between the two versions."""
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    import numpy as np
+
+    from pipeline3d.data.cache import build as new
+    from pipeline3d.data.cache.normalize import normalize_mesh  # noqa: F401  (imported before the old copy)
+    from pipeline3d.io.itemstore import ItemStore
+
+    store = ItemStore(items)
+    cache = {**CACHE, "grid_mode": mode}
+    with tempfile.TemporaryDirectory() as tmp:
+        versions = {"before": load_cache_package(ref, Path(tmp)), "after": new}
+        for build in versions.values():  # compiled kernels load (or compile) on first use
+            build.cache_mesh(*store.mesh(0), "warm-up", 0, build.CacheProfile.from_config(cache))
+        cpu = {k: [] for k in versions}
+        stages: dict[str, dict[str, list[float]]] = {k: {} for k in versions}
+        max_diff: dict[str, float] = {}
+        for row in range(len(store)):
+            vertices, faces = store.mesh(row)
+            out = {}
+            for name in (("before", "after") if row % 2 == 0 else ("after", "before")):
+                build = versions[name]
+                timer = build.StageTimer()
+                start = time.process_time()
+                out[name] = build.cache_mesh(vertices, faces, store.shape_ids[row], 0,
+                                             build.CacheProfile.from_config(cache), timer)
+                cpu[name].append(time.process_time() - start)
+                for stage, seconds in timer.seconds.items():
+                    stages[name].setdefault(stage, []).append(seconds)
+            for key, before in out["before"].items():
+                diff = np.abs(before.astype(np.float64) - out["after"][key].astype(np.float64))
+                max_diff[key] = max(max_diff.get(key, 0.0), float(diff.max()) if diff.size else 0.0)
+    ratio = np.array(cpu["after"]) / np.array(cpu["before"])
+    return {"ref": ref, "mode": mode, "shapes": len(cpu["after"]), "loadavg_end": os.getloadavg(),
+            "cpu_ms_per_shape": {k: 1000 * float(np.mean(v)) for k, v in cpu.items()},
+            "stage_wall_ms_per_shape": {k: {s: 1000 * float(np.mean(x)) for s, x in v.items()}
+                                        for k, v in stages.items()},
+            "ratio_after_before": {"mean_of_shapes": float(ratio.mean()), "median": float(np.median(ratio)),
+                                   "of_means": float(np.mean(cpu["after"]) / np.mean(cpu["before"]))},
+            "max_abs_diff": max_diff}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modes", nargs="+", default=["edt", "narrowband", "exact"])
@@ -292,8 +385,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="edt runs with each (1 worker); give none to skip")
     ap.add_argument("--engines", action="store_true", help="also run the engine comparisons")
     ap.add_argument("--engine-shapes", type=int, default=12)
+    ap.add_argument("--ab", metavar="GIT_REF", default=None,
+                    help="interleaved A/B of cache_mesh: GIT_REF's cache package against the working tree's, per mode")
+    ap.add_argument("--no-workers", action="store_true",
+                    help="skip the end-to-end worker runs (only --engines / --ab)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_cache.json"))
     args = ap.parse_args(argv)
+    if args.no_workers:
+        args.compression = []
 
     from pipeline3d.data.cache.threads import thread_env
 
@@ -304,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         manifest, items, n = build_inputs(workdir, args.limit, args.data, args.anchor)
         print(f"{n} meshes -> item store; machine: {result['machine']}", flush=True)
-        for mode in args.modes:
+        for mode in [] if args.no_workers else args.modes:
             cache = {**CACHE, "grid_mode": mode}
             one = run_workers(1, cache, manifest, items, workdir)
             two = run_workers(2, cache, manifest, items, workdir)
@@ -318,12 +417,15 @@ def main(argv: list[str] | None = None) -> int:
                                           "s_per_shape": w["wall"] / w["n"]})
         if args.engines:
             result["engines"] = engines(manifest, items, args.engine_shapes)
+        if args.ab:
+            result["ab"] = [ab(args.ab, items, mode) for mode in args.modes]
     result["machine"]["loadavg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print()
-    print(table(result["modes"]))
-    print()
+    if result["modes"]:
+        print(table(result["modes"]))
+        print()
     for c in result["compression"]:
         print(f"compression {c['compression']}: write {c['write_ms_per_shape']:.1f} ms/shape, "
               f"{c['mb_per_shape']:.2f} MB/shape, total {c['s_per_shape']:.3f} s/shape")
@@ -334,6 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in result["engines"]["shard_write"].items():
             print(f"| shard write, {k} | {v['ms_per_shape']:.1f} ms | {v['mb_per_shape']:.2f} MB/shape |")
         print(json.dumps(result["engines"]["accuracy"], indent=2))
+    for r in result.get("ab", []):
+        print(f"\nA/B {r['ref']} -> working tree, {r['mode']}, {r['shapes']} shapes (CPU ms/shape, compute only): "
+              f"{r['cpu_ms_per_shape']['before']:.1f} -> {r['cpu_ms_per_shape']['after']:.1f}, ratio "
+              f"{r['ratio_after_before']['of_means']:.3f} (median per shape {r['ratio_after_before']['median']:.3f})")
+        print("  stages (wall ms): " + "; ".join(
+            f"{s} {r['stage_wall_ms_per_shape']['before'][s]:.1f} -> {v:.1f}"
+            for s, v in r["stage_wall_ms_per_shape"]["after"].items()))
+        print("  arrays that differ (max abs): " + json.dumps({k: v for k, v in r["max_abs_diff"].items() if v}))
     print(f"\nJSON: {args.out}")
     return 0
 

@@ -3,7 +3,9 @@
 import math
 
 import numpy as np
+import pytest
 import trimesh
+from scipy import ndimage
 
 from pipeline3d.data.cache import grids
 from pipeline3d.data.cache.distances import MeshDistance
@@ -27,6 +29,17 @@ def test_edt_grid_is_distance_to_nearest_occupied_cell_centre():
     np.testing.assert_allclose(udf, brute, atol=1e-12)
     assert np.all(udf[occ] == 0) and np.all(udf[~occ] > 0)
 
+
+
+@pytest.mark.parametrize("shape,density", [((64, 64, 64), 0.002), ((9, 17, 5), 0.05), ((1, 30, 4), 0.1),
+                                           ((12, 12, 12), 0.9)])
+def test_squared_edt_matches_scipy_to_the_last_bit(shape, density):
+    rng = np.random.default_rng(sum(shape))
+    occ = rng.random(shape) < density
+    occ.flat[rng.integers(occ.size)] = True
+    want = ndimage.distance_transform_edt(~occ)
+    np.testing.assert_array_equal(np.sqrt(grids.squared_edt(occ)), want)
+    assert np.all(np.isinf(grids.squared_edt(np.zeros((3, 4, 5), dtype=bool))))
 
 def test_exact_grid_and_occupancy_definition():
     vertices, faces = torus()

@@ -1,4 +1,4 @@
-"""Camera layout contract and first hits (fcpw, and the Embree oracle) against a brute-force Möller–Trumbore."""
+"""Camera layout contract and first hits (our BVH, fcpw's, Embree's) against a brute-force Möller–Trumbore."""
 
 import math
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from pipeline3d.data.cache.distances import FcpwMeshDistance
 from pipeline3d.data.cache.rays import EmbreeRayCaster, MeshRayCaster, camera_positions, camera_rays
 from pipeline3d.data.cache.sampling import SurfaceSampler
 
@@ -32,7 +33,11 @@ def moller_trumbore(origins, dirs, tri):
     return hit, np.where(hit, t_min, 0.0), face
 
 
-@pytest.mark.parametrize("caster", [MeshRayCaster, EmbreeRayCaster])
+def fcpw_caster(vertices, faces, normals):
+    return MeshRayCaster(vertices, faces, normals, bvh=FcpwMeshDistance(vertices, faces))
+
+
+@pytest.mark.parametrize("caster", [MeshRayCaster, fcpw_caster, EmbreeRayCaster])
 def test_first_hits_match_brute_force(caster):
     mesh = trimesh.creation.torus(major_radius=0.6, minor_radius=0.25, major_sections=16, minor_sections=10)
     vertices, faces = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)

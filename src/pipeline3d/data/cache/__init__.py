@@ -1,8 +1,9 @@
 """The per-shape training cache: normalise, sample, exact distances, rays, voxel walk and grids.
 
 Modules (one job each): ``normalize`` (unit-ball frame), ``sampling`` (area-weighted surface points, query pool),
-``distances`` (exact point-to-mesh distance via fcpw + float64 refinement, pykdtree nearest neighbours), ``rays``
-(fixed camera layout, first hits on the same fcpw BVH; Embree as the test oracle), ``voxel_walk`` (vectorised
+``bvh`` (numba-compiled triangle/point BVHs: exact closest triangle, first ray hits, nearest point),
+``distances`` (exact point-to-mesh distance and nearest neighbours on those BVHs; fcpw as the reference engine),
+``rays`` (fixed camera layout, first hits on the same BVH; Embree as the test oracle), ``voxel_walk`` (compiled
 Amanatides–Woo on point occupancy), ``grids`` (edt / narrowband / exact UDF and occupancy), ``pointcloud``
 (resampling, PCA normals), ``build`` (one shape -> one cache row), ``threads`` (keeping native engines on one
 core).

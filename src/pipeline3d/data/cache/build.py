@@ -120,8 +120,8 @@ def _pool_distances(pool_xyz: np.ndarray, nearest: NearestPoint,
                     distance: MeshDistance) -> tuple[np.ndarray, np.ndarray]:
     """(distance to the nearest pc point, exact distance to the mesh) of every pool query.
 
-    Both searches run in Morton order (coherent queries are cheaper: ~20% for fcpw), and the pc distance, an
-    upper bound of the mesh distance since pc points lie on the mesh, primes fcpw's search radius (~9%).
+    Both searches run in Morton order (coherent queries are ~1.6x cheaper on the BVHs), and the pc distance, an
+    upper bound of the mesh distance since pc points lie on the mesh, prunes the mesh search from the start (~6%).
     """
     order = morton_order(pool_xyz)
     queries = pool_xyz[order]
@@ -223,7 +223,9 @@ def cache_pointcloud(points: np.ndarray, shape_id: str, seed: int, profile: Cach
         pool_xyz = _f32(query_pool(near, n_uniform, profile.pt_surface_sigma, rngs["pool_uniform"], rngs["pool_near"]))
     with timer("pool"):
         nearest = NearestPoint(pc_xyz)
-        pool_dist_pc, _ = nearest.query(pool_xyz)
+        order = morton_order(pool_xyz)  # coherent queries are cheaper
+        pool_dist_pc = np.empty(len(order))
+        pool_dist_pc[order] = nearest.query(pool_xyz[order])[0]
     with timer("grid"):
         g = profile.df_grid
         if profile.grid_mode == "edt":

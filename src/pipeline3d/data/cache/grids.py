@@ -19,8 +19,8 @@ import itertools
 import math
 from typing import Callable
 
-import edt
 import numpy as np
+from numba import njit
 
 from .voxel_walk import dilate, voxelize
 
@@ -40,20 +40,37 @@ def cell_centres(grid: int) -> np.ndarray:
 
 def trilinear(grid: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Trilinear interpolation of cell-centred values at ``points``; indices are clamped at the borders."""
-    g = grid.shape[0]
-    x = np.clip((points - LO) / cell_size(g) - 0.5, 0.0, g - 1.0)
-    i0 = np.minimum(np.floor(x).astype(np.int64), max(g - 2, 0))
-    f = x - i0
-    i1 = np.minimum(i0 + 1, g - 1)
-    values = np.asarray(grid, dtype=np.float64).ravel()  # gathers by flat index: ~2x cheaper than 3-index ones
-    fz, gz = f[:, 2], 1.0 - f[:, 2]
-    out = np.zeros(len(points))
-    for cx, wx in ((i0[:, 0] * (g * g), 1.0 - f[:, 0]), (i1[:, 0] * (g * g), f[:, 0])):
-        for cy, wy in ((i0[:, 1] * g, 1.0 - f[:, 1]), (i1[:, 1] * g, f[:, 1])):
-            wxy = wx * wy
-            row = cx + cy
-            out += wxy * gz * values[row + i0[:, 2]] + wxy * fz * values[row + i1[:, 2]]
+    values = np.ascontiguousarray(grid, dtype=np.float64).ravel()
+    out = np.empty(len(points))
+    _trilinear(values, grid.shape[0], np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3), out)
     return out
+
+
+@njit(cache=True, nogil=True)
+def _trilinear(values: np.ndarray, g: int, points: np.ndarray, out: np.ndarray) -> None:
+    """``trilinear`` per point (compiled: ~8x cheaper than the same arithmetic as numpy array passes, and
+    bit-identical to it; the corner weights are summed in the same order)."""
+    scale = (HI - LO) / g  # cell_size(g)
+    top = max(g - 2, 0)
+    i0 = np.empty(3, np.int64)
+    i1 = np.empty(3, np.int64)
+    f = np.empty(3)
+    for n in range(points.shape[0]):
+        for a in range(3):
+            x = min(max((points[n, a] - LO) / scale - 0.5, 0.0), g - 1.0)
+            i0[a] = min(int(np.floor(x)), top)
+            f[a] = x - i0[a]
+            i1[a] = min(i0[a] + 1, g - 1)
+        fz, gz = f[2], 1.0 - f[2]
+        total = 0.0
+        for sx in range(2):
+            cx, wx = (i0[0] * (g * g), 1.0 - f[0]) if sx == 0 else (i1[0] * (g * g), f[0])
+            for sy in range(2):
+                cy, wy = (i0[1] * g, 1.0 - f[1]) if sy == 0 else (i1[1] * g, f[1])
+                wxy = wx * wy
+                row = cx + cy
+                total += wxy * gz * values[row + i0[2]] + wxy * fz * values[row + i1[2]]
+        out[n] = total
 
 
 def upsample2(grid: np.ndarray) -> np.ndarray:
@@ -117,16 +134,100 @@ def child_lower_bounds(parent_lower: np.ndarray, child_cell: float) -> np.ndarra
 def edt_grid(points: np.ndarray, grid: int, dilations: int) -> tuple[np.ndarray, np.ndarray]:
     """(udf float64, occupancy bool): EDT of the empty cells of the dilated point occupancy.
 
-    The ``edt`` package (separable Felzenszwalb–Huttenlocher) computes the squared distance in cells ~2-3x
-    faster than ``scipy.ndimage.distance_transform_edt`` (measured on 64^3). Squared cell distances are
-    integers, exact in its float32 output up to 2^24 (grids up to ~2300^3); the sqrt and the scaling are
-    done in float64, which matches scipy to the last bit when the cell size is a power of two.
+    ``squared_edt`` gives the squared distance in cells (integers, exact in float64); the sqrt and the scaling
+    are done in float64, which matches scipy's ``distance_transform_edt`` to the last bit when the cell size is a
+    power of two.
     """
     occ = dilate(voxelize(points, grid), dilations)
     if not occ.any():
         raise ValueError("edt_grid: no occupied cell (no points)")
-    squared = edt.edtsq(np.logical_not(occ).view(np.uint8), black_border=False, parallel=1)
-    return np.sqrt(squared, dtype=np.float64) * cell_size(grid), occ
+    return np.sqrt(squared_edt(occ)) * cell_size(grid), occ
+
+
+def squared_edt(occ: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distance, in cells, from every cell to the nearest ``True`` cell (float64 (n0, n1, n2);
+    inf everywhere if there is none).
+
+    Separable exact EDT (Felzenszwalb–Huttenlocher lower envelope of parabolas), compiled with numba: on 64^3
+    ~1.8x faster than the ``edt`` package and ~4x faster than scipy (measured), with identical values. The last
+    pass works on transposed slabs: walking the first axis directly strides 32 kB, which aliases in the L1 cache.
+    """
+    occ = np.ascontiguousarray(occ, dtype=np.bool_)
+    out = np.empty(occ.shape)
+    _squared_edt(occ, out)
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _envelope(f: np.ndarray, n: int, v: np.ndarray, z: np.ndarray, out: np.ndarray) -> None:
+    """out[q] = min over p of f[p] + (q - p)^2 (q, p < n; inf entries of f are no parabola; all-inf -> inf)."""
+    k = -1
+    for q in range(n):
+        if f[q] == np.inf:
+            continue
+        fq = f[q] + q * q
+        while k >= 0:  # pop the parabolas the new one hides: intersection left of their start (no division)
+            p = v[k]
+            if fq - (f[p] + p * p) <= z[k] * (2.0 * (q - p)):
+                k -= 1
+            else:
+                break
+        k += 1
+        v[k] = q
+        if k == 0:
+            z[k] = -np.inf
+        else:
+            p = v[k - 1]
+            z[k] = (fq - (f[p] + p * p)) / (2.0 * (q - p))
+    if k < 0:
+        out[:n] = np.inf
+        return
+    j = 0
+    for q in range(n):
+        while j < k and z[j + 1] < q:
+            j += 1
+        p = v[j]
+        out[q] = f[p] + (q - p) * (q - p)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _squared_edt(occ: np.ndarray, out: np.ndarray) -> None:
+    n0, n1, n2 = occ.shape
+    for i in range(n0):  # last axis: distance to the nearest occupied cell of the row, two sweeps
+        for j in range(n1):
+            last = -1
+            for k in range(n2):
+                if occ[i, j, k]:
+                    last = k
+                out[i, j, k] = np.inf if last < 0 else float(k - last)
+            last = -1
+            for k in range(n2 - 1, -1, -1):
+                if occ[i, j, k]:
+                    last = k
+                if last >= 0 and last - k < out[i, j, k]:
+                    out[i, j, k] = float(last - k)
+                out[i, j, k] *= out[i, j, k]
+    m = max(n0, max(n1, n2))
+    line, env = np.empty(m), np.empty(m)
+    v, z = np.empty(m, np.int64), np.empty(m + 1)
+    for i in range(n0):  # middle axis
+        for k in range(n2):
+            for j in range(n1):
+                line[j] = out[i, j, k]
+            _envelope(line, n1, v, z, env)
+            for j in range(n1):
+                out[i, j, k] = env[j]
+    slab = np.empty((n2, n0))
+    for j in range(n1):  # first axis, on the transposed slab out[:, j, :]
+        for i in range(n0):
+            for k in range(n2):
+                slab[k, i] = out[i, j, k]
+        for k in range(n2):
+            _envelope(slab[k], n0, v, z, env)
+            slab[k, :] = env[:n0]
+        for i in range(n0):
+            for k in range(n2):
+                out[i, j, k] = slab[k, i]
 
 
 def occupancy_from_udf(udf: np.ndarray, dilations: int) -> np.ndarray:

@@ -1,13 +1,14 @@
 """Keeping a worker on one core.
 
 BLAS/OpenMP pools are capped by environment variables, which the stage sets before numpy is imported
-(``thread_env``); pykdtree's OpenMP query loop obeys ``OMP_NUM_THREADS`` too. Two native engines ignore those: fcpw
-splits every batched query over ``std::thread::hardware_concurrency()`` threads (the machine's CPU count, whatever
-the affinity mask), and Embree sizes its TBB pool from the affinity mask when its first scene is committed.
-``one_cpu()`` therefore pins the calling thread to the CPU it is running on for the duration of such a call, so the
-threads those libraries start inherit a one-CPU mask; between calls the scheduler may move the worker as usual. It
-only narrows a mask that has more than one CPU, so a job already confined to one core (SLURM ``--cpus-per-task=1``)
-pays nothing.
+(``thread_env``). The cache's own numba kernels (``bvh``, ``voxel_walk``, ``grids``) are compiled without
+``parallel``, so they never start threads. Two native engines, used as references in tests and benchmarks, ignore
+those caps: fcpw splits every batched query over ``std::thread::hardware_concurrency()`` threads (the machine's
+CPU count, whatever the affinity mask), and Embree sizes its TBB pool from the affinity mask when its first scene
+is committed. ``one_cpu()`` therefore pins the calling thread to the CPU it is running on for the duration of such a
+call, so the threads those libraries start inherit a one-CPU mask; between calls the scheduler may move the worker
+as usual. It only narrows a mask that has more than one CPU, so a job already confined to one core (SLURM
+``--cpus-per-task=1``) pays nothing.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""Point-cloud ray answers: occupancy voxels and a vectorised Amanatides–Woo walk over all rays at once.
+"""Point-cloud ray answers: occupancy voxels and an Amanatides–Woo walk with empty-space skipping.
 
-``first_hits`` advances every live ray by one voxel per iteration (numpy over the ray axis, no per-ray Python
-loop). A hit is the first occupied voxel; its t is the parameter at which the ray *entered* that voxel (as in
-the reference DDA). Only the bounding box of the occupied voxels is walked: outside it every voxel is empty, so
-the answer is unchanged and rays that miss the occupied region finish at once. Empty space is skipped by
-``BRICK``^3 blocks (see ``first_hits``). The loop is bound by numpy call overhead (~40 iterations of a few hundred
-live rays), so per-axis state is kept in (3, n) arrays and compacted with index takes (~3x faster than per-axis
-lists and boolean masks, measured on SHREC'07: 14 -> 5 ms for 8000 rays at 64^3).
+``first_hits`` walks each ray voxel by voxel (compiled with numba, one ray at a time). A hit is the first
+occupied voxel; its t is the parameter at which the ray *entered* that voxel (as in the reference DDA). Only the
+bounding box of the occupied voxels is walked: outside it every voxel is empty, so the answer is unchanged and
+rays that miss the occupied region finish at once. Empty space is skipped by ``BRICK``^3 blocks (see
+``first_hits``). The compiled walk does the same arithmetic as the former numpy version (all rays advanced one
+step per numpy call), with bit-identical answers, in ~1/5 of its time (measured on SHREC'07, 8000 rays at 64^3:
+~7 -> ~1.5 ms), because that loop was bound by per-call overhead.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from numba import njit
 
 LO, HI = -1.0, 1.0
 BRICK = 2  # voxels per side of the blocks used to skip empty space (2 beats 4 and 8 by ~20% at 64^3, measured)
@@ -101,6 +102,68 @@ def _min3(rows: np.ndarray) -> np.ndarray:
     return np.minimum(np.minimum(rows[0], rows[1]), rows[2])
 
 
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _walk(p0: np.ndarray, d: np.ndarray, t_in: np.ndarray, t_out: np.ndarray, box_lo: np.ndarray,
+          box_hi: np.ndarray, padded: np.ndarray, blocks: np.ndarray, brick: int, found_t: np.ndarray) -> None:
+    """The walk of ``first_hits``, one ray at a time (voxel coordinates: row a of ``p0``/``d`` is axis a).
+
+    ``padded`` is the occupancy with one empty voxel of margin, ``blocks`` the padded block distances of
+    ``_brick_distance``. Writes the entry t of the first occupied voxel into ``found_t`` (left as is on a miss).
+    """
+    grid = padded.shape[0] - 2
+    idx = np.empty(3, np.int64)
+    sgn = np.empty(3, np.int64)
+    down = np.empty(3, np.int64)
+    inv = np.empty(3)
+    c = np.empty(3)
+    t_next = np.empty(3)
+    b = np.empty(3, np.int64)
+    bound = np.empty(3, np.int64)
+    for r in range(p0.shape[1]):
+        t_cur = t_in[r]
+        for a in range(3):
+            # a boundary at voxel coordinate x is crossed at t = (x + c) * inv; on an axis the ray is parallel
+            # to, c = 1e30 and inv = 1 put every crossing beyond t_out
+            dd = d[a, r]
+            moving = dd != 0.0
+            sgn[a] = 1 if dd > 0.0 else (-1 if dd < 0.0 else 0)
+            down[a] = 1 if dd < 0.0 else 0
+            inv[a] = 1.0 / dd if moving else 1.0
+            c[a] = -p0[a, r] if moving else 1e30
+            idx[a] = int(min(max(np.floor(p0[a, r] + t_cur * dd), box_lo[a]), box_hi[a] - 1.0))
+        while True:
+            if padded[idx[0] + 1, idx[1] + 1, idx[2] + 1]:
+                found_t[r] = t_cur
+                break
+            for a in range(3):
+                b[a] = idx[a] // brick  # floor division, as numpy's (also for the margin index -1)
+                t_next[a] = (idx[a] + 1 - down[a] + c[a]) * inv[a]
+            k = blocks[b[0] + 1, b[1] + 1, b[2] + 1]
+            t_step = min(min(t_next[0], t_next[1]), t_next[2])
+            if k > 0:
+                # empty block distance k: leave the empty cube of blocks [b - k + 1, b + k) along the ray
+                for a in range(3):
+                    bound[a] = (b[a] + sgn[a] * k + down[a]) * brick
+                    t_next[a] = (bound[a] + c[a]) * inv[a]
+                t_jump = min(min(t_next[0], t_next[1]), t_next[2])
+                for a in range(3):
+                    if t_next[a] == t_jump:
+                        idx[a] = bound[a] - down[a]
+                    else:
+                        idx[a] = int(np.floor(p0[a, r] + t_jump * d[a, r]))
+                t_cur = t_jump
+            else:  # Amanatides–Woo step: cross the nearest voxel boundary (several at once on a tie)
+                for a in range(3):
+                    if t_next[a] == t_step:
+                        idx[a] += sgn[a]
+                t_cur = t_step
+            for a in range(3):  # rays about to finish may wander off: keep indices inside the padding
+                idx[a] = min(max(idx[a], -1), grid)
+            if not t_cur < t_out[r]:
+                break
+
+
 def first_hits(origins: np.ndarray, dirs: np.ndarray, occ: np.ndarray,
                brick: int = BRICK) -> tuple[np.ndarray, np.ndarray]:
     """(hit bool (R,), t float64 (R,), 0 on a miss) of rays against a boolean occupancy over [-1,1]^3.
@@ -127,65 +190,13 @@ def first_hits(origins: np.ndarray, dirs: np.ndarray, occ: np.ndarray,
     d = (dirs / cell).T
     t_in, t_out = _box_interval(p0, d, box_lo, box_hi)
     ray = np.flatnonzero(t_in < t_out)
-    t_cur, t_out = t_in[ray], t_out[ray]
-    # (3, n) arrays, one row per axis: each numpy call of the loop serves all three axes (the loop is bound by
-    # per-call overhead, not by arithmetic). A boundary at voxel coordinate x is crossed at t = (x + c) * inv;
-    # on an axis the ray is parallel to, c = 1e30 and inv = 1 put every crossing beyond t_out.
-    p = p0[:, ray]
-    dd = d[:, ray]
-    moving = dd != 0
-    sgn = np.sign(dd).astype(np.int64)
-    down = (dd < 0).astype(np.int64)  # 1 when walking towards lower indices
-    ahead = 1 - down
-    inv = np.where(moving, 1.0 / np.where(moving, dd, 1.0), 1.0)
-    c = np.where(moving, -p, 1e30)
-    idx = np.clip(np.floor(p + t_cur * dd), box_lo[:, None], box_hi[:, None] - 1.0).astype(np.int64)
-
-    padded = np.zeros((grid + 2,) * 3, dtype=bool)  # one empty voxel of margin: rounding never indexes outside
+    padded = np.zeros((grid + 2,) * 3, dtype=np.bool_)  # one empty voxel of margin: rounding never indexes outside
     padded[1:-1, 1:-1, 1:-1] = occ
-    flat_occ = padded.ravel()
-    voxel_strides = np.array([(grid + 2) ** 2, grid + 2, 1], dtype=np.int64)
-    origin_shift = int(voxel_strides.sum())
     blocks = _brick_distance(occ, brick)
-    flat_blocks = blocks.ravel()
-    block_strides = np.array([blocks.shape[0] ** 2, blocks.shape[0], 1], dtype=np.int64)
-    block_shift = int(block_strides.sum())
-    shift = brick.bit_length() - 1 if brick & (brick - 1) == 0 else None
-
-    alive = np.ones(len(ray), dtype=bool)
-    while len(ray):
-        found = flat_occ[voxel_strides @ idx + origin_shift]
-        found &= alive
-        if found.any():
-            hit[ray[found]] = True
-            t_hit[ray[found]] = t_cur[found]
-            alive &= ~found
-        b = (idx >> shift) if shift is not None else np.floor_divide(idx, brick)
-        k = flat_blocks[block_strides @ b + block_shift]
-        # Amanatides–Woo step: cross the nearest voxel boundary
-        t_next = (idx + ahead + c) * inv
-        t_step = _min3(t_next)
-        stepped = idx + (t_next == t_step) * sgn
-        jump = k > 0
-        if jump.any():
-            # empty block distance k: leave the empty cube of blocks [b - k + 1, b + k) along the ray
-            bound = (b + sgn * k + down) * brick
-            exit_t = (bound + c) * inv
-            t_jump = _min3(exit_t)
-            inside = np.floor(p + t_jump * dd).astype(np.int64)
-            jumped = np.where(exit_t == t_jump, bound - down, inside)
-            idx = np.where(jump, jumped, stepped)
-            t_cur = np.where(jump, t_jump, t_step)
-        else:
-            idx = stepped
-            t_cur = t_step
-        # rays already finished may wander off: keep indices inside the padding
-        np.minimum(np.maximum(idx, -1, out=idx), grid, out=idx)
-        alive &= t_cur < t_out
-        if alive.sum() < 0.75 * len(ray):
-            keep = np.flatnonzero(alive)
-            ray, t_cur, t_out = ray[keep], t_cur[keep], t_out[keep]
-            alive = np.ones(len(keep), dtype=bool)
-            p, dd, sgn, down, ahead, inv, c, idx = (a.take(keep, axis=1)
-                                                    for a in (p, dd, sgn, down, ahead, inv, c, idx))
+    found_t = np.full(len(ray), np.nan)
+    _walk(np.ascontiguousarray(p0[:, ray]), np.ascontiguousarray(d[:, ray]), t_in[ray], t_out[ray], box_lo, box_hi,
+          padded, blocks, brick, found_t)
+    found = ~np.isnan(found_t)
+    hit[ray[found]] = True
+    t_hit[ray[found]] = found_t[found]
     return hit, t_hit
