@@ -166,3 +166,18 @@ def test_bad_pools_are_refused():
     del partial["ray_n"]
     with pytest.raises(ValueError, match="ray_n"):
         tokenize(partial, cfg(), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("qa", [False, True])
+def test_fine_tune_keeps_the_pretrained_layout(qa):
+    """Fewer points and no rays (fine-tuning) with the pretraining's capacities: EOS keeps its pretrained position."""
+    pre = cfg(qa_tokens=qa)
+    per = 2 if qa else 1
+    fine = {**pre, "n_point": 8, "n_ray": 0, "layout_n_point": pre["n_point"], "layout_n_ray": pre["n_ray"]}
+    _, type_id, pos = tokenize(make_pools(), fine, np.random.default_rng(1))
+    assert len(type_id) == 1 + 8 * per + 1
+    assert pos[-1] == L.eos_position(pre) == 1 + per * (16 + 12)
+    assert pos[1:1 + 8 * per].tolist() == list(range(1, 1 + 8 * per))
+    assert L.n_positions(fine) == L.n_positions(pre)
+    with pytest.raises(ValueError, match="capacity"):
+        L.TokenConfig.of({**fine, "n_point": 32})

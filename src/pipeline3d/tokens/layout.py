@@ -55,10 +55,17 @@ class TokenConfig:
     add_eos: bool = True
     drop_ray_prob: float = 0.0
     eval_seed: int = 0
+    # Capacities that fix the position layout (default: n_point / n_ray). Fine-tuning samples fewer tokens than
+    # pretraining (e.g. no rays) but keeps the pretrained layout, so EOS and every token keep their positions.
+    layout_n_point: int | None = None
+    layout_n_ray: int | None = None
 
     def __post_init__(self) -> None:
         if self.n_point < 0 or self.n_ray < 0:
             raise ValueError(f"tokens: n_point and n_ray must be >= 0 (got {self.n_point}, {self.n_ray})")
+        for name, n, cap in (("n_point", self.n_point, self.layout_n_point), ("n_ray", self.n_ray, self.layout_n_ray)):
+            if cap is not None and cap < n:
+                raise ValueError(f"tokens.{name} = {n} does not fit the layout's capacity {cap}")
         if not 0.0 <= self.drop_ray_prob <= 1.0:
             raise ValueError(f"tokens.drop_ray_prob must be in [0, 1] (got {self.drop_ray_prob})")
 
@@ -72,7 +79,9 @@ class TokenConfig:
             raise ValueError(f"tokens config lacks {missing}")
         return cls(n_point=int(cfg["n_point"]), n_ray=int(cfg["n_ray"]), qa_tokens=bool(cfg.get("qa_tokens", False)),
                    add_eos=bool(cfg.get("add_eos", True)), drop_ray_prob=float(cfg.get("drop_ray_prob", 0.0)),
-                   eval_seed=int(cfg.get("eval_seed", 0)))
+                   eval_seed=int(cfg.get("eval_seed", 0)),
+                   layout_n_point=None if cfg.get("layout_n_point") is None else int(cfg["layout_n_point"]),
+                   layout_n_ray=None if cfg.get("layout_n_ray") is None else int(cfg["layout_n_ray"]))
 
     @property
     def tokens_per_point(self) -> int:
@@ -81,12 +90,12 @@ class TokenConfig:
     @property
     def point_segment(self) -> int:
         """P: the most tokens the point segment can hold."""
-        return self.tokens_per_point * self.n_point
+        return self.tokens_per_point * (self.n_point if self.layout_n_point is None else self.layout_n_point)
 
     @property
     def ray_segment(self) -> int:
         """R: the most tokens the ray segment can hold."""
-        return self.tokens_per_point * self.n_ray
+        return self.tokens_per_point * (self.n_ray if self.layout_n_ray is None else self.layout_n_ray)
 
 
 def n_positions(tok_cfg: "TokenConfig | Mapping[str, Any]") -> int:
@@ -98,7 +107,7 @@ def n_positions(tok_cfg: "TokenConfig | Mapping[str, Any]") -> int:
 def max_tokens(tok_cfg: "TokenConfig | Mapping[str, Any]") -> int:
     """The longest sequence one sample can have (rays present, EOS if enabled)."""
     cfg = TokenConfig.of(tok_cfg)
-    return 1 + cfg.point_segment + cfg.ray_segment + int(cfg.add_eos)
+    return 1 + cfg.tokens_per_point * (cfg.n_point + cfg.n_ray) + int(cfg.add_eos)
 
 
 def eos_position(tok_cfg: "TokenConfig | Mapping[str, Any]") -> int:
