@@ -13,12 +13,14 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/cache.smk"
 include: "workflow/rules/splits.smk"
+include: "workflow/rules/pretrain.smk"
 
 
 rule all:
     default_target: True
     input:
         data_targets(),
+        model_targets(),
 
 
 rule data_all:

@@ -49,7 +49,12 @@ TINY_OVERRIDES: dict = {
     },
     "fingerprints": {"views": 2},
     "splits": {"kfold": 2, "fewshot_k": [1], "fewshot_seeds": [0], "query_gallery_splits": 2},
+    "tokens": {"n_point": 16, "n_ray": 16},
+    "pretrain": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2, "samples_per_epoch": 8},
+    "finetune": {"methods": ["scratch", "nepa"], "k": [0, 1], "seeds": [0], "n_point": 16, "epochs": 2,
+                 "batch_size": 8, "mc_draws_test": 1},
 }
+TINY_METHODS = ("nepa",)  # the tiny run pretrains one method (the demo config has more)
 
 
 # --------------------------------------------------------------------------------------------- repo copies
@@ -82,7 +87,9 @@ def deep_merge(base: dict, overrides: dict) -> dict:
 
 
 def tiny_config(**overrides) -> dict:
-    return deep_merge(deep_merge(repo_config(), TINY_OVERRIDES), overrides)
+    config = deep_merge(repo_config(), TINY_OVERRIDES)
+    config["pretrain"]["methods"] = {m: config["pretrain"]["methods"][m] for m in TINY_METHODS}
+    return deep_merge(config, overrides)
 
 
 def read_config(workdir: Path) -> dict:
@@ -198,6 +205,7 @@ def write_big_manifest_workdir(workdir: Path, n_shapes: int, shards: int, datase
     raw.write_bytes(b"stand-in for a ShapeNetCore archive")
     config = deep_merge(repo_config(), {"demo": {"enabled": False}, "cache": {"shards": shards}})
     config["datasets"] = {dataset: {"kind": "mesh", "format": "shapenet", "path": str(raw.relative_to(workdir))}}
+    config["pretrain"]["methods"], config["finetune"]["datasets"] = {}, []  # the data layer only
     write_config(workdir, config)
 
     n_classes = 55

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .config_refs import reference_problems
 from .versions import STAGE_VERSIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +62,11 @@ def validate(config: dict, schema: dict | None = None) -> dict:
             else:
                 lines.append(f"config key {where}: {err.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
-    return _fill_defaults(schema, config)
+    _fill_defaults(schema, config)
+    problems = reference_problems(config)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return config
 
 
 def load(path: str | Path) -> dict:

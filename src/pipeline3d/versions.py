@@ -8,11 +8,14 @@ that stage and its dependents. Kept import-cheap: common.smk reads it at parse t
 STAGE_VERSIONS: dict[str, int] = {
     "make_demo_data": 2,
     "ingest_dataset": 1,
-    "build_cache_shard": 1,
+    "build_cache_shard": 2,
     "index_cache": 1,
     "fingerprint_dataset": 1,
     "make_splits": 1,
     "materialize_unpaired": 1,
+    "pretrain_encoder": 1,
+    "finetune_classifier": 1,
+    "tabulate_fewshot": 1,
 }
 
 # On-disk schema of cache shards; readers refuse any other value.

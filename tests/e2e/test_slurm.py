@@ -79,6 +79,7 @@ def slurm_run(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = copy_repo(tmp_path_factory.mktemp("slurm") / "repo")
     config = tiny_config(ingest={"workers": 2})
     config["datasets"] = {"demo-img": config["datasets"]["demo-img"]}
+    config["pretrain"]["methods"], config["finetune"]["datasets"] = {}, []  # they need the mesh datasets
     write_config(workdir, config)
 
     # a dry-run caps threads at --cores (1 by default), SLURM jobs do not: plan with plenty to see what rules declare

@@ -37,6 +37,11 @@ def expected_demo_counts(config: dict, target: str = "all") -> dict[str, int]:
         "materialize_unpaired": kinds.count("mesh") * UNPAIRED_SPLITS,
         target: 1,
     }
+    if target == "all":  # the models: one pretrain per method, the few-shot grid, one table per dataset
+        ft = config["finetune"]
+        counts["pretrain_encoder"] = len(config["pretrain"]["methods"])
+        counts["finetune_classifier"] = len(ft["datasets"]) * len(ft["methods"]) * len(ft["k"]) * len(ft["seeds"])
+        counts["tabulate_fewshot"] = len(ft["datasets"])
     return {rule: n for rule, n in counts.items() if n}
 
 
@@ -63,6 +68,19 @@ def test_every_job_declares_log_benchmark_and_resources(workdir: Path) -> None:
         assert job.fields.get("benchmark", "").startswith(f"results/benchmarks/{job.rule}/"), (job.rule, job.fields)
         resources = job.resources
         assert int(resources["mem_mb"]) > 0 and int(resources["runtime"]) > 0, (job.rule, resources)
+
+
+TRAINING_RULES = {"pretrain_encoder", "finetune_classifier"}
+
+
+def test_training_jobs_ask_for_a_gpu_and_nothing_else_does(workdir: Path) -> None:
+    """gpu=1 on every training job (SLURM routes them to GPU nodes; locally they run on the CPU)."""
+    result = run_snakemake(workdir, "-n", "all")
+    assert result.returncode == 0, result.tail()
+    jobs = [job for job in planned_jobs(result.output) if job.rule not in TARGET_RULES]
+    assert {job.rule for job in jobs} >= TRAINING_RULES
+    for job in jobs:
+        assert (job.resources.get("gpu") == "1") == (job.rule in TRAINING_RULES), (job.rule, job.resources)
 
 
 def rule_blocks() -> dict[str, str]:

@@ -18,6 +18,7 @@ def test_editing_a_file_inside_a_raw_folder_reruns_ingest(tmp_path: Path) -> Non
     config = repo_config()
     config["demo"]["enabled"] = False
     config["datasets"] = {"shapes": {"kind": "mesh", "format": "modelnet", "path": "raw/shapes"}}
+    config["pretrain"]["methods"], config["finetune"]["datasets"] = {}, []
     write_config(workdir, config)
     target = "results/ingest/shapes/manifest.parquet"
     first = run_snakemake(workdir, "--cores", "1", target)

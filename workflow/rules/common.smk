@@ -31,12 +31,19 @@ N_SHARDS = config["cache"]["shards"]
 SHARDS = [f"{i:04d}" for i in range(N_SHARDS)]
 SPLIT_FILES = ["ttv", "kfold", "unpaired", "fewshot", "qg"]
 UNPAIRED_SPLITS = ["train_mesh", "train_pc", "train_udf", "eval"]
+PRETRAIN = config["pretrain"]
+METHODS = PRETRAIN["methods"]
+FINETUNE = config["finetune"]
+STATE = f"{RESULTS}/_state"  # undeclared resume state of long jobs (Snakemake deletes declared outputs first)
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS) or "^$",
     shard=r"\d{4}",
     usplit="|".join(UNPAIRED_SPLITS),
+    method="|".join(["scratch", *METHODS]),
+    k=r"\d+",
+    seed=r"\d+",
 
 
 def stage_params(stage, config_slice):
@@ -49,9 +56,15 @@ def dataset_params(stage, wildcards, extra):
     return stage_params(stage, {"seed": config["seed"], "dataset": wildcards.dataset, "source": ds, **extra})
 
 
+def raw_paths(ds):
+    """A dataset entry's `path` as a list (the config allows one path or a list of them)."""
+    return [ds["path"]] if isinstance(ds["path"], str) else list(ds["path"])
+
+
 def ingest_params(wildcards):
     """Ingest's params also carry a digest of a raw folder's listing: Snakemake ignores changes inside folders."""
-    extra = {"ingest": config["ingest"], "raw_listing": listing_digest(DATASETS[wildcards.dataset]["path"])}
+    digests = [listing_digest(path) for path in raw_paths(DATASETS[wildcards.dataset])]
+    extra = {"ingest": config["ingest"], "raw_listing": digests[0] if len(digests) == 1 else digests}
     return dataset_params("ingest_dataset", wildcards, extra)
 
 
@@ -85,14 +98,17 @@ def parent_of_input(name):
 def get_raw_inputs(wildcards):
     """The raw files (or directory) a dataset is ingested from; paths only, no globbing."""
     ds = DATASETS[wildcards.dataset]
-    root = Path(ds["path"])
     if ds["kind"] == "pointcloud" and ds["format"] == "scanobjectnn":
-        return scanobjectnn_files(root, ds["variant"])
-    return [str(root)]
+        return [f for root in raw_paths(ds) for f in scanobjectnn_files(root, ds["variant"])]
+    return [str(Path(root)) for root in raw_paths(ds)]
+
+
+def shards_of(dataset):
+    return expand(f"{RESULTS}/cache/{dataset}/shard-{{shard}}.h5", shard=SHARDS)
 
 
 def get_shards(wildcards):
-    return expand(f"{RESULTS}/cache/{{dataset}}/shard-{{shard}}.h5", dataset=wildcards.dataset, shard=SHARDS)
+    return shards_of(wildcards.dataset)
 
 
 def get_fingerprint_inputs(wildcards):
@@ -104,6 +120,66 @@ def get_fingerprint_inputs(wildcards):
 def scaled_runtime(base):
     """Runtime in minutes that grows with the attempt, so a retry after a time-out gets more."""
     return lambda wildcards, attempt: base * attempt
+
+
+def cache_inputs(dataset):
+    return {"index": f"{RESULTS}/cache/{dataset}/index.parquet", "shards": shards_of(dataset)}
+
+
+def corpus_inputs(wildcards):
+    """Named inputs of a pretraining job: per corpus component, its split table + cache, or its unpaired store."""
+    files = {}
+    for i, part in enumerate(METHODS[wildcards.method]["corpus"]):
+        if part["split"] in UNPAIRED_SPLITS:
+            files[f"c{i}_store"] = f"{RESULTS}/splits/{part['dataset']}/unpaired/{part['split']}.h5"
+        else:
+            files[f"c{i}_split"] = f"{RESULTS}/splits/{part['dataset']}/ttv.parquet"
+            files |= {f"c{i}_{key}": value for key, value in cache_inputs(part["dataset"]).items()}
+    return files
+
+
+def input_json(wildcards, input):
+    """The job's named inputs as JSON (name -> path or list of paths), for stages that take many files."""
+    import json
+
+    return json.dumps({name: (list(value) if not isinstance(value, str) else value) for name, value in input.items()})
+
+
+def pretrain_cfg(wildcards):
+    """Only what changes this method's weights: its entry, the shared optimiser knobs, tokens, model, objective."""
+    method = METHODS[wildcards.method]
+    shared = {key: value for key, value in PRETRAIN.items() if key != "methods"}
+    return stage_params("pretrain_encoder", {
+        "seed": config["seed"], "method": wildcards.method, "entry": method, "train": shared,
+        "tokens": config["tokens"], "model": config["model"],
+        "objective": config["objectives"].get(method["objective"], {}),
+    })
+
+
+def finetune_inputs(wildcards):
+    files = {"manifest": f"{RESULTS}/ingest/{wildcards.dataset}/manifest.parquet",
+             "ttv": f"{RESULTS}/splits/{wildcards.dataset}/ttv.parquet",
+             "fewshot": f"{RESULTS}/splits/{wildcards.dataset}/fewshot.parquet",
+             **cache_inputs(wildcards.dataset)}
+    if wildcards.method != "scratch":
+        files["weights"] = f"{RESULTS}/models/{wildcards.method}/encoder.safetensors"
+        files["encoder_json"] = f"{RESULTS}/models/{wildcards.method}/encoder.json"
+    return files
+
+
+def finetune_cfg(wildcards):
+    """One job's knobs; the sweep lists (datasets, methods, k, seeds) are left out, so growing the grid never
+    reruns a finished job."""
+    shared = {key: value for key, value in FINETUNE.items() if key not in ("datasets", "methods", "k", "seeds")}
+    return stage_params("finetune_classifier", {
+        "seed": int(wildcards.seed), "k": int(wildcards.k), "method": wildcards.method, "dataset": wildcards.dataset,
+        "finetune": shared, "tokens": config["tokens"], "model": config["model"], "eval_seed": config["tokens"]["eval_seed"],
+    })
+
+
+def finetune_metrics(dataset):
+    return expand(f"{RESULTS}/finetune/{dataset}/{{method}}/k{{k}}/s{{seed}}/metrics.json",
+                  method=FINETUNE["methods"], k=FINETUNE["k"], seed=FINETUNE["seeds"])
 
 
 def check_existing_shards():
@@ -142,4 +218,11 @@ def data_targets():
         targets += expand(f"{RESULTS}/splits/{dataset}/{{name}}.parquet", name=SPLIT_FILES)
     for dataset in MESH_DATASETS:
         targets += expand(f"{RESULTS}/splits/{dataset}/unpaired/{{usplit}}.h5", usplit=UNPAIRED_SPLITS)
+    return targets
+
+
+def model_targets():
+    """Pretrained encoders and the few-shot tables."""
+    targets = expand(f"{RESULTS}/models/{{method}}/encoder.safetensors", method=list(METHODS))
+    targets += expand(f"{RESULTS}/tables/fewshot/{{dataset}}.md", dataset=FINETUNE["datasets"])
     return targets

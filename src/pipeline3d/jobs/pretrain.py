@@ -1,0 +1,74 @@
+"""A pretraining run: mixed corpus -> encoder + objective -> the resumable loop -> exported encoder."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import cfg_hash, canonical_json
+from ..log import git_describe
+from ..models.registry import create_encoder
+from ..objectives import build_objective
+from ..rng import stable_hash
+from ..tokens.collate import collate
+from ..tokens.corpus import EpochView, MixedCorpus
+from ..tokens.layout import n_positions
+from ..train.export import save_encoder
+from ..train.loop import EpochData, TrainConfig, TrainResult, train
+from .data import corpus_datasets
+
+# Objectives whose encoder attends both ways; fine-tuning reads this from the export to run the encoder the same way.
+BIDIRECTIONAL = {"mae": lambda cfg: bool(cfg.get("bidirectional", True)), "cmae": lambda cfg: True}
+
+
+def build_encoder(model_cfg: Mapping[str, Any], tok_cfg: Mapping[str, Any], *, seed: int, key: str):
+    """The configured encoder with a position table for the token layout; init seeded by (seed, key)."""
+    overrides = {k: model_cfg[k] for k in ("d_model", "depth", "heads") if model_cfg.get(k) is not None}
+    torch.manual_seed(stable_hash(f"{seed}|init|{key}") % 2**63)
+    return create_encoder(model_cfg["encoder"], n_positions=n_positions(tok_cfg), **overrides)
+
+
+def train_config(train_cfg: Mapping[str, Any], seed: int) -> TrainConfig:
+    keys = ("steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "clip_grad",
+            "checkpoint_every", "num_workers")
+    return TrainConfig.from_dict({**{k: train_cfg[k] for k in keys}, "seed": seed})
+
+
+def objective_cfg(name: str, knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """The objective's keyword arguments from the config's knobs (occ_grid is a dataset setting too)."""
+    return dict(knobs)
+
+
+def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, *, weights: str | Path,
+        encoder_json: str | Path, metrics_path: str | Path, log: logging.Logger) -> TrainResult:
+    """Pretrain one method; exports the encoder only when the run finished (not when interrupted)."""
+    seed, method, entry = int(params["seed"]), params["method"], params["entry"]
+    objective_name = entry["objective"]
+    knobs = dict(params.get("objective", {}))
+    tok_cfg = {**params["tokens"], "drop_ray_prob": entry.get("drop_ray_prob", 0.0)}
+    occ_grid = int(knobs.get("occ_grid", 0)) if objective_name == "cmae" else 0
+    components = corpus_datasets(entry["corpus"], files, tok_cfg, seed=seed, occ_grid=occ_grid,
+                                 two_views=objective_name == "cmae")
+    for (ds, weight), part in zip(components, entry["corpus"]):
+        log.info("corpus %s/%s via %s: %d shapes, weight %.3f", part["dataset"], part["split"], part["backend"],
+                 len(ds), weight)
+    corpus = MixedCorpus(components, params["train"]["samples_per_epoch"], seed)
+    encoder = build_encoder(params["model"], tok_cfg, seed=seed, key=method)
+    objective = build_objective(objective_name, encoder, objective_cfg(objective_name, knobs))
+    cfg = train_config(params["train"], seed)
+    data = EpochData(lambda epoch: EpochView(corpus, epoch), collate)
+    result = train(objective, data, cfg, state_dir, config_hash=cfg_hash(canonical_json(dict(params))), log=log,
+                   metrics_path=metrics_path)
+    if result.interrupted or not result.is_main:
+        return result
+    causal = not BIDIRECTIONAL.get(objective_name, lambda cfg: False)(knobs)
+    save_encoder(encoder, weights, encoder_json, extra={
+        "method": method, "objective": objective_name, "causal": causal, "tokens": params["tokens"],
+        "steps": result.steps, "final_loss": result.final_loss, "params_hash": cfg_hash(canonical_json(dict(params))),
+        "git": git_describe(),
+    })
+    return result

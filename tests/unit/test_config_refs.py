@@ -1,0 +1,56 @@
+"""Cross-section config checks: each problem names the key that holds the bad value."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from pipeline3d.config import ROOT, ConfigError, validate
+
+
+@pytest.fixture()
+def config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def problem(config: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate(copy.deepcopy(config))
+    return str(info.value)
+
+
+def test_the_demo_config_is_coherent(config: dict) -> None:
+    validate(config)
+
+
+def test_corpus_dataset_must_exist(config: dict) -> None:
+    config["pretrain"]["methods"]["nepa"]["corpus"][0]["dataset"] = "nope"
+    assert "pretrain.methods.nepa.corpus[0].dataset: 'nope' is not a dataset" in problem(config)
+
+
+def test_a_pc_store_cannot_feed_a_mesh_backend(config: dict) -> None:
+    config["pretrain"]["methods"]["nepa"]["corpus"][0] = {"dataset": "demo-mesh", "split": "train_pc",
+                                                          "backend": "mesh"}
+    assert "pretrain.methods.nepa.corpus[0].backend: 'mesh' may not read the train_pc store" in problem(config)
+
+
+def test_mesh_backend_needs_a_mesh_dataset(config: dict) -> None:
+    config["pretrain"]["methods"]["nepa"]["corpus"][2]["backend"] = "mesh"
+    assert "corpus[2].backend: 'mesh' cannot read pointcloud dataset 'demo-scan'" in problem(config)
+
+
+def test_finetune_references(config: dict) -> None:
+    config["finetune"]["methods"] = ["scratch", "nepa_typo"]
+    config["finetune"]["k"] = [0, 7]
+    config["finetune"]["n_point"] = 10_000
+    text = problem(config)
+    assert "finetune.methods[1]: 'nepa_typo' is neither scratch nor a pretrain method" in text
+    assert "finetune.k[1]: K=7 has no few-shot split" in text
+    assert "finetune.n_point: 10000 is more than the pretrained layout holds" in text
+
+
+def test_unknown_objective_knob_is_named(config: dict) -> None:
+    config["objectives"]["cmae"]["lambda_nse"] = 0.5
+    assert "objectives.cmae.lambda_nse: unknown key" in problem(config)

@@ -1,0 +1,76 @@
+# Pretraining and the few-shot fine-tune table.
+# Outputs: results/models/{method}/encoder.safetensors + encoder.json   the exported encoder (registry name + sizes)
+#          results/models/{method}/train_log.jsonl                      loss curve (step, loss, lr, per-term logs)
+#          results/finetune/{dataset}/{method}/k{k}/s{seed}/metrics.json   one few-shot job (K=0: full train split)
+#          results/tables/fewshot/{dataset}.{md,csv}                     mean ± std over seeds per method and K
+# Resume state lives under results/_state/ (undeclared: Snakemake deletes declared outputs before a job starts).
+
+
+rule pretrain_encoder:
+    input:
+        unpack(corpus_inputs),
+    output:
+        weights=f"{RESULTS}/models/{{method}}/encoder.safetensors",
+        encoder_json=f"{RESULTS}/models/{{method}}/encoder.json",
+        train_log=f"{RESULTS}/models/{{method}}/train_log.jsonl",
+    log:
+        f"{RESULTS}/logs/pretrain_encoder/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain_encoder/{{method}}.tsv"
+    params:
+        cfg=pretrain_cfg,
+        inputs=input_json,
+        state=f"{STATE}/pretrain/{{method}}",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=scaled_runtime(24 * 60),
+        gpu=1,
+    shell:
+        "{PY} -m pipeline3d.stages.pretrain_encoder --params {params.cfg:q} --inputs {params.inputs:q}"
+        " --state-dir {params.state:q} --weights {output.weights:q} --encoder-json {output.encoder_json:q}"
+        " --train-log {output.train_log:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule finetune_classifier:
+    input:
+        unpack(finetune_inputs),
+    output:
+        metrics=f"{RESULTS}/finetune/{{dataset}}/{{method}}/k{{k}}/s{{seed}}/metrics.json",
+    log:
+        f"{RESULTS}/logs/finetune_classifier/{{dataset}}/{{method}}/k{{k}}/s{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/finetune_classifier/{{dataset}}/{{method}}/k{{k}}/s{{seed}}.tsv"
+    params:
+        cfg=finetune_cfg,
+        inputs=input_json,
+        state=f"{STATE}/finetune/{{dataset}}/{{method}}/k{{k}}/s{{seed}}",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=scaled_runtime(6 * 60),
+        gpu=1,
+    shell:
+        "{PY} -m pipeline3d.stages.finetune_classifier --params {params.cfg:q} --inputs {params.inputs:q}"
+        " --state-dir {params.state:q} --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule tabulate_fewshot:
+    input:
+        metrics=lambda wildcards: finetune_metrics(wildcards.dataset),
+    output:
+        table=f"{RESULTS}/tables/fewshot/{{dataset}}.md",
+        csv=f"{RESULTS}/tables/fewshot/{{dataset}}.csv",
+    log:
+        f"{RESULTS}/logs/tabulate_fewshot/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tabulate_fewshot/{{dataset}}.tsv"
+    params:
+        cfg=lambda wildcards: stage_params("tabulate_fewshot", {"dataset": wildcards.dataset, "methods": FINETUNE["methods"]}),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=scaled_runtime(10),
+    shell:
+        "{PY} -m pipeline3d.stages.tabulate_fewshot --params {params.cfg:q} --metrics {input.metrics:q}"
+        " --table {output.table:q} --csv {output.csv:q} > {log:q} 2>&1"
