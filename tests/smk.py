@@ -92,6 +92,13 @@ def tiny_config(**overrides) -> dict:
     return deep_merge(config, overrides)
 
 
+def data_layer_only(config: dict) -> dict:
+    """No pretraining or fine-tuning (for configs whose datasets are not the demo's)."""
+    config["pretrain"]["methods"] = {}
+    config["finetune"]["datasets"], config["finetune"]["methods"] = [], ["scratch"]
+    return config
+
+
 def read_config(workdir: Path) -> dict:
     return yaml.safe_load((workdir / "config" / "config.yaml").read_text())
 
@@ -205,7 +212,7 @@ def write_big_manifest_workdir(workdir: Path, n_shapes: int, shards: int, datase
     raw.write_bytes(b"stand-in for a ShapeNetCore archive")
     config = deep_merge(repo_config(), {"demo": {"enabled": False}, "cache": {"shards": shards}})
     config["datasets"] = {dataset: {"kind": "mesh", "format": "shapenet", "path": str(raw.relative_to(workdir))}}
-    config["pretrain"]["methods"], config["finetune"]["datasets"] = {}, []  # the data layer only
+    data_layer_only(config)
     write_config(workdir, config)
 
     n_classes = 55
@@ -244,7 +251,7 @@ def expected_big_counts(shards: int) -> dict[str, int]:
         "build_cache_shard": shards,
         "index_cache": 1,
         "fingerprint_dataset": 1,
-        "make_splits": 1,
+        "make_splits": 5,  # one per split family
         "materialize_unpaired": 4,
         "all": 1,
     }

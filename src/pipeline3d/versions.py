@@ -11,7 +11,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "build_cache_shard": 2,
     "index_cache": 1,
     "fingerprint_dataset": 1,
-    "make_splits": 1,
+    "make_splits": 2,
     "materialize_unpaired": 1,
     "pretrain_encoder": 1,
     "finetune_classifier": 1,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from smk import (
+    data_layer_only,
     ROOT,
     copy_repo,
     job_counts,
@@ -79,7 +80,7 @@ def slurm_run(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = copy_repo(tmp_path_factory.mktemp("slurm") / "repo")
     config = tiny_config(ingest={"workers": 2})
     config["datasets"] = {"demo-img": config["datasets"]["demo-img"]}
-    config["pretrain"]["methods"], config["finetune"]["datasets"] = {}, []  # they need the mesh datasets
+    data_layer_only(config)  # the models need the demo's datasets
     write_config(workdir, config)
 
     # a dry-run caps threads at --cores (1 by default), SLURM jobs do not: plan with plenty to see what rules declare
@@ -91,13 +92,14 @@ def slurm_run(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_every_job_went_through_sbatch_with_the_declared_resources(slurm_run: dict) -> None:
-    plan = {job.rule: job for job in slurm_run["plan"] if job.rule != "all"}
+    planned = [job for job in slurm_run["plan"] if job.rule != "all"]
+    plan = {job.rule: job for job in planned}  # jobs of one rule declare the same resources
     assert set(plan) == {"make_demo_data", "ingest_dataset", "fingerprint_dataset", "make_splits"}
     job_ids = SUBMITTED.findall(slurm_run["result"].output)
-    assert len(job_ids) == len(plan)
+    assert len(job_ids) == len(planned)
 
     jobs = squeue_jobs(job_ids)
-    assert sorted(job["rule"] for job in jobs.values()) == sorted(plan)
+    assert sorted(job["rule"] for job in jobs.values()) == sorted(job.rule for job in planned)
     for job in jobs.values():
         declared = plan[job["rule"]]
         assert job["state"] == "COMPLETED", job
@@ -122,9 +124,10 @@ def test_content_change_resubmits_only_the_dependents(slurm_run: dict) -> None:
 
     result = run_snakemake(workdir, "--profile", "slurm", "all", timeout=300)
     assert result.returncode == 0, result.tail(8000)
-    assert job_counts(result.output) == {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 1, "all": 1}
+    assert job_counts(result.output) == {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 5, "all": 1}
     jobs = squeue_jobs(SUBMITTED.findall(result.output))
-    assert sorted(job["rule"] for job in jobs.values()) == ["fingerprint_dataset", "ingest_dataset", "make_splits"]
+    assert sorted(job["rule"] for job in jobs.values()) == ["fingerprint_dataset", "ingest_dataset",
+                                                            *["make_splits"] * 5]
 
 
 def test_cluster_exposes_fake_gpus(cluster) -> None:

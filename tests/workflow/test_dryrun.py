@@ -20,6 +20,7 @@ from smk import (
 
 TARGET_RULES = {"all", "data_all"}
 UNPAIRED_SPLITS = 4  # train_mesh, train_pc, train_udf, eval
+SPLIT_FAMILIES = 5  # ttv, kfold, unpaired, fewshot, qg: one job each
 
 
 def expected_demo_counts(config: dict, target: str = "all") -> dict[str, int]:
@@ -33,7 +34,7 @@ def expected_demo_counts(config: dict, target: str = "all") -> dict[str, int]:
         "build_cache_shard": cached * config["cache"]["shards"],
         "index_cache": cached,
         "fingerprint_dataset": len(kinds),
-        "make_splits": len(kinds),
+        "make_splits": len(kinds) * SPLIT_FAMILIES,
         "materialize_unpaired": kinds.count("mesh") * UNPAIRED_SPLITS,
         target: 1,
     }

@@ -41,6 +41,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS) or "^$",
     shard=r"\d{4}",
     usplit="|".join(UNPAIRED_SPLITS),
+    family="|".join(SPLIT_FILES),
     method="|".join(["scratch", *METHODS]),
     k=r"\d+",
     seed=r"\d+",
@@ -75,6 +76,14 @@ def dataset_cfg(stage, *sections):
         return dataset_params(stage, wildcards, {section: config[section] for section in sections})
 
     return cfg
+
+
+def split_family_cfg(wildcards):
+    """A split family's params hold only the splits keys it depends on (FAMILY_KEYS)."""
+    from pipeline3d.data.splits.build import FAMILY_KEYS
+
+    keys = FAMILY_KEYS[wildcards.family]
+    return dataset_params("make_splits", wildcards, {"splits": {k: config["splits"][k] for k in keys}})
 
 
 def parent_of(name):

@@ -1,7 +1,7 @@
 # Fingerprints and splits.
 # Outputs: results/fingerprints/{dataset}/fingerprints.parquet  perceptual hashes of depth views (or images) + geometry hash
 #          results/fingerprints/{dataset}/duplicates.parquet    near-duplicate groups (Hamming <= threshold)
-#          results/splits/{dataset}/{ttv,kfold,unpaired,fewshot,qg}.parquet
+#          results/splits/{dataset}/{ttv,kfold,unpaired,fewshot,qg}.parquet   one job per family (own params)
 #          results/splits/{dataset}/unpaired/{usplit}.h5       per-primitive shards that physically lack other primitives
 
 
@@ -35,21 +35,22 @@ rule make_splits:
         manifest=f"{RESULTS}/ingest/{{dataset}}/manifest.parquet",
         duplicates=f"{RESULTS}/fingerprints/{{dataset}}/duplicates.parquet",
     output:
-        **{name: f"{RESULTS}/splits/{{dataset}}/{name}.parquet" for name in SPLIT_FILES},
+        table=f"{RESULTS}/splits/{{dataset}}/{{family}}.parquet",
     log:
-        f"{RESULTS}/logs/make_splits/{{dataset}}.log",
+        f"{RESULTS}/logs/make_splits/{{dataset}}/{{family}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/make_splits/{{dataset}}.tsv"
+        f"{RESULTS}/benchmarks/make_splits/{{dataset}}/{{family}}.tsv"
     params:
-        cfg=dataset_cfg("make_splits", "splits"),
-        out_dir=parent_of("ttv"),
+        cfg=split_family_cfg,
+        out_dir=parent_of("table"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=scaled_runtime(20),
     shell:
         "{PY} -m pipeline3d.stages.make_splits --params {params.cfg:q} --manifest {input.manifest:q}"
-        " --duplicates {input.duplicates:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --duplicates {input.duplicates:q} --out-dir {params.out_dir:q} --families {wildcards.family}"
+        " > {log:q} 2>&1"
 
 
 rule materialize_unpaired:
