@@ -231,7 +231,7 @@ LIMITS = {"max_members": 1000, "max_total_bytes": 10**9, "max_member_bytes": 10*
           "max_faces": 10**6, "workers": 1}
 
 
-def ingest_checked(tmp_path: Path, source: Path | str, kind: str = "mesh", fmt: str = "auto", out: str = "out",
+def ingest_checked(tmp_path: Path, source: Path | str | list, kind: str = "mesh", fmt: str = "auto", out: str = "out",
                    source_extra: dict | None = None, **limits):
     """Run the ingest stage function on ``source`` with outputs in ``tmp_path/out``; assert that nothing appeared or
     changed elsewhere under tmp_path and that the store matches the manifest. Returns (manifest, rejects)."""
@@ -243,7 +243,8 @@ def ingest_checked(tmp_path: Path, source: Path | str, kind: str = "mesh", fmt: 
 
     before = snapshot(tmp_path)
     out_dir = tmp_path / out
-    params = {"seed": 0, "dataset": "ds", "source": {"kind": kind, "format": fmt, "path": str(source),
+    path = [str(s) for s in source] if isinstance(source, list) else str(source)
+    params = {"seed": 0, "dataset": "ds", "source": {"kind": kind, "format": fmt, "path": path,
                                                      **(source_extra or {})},
               "ingest": {**LIMITS, **limits}, "stage_version": 1}
     run_ingest(params, out_dir / "manifest.parquet", out_dir / "rejects.parquet", out_dir / "items.h5")

@@ -1,5 +1,12 @@
 """Ingest one dataset: raw input -> manifest rows, rejects rows and the item store (``pipeline3d.io.itemstore``).
 
+``source.path`` is one raw input or a list of them (real collections come split: ShapeNetCore.v2 is one zip per
+synset, a data set may be a folder plus an archive of more items). Every path is scanned and planned on its own,
+with one layout for all of them (``auto`` looks at the members of every path together); the planned items are
+then pooled, so labels, duplicates and ``max_items`` are decided over the whole dataset. An id found in two
+sources is a ``duplicate_id`` naming both (never merged). A refused archive rejects that source alone; a path
+that does not exist stops the ingest (a configuration error). Point clouds: the h5 files of every path, in order.
+
 Layouts (``source.format``; ``auto`` guesses from the paths). Any leading folders are allowed (e.g. the one
 top-level folder of an archive), because layouts are matched on the end of each member path:
 
@@ -95,7 +102,7 @@ class IngestSpec:
     dataset: str
     kind: str
     format: str
-    path: str
+    path: tuple[str, ...]  # one or more raw inputs (folders, archives, h5 files), all of the same kind and layout
     variant: str = "obj_bg"
     class_names: tuple[str, ...] | None = None
     max_items: int | None = None
@@ -118,10 +125,28 @@ class IngestSpec:
                                     f"(allowed: {', '.join(KINDS[kind])})")
         ingest = params.get("ingest", {})
         names = source.get("class_names")
-        return cls(dataset=dataset, kind=kind, format=fmt, path=str(path), variant=source.get("variant", "obj_bg"),
+        return cls(dataset=dataset, kind=kind, format=fmt, path=source_paths(path),
+                   variant=source.get("variant", "obj_bg"),
                    class_names=tuple(names) if names else None, max_items=source.get("max_items"),
                    limits=Limits.from_config(ingest), max_faces=int(ingest.get("max_faces", 5_000_000)),
                    workers=int(ingest.get("workers", 1)))
+
+
+def source_paths(path: Any) -> tuple[str, ...]:
+    """``source.path`` (a path or a non-empty list of paths) as a tuple; the same path twice is a config error."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else path
+    if not isinstance(paths, (list, tuple)) or not paths:
+        raise IngestConfigError(f"source.path must be a path or a non-empty list of paths, got {path!r}")
+    out, seen = [], {}
+    for p in paths:
+        if not isinstance(p, (str, os.PathLike)) or not str(p):
+            raise IngestConfigError(f"source.path entries must be non-empty paths, got {p!r}")
+        key = os.path.normpath(str(p))
+        if key in seen:
+            raise IngestConfigError(f"source.path lists the same input twice: {seen[key]!r} and {str(p)!r}")
+        seen[key] = str(p)
+        out.append(str(p))
+    return tuple(out)
 
 
 @dataclass
@@ -139,6 +164,9 @@ class Planned:
     h5_index: int | None = None
     meta: dict = field(default_factory=dict)
     label: int = -1
+    origin: str = ""  # the configured path (one entry of source.path) the item was found in
+    # the scanned input to read the member from; stays in the main process (workers only get the bytes)
+    raw: RawSource | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -181,8 +209,10 @@ def detect_mesh_layout(names: Iterable[str]) -> str:
 Plan = tuple[list[Planned], list[Reject], str]  # items, rejects, layout
 
 
-def plan_meshes(raw: RawSource, spec: IngestSpec, ignored: collections.Counter) -> Plan:
-    layout = spec.format
+def plan_meshes(raw: RawSource, spec: IngestSpec, ignored: collections.Counter, layout: str | None = None) -> Plan:
+    """Plan one input; ``layout`` (when several inputs share one, detected over all of them) overrides the
+    spec's format."""
+    layout = layout or spec.format
     if layout == "auto":
         layout = detect_mesh_layout(m.name for m in raw.members if not _ignorable(m.name))
     planned, rejects = [], []
@@ -295,31 +325,39 @@ def plan_images(raw: RawSource, spec: IngestSpec, ignored: collections.Counter) 
     return planned, rejects, "image_tar"
 
 
-def cloud_files(spec: IngestSpec) -> tuple[list[str], str]:
-    fmt = spec.format
-    if fmt == "auto":
-        p = Path(spec.path)
-        if p.is_dir() and any((p / folder).is_dir() for folder in ("main_split", "main_split_nobg")):
-            fmt = "scanobjectnn"
-        else:
-            fmt = "h5"
-    if fmt == "scanobjectnn":
+def cloud_layout(path: str, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    p = Path(path)
+    if p.is_dir() and any((p / folder).is_dir() for folder in ("main_split", "main_split_nobg")):
+        return "scanobjectnn"
+    return "h5"
+
+
+def cloud_files(path: str, layout: str, variant: str) -> list[str]:
+    """The h5 files of one configured path."""
+    if layout == "scanobjectnn":
         try:
-            files = scanobjectnn_files(spec.path, spec.variant)
+            files = scanobjectnn_files(path, variant)
         except ValueError as exc:
             raise IngestConfigError(str(exc)) from None
         missing = [f for f in files if not Path(f).is_file()]
         if missing:
-            raise FileNotFoundError(f"ScanObjectNN variant {spec.variant!r}: missing {', '.join(missing)}")
-        return files, fmt
-    return find_h5_files(spec.path), fmt
+            raise FileNotFoundError(f"ScanObjectNN variant {variant!r}: missing {', '.join(missing)}")
+        return files
+    return find_h5_files(path)
 
 
 def plan_clouds(spec: IngestSpec) -> Plan:
-    files, layout = cloud_files(spec)
-    names = list(spec.class_names) if spec.class_names else class_names_near(files)
+    layouts = {path: cloud_layout(path, spec.format) for path in spec.path}
+    layout = layouts[spec.path[0]]
+    if len(set(layouts.values())) > 1:
+        raise IngestConfigError("source.path mixes layouts (" + ", ".join(f"{p}: {f}" for p, f in layouts.items())
+                                + "): give every path the same layout, or set source.format")
+    files = [(path, f) for path in spec.path for f in cloud_files(path, layout, spec.variant)]
+    names = list(spec.class_names) if spec.class_names else class_names_near([f for _, f in files])
     planned, rejects = [], []
-    for path in files:
+    for origin, path in files:
         split = split_of(path)
         if layout == "modelnet40_h5" and not split:
             rejects.append(Reject(path, "bad_layout", "ModelNet40-h5 file names must contain 'train' or 'test'"))
@@ -339,7 +377,8 @@ def plan_clouds(spec: IngestSpec) -> Plan:
                 rejects.append(exc.reject(source))
                 continue
             planned.append(Planned(f"{spec.dataset}/{id_part(name)}/{stem}-{index:06d}", name, split, source, "h5",
-                                   label_value=value, h5_path=path, h5_index=index, meta={"h5_index": index}))
+                                   label_value=value, h5_path=path, h5_index=index, meta={"h5_index": index},
+                                   origin=origin))
     return planned, rejects, layout
 
 
@@ -348,14 +387,22 @@ def plan_clouds(spec: IngestSpec) -> Plan:
 
 
 def drop_duplicates(planned: list[Planned]) -> tuple[list[Planned], list[Reject]]:
-    """Sorted by shape id; for a repeated id the first in (shape_id, source, member) order is kept."""
+    """Sorted by shape id; for a repeated id the first in (shape_id, source, member) order is kept (so which one
+    wins never depends on the order of the configured paths). An id found in two configured paths is reported
+    with both paths: the sources overlap, which is a data problem worth seeing, not something to merge."""
     def order(p: Planned):
         return p.shape_id, p.source, p.member.index if p.member else (p.h5_index or 0)
 
     kept, rejects = [], []
     for p in sorted(planned, key=order):
         if kept and kept[-1].shape_id == p.shape_id:
-            rejects.append(Reject(p.source, "duplicate_id", f"shape id {p.shape_id} already used by {kept[-1].source}"))
+            first = kept[-1]
+            if first.origin != p.origin:
+                detail = (f"shape id {p.shape_id} is in two sources, {first.origin} and {p.origin}; "
+                          f"kept {first.source}")
+            else:
+                detail = f"shape id {p.shape_id} already used by {first.source}"
+            rejects.append(Reject(p.source, "duplicate_id", detail))
         else:
             kept.append(p)
     return kept, rejects
@@ -504,23 +551,40 @@ def _row(p: Planned, spec: IngestSpec, sha256: str, fmt: str, meta: dict, n_vert
             "meta": json.dumps(meta, sort_keys=True, separators=(",", ":")), "format": fmt}
 
 
-def ingest_members(raw: RawSource, planned: list[Planned], spec: IngestSpec, items_path, logger: logging.Logger,
+def read_planned(planned: list[Planned]) -> Iterator[tuple[Planned, bytes | Reject]]:
+    """``(item, raw bytes or Reject)`` for every planned item, each read from the input it was planned from.
+
+    If every input reads in any order (folders, zips) the items come in the given (shape-id) order, so the item
+    store is written directly; otherwise input by input, each in its own order (a tar streams in archive order).
+    """
+    inputs = list({id(p.raw): p.raw for p in planned}.values())  # in order of first use, deterministic
+    if all(raw.random_access for raw in inputs):
+        for p in planned:
+            for _, data in p.raw.read_all([p.member]):
+                yield p, data
+        return
+    for raw in inputs:
+        mine = {p.member.index: p for p in planned if p.raw is raw}  # member indices are unique within one input
+        for member, data in raw.read_all([p.member for p in mine.values()]):
+            yield mine[member.index], data
+
+
+def ingest_members(planned: list[Planned], spec: IngestSpec, items_path, logger: logging.Logger,
                    counts: collections.Counter) -> tuple[list[dict], list[Reject]]:
-    """Read, parse and store mesh / image items of an archive or directory."""
-    by_index = {p.member.index: p for p in planned}
+    """Read, parse and store mesh / image items of archives or directories (``Planned.raw``)."""
     rows, rejects = [], []
     progress = Progress(logger, len(planned), "ingest: items parsed", every=1000, seconds=30)
+    in_order = all(p.raw.random_access for p in planned)
 
     def jobs():
-        for member, data in raw.read_all([p.member for p in planned]):
-            p = by_index[member.index]
+        for p, data in read_planned(planned):
             if isinstance(data, Reject):
                 rejects.append(data)
                 progress.step()
                 continue
             yield (p, data), (spec.kind, p.fmt, data, spec.max_faces)
 
-    with OrderedPool(spec.workers) as pool, ItemSink(items_path, spec.dataset, spec.kind, raw.random_access) as sink:
+    with OrderedPool(spec.workers) as pool, ItemSink(items_path, spec.dataset, spec.kind, in_order) as sink:
         for (p, data), result in pool.map(parse_payload, jobs()):
             progress.step()
             if result[0] == "reject":
@@ -575,32 +639,60 @@ def ingest_clouds(planned: list[Planned], spec: IngestSpec, items_path,
 # the whole stage
 
 
+def plan_archives(spec: IngestSpec, ignored: collections.Counter, logger: logging.Logger) -> Plan:
+    """Scan every configured path (folder or archive) and plan its mesh / image items.
+
+    A refused archive costs one rejects row and the other paths go on; layout ``refused`` means none was left.
+    """
+    prefetch = (lambda name: name.lower().endswith(".json")) if spec.kind == "image" else None
+    raws, rejects = [], []
+    for path in spec.path:
+        try:
+            raws.append(open_raw(path, spec.limits, prefetch=prefetch, prefetch_max_bytes=JSON_MAX_BYTES))
+        except ArchiveRefused as exc:
+            logger.error("%s refused as a whole: %s: %s", path, exc.reason, exc.detail)
+            rejects.append(Reject(path, exc.reason, exc.detail))
+    if not raws:
+        return [], rejects, "refused"
+    if spec.kind == "mesh":
+        layout = spec.format
+        if layout == "auto":  # one layout for the whole dataset, whichever path holds the telling files
+            layout = detect_mesh_layout(m.name for raw in raws for m in raw.members if not _ignorable(m.name))
+    planned = []
+    for raw in raws:
+        if spec.kind == "mesh":
+            items, refused, layout = plan_meshes(raw, spec, ignored, layout)
+        else:
+            items, refused, layout = plan_images(raw, spec, ignored)
+        for p in items:
+            p.raw, p.origin = raw, raw.label
+        if len(raws) > 1:
+            logger.info("%s: %d items found, %d refused while scanning", raw.label, len(items),
+                        len(raw.rejects) + len(refused))
+        planned += items
+        rejects += raw.rejects + refused
+    return planned, rejects, layout
+
+
 def ingest_dataset(spec: IngestSpec, items_path: str | os.PathLike,
                    logger: logging.Logger | None = None) -> IngestResult:
-    """Ingest ``spec``'s source; writes the item store and returns manifest rows and rejects (not yet written)."""
+    """Ingest ``spec``'s sources; writes the item store and returns manifest rows and rejects (not yet written)."""
     logger = logger or logging.getLogger(f"pipeline3d.{STAGE}")
     counts: collections.Counter = collections.Counter()
     ignored: collections.Counter = collections.Counter()
-    try:
-        if spec.kind == "pointcloud":
-            planned, rejects, layout = plan_clouds(spec)
-            raw = None
-        else:
-            prefetch = (lambda name: name.lower().endswith(".json")) if spec.kind == "image" else None
-            raw = open_raw(spec.path, spec.limits, prefetch=prefetch, prefetch_max_bytes=JSON_MAX_BYTES)
-            planner = plan_meshes if spec.kind == "mesh" else plan_images
-            planned, rejects, layout = planner(raw, spec, ignored)
-            rejects = raw.rejects + rejects
-    except ArchiveRefused as exc:
-        logger.error("%s refused as a whole: %s: %s", spec.path, exc.reason, exc.detail)
+    if spec.kind == "pointcloud":
+        planned, rejects, layout = plan_clouds(spec)
+    else:
+        planned, rejects, layout = plan_archives(spec, ignored, logger)
+    if layout == "refused":
         with ItemStoreWriter(items_path, spec.dataset, spec.kind):
             pass
-        return IngestResult([], [Reject(spec.path, exc.reason, exc.detail)], [], "refused", dict(counts))
+        return IngestResult([], sorted(rejects), [], "refused", dict(counts))
 
     logger.info("layout %s: %d items found, %d refused while scanning", layout, len(planned), len(rejects))
     if not planned:
-        logger.warning("no items found in %s for kind %s / format %s: check the path and the layout", spec.path,
-                       spec.kind, spec.format)
+        logger.warning("no items found in %s for kind %s / format %s: check the path and the layout",
+                       ", ".join(spec.path), spec.kind, spec.format)
     if ignored:
         logger.info("ignored %d files that are not items: %s", sum(ignored.values()),
                     ", ".join(f"{k} {v}" for k, v in sorted(ignored.items())))
@@ -616,7 +708,7 @@ def ingest_dataset(spec: IngestSpec, items_path: str | os.PathLike,
     if spec.kind == "pointcloud":
         rows, more = ingest_clouds(chosen, spec, items_path, logger)
     else:
-        rows, more = ingest_members(raw, chosen, spec, items_path, logger, counts)
+        rows, more = ingest_members(chosen, spec, items_path, logger, counts)
     rejects += more
     rows.sort(key=lambda r: r["shape_id"])
     counts["accepted"], counts["rejected"] = len(rows), len(rejects)
