@@ -177,3 +177,24 @@ def test_truncated_or_foreign_shard_is_moved_aside_and_rebuilt(demo: Path) -> No
     assert validate_shard(shard, dataset="demo-mesh", shard=0, deep=True) is None
     assert (shard.parent / "shard-0000.h5.invalid").exists()
     assert_up_to_date(demo)
+
+
+def test_fewshot_jobs_select_on_a_k_shot_validation_set_and_test_on_every_test_shape(demo: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    splits = demo / "results" / "splits" / "demo-mesh"
+    ttv = pd.read_parquet(splits / "ttv.parquet")
+    n_classes = ttv["label"].nunique()
+    config = read_config(demo)
+    for method in config["finetune"]["methods"]:
+        one_shot = json.loads((demo / "results/finetune/demo-mesh" / method / "k1/s0/metrics.json").read_text())
+        assert one_shot["train_shapes"] == n_classes and one_shot["val_shapes"] <= n_classes  # K=1: 1 label per class
+        assert one_shot["test"]["n"] == int((ttv["split"] == "test").sum())
+        assert set(one_shot["test"]["per_class_accuracy"]) == set(one_shot["class_names"])
+        full = json.loads((demo / "results/finetune/demo-mesh" / method / "k0/s0/metrics.json").read_text())
+        assert full["train_shapes"] == int((ttv["split"] == "train").sum())
+        assert full["protocol"]["method"] == method and full["protocol"]["k"] == 0
+    table = (demo / "results" / "tables" / "fewshot" / "demo-mesh.md").read_text()
+    assert all(f"| {method} |" in table for method in config["finetune"]["methods"])

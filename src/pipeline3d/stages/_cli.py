@@ -28,3 +28,12 @@ def start(stage: str, args: argparse.Namespace) -> tuple[dict, logging.Logger]:
     paths = {k: v for k, v in vars(args).items() if k != "params"}
     log_stage_start(logger, stage, args.params, **paths)
     return params, logger
+
+
+def training_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of a training stage: --inputs (the rule's named inputs as JSON), --state-dir, --threads."""
+    p = parser(stage, doc)
+    p.add_argument("--inputs", required=True, help="JSON: the rule's named inputs (name -> path or paths)")
+    p.add_argument("--state-dir", required=True, help="resume state (undeclared in the rule, so it survives)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the rule's threads)")
+    return p

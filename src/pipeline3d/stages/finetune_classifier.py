@@ -17,15 +17,12 @@ import torch
 from ..io.atomic import write_json
 from ..jobs import finetune
 from ..log import git_describe
-from ._cli import parser, start
+from ._cli import start, training_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser("finetune_classifier", __doc__)
-    p.add_argument("--inputs", required=True, help="JSON: the rule's named inputs (name -> path or paths)")
-    p.add_argument("--state-dir", required=True)
+    p = training_parser("finetune_classifier", __doc__)
     p.add_argument("--metrics", required=True)
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     params, log = start("finetune_classifier", args)
     torch.set_num_threads(max(1, args.threads))

@@ -16,17 +16,14 @@ import torch
 
 from ..io.atomic import atomic_path
 from ..jobs import pretrain
-from ._cli import parser, start
+from ._cli import start, training_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser("pretrain_encoder", __doc__)
-    p.add_argument("--inputs", required=True, help="JSON: the rule's named inputs (name -> path or paths)")
-    p.add_argument("--state-dir", required=True)
+    p = training_parser("pretrain_encoder", __doc__)
     p.add_argument("--weights", required=True)
     p.add_argument("--encoder-json", required=True)
     p.add_argument("--train-log", required=True)
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     params, log = start("pretrain_encoder", args)
     torch.set_num_threads(max(1, args.threads))
