@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smk import copy_repo, job_counts, repo_config, run_snakemake, write_config
+from smk import copy_repo, data_layer_only, job_counts, repo_config, run_snakemake, write_config
 
 TETRA = "OFF\n4 4 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n3 0 1 3\n3 0 2 3\n3 1 2 3\n"
 
@@ -18,7 +18,7 @@ def test_editing_a_file_inside_a_raw_folder_reruns_ingest(tmp_path: Path) -> Non
     config = repo_config()
     config["demo"]["enabled"] = False
     config["datasets"] = {"shapes": {"kind": "mesh", "format": "modelnet", "path": "raw/shapes"}}
-    config["pretrain"]["methods"], config["finetune"]["datasets"] = {}, []
+    data_layer_only(config)  # the models need the demo's datasets
     write_config(workdir, config)
     target = "results/ingest/shapes/manifest.parquet"
     first = run_snakemake(workdir, "--cores", "1", target)

@@ -38,11 +38,6 @@ def train_config(train_cfg: Mapping[str, Any], seed: int) -> TrainConfig:
     return TrainConfig.from_dict({**{k: train_cfg[k] for k in keys}, "seed": seed})
 
 
-def objective_cfg(name: str, knobs: Mapping[str, Any]) -> dict[str, Any]:
-    """The objective's keyword arguments from the config's knobs (occ_grid is a dataset setting too)."""
-    return dict(knobs)
-
-
 def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, *, weights: str | Path,
         encoder_json: str | Path, metrics_path: str | Path, log: logging.Logger) -> TrainResult:
     """Pretrain one method; exports the encoder only when the run finished (not when interrupted)."""
@@ -58,7 +53,7 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
                  len(ds), weight)
     corpus = MixedCorpus(components, params["train"]["samples_per_epoch"], seed)
     encoder = build_encoder(params["model"], tok_cfg, seed=seed, key=method)
-    objective = build_objective(objective_name, encoder, objective_cfg(objective_name, knobs))
+    objective = build_objective(objective_name, encoder, knobs)  # cmae's occ_grid sizes the dataset target too
     cfg = train_config(params["train"], seed)
     data = EpochData(lambda epoch: EpochView(corpus, epoch), collate)
     result = train(objective, data, cfg, state_dir, config_hash=cfg_hash(canonical_json(dict(params))), log=log,
