@@ -16,7 +16,7 @@ and ``collate`` into batches of 32, in one process pinned to one CPU with BLAS/O
   then build the same pools (``Backend.pools_from``) and tokens;
 * ``reference_lazy``: the reference's storage read as well as it can be (only the keys the backend needs).
 
-The voxel backend's pools are computed by our vectorised code on both sides (EDT + trilinear, cached pc rays): the
+The voxel backend's pools are computed by our code on both sides (lazy exact distances at the sampled points, cached pc rays): the
 comparison is about storage. The reference's own voxel backend ran a per-ray Python walk on every load.
 Reported: samples/s per core (wall and CPU time), ms per sample, and the ratios to ``reference``.
 

@@ -12,7 +12,8 @@ Shards are opened lazily, once per process (readers opened before a fork are dro
 h5py handles must not be shared across processes), and pickling drops them, so the dataset can go to DataLoader
 workers under fork or spawn. Only the arrays the backend needs are read. The per-shape part of a sample (the
 backend's pools and the occupancy target: everything that is not random) is kept in a per-process LRU cache of
-``cache_mb`` megabytes, so later epochs neither re-read nor recompute it (the voxel backend's EDT in particular).
+``cache_mb`` megabytes, so later epochs neither re-read nor recompute it (the voxel backend's occupancy and
+nearest-cell tree in particular).
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def resolve_entries(index_path: str | Path, shard_paths: Sequence[str | Path], i
 
 
 def _nbytes(record: Mapping[str, Any]) -> int:
-    return sum(v.nbytes for v in record.values() if isinstance(v, np.ndarray)) + sum(
-        _nbytes(v) for v in record.values() if isinstance(v, Mapping))
+    """Bytes held by a record: its arrays, nested records, and objects that report ``nbytes`` (lazy pools)."""
+    return sum(_nbytes(v) if isinstance(v, Mapping) else int(getattr(v, "nbytes", 0)) for v in record.values())
 
 
 class ShapeTokenDataset:

@@ -1,7 +1,8 @@
 """Pools -> one token sequence: sample, order, lay out (pure numpy; the dataset supplies the generator).
 
 ``pools`` is what a backend returns: ``pt_xyz`` (N,3) and ``pt_dist`` (N,), and when the backend has rays
-``ray_o``, ``ray_d`` (M,3), ``ray_hit``, ``ray_t`` (M,), ``ray_n`` (M,3).
+``ray_o``, ``ray_d`` (M,3), ``ray_hit``, ``ray_t`` (M,), ``ray_n`` (M,3). ``pt_dist`` may instead be a callable
+``dist_at(indices) -> float32 array`` (the voxel backend's lazy distances): it is asked only for the drawn points.
 
 Sequences (slot contents and positions: ``pipeline3d.tokens.layout``):
 
@@ -48,7 +49,7 @@ def has_rays(pools: Mapping[str, Any]) -> bool:
     return all(present)
 
 
-def tokenize(pools: Mapping[str, np.ndarray], cfg: TokenConfig | Mapping[str, Any], rng: np.random.Generator,
+def tokenize(pools: Mapping[str, Any], cfg: TokenConfig | Mapping[str, Any], rng: np.random.Generator,
              *, train: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(feat float32 (T,15), type_id int64 (T,), pos int64 (T,)) of one sample.
 
@@ -63,7 +64,8 @@ def tokenize(pools: Mapping[str, np.ndarray], cfg: TokenConfig | Mapping[str, An
     order = morton_order(xyz)
     pt = pt[order]
     xyz = xyz[order]
-    dist = np.asarray(pools["pt_dist"])[pt]
+    dist_of = pools["pt_dist"]
+    dist = dist_of(pt) if callable(dist_of) else np.asarray(dist_of)[pt]
 
     n_ray = cfg.n_ray if has_rays(pools) else 0
     if n_ray and train and cfg.drop_ray_prob > 0.0 and rng.random() < cfg.drop_ray_prob:
