@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -17,3 +18,13 @@ from smk import copy_repo  # noqa: E402
 def workdir(tmp_path: Path) -> Path:
     """A fresh copy of the repo's workflow (demo config) in a tmp folder."""
     return copy_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection (e.g. a hub download) fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

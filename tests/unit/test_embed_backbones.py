@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -22,16 +21,6 @@ from pipeline3d.embed.backbones import (
 # A DINOv2-class ViT at toy width/depth: same architecture family, position embeddings for 518 px (37 x 37 grid).
 DINO = "vit_small_patch14_dinov2"
 TINY = dict(depth=1, embed_dim=48, num_heads=2)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a connection (a hub download) fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted while building a backbone")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module")

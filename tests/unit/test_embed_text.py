@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -25,15 +24,6 @@ TINY_CFG = {
 }
 CAPTIONS = ["a 3D model of a chair", "a depth image of a lamp", "a table", "a chair", "an old wooden boat",
             "a 3D model of a chair", "a red car", "a plane"]
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted while building a backbone")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module")

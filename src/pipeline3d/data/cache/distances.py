@@ -108,7 +108,20 @@ def _require_fcpw():
     return fcpw
 
 
-class FcpwMeshDistance:
+class _MortonQueries:
+    """``__call__`` for a distance engine with ``distances_sorted``: queries go in Morton order (coherent BVH
+    traversals, ~20% faster) and come back in the caller's order."""
+
+    def __call__(self, points: np.ndarray, upper: np.ndarray | None = None) -> np.ndarray:
+        """Exact float64 distance from each point (N,3) to the mesh."""
+        points = np.asarray(points, dtype=np.float64)
+        order = morton_order(points)
+        out = np.empty(len(points))
+        out[order] = self.distances_sorted(points[order], None if upper is None else np.asarray(upper)[order])
+        return out
+
+
+class FcpwMeshDistance(_MortonQueries):
     """Exact unsigned distance to one triangle mesh through fcpw (float32 BVH query + float64 refinement on the
     triangle fcpw selects): the reference engine ``MeshDistance`` is checked and benchmarked against."""
 
@@ -174,16 +187,8 @@ class FcpwMeshDistance:
         a, b, c = (self._vertices.take(corners[:, k], axis=0) for k in range(3))
         return point_triangle_distance(points, a, b, c)
 
-    def __call__(self, points: np.ndarray, upper: np.ndarray | None = None) -> np.ndarray:
-        """Exact float64 distance from each point (N,3) to the mesh."""
-        points = np.asarray(points, dtype=np.float64)
-        order = morton_order(points)
-        out = np.empty(len(points))
-        out[order] = self.distances_sorted(points[order], None if upper is None else np.asarray(upper)[order])
-        return out
 
-
-class MeshDistance:
+class MeshDistance(_MortonQueries):
     """Exact unsigned distance to one triangle mesh (float64); one BVH (``bvh.TriangleBVH``), built once, serves
     every query batch and the rays (``ray_hits``).
 
@@ -206,10 +211,3 @@ class MeshDistance:
         """Exact float64 distances for points already in a spatially coherent (e.g. Morton) order."""
         return self._bvh.closest(points, upper)[0]
 
-    def __call__(self, points: np.ndarray, upper: np.ndarray | None = None) -> np.ndarray:
-        """Exact float64 distance from each point (N,3) to the mesh."""
-        points = np.asarray(points, dtype=np.float64)
-        order = morton_order(points)
-        out = np.empty(len(points))
-        out[order] = self.distances_sorted(points[order], None if upper is None else np.asarray(upper)[order])
-        return out
