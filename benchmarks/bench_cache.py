@@ -39,7 +39,8 @@ RSS_TARGET_MB = 1500
 SCALING_TARGET = 1.7
 CACHE = {"shards": 1, "pc_points": 2048, "pt_pool": 20000, "pt_surface_ratio": 0.5, "pt_surface_sigma": 0.02,
          "n_views": 20, "rays_per_view": 400, "camera_radius": 2.2, "pc_grid": 64, "pc_dilate": 1, "df_grid": 64,
-         "df_dilate": 1, "grid_mode": "edt", "band_voxels": 3, "compression": "lzf", "threads": 1}
+         "df_dilate": 1, "grid_mode": "edt", "band_voxels": 3, "voxel_pool_dist": False, "compression": "lzf",
+         "threads": 1}
 
 
 def machine() -> dict:

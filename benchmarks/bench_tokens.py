@@ -16,8 +16,10 @@ and ``collate`` into batches of 32, in one process pinned to one CPU with BLAS/O
   then build the same pools (``Backend.pools_from``) and tokens;
 * ``reference_lazy``: the reference's storage read as well as it can be (only the keys the backend needs).
 
-The voxel backend's pools are computed by our code on both sides (lazy exact distances at the sampled points, cached pc rays): the
-comparison is about storage. The reference's own voxel backend ran a per-ray Python walk on every load.
+The shard is built with ``voxel_pool_dist`` on, so the voxel backend reads its stored distances; the reference's
+storage has no such array, so on that side they are computed by our code (lazily, at the sampled points only, with
+the same bits) and the pc rays are the stored ones. The reference's own voxel backend also re-ran a per-ray Python
+walk on every load; the cache time the stored array costs is measured here too (``cache_stage_ms``).
 Reported: samples/s per core (wall and CPU time), ms per sample, and the ratios to ``reference``.
 
     .venv/bin/python benchmarks/bench_tokens.py [--limit N] [--samples N] [--backends mesh ...]
@@ -38,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cache import CACHE, DATA, build_inputs, machine  # noqa: E402  (shared SHREC input + machine record)
 
 ROOT = Path(__file__).resolve().parents[1]
+CACHE_PROFILE = {**CACHE, "voxel_pool_dist": True}
 BACKENDS = ("mesh", "pointcloud", "pointcloud_noray", "udfgrid", "voxel")
 TOKENS = {"n_point": 256, "n_ray": 256, "qa_tokens": True, "add_eos": True, "drop_ray_prob": 0.0, "eval_seed": 0}
 BATCH = 32
@@ -54,19 +57,19 @@ REFERENCE_KEYS = {
 OURS_TO_REFERENCE = {ours: ref for ref, ours in REFERENCE_KEYS.items()}
 
 
-def build_cache(workdir: Path, limit: int | None) -> tuple[Path, list[str]]:
+def build_cache(workdir: Path, limit: int | None) -> tuple[Path, list[str], dict[str, float]]:
     from pipeline3d.data.cache.shard_job import build_shard
     from pipeline3d.io.shards import ShardReader
 
     manifest, items, n = build_inputs(workdir, limit, DATA)
     shard = workdir / "shard-0000.h5"
     start = time.perf_counter()
-    n_ok, failures, _ = build_shard({"seed": 0, "dataset": "bench", "cache": CACHE}, 0, manifest, items, shard,
-                                    logging.getLogger("bench"))
+    n_ok, failures, seconds = build_shard({"seed": 0, "dataset": "bench", "cache": CACHE_PROFILE}, 0, manifest,
+                                          items, shard, logging.getLogger("bench"))
     print(f"cached {n_ok} of {n} shapes in {time.perf_counter() - start:.1f} s ({len(failures)} failed)", flush=True)
     with ShardReader(shard, "all") as reader:
         ids = list(reader.shape_ids)
-    return shard, ids
+    return shard, ids, {stage: 1000 * s / max(n_ok, 1) for stage, s in seconds.items()}
 
 
 def write_reference_npz(shard: Path, out_dir: Path) -> list[Path]:
@@ -204,11 +207,11 @@ def main() -> int:
     from pipeline3d.io.atomic import write_json
     from pipeline3d.io.shards import ShardReader
 
-    result = {"machine": machine(), "pinned_cpu": cpu, "tokens": TOKENS, "batch": BATCH, "cache_profile": CACHE,
+    result = {"machine": machine(), "pinned_cpu": cpu, "tokens": TOKENS, "batch": BATCH, "cache_profile": CACHE_PROFILE,
               "target_ratio": TARGET_RATIO, "samples": args.samples, "repeats": args.repeats, "backends": {}}
     with tempfile.TemporaryDirectory(prefix="bench_tokens_") as tmp:
         workdir = Path(tmp)
-        shard, ids = build_cache(workdir, args.limit)
+        shard, ids, result["cache_stage_ms"] = build_cache(workdir, args.limit)
         npz_paths = write_reference_npz(shard, workdir / "npz")
         npz_bytes = sum(p.stat().st_size for p in npz_paths)
         result["shapes"] = len(ids)

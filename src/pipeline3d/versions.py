@@ -8,7 +8,7 @@ that stage and its dependents. Kept import-cheap: common.smk reads it at parse t
 STAGE_VERSIONS: dict[str, int] = {
     "make_demo_data": 2,
     "ingest_dataset": 1,
-    "build_cache_shard": 2,
+    "build_cache_shard": 3,
     "index_cache": 1,
     "fingerprint_dataset": 1,
     "make_splits": 2,
@@ -19,4 +19,4 @@ STAGE_VERSIONS: dict[str, int] = {
 }
 
 # On-disk schema of cache shards; readers refuse any other value.
-CACHE_SCHEMA_VERSION = 1
+CACHE_SCHEMA_VERSION = 2

@@ -16,7 +16,7 @@ from pipeline3d.data.cache_schema import KIND_ARRAYS, array_spec
 
 SMALL = CacheProfile(pc_points=256, pt_pool=500, pt_surface_ratio=0.5, pt_surface_sigma=0.02, n_views=4,
                      rays_per_view=16, camera_radius=2.2, pc_grid=16, pc_dilate=1, df_grid=16, df_dilate=1,
-                     grid_mode="edt", band_voxels=2)
+                     grid_mode="edt", band_voxels=2, voxel_pool_dist=False)
 
 
 def torus(scale=1.0, shift=0.0):
@@ -40,7 +40,7 @@ def test_sampler_is_area_weighted_and_on_the_surface():
 def test_arrays_follow_the_schema_and_their_provenance():
     out = cache_mesh(*torus(), "ds/c/a", 0, SMALL)
     spec = dataclasses.asdict(SMALL)
-    assert set(out) == set(KIND_ARRAYS["mesh"])
+    assert set(out) == set(KIND_ARRAYS["mesh"]) - {"pool_dist_voxel"}  # optional, off in this profile
     for key, value in out.items():
         assert (value.shape, value.dtype) == array_spec(key, spec), key
     n_uniform, _ = pool_sizes(SMALL.pt_pool, SMALL.pt_surface_ratio)
@@ -109,8 +109,9 @@ def test_point_cloud_items_have_no_mesh_arrays():
     p = rng.normal(size=(900, 3))
     points = 0.5 * p / np.linalg.norm(p, axis=1, keepdims=True) + np.array([3.0, 0.0, 0.0])
     for mode in ("edt", "narrowband"):
-        out = cache_pointcloud(points, "scan/c/0", 0, dataclasses.replace(SMALL, grid_mode=mode))
-        assert set(out) == set(KIND_ARRAYS["pointcloud"])
+        out = cache_pointcloud(points, "scan/c/0", 0, dataclasses.replace(SMALL, grid_mode=mode,
+                                                                           voxel_pool_dist=True))
+        assert set(out) == set(KIND_ARRAYS["pointcloud"])  # the optional pool_dist_voxel included
         assert not any(key.endswith("_mesh") for key in out)
     # normalised like a mesh (bbox centre, max norm) and normals pointing outward on a sphere
     assert abs(np.linalg.norm(out["pc_xyz"], axis=1).max() - 1.0) < 0.05
@@ -118,8 +119,10 @@ def test_point_cloud_items_have_no_mesh_arrays():
     outward = (out["pc_normal"] * pc / np.linalg.norm(pc, axis=1, keepdims=True)).sum(1)
     assert np.median(outward) > 0.95 and outward.min() > 0.5
     assert out["ray_hit_pc"].any()
+    # reproducible, and storing the optional array changes none of the others
     again = cache_pointcloud(points, "scan/c/0", 0, dataclasses.replace(SMALL, grid_mode="narrowband"))
-    for key in out:
+    assert set(out) - set(again) == {"pool_dist_voxel"}
+    for key in again:
         np.testing.assert_array_equal(out[key], again[key])
 
 

@@ -27,7 +27,7 @@ R = 2.2
 N_VIEWS, RPV, GRID = 6, 256, 32
 PROFILE = {"pc_points": 8, "pt_pool": 8, "pt_surface_ratio": 0.5, "pt_surface_sigma": 0.02, "n_views": N_VIEWS,
            "rays_per_view": RPV, "camera_radius": R, "pc_grid": 8, "pc_dilate": 1, "df_grid": GRID,
-           "df_dilate": 1, "grid_mode": "edt", "band_voxels": 3}
+           "df_dilate": 1, "grid_mode": "edt", "band_voxels": 3, "voxel_pool_dist": False}
 FP_CFG = {"hash_size": 8, "views": N_VIEWS, "threshold": 6, "geometry_threshold": 12}
 
 

@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline3d.data.cache_schema import KIND_ARRAYS, PRIMITIVE_ARRAYS, array_spec
+from pipeline3d.data.cache_schema import PRIMITIVE_ARRAYS, array_spec, kind_arrays
 from pipeline3d.io.itemstore import ItemStore, ItemStoreWriter
 from pipeline3d.io.shards import ShardReader, ShardWriter, quarantine, shard_of, validate_shard
 
@@ -12,13 +12,13 @@ EXPECTED_FIRST_SHARDS = [3, 1, 0, 0, 2]
 
 PROFILE = {"pc_points": 8, "pt_pool": 6, "pt_surface_ratio": 0.5, "pt_surface_sigma": 0.02, "n_views": 2,
            "rays_per_view": 4, "camera_radius": 2.2, "pc_grid": 4, "pc_dilate": 1, "df_grid": 4, "df_dilate": 1,
-           "grid_mode": "edt", "band_voxels": 3}
+           "grid_mode": "edt", "band_voxels": 3, "voxel_pool_dist": False}
 
 
 def fake_arrays(kind, seed):
     rng = np.random.default_rng(seed)
     out = {}
-    for key in KIND_ARRAYS[kind]:
+    for key in kind_arrays(kind, PROFILE):
         shape, dtype = array_spec(key, PROFILE)
         out[key] = (rng.random(shape) * 10).astype(dtype)
     return out
@@ -71,7 +71,7 @@ def test_pc_reader_cannot_reach_mesh_arrays(tmp_path):
         assert "pool_dist_mesh" not in reader.allowed
         with pytest.raises(PermissionError, match="pool_dist_mesh"):
             reader.read(0, ["pool_dist_mesh"])
-        assert set(reader.read(0)) == set(PRIMITIVE_ARRAYS["pc"])
+        assert set(reader.read(0)) == set(PRIMITIVE_ARRAYS["pc"]) & set(kind_arrays("mesh", PROFILE))
 
 
 def test_pointcloud_shard_lacks_mesh_arrays(tmp_path):

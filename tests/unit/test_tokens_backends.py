@@ -1,6 +1,8 @@
 """Backends: each sees exactly its primitive's arrays (never a forbidden one, even when asked), with the right
 provenance; the voxel backend's trilinear EDT; point-cloud caches and pc-only unpaired stores."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,9 +11,10 @@ from scipy.interpolate import RegularGridInterpolator
 
 from pipeline3d.data.cache_schema import ARRAYS, PRIMITIVE_ARRAYS
 from pipeline3d.data.unpaired_store import materialize
-from pipeline3d.io.shards import ShardReader
+from pipeline3d.data.cache import cache_mesh
+from pipeline3d.io.shards import ShardReader, ShardWriter
 from pipeline3d.tokens import BACKENDS, get_backend
-from tokens_fixtures import PROFILE, write_mesh_cache, write_pointcloud_shard
+from tokens_fixtures import PROFILE, meshes, write_mesh_cache, write_pointcloud_shard
 
 RAY_POOLS = {"ray_o", "ray_d", "ray_hit", "ray_t", "ray_n"}
 PC_ONLY = ["pointcloud", "pointcloud_noray", "voxel"]
@@ -104,6 +107,30 @@ def test_voxel_backend_is_a_trilinear_edt_of_the_point_occupancy_with_pc_rays(ca
     assert np.mean(np.abs(pools["pt_dist"] - nearest) > 1e-4) > 0.3  # not the reference's nearest-cell lookup
     for pool_key, cache_key in (("ray_hit", "ray_hit_pc"), ("ray_t", "ray_t_pc"), ("ray_n", "ray_normal_pc")):
         np.testing.assert_array_equal(pools[pool_key], truth[cache_key])
+
+
+def test_stored_voxel_distances_are_read_instead_of_computed_with_the_same_bits(cache, tmp_path):
+    _, _, shards = cache
+    backend = get_backend("voxel")
+    stored_profile = dataclasses.replace(PROFILE, voxel_pool_dist=True)
+    shapes = meshes()
+    sid = "ds/ring/torus"
+    path = tmp_path / "stored.h5"
+    with ShardWriter(path, dataset="ds", shard=0, n_shards=1, kind="mesh",
+                     profile=stored_profile.as_dict()) as writer:
+        writer.append(sid, cache_mesh(*shapes[sid], sid, 0, stored_profile))
+    with backend.open(path) as reader:
+        keys = backend.keys(0, reader.allowed)
+        assert "pool_dist_voxel" in keys and "pc_xyz" not in keys  # no recomputation input is even read
+        stored = backend.pools(reader, 0)
+    assert isinstance(stored["pt_dist"], np.ndarray)
+    with backend.open(shards[1]) as reader:  # a cache without the array (torus hashes to shard 1): computed
+        assert "pool_dist_voxel" not in reader.allowed
+        lazy = backend.pools(reader, list(reader.shape_ids).index(sid))
+    assert callable(lazy["pt_dist"])
+    computed = materialised(lazy)
+    np.testing.assert_array_equal(stored["pt_xyz"], computed["pt_xyz"])
+    assert stored["pt_dist"].tobytes() == computed["pt_dist"].tobytes()
 
 
 @pytest.mark.parametrize("name", ["mesh", "pointcloud", "voxel", "udfgrid"])

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline3d.data.cache_schema import ARRAYS, KIND_ARRAYS, PRIMITIVE_ARRAYS, array_spec, profile_of
+from pipeline3d.data.cache_schema import ARRAYS, PRIMITIVE_ARRAYS, array_spec, kind_arrays, profile_of
 from pipeline3d.data.unpaired_store import materialize, open_unpaired
 from pipeline3d.io.shards import ShardReader, ShardWriter, validate_shard
 from pipeline3d.stages import materialize_unpaired
 
 PROFILE = {"pc_points": 8, "pt_pool": 6, "pt_surface_ratio": 0.5, "pt_surface_sigma": 0.02, "n_views": 2,
            "rays_per_view": 4, "camera_radius": 2.2, "pc_grid": 4, "pc_dilate": 1, "df_grid": 4, "df_dilate": 1,
-           "grid_mode": "edt", "band_voxels": 3}
+           "grid_mode": "edt", "band_voxels": 3, "voxel_pool_dist": False}
 IDS = [f"ds/c{i % 2}/m{i}" for i in range(7)]
 SPLIT_OF = {IDS[0]: "train_pc", IDS[1]: "train_mesh", IDS[2]: "train_pc", IDS[3]: "train_udf", IDS[4]: "eval",
             IDS[5]: "train_pc", IDS[6]: "eval"}
@@ -24,11 +24,16 @@ PRIM = {"train_mesh": "mesh", "train_pc": "pc", "train_udf": "udf", "eval": "all
 MESH_DERIVED = {k for k, (_, _, prov) in ARRAYS.items() if prov == "mesh"}
 
 
+def held(primitive: str) -> list[str]:
+    """What a primitive sees of these shards (the optional arrays are off in PROFILE)."""
+    return [k for k in PRIMITIVE_ARRAYS[primitive] if k in kind_arrays("mesh", PROFILE)]
+
+
 def arrays_of(sid: str) -> dict[str, np.ndarray]:
     """Every array filled with a value that identifies the shape, so copies can be checked."""
     k = IDS.index(sid) + 1
     return {key: np.full(*array_spec(key, PROFILE)[:1], k, dtype=array_spec(key, PROFILE)[1])
-            for key in KIND_ARRAYS["mesh"]}
+            for key in kind_arrays("mesh", PROFILE)}
 
 
 @pytest.fixture
@@ -56,8 +61,8 @@ def test_train_pc_store_physically_lacks_mesh_arrays(cache):
     with h5py.File(out, "r") as h5:
         datasets = set(h5.keys())
         assert h5.attrs["unpaired_split"] == "train_pc" and h5.attrs["primitive"] == "pc"
-        assert json.loads(h5.attrs["arrays"]) == list(PRIMITIVE_ARRAYS["pc"])
-    assert datasets == set(PRIMITIVE_ARRAYS["pc"]) | {"shape_id"}
+        assert json.loads(h5.attrs["arrays"]) == held("pc")
+    assert datasets == set(held("pc")) | {"shape_id"}
     assert not datasets & MESH_DERIVED  # no ray_t_mesh, pool_dist_mesh, ...: not even hidden behind a reader
     assert validate_shard(out, deep=True) is None
     with open_unpaired(out) as reader:
@@ -65,7 +70,7 @@ def test_train_pc_store_physically_lacks_mesh_arrays(cache):
         assert reader.shape_ids == want
         for row, sid in enumerate(want):
             got = reader.read(row)
-            assert set(got) == set(PRIMITIVE_ARRAYS["pc"])
+            assert set(got) == set(held("pc"))
             assert all(np.all(v == IDS.index(sid) + 1) for v in got.values())  # the right shape's data
         with pytest.raises(PermissionError):
             reader.read(0, ["ray_t_mesh"])
@@ -82,7 +87,7 @@ def test_each_split_holds_exactly_its_primitive(cache, split):
     out = tmp / f"{split}.h5"
     materialize(split, tmp / "unpaired.parquet", tmp / "cache" / "index.parquet", shards, out, dataset="ds")
     with h5py.File(out, "r") as h5:
-        assert set(h5.keys()) - {"shape_id"} == set(PRIMITIVE_ARRAYS[PRIM[split]])
+        assert set(h5.keys()) - {"shape_id"} == set(held(PRIM[split]))
         assert [s.decode() for s in h5["shape_id"][:]] == sorted(s for s in IDS if SPLIT_OF[s] == split)
     if split == "train_udf":
         with h5py.File(out, "r") as h5:

@@ -13,7 +13,7 @@ from pipeline3d.io.shards import ShardWriter, shard_of
 
 PROFILE = CacheProfile(pc_points=256, pt_pool=400, pt_surface_ratio=0.5, pt_surface_sigma=0.02, n_views=4,
                        rays_per_view=25, camera_radius=2.2, pc_grid=16, pc_dilate=1, df_grid=16, df_dilate=1,
-                       grid_mode="edt", band_voxels=2)
+                       grid_mode="edt", band_voxels=2, voxel_pool_dist=False)
 N_SHARDS = 2
 
 

@@ -23,6 +23,7 @@ ARRAYS = {
     "pool_dist_mesh": (lambda p: (p["pt_pool"],), np.float32, "mesh"),
     "pool_dist_pc": (lambda p: (p["pt_pool"],), np.float32, "pc"),
     "pool_dist_grid": (lambda p: (p["pt_pool"],), np.float32, "grid"),
+    "pool_dist_voxel": (lambda p: (p["pt_pool"],), np.float32, "pc"),
     "ray_origin": (lambda p: (p["n_views"] * p["rays_per_view"], 3), np.float32, "camera"),
     "ray_dir": (lambda p: (p["n_views"] * p["rays_per_view"], 3), np.float32, "camera"),
     "ray_hit_mesh": (lambda p: (p["n_views"] * p["rays_per_view"],), np.uint8, "mesh"),
@@ -35,7 +36,12 @@ ARRAYS = {
     "udf_grid": (lambda p: (p["df_grid"],) * 3, np.float16, "grid"),
 }
 
-# What a cache of each item kind holds. Point clouds have no mesh: they simply lack mesh-derived arrays.
+# Arrays a shard holds only when the profile flag named here is on (each costs cache time; see ``kind_arrays``).
+#   pool_dist_voxel: the trilinear EDT of the pc occupancy the voxel walk used, at the pool queries (~7 ms/shape
+#   at 64^3 and a 20k pool); without it the voxel backend computes the same values at each draw.
+OPTIONAL_ARRAYS = {"pool_dist_voxel": "voxel_pool_dist"}
+
+# What a cache of each item kind can hold. Point clouds have no mesh: they simply lack mesh-derived arrays.
 KIND_ARRAYS = {
     "mesh": tuple(ARRAYS),
     "pointcloud": tuple(k for k, (_, _, prov) in ARRAYS.items() if prov != "mesh"),
@@ -45,15 +51,20 @@ KIND_ARRAYS = {
 PRIMITIVE_ARRAYS = {
     "mesh": ("pc_xyz", "pc_normal", "pool_xyz", "pool_dist_mesh", "ray_origin", "ray_dir", "ray_hit_mesh",
              "ray_t_mesh", "ray_normal_mesh"),
-    "pc": ("pc_xyz", "pc_normal", "pool_xyz", "pool_dist_pc", "ray_origin", "ray_dir", "ray_hit_pc", "ray_t_pc",
-           "ray_normal_pc"),
+    "pc": ("pc_xyz", "pc_normal", "pool_xyz", "pool_dist_pc", "pool_dist_voxel", "ray_origin", "ray_dir",
+           "ray_hit_pc", "ray_t_pc", "ray_normal_pc"),
     "udf": ("pool_xyz", "pool_dist_grid", "occ_grid", "udf_grid"),
     "all": tuple(ARRAYS),
 }
 
 # The cache-profile keys that change what the arrays contain (shard attrs record them; a mismatch = foreign).
 PROFILE_KEYS = ("pc_points", "pt_pool", "pt_surface_ratio", "pt_surface_sigma", "n_views", "rays_per_view",
-                "camera_radius", "pc_grid", "pc_dilate", "df_grid", "df_dilate", "grid_mode", "band_voxels")
+                "camera_radius", "pc_grid", "pc_dilate", "df_grid", "df_dilate", "grid_mode", "band_voxels", "voxel_pool_dist")
+
+
+def kind_arrays(kind: str, profile: dict) -> tuple[str, ...]:
+    """The arrays a cache of ``kind`` built with ``profile`` holds (optional arrays only when switched on)."""
+    return tuple(k for k in KIND_ARRAYS[kind] if k not in OPTIONAL_ARRAYS or profile.get(OPTIONAL_ARRAYS[k]))
 
 
 def array_spec(name: str, profile: dict) -> tuple[tuple[int, ...], np.dtype]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..data.cache_schema import ARRAYS, KIND_ARRAYS, PRIMITIVE_ARRAYS, array_spec
+from ..data.cache_schema import ARRAYS, PRIMITIVE_ARRAYS, array_spec, kind_arrays
 from ..versions import CACHE_SCHEMA_VERSION
 from .atomic import atomic_path
 
@@ -39,7 +39,7 @@ class ShardWriter:
         self.path = Path(path)
         self.dataset, self.shard, self.n_shards, self.kind, self.profile = dataset, shard, n_shards, kind, profile
         # ``keys`` restricts the shard to a subset (per-primitive stores physically lack the other arrays).
-        self.keys = tuple(KIND_ARRAYS[kind] if keys is None else keys)
+        self.keys = tuple(kind_arrays(kind, profile) if keys is None else keys)
         # one filter for every array, or {array: filter} (arrays it does not name are stored uncompressed)
         self.compression = compression
         self._ids: list[str] = []

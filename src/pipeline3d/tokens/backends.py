@@ -7,7 +7,7 @@ mesh               mesh       ``pool_dist_mesh`` (exact, to the mesh)     ``ray_
 pointcloud         pc         ``pool_dist_pc`` (to the nearest pc point)  ``ray_*_pc`` (voxel walk on pc occupancy)
 pointcloud_noray   pc         ``pool_dist_pc``                            none
 udfgrid            udf        ``pool_dist_grid`` (trilinear UDF grid)     none
-voxel              pc         trilinear EDT of the pc occupancy (lazy)    ``ray_*_pc``
+voxel              pc         ``pool_dist_voxel``, else computed (below)  ``ray_*_pc``
 =================  =========  ==========================================  =====================================
 
 Every array is read through ``ShardReader(path, primitive)``, which refuses the arrays the primitive may not
@@ -15,11 +15,12 @@ see; a backend also refuses a reader opened for a wider primitive, and keys outs
 point-cloud backend cannot obtain a mesh-derived array even when asked. There are no fallback chains: a shard that
 lacks an array the backend needs (e.g. a point-cloud item cache for the mesh backend) is an error naming the file.
 
-The voxel backend rebuilds the occupancy of ``pc_xyz`` with the cache's own grid settings (``pc_grid``,
-``pc_dilate``: the occupancy the cached ``ray_*_pc`` answers were walked on) and looks its Euclidean distance
-transform (the values of ``pipeline3d.data.cache.grids.edt_grid``) up trilinearly at the pool queries (the
-reference used the nearest cell, and re-ran a per-ray Python walk on every load). A draw uses a few hundred of
-the 20k queries, so its ``pt_dist`` is lazy (``VoxelDistances``): only the corner cells of the drawn queries are
+The voxel backend's distances are the Euclidean distance transform (the values of
+``pipeline3d.data.cache.grids.edt_grid``) of the occupancy of ``pc_xyz`` with the cache's own grid settings
+(``pc_grid``, ``pc_dilate``: the occupancy the cached ``ray_*_pc`` answers were walked on), looked up trilinearly
+at the pool queries (the reference used the nearest cell, and re-ran a per-ray Python walk on every load). A cache
+built with ``voxel_pool_dist`` stores them (``pool_dist_voxel``); otherwise they are computed from ``pc_xyz`` with
+the same bits. A draw uses a few hundred of the 20k queries, so the computed ``pt_dist`` is lazy (``VoxelDistances``): only the corner cells of the drawn queries are
 evaluated, by a nearest-neighbour query among the occupied cells, with the same bits as the full grid (a shape
 drawn many times from a per-process cache switches to the full grid once that is cheaper).
 
@@ -119,8 +120,7 @@ class VoxelDistances:
     def materialise(self) -> np.ndarray:
         """Every query's distance through the full grid (``grids.edt_grid``'s values), then drop the tree."""
         if self.pool is None:
-            udf = np.sqrt(grids.squared_edt(self.occupancy)) * grids.cell_size(self.grid)
-            self.pool = grids.trilinear(udf, np.asarray(self.queries, dtype=np.float64)).astype(np.float32)
+            self.pool = grids.edt_at(self.occupancy, self.queries)
             self.tree = None
         return self.pool
 
@@ -145,7 +145,7 @@ class Backend:
 
     name: ClassVar[str]
     primitive: ClassVar[str]  # a key of cache_schema.PRIMITIVE_ARRAYS
-    dist_key: ClassVar[str | None]  # the pool distance array (None: computed, see VoxelBackend)
+    dist_key: ClassVar[str]  # the pool distance array
     ray_source: ClassVar[str | None]  # "mesh" / "pc": which ray answers; None: no rays
 
     @property
@@ -158,15 +158,16 @@ class Backend:
         s = self.ray_source
         return (*RAY_GEOMETRY, f"ray_hit_{s}", f"ray_t_{s}", f"ray_normal_{s}")
 
-    def pool_keys(self) -> tuple[str, ...]:
-        return (*POOL_KEYS, self.dist_key) if self.dist_key else POOL_KEYS
+    def pool_keys(self, present: Sequence[str] = ()) -> tuple[str, ...]:
+        return (*POOL_KEYS, self.dist_key)
 
     def occupancy_keys(self) -> tuple[str, ...]:
         return ("pc_xyz",)
 
-    def keys(self, occ_grid: int = 0) -> tuple[str, ...]:
-        """The arrays this backend reads (pools, plus the occupancy source when ``occ_grid`` > 0)."""
-        wanted = [*self.pool_keys(), *self.ray_keys(), *(self.occupancy_keys() if occ_grid else ())]
+    def keys(self, occ_grid: int = 0, present: Sequence[str] = ()) -> tuple[str, ...]:
+        """The arrays this backend reads (pools, plus the occupancy source when ``occ_grid`` > 0) from a shard
+        holding ``present`` (only the voxel backend's choice depends on it)."""
+        wanted = [*self.pool_keys(present), *self.ray_keys(), *(self.occupancy_keys() if occ_grid else ())]
         return tuple(dict.fromkeys(wanted))
 
     # -- reading ---------------------------------------------------------------------------------------------
@@ -184,7 +185,7 @@ class Backend:
              occ_grid: int = 0) -> dict[str, np.ndarray]:
         """Arrays of one row, through ``reader``; any key outside this backend's primitive is refused."""
         self.check_reader(reader)
-        keys = self.keys(occ_grid) if keys is None else tuple(keys)
+        keys = self.keys(occ_grid, reader.allowed) if keys is None else tuple(keys)
         forbidden = [k for k in keys if k in ARRAYS and k not in self.visible]
         if forbidden:
             raise PermissionError(f"backend {self.name} (primitive {self.primitive}) may not read {forbidden}")
@@ -255,13 +256,16 @@ class UdfGridBackend(Backend):
 
 
 class VoxelBackend(Backend):
-    name, primitive, dist_key, ray_source = "voxel", "pc", None, "pc"
+    name, primitive, dist_key, ray_source = "voxel", "pc", "pool_dist_voxel", "pc"
 
-    def pool_keys(self) -> tuple[str, ...]:
-        return ("pool_xyz", "pc_xyz")
+    def pool_keys(self, present: Sequence[str] = ()) -> tuple[str, ...]:
+        # the stored distances when the cache holds them (cache.voxel_pool_dist), else pc_xyz to compute them
+        return (*POOL_KEYS, self.dist_key) if self.dist_key in present else (*POOL_KEYS, "pc_xyz")
 
     def point_distances(self, arrays: dict[str, np.ndarray], profile: dict,
-                        pt_xyz: np.ndarray) -> VoxelDistances:
+                        pt_xyz: np.ndarray) -> PointDistances:
+        if self.dist_key in arrays:
+            return np.asarray(arrays[self.dist_key], dtype=np.float32)
         # the occupancy edt_grid builds (and the ray walk saw), without its full distance transform
         occ = dilate(voxelize(np.asarray(arrays["pc_xyz"], dtype=np.float64), int(profile["pc_grid"])),
                      int(profile["pc_dilate"]))

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ...rng import seed_sequence
-from ..cache_schema import KIND_ARRAYS, PROFILE_KEYS, array_spec
+from ..cache_schema import PROFILE_KEYS, array_spec, kind_arrays
 from . import grids
 from .distances import MeshDistance, NearestPoint, morton_order
 from .errors import ShapeError
@@ -54,6 +54,7 @@ class CacheProfile:
     df_dilate: int
     grid_mode: str
     band_voxels: float
+    voxel_pool_dist: bool
 
     @classmethod
     def from_config(cls, cache_cfg: dict) -> "CacheProfile":
@@ -113,7 +114,12 @@ def _pc_rays(pc_xyz: np.ndarray, pc_normal: np.ndarray, nearest: NearestPoint, o
     if hit.any():
         _, index = nearest.query(origins[hit] + t[hit, None] * dirs[hit])
         normal[hit] = pc_normal[index]
-    return {"ray_hit_pc": hit.astype(np.uint8), "ray_t_pc": t, "ray_normal_pc": normal}
+    return {"ray_hit_pc": hit.astype(np.uint8), "ray_t_pc": t, "ray_normal_pc": normal}, occ
+
+
+def _voxel_pool(occ: np.ndarray, pool_xyz: np.ndarray, profile: CacheProfile) -> dict[str, np.ndarray]:
+    """``pool_dist_voxel`` when the profile stores it: the voxel backend's distances (same bits as its lazy path)."""
+    return {"pool_dist_voxel": grids.edt_at(occ, pool_xyz)} if profile.voxel_pool_dist else {}
 
 
 def _pool_distances(pool_xyz: np.ndarray, nearest: NearestPoint,
@@ -156,7 +162,7 @@ def _mesh_grid(profile: CacheProfile, sampler: SurfaceSampler, distance: MeshDis
 def _finish(arrays: dict[str, np.ndarray], kind: str, profile: CacheProfile) -> dict[str, np.ndarray]:
     spec = profile.as_dict()
     out = {}
-    for key in KIND_ARRAYS[kind]:
+    for key in kind_arrays(kind, spec):
         shape, dtype = array_spec(key, spec)
         value = np.asarray(arrays[key]).astype(dtype, copy=False)
         if value.shape != shape:
@@ -167,7 +173,7 @@ def _finish(arrays: dict[str, np.ndarray], kind: str, profile: CacheProfile) -> 
 
 def cache_mesh(vertices: np.ndarray, faces: np.ndarray, shape_id: str, seed: int, profile: CacheProfile,
                timer: StageTimer | None = None, single_cpu: bool = True) -> dict[str, np.ndarray]:
-    """The cache row of one triangle mesh (every array of ``KIND_ARRAYS['mesh']``, stored dtypes)."""
+    """The cache row of one triangle mesh (``kind_arrays('mesh', profile)``, stored dtypes)."""
     timer = timer or StageTimer()
     rngs = purpose_rngs(seed, shape_id)
     with timer("prepare"):
@@ -191,7 +197,9 @@ def cache_mesh(vertices: np.ndarray, faces: np.ndarray, shape_id: str, seed: int
         caster = MeshRayCaster(vertices, faces, sampler.face_normals, bvh=distance)
         hit, t, normal = caster.cast(origins, dirs)
     with timer("pc_rays"):
-        pc_rays = _pc_rays(pc_xyz, pc_normal, nearest, origins, dirs, profile)
+        pc_rays, pc_occ = _pc_rays(pc_xyz, pc_normal, nearest, origins, dirs, profile)
+    with timer("voxel_pool"):
+        pc_rays.update(_voxel_pool(pc_occ, pool_xyz, profile))
     arrays = {
         "pc_xyz": pc_xyz, "pc_normal": pc_normal, "pool_xyz": pool_xyz, "pool_dist_mesh": pool_dist_mesh,
         "pool_dist_pc": pool_dist_pc, "ray_origin": origins, "ray_dir": dirs, "ray_hit_mesh": hit,
@@ -202,7 +210,7 @@ def cache_mesh(vertices: np.ndarray, faces: np.ndarray, shape_id: str, seed: int
 
 def cache_pointcloud(points: np.ndarray, shape_id: str, seed: int, profile: CacheProfile,
                      timer: StageTimer | None = None) -> dict[str, np.ndarray]:
-    """The cache row of one point cloud (``KIND_ARRAYS['pointcloud']``: no mesh-derived arrays).
+    """The cache row of one point cloud (``kind_arrays('pointcloud', profile)``: no mesh-derived arrays).
 
     The points are normalised like a mesh (bbox centre, max norm) and resampled to ``pc_points``; normals come
     from PCA of nearest neighbours. Near-surface queries jitter random input points. The grid is built from all
@@ -245,7 +253,9 @@ def cache_pointcloud(points: np.ndarray, shape_id: str, seed: int, profile: Cach
     with timer("rays"):
         origins, dirs = _rays(profile, rngs["ray_jitter"])
     with timer("pc_rays"):
-        pc_rays = _pc_rays(pc_xyz, pc_normal, nearest, origins, dirs, profile)
+        pc_rays, pc_occ = _pc_rays(pc_xyz, pc_normal, nearest, origins, dirs, profile)
+    with timer("voxel_pool"):
+        pc_rays.update(_voxel_pool(pc_occ, pool_xyz, profile))
     arrays = {
         "pc_xyz": pc_xyz, "pc_normal": pc_normal, "pool_xyz": pool_xyz, "pool_dist_pc": pool_dist_pc,
         "ray_origin": origins, "ray_dir": dirs, **grid_arrays, **pc_rays,

@@ -144,6 +144,12 @@ def edt_grid(points: np.ndarray, grid: int, dilations: int) -> tuple[np.ndarray,
     return np.sqrt(squared_edt(occ)) * cell_size(grid), occ
 
 
+def edt_at(occ: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """float32 trilinear lookup, at ``points``, of the EDT of ``occ`` in world units (``edt_grid``'s values)."""
+    udf = np.sqrt(squared_edt(occ)) * cell_size(occ.shape[0])
+    return trilinear(udf, np.asarray(points, dtype=np.float64)).astype(np.float32)
+
+
 def squared_edt(occ: np.ndarray) -> np.ndarray:
     """Squared Euclidean distance, in cells, from every cell to the nearest ``True`` cell (float64 (n0, n1, n2);
     inf everywhere if there is none).
