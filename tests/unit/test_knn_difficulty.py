@@ -193,8 +193,11 @@ def test_quantile_bands_are_ordered_by_similarity_and_keep_ties_together():
 def test_band_specs_are_validated():
     with pytest.raises(ValueError, match="overlap"):
         parse_bands({"by": "rank", "bands": {"hard": [1, 5], "easy": [5, 9]}})
-    with pytest.raises(ValueError, match="hardest first"):
-        parse_bands({"by": "quantile", "bands": {"easy": [0.5, 1.0], "hard": [0.0, 0.5]}})
+    with pytest.raises(ValueError, match="overlap"):
+        parse_bands({"by": "quantile", "bands": {"easy": [0.4, 1.0], "hard": [0.0, 0.5]}})
+    # the order of the mapping does not matter (the rules pass bands with sorted keys): hardest first by bounds
+    spec = parse_bands({"by": "rank", "bands": {"easy": [16, 30], "hard": [1, 5], "medium": [6, 15]}})
+    assert spec.names == ["hard", "medium", "easy"]
     with pytest.raises(ValueError, match="'by'"):
         parse_bands({"by": "similarity", "bands": {"hard": [1, 2]}})
     with pytest.raises(ValueError, match="ranks must be integers"):

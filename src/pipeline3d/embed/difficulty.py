@@ -7,7 +7,8 @@ Two ways to cut, chosen in the config:
   pairs, where 0 is the hardest (most similar) pair: ``p = (number of pairs strictly harder) / (number of pairs)``.
   Equal similarities share ``p`` and hence a band, so the cut does not depend on the order of ties.
 
-Bands are listed hardest first and may not overlap; gaps are allowed (e.g. skipping ranks 1-2 to avoid near
+Bands are ordered hardest first by their lower bound (so a mapping whose keys were sorted, as the rules' canonical
+JSON params are, means the same bands) and may not overlap; gaps are allowed (e.g. skipping ranks 1-2 to avoid near
 duplicates that are probably false negatives). Neighbours outside every band are dropped. Same-identity items are
 never neighbours (see ``knn.knn``).
 """
@@ -63,7 +64,7 @@ class BandSpec:
 
 
 def parse_bands(cfg: Mapping) -> BandSpec:
-    """``{"by": "rank" | "quantile", "bands": {name: [lo, hi], ...}}`` (hardest band first) -> ``BandSpec``."""
+    """``{"by": "rank" | "quantile", "bands": {name: [lo, hi], ...}}`` -> ``BandSpec`` (bands hardest first)."""
     by = cfg.get("by")
     if by not in ("rank", "quantile"):
         raise ValueError(f"difficulty bands: 'by' must be 'rank' or 'quantile', got {by!r}")
@@ -83,11 +84,12 @@ def parse_bands(cfg: Mapping) -> BandSpec:
             if not 0.0 <= lo < hi <= 1.0:
                 raise ValueError(f"difficulty band {name!r}: quantiles must satisfy 0 <= lo < hi <= 1, got {bounds}")
             bands.append(Band(str(name), float(lo), float(hi)))
+    bands.sort(key=lambda band: (band.lo, band.hi))  # hardest first, whatever order the mapping came in
     for prev, band in zip(bands, bands[1:]):
         overlap = band.lo <= prev.hi if by == "rank" else band.lo < prev.hi
         if overlap:
-            raise ValueError(f"difficulty bands {prev.name!r} and {band.name!r} overlap or are not listed hardest "
-                             f"first: {[prev.lo, prev.hi]} then {[band.lo, band.hi]}")
+            raise ValueError(f"difficulty bands {prev.name!r} and {band.name!r} overlap: {[prev.lo, prev.hi]} and "
+                             f"{[band.lo, band.hi]}")
     return BandSpec(by, tuple(bands))
 
 
