@@ -237,7 +237,7 @@ class _Run:
         lr = lr_at(step, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                    min_lr_ratio=cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # lr_scale: see optim.param_groups
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, log_sums = 0.0, {}
         for micro in range(cfg.grad_accum):

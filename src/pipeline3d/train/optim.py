@@ -27,21 +27,28 @@ def decays(module: nn.Module, param_name: str, param: nn.Parameter) -> bool:
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups (decay / no decay) over the trainable parameters; frozen ones (an EMA teacher) are left out.
 
-    Each group records the parameter names (``names``) so the split can be checked and logged.
+    Each group records the parameter names (``names``) so the split can be checked and logged. A model with an
+    ``lr_scale(parameter_name) -> float`` method gets one group per (decay, scale) pair, each with ``lr_scale``
+    (the loop multiplies the scheduled learning rate by it), e.g. a fresh head learning faster than a pretrained tower.
     """
-    decay: dict[int, tuple[str, nn.Parameter]] = {}
-    no_decay: dict[int, tuple[str, nn.Parameter]] = {}
+    lr_scale = getattr(model, "lr_scale", None)
+    seen: set[int] = set()
+    members: dict[tuple[bool, float], list[tuple[str, nn.Parameter]]] = {}
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in decay or id(param) in no_decay:
+            if not param.requires_grad or id(param) in seen:
                 continue  # frozen, or a tied parameter already placed
+            seen.add(id(param))
             full = f"{module_name}.{name}" if module_name else name
-            (decay if decays(module, name, param) else no_decay)[id(param)] = (full, param)
+            scale = float(lr_scale(full)) if callable(lr_scale) else 1.0
+            members.setdefault((decays(module, name, param), scale), []).append((full, param))
     groups = []
-    for members, wd in ((decay, weight_decay), (no_decay, 0.0)):
-        if members:
-            names, params = zip(*members.values())
-            groups.append({"params": list(params), "weight_decay": wd, "names": list(names)})
+    for (decay, scale) in sorted(members, key=lambda key: (not key[0], key[1])):
+        names, params = zip(*members[(decay, scale)])
+        group = {"params": list(params), "weight_decay": weight_decay if decay else 0.0, "names": list(names)}
+        if scale != 1.0:
+            group["lr_scale"] = scale
+        groups.append(group)
     return groups
 
 

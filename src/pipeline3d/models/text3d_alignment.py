@@ -1,0 +1,183 @@
+"""The text-3D alignment model (HSE-style): frozen shape vectors -> MLP projection into the space of a partially
+fine-tuned open_clip text tower, trained with a symmetric InfoNCE whose temperature is learned.
+
+Files (``save_alignment`` / ``load_alignment``):
+* ``projection.safetensors``: the projection MLP's state dict.
+* ``text_tower.safetensors``: ONLY the unfrozen text weights, under the open_clip model's own state-dict keys; the
+  frozen rest is rebuilt from the base weights, whose sha256 the JSON records and the loader checks.
+* ``head.json``: architecture, trainable blocks, text model + base weights sha256, temperature and both files'
+  sha256, written last (a JSON on disk always describes finished weights).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..embed.backbones import TextBackbone, build_text_backbone, file_sha256
+from ..io.atomic import write_bytes, write_json
+from ..objectives.infonce import SymmetricInfoNCE
+from .heads import ProjectionHead
+from .text_tower import PartiallyFrozenTextTower, load_trainable_state
+
+log = logging.getLogger(__name__)
+
+FORMAT = "pipeline3d-text3d-alignment"
+FORMAT_VERSION = 1
+
+
+class TextShapeAlignment(nn.Module):
+    """The training objective: ``forward({"tokens", "shape"}) -> (InfoNCE loss, logs)``.
+
+    Its state dict leaves out the frozen text weights (they are rebuilt from the base weights, and would make every
+    checkpoint as large as the whole text model); ``load_state_dict`` accepts exactly that.
+    ``lr_scale``: the projection and the temperature learn at ``head_lr_scale`` x the text tower's rate.
+    """
+
+    def __init__(self, tower: PartiallyFrozenTextTower, projection: ProjectionHead, loss: SymmetricInfoNCE, *,
+                 head_lr_scale: float = 1.0) -> None:
+        super().__init__()
+        self.text_tower, self.projection, self.loss = tower, projection, loss
+        self.head_lr_scale = float(head_lr_scale)
+        self._frozen = {f"text_tower.model.{k}" for k in tower.frozen_keys()}
+
+    def lr_scale(self, name: str) -> float:
+        return 1.0 if name.startswith("text_tower.") else self.head_lr_scale
+
+    def forward(self, batch: Mapping[str, torch.Tensor], *, step: int = 0, total_steps: int = 0,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        text = self.text_tower.encode(batch["tokens"])
+        shape = self.projection(batch["shape"])
+        return self.loss(shape, text)
+
+    def after_step(self) -> None:
+        self.loss.after_step()
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        for key in [k for k in state if k[len(prefix):] in self._frozen]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if k not in self._frozen]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"alignment state does not fit: missing {missing[:5]}, "
+                               f"unexpected {result.unexpected_keys[:5]}")
+        return result
+
+
+def _safetensors_bytes(tensors: Mapping[str, torch.Tensor], description: Mapping[str, Any]) -> bytes:
+    from safetensors.torch import save
+
+    # One metadata key: safetensors writes its metadata map in no fixed order, and we want identical bytes.
+    header = {"pipeline3d": json.dumps(dict(description), sort_keys=True)}
+    return save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, metadata=header)
+
+
+def save_alignment(model: TextShapeAlignment, backbone: TextBackbone, projection_path: str | Path,
+                   text_tower_path: str | Path, head_json_path: str | Path, *, projection_config: Mapping[str, Any],
+                   text_config: Mapping[str, Any], seed: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the three files (JSON last) and return the JSON. ``text_config`` is the embed.text section (model,
+    weights, random_init); ``seed`` is the one the base text tower was built with (random init depends on it)."""
+    projection_path, text_tower_path = Path(projection_path), Path(text_tower_path)
+    tower = model.text_tower
+    write_bytes(projection_path, _safetensors_bytes(model.projection.state_dict(), {"format": FORMAT,
+                                                                                  "part": "projection"}))
+    write_bytes(text_tower_path, _safetensors_bytes(tower.trainable_state(), {"format": FORMAT, "part": "text"}))
+    head = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "projection": {"config": dict(projection_config), "file": projection_path.name,
+                       "sha256": file_sha256(projection_path)},
+        "text": {
+            "model": text_config["model"],
+            "weights_file": Path(backbone.weights.path).name if backbone.weights.path else "",
+            "base_weights_sha256": backbone.weights.sha256,
+            "weights_source": backbone.weights.source,
+            "seed": int(seed),
+            "layout_prefix": tower.layout.prefix,
+            "n_blocks": tower.layout.n_blocks,
+            "trainable_blocks": tower.trainable_blocks,
+            "trainable_keys": tower.trainable_keys(),
+            "dim": backbone.dim,
+            "context_length": backbone.context_length,
+            "file": text_tower_path.name,
+            "sha256": file_sha256(text_tower_path),
+        },
+        "trainable_blocks": tower.trainable_blocks,
+        "temperature": model.loss.temperature,
+        **dict(extra),
+    }
+    write_json(head_json_path, head)
+    return head
+
+
+@dataclass
+class LoadedAlignment:
+    """A saved alignment rebuilt: the text backbone (with the trained weights in place) and the projection."""
+
+    backbone: TextBackbone
+    tower: PartiallyFrozenTextTower
+    projection: ProjectionHead
+    head: dict[str, Any]
+
+
+def _check_sha(path: Path, expected: str, what: str) -> None:
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ValueError(f"{path}: sha256 {actual[:16]}... differs from the {what} recorded in head.json "
+                         f"({expected[:16]}...): the files do not belong together")
+
+
+def load_alignment(head_json: str | Path, projection_path: str | Path, text_tower_path: str | Path,
+                   text_config: Mapping[str, Any]) -> LoadedAlignment:
+    """Rebuild a saved alignment: the base text tower from ``text_config`` (embed.text: model, weights,
+    random_init) + the saved unfrozen weights, and the projection MLP. Mismatching files, a different text model
+    or different base weights are errors naming the file."""
+    from safetensors.torch import load_file
+
+    head_json, projection_path, text_tower_path = Path(head_json), Path(projection_path), Path(text_tower_path)
+    head = json.loads(head_json.read_text())
+    if head.get("format") != FORMAT:
+        raise ValueError(f"{head_json}: not a {FORMAT} file (format {head.get('format')!r})")
+    text = head["text"]
+    _check_sha(projection_path, head["projection"]["sha256"], "projection")
+    _check_sha(text_tower_path, text["sha256"], "text weights")
+    if text_config["model"] != text["model"]:
+        raise ValueError(f"{head_json}: trained on text model {text['model']!r}, but the config names "
+                         f"{text_config['model']!r}")
+    backbone = build_text_backbone(text_config["model"], text_config.get("weights"),
+                                   allow_random_init=bool(text_config.get("random_init", False)),
+                                   seed=int(text["seed"]))
+    if backbone.weights.sha256 != text["base_weights_sha256"]:
+        raise ValueError(f"{head_json}: the base text weights have sha256 {backbone.weights.sha256[:16]}..., "
+                         f"not the {text['base_weights_sha256'][:16]}... it was trained from")
+    tensors = load_file(str(text_tower_path))
+    if sorted(tensors) != sorted(text["trainable_keys"]):
+        raise ValueError(f"{text_tower_path}: holds {len(tensors)} tensors, head.json lists "
+                         f"{len(text['trainable_keys'])} trainable keys")
+    load_trainable_state(backbone.model, tensors, source=str(text_tower_path))
+    tower = PartiallyFrozenTextTower(backbone.model, int(text["trainable_blocks"]))
+    projection = ProjectionHead(**head["projection"]["config"])
+    try:
+        projection.load_state_dict(load_file(str(projection_path)))
+    except RuntimeError as exc:
+        raise ValueError(f"{projection_path}: does not fit the projection in {head_json}: {exc}") from exc
+    projection.eval()
+    # requires_grad stays as in training: torch's attention picks its kernel by it (even under no_grad), and the
+    # rebuilt model must give the very features it was validated with.
+    tower.train(False)
+    log.info("loaded alignment %s: text %s (%d of %d blocks trained), projection %s", head_json, text["model"],
+             text["trainable_blocks"], text["n_blocks"], head["projection"]["config"])
+    return LoadedAlignment(backbone=backbone, tower=tower, projection=projection, head=head)
+
