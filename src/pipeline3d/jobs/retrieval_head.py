@@ -1,0 +1,413 @@
+"""PromptSG-style instance retrieval head over frozen shape embeddings: (dataset, method) -> head + metrics.
+
+Model (``RetrievalModel``): Linear(in_dim -> neck_dim) then a BNNeck (re-ID "bag of tricks"):
+- ArcFace over the post-BN feature (cross-entropy over the margin logits, all classes of the manifest);
+- batch-hard triplet loss on the pre-BN feature, cosine distance (scale-free, like the cosine retrieval; so the
+  config's margin is in units of 1 - cos);
+- SupCon on the post-BN feature;
+- optional textual inversion (``textual_inversion.enabled``): an MLP maps the post-BN feature to ``n_tokens``
+  pseudo-word embeddings that fill the "{}" of the template inside the frozen open_clip text tower
+  (``models.pseudo_prompt``); a Linear projects the post-BN feature to the text width, and the two views are tied
+  by a two-view SupCon (shape view, pseudo-prompt view; positives = same class in either modality). SupCon rather
+  than a diagonal InfoNCE because a PK batch holds K shapes per class: InfoNCE would treat the other K - 1 shapes
+  of a class (and their prompts) as negatives and fight the ArcFace/triplet terms; SupCon counts them as positives.
+The total is the weighted sum (``loss_weights``: ce, triplet, supcon; ``textual_inversion.weight``); every term is
+logged even when its weight is 0, in which case it is computed without a graph and contributes no gradient.
+
+Batches: P classes x K shapes (K = ``k``, default 4; P = batch_size // K), drawn in the objective from the
+generator the train loop passes for the step, so a resumed run draws exactly the batches of an uninterrupted one.
+Only classes with >= 2 training shapes are drawn (a triplet/SupCon anchor needs a positive); a class with fewer
+than K shapes is sampled with replacement. Training uses the ttv ``train`` split; the last weights are kept.
+
+Evaluation (PromptSG / re-ID convention): retrieval with the post-BN feature (cosine), CMC Rank@1/5/10 and mAP
+averaged over the qg.parquet query/gallery splits of the test shapes; the raw embeddings (and the pre-BN feature)
+on the same splits as baselines.
+
+Export: ``head.safetensors`` (every trained tensor) + ``head.json`` (dims, class names, ArcFace parameters, the
+input embeddings' provenance, the text tower's name and weights sha256 when textual inversion is on);
+``load_retrieval_head(safetensors, json).embed(vectors)`` embeds new shapes' vectors with the published head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..config import canonical_json, cfg_hash
+from ..data.selection import ttv_labels
+from ..embed.vectors import Embeddings, read_vectors
+from ..eval.retrieval import qg_rank_map
+from ..io.atomic import write_bytes, write_json
+from ..models.heads import BNNeck, TextualInversion
+from ..objectives.arcface import ArcFace
+from ..objectives.base import Objective
+from ..objectives.supcon import supcon_loss
+from ..objectives.triplet import batch_hard_triplet_loss
+from ..rng import rng_for
+from ..train.loop import TrainConfig, TrainResult, train
+from .finetune import class_names
+
+FORMAT = "pipeline3d-retrieval-head"
+FORMAT_VERSION = 1
+DEFAULT_K = 4
+TRIPLET_METRIC = "cosine"
+# Defaults for knobs the config section may leave out (recorded in head.json / metrics.json as used).
+DEFAULTS = {"k": DEFAULT_K, "weight_decay": 5e-4, "warmup_frac": 0.1, "checkpoint_every": 100}
+LOSS_TERMS = ("ce", "triplet", "supcon")
+
+
+class RetrievalModel(nn.Module):
+    """Everything that is trained: Linear + BNNeck (the published embedding), ArcFace, and with textual inversion
+    the pseudo-token MLP and the shape -> text-width projection."""
+
+    def __init__(self, in_dim: int, neck_dim: int, n_classes: int, *, margin: float, scale: float,
+                 token_dim: int | None = None, text_dim: int | None = None, n_tokens: int = 1) -> None:
+        super().__init__()
+        self.config = {"in_dim": int(in_dim), "neck_dim": int(neck_dim), "n_classes": int(n_classes),
+                       "margin": float(margin), "scale": float(scale), "token_dim": token_dim, "text_dim": text_dim,
+                       "n_tokens": int(n_tokens)}
+        self.fc = nn.Linear(in_dim, neck_dim)
+        self.neck = BNNeck(neck_dim)
+        self.arcface = ArcFace(neck_dim, n_classes, margin=margin, scale=scale)
+        self.inversion = TextualInversion(neck_dim, token_dim, n_tokens) if token_dim else None
+        self.to_text = nn.Linear(neck_dim, text_dim) if text_dim else None
+
+    def forward(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, in_dim) -> (pre-BN, post-BN) features (N, neck_dim)."""
+        return self.neck(self.fc(vectors))
+
+    @torch.no_grad()
+    def embed(self, vectors: np.ndarray | torch.Tensor, *, batch_size: int = 4096) -> np.ndarray:
+        """Post-BN retrieval features (float32 numpy, BN in inference mode) of raw shape embeddings."""
+        was_training = self.training
+        self.eval()
+        device = self.fc.weight.device
+        x = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+        if x.ndim != 2 or x.shape[1] != self.config["in_dim"]:
+            raise ValueError(f"expected (N, {self.config['in_dim']}) vectors, got {tuple(x.shape)}")
+        out = [self(x[i:i + batch_size].to(device))[1].cpu() for i in range(0, x.shape[0], batch_size)]
+        self.train(was_training)
+        return (torch.cat(out) if out else torch.zeros(0, self.config["neck_dim"])).numpy().astype(np.float32)
+
+
+def embed(head: RetrievalModel, vectors: np.ndarray) -> np.ndarray:
+    """Functional form of ``RetrievalModel.embed``."""
+    return head.embed(vectors)
+
+
+# ---- PK batches -------------------------------------------------------------------------------------------------
+
+def pk_indices(class_rows: Sequence[torch.Tensor], p: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Row indices of a P x K batch: ``p`` distinct classes, ``k`` rows each (without replacement when the class
+    has >= k rows); all draws from ``generator``."""
+    dev = generator.device
+    chosen = torch.randperm(len(class_rows), generator=generator, device=dev)[:p].tolist()
+    picks = []
+    for c in chosen:
+        rows = class_rows[c]
+        n = rows.shape[0]
+        pos = (torch.randperm(n, generator=generator, device=dev)[:k] if n >= k
+               else torch.randint(n, (k,), generator=generator, device=dev))
+        picks.append(rows[pos.to(rows.device)])
+    return torch.cat(picks)
+
+
+class _StepSlots(Dataset):
+    """The loop's data side: ``n`` placeholder samples per epoch (the objective draws the PK batch itself)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _collate_slots(samples: list[int]) -> torch.Tensor:
+    return torch.tensor(samples, dtype=torch.long)
+
+
+# ---- objective --------------------------------------------------------------------------------------------------
+
+class RetrievalObjective(Objective):
+    """The weighted ArcFace + triplet + SupCon (+ textual-inversion alignment) loss on PK batches of the training
+    vectors (held as non-persistent buffers: they come from the inputs, not the checkpoint)."""
+
+    def __init__(self, model: RetrievalModel, vectors: torch.Tensor, labels: torch.Tensor, *, k: int, p: int,
+                 weights: Mapping[str, float], triplet_margin: float, supcon_temperature: float,
+                 text_backbone: Any = None, prompt: Any = None, text_weight: float = 0.0) -> None:
+        super().__init__()
+        self.model = model
+        self.encoder = model
+        self.register_buffer("vectors", vectors.float(), persistent=False)
+        self.register_buffer("labels", labels.long(), persistent=False)
+        rows_by_class = {}
+        for row, label in enumerate(labels.tolist()):
+            rows_by_class.setdefault(int(label), []).append(row)
+        eligible = sorted(c for c, rows in rows_by_class.items() if len(rows) >= 2)
+        if len(eligible) < 2:
+            raise ValueError(f"PK batches need >= 2 classes with >= 2 training shapes; got {len(eligible)}")
+        self.class_rows = [torch.tensor(rows_by_class[c], dtype=torch.long) for c in eligible]
+        self.k, self.p = int(k), min(int(p), len(eligible))
+        self.weights = {t: float(weights.get(t, 0.0)) for t in LOSS_TERMS}
+        self.triplet_margin, self.supcon_temperature = float(triplet_margin), float(supcon_temperature)
+        # The frozen text tower is not a submodule: not trained, not checkpointed, not exported (rebuilt from the
+        # config), and the loop's train() does not flip it out of eval mode.
+        self._text = text_backbone
+        self._prompt = prompt
+        self.text_weight = float(text_weight) if text_backbone is not None else 0.0
+
+    def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = pk_indices(self.class_rows, self.p, self.k, generator).to(self.vectors.device)
+        return self.vectors[idx], self.labels[idx]
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        pre, post = self.model(x)
+        terms = {
+            "ce": lambda: F.cross_entropy(self.model.arcface(post, y), y),
+            "triplet": lambda: batch_hard_triplet_loss(pre, y, margin=self.triplet_margin, metric=TRIPLET_METRIC)[0],
+            "supcon": lambda: supcon_loss(post, y, temperature=self.supcon_temperature),
+        }
+        weights = dict(self.weights)
+        if self._text is not None:
+            terms["text_align"] = lambda: self._text_alignment(post, y)
+            weights["text_align"] = self.text_weight
+        total = pre.new_zeros(())
+        logs: dict[str, float] = {}
+        for name, term in terms.items():
+            if weights[name] == 0.0:
+                with torch.no_grad():  # logged, but no graph and no gradient
+                    value = term()
+            else:
+                value = term()
+                total = total + weights[name] * value
+            logs[name] = float(value.detach())
+        with torch.no_grad():
+            logs["train_acc"] = float((self.model.arcface(post).argmax(1) == y).float().mean())
+        return total, logs
+
+    def _text_alignment(self, post: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from ..models.pseudo_prompt import encode_with_pseudo_tokens
+
+        tower_device = next(self._text.model.parameters()).device
+        if tower_device != post.device:
+            self._text.model.to(post.device)
+        text = encode_with_pseudo_tokens(self._text, self._prompt, self.model.inversion(post))
+        views = torch.stack([self.model.to_text(post), text], dim=1)  # (N, 2, text_dim): shape view, prompt view
+        return supcon_loss(views, y, temperature=self.supcon_temperature)
+
+    def forward(self, batch: Any, *, step: int, total_steps: int, generator: torch.Generator
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = self.batch(generator)
+        return self.losses(x, y)
+
+
+# ---- inputs -----------------------------------------------------------------------------------------------------
+
+def _rows(emb: Embeddings, ids: Sequence[str], path: str, what: str,
+          log: logging.Logger) -> tuple[list[str], np.ndarray]:
+    """The ids (in the given order) that have a vector, and their vectors; warns about the rest."""
+    row = {sid: i for i, sid in enumerate(emb.ids)}
+    have = [s for s in ids if s in row]
+    if len(have) < len(ids):
+        missing = [s for s in ids if s not in row]
+        log.warning("%s: %d of %d %s shapes have no vector (e.g. %s); they are left out", path, len(missing),
+                    len(ids), what, missing[:3])
+    return have, emb.vectors[[row[s] for s in have]] if have else np.zeros((0, emb.dim), np.float32)
+
+
+def _read_qg(path: str) -> pd.DataFrame:
+    try:
+        qg = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the query/gallery table: {exc}") from exc
+    missing = {"split_id", "shape_id", "label", "role"} - set(qg.columns)
+    if missing:
+        raise ValueError(f"{path}: lacks columns {sorted(missing)}")
+    return qg
+
+
+def settings(head: Mapping[str, Any]) -> dict[str, Any]:
+    """The head section with the defaults of the optional knobs filled in."""
+    return {**DEFAULTS, **head}
+
+
+def _text_setup(params: Mapping[str, Any], log: logging.Logger) -> tuple[Any, Any, dict[str, Any]]:
+    """Build the frozen text tower and the tokenised template (only when textual inversion is on)."""
+    from ..embed.backbones import build_text_backbone
+    from ..models.pseudo_prompt import DEFAULT_PLACEHOLDER, prepare_template, text_tower
+
+    text, ti = params["text"], params["head"]["textual_inversion"]
+    backbone = build_text_backbone(text["model"], text.get("weights"), config_key="embed.text.weights",
+                                   allow_random_init=bool(text.get("random_init", False)), seed=int(params["seed"]))
+    tower = text_tower(backbone.model)  # refuses unsupported layouts before any training
+    prompt = prepare_template(backbone.tokenizer, ti["template"],
+                              placeholder=ti.get("placeholder", DEFAULT_PLACEHOLDER))
+    info = {"name": text.get("name", text["model"]), "model": text["model"], "weights_sha256": backbone.weights.sha256,
+            "weights_source": backbone.weights.source, "dim": backbone.dim, "token_dim": tower.width,
+            "template": ti["template"], "placeholder": prompt.placeholder, "n_tokens": int(ti["n_tokens"])}
+    log.info("textual inversion: %d pseudo token(s) in %r through text tower %s (dim %d, token width %d)",
+             info["n_tokens"], ti["template"], info["name"], backbone.dim, tower.width)
+    return backbone, prompt, info
+
+
+# ---- the job ----------------------------------------------------------------------------------------------------
+
+def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, *, log: logging.Logger,
+        extra_hooks: Sequence[Any] = ()) -> tuple[dict[str, Any] | None, RetrievalModel, dict[str, Any], TrainResult]:
+    """Train and evaluate; returns (metrics or None when interrupted, the model, the export description, result)."""
+    head = settings(params["head"])
+    seed, key = int(params["seed"]), f"{params['dataset']}|{params['method']}"
+    emb_path = str(files["shape_embeddings"])
+    emb = read_vectors(emb_path)
+    names = class_names(files["manifest"])
+    train_labels = ttv_labels(files["ttv"], "train")
+    train_ids, train_x = _rows(emb, sorted(train_labels), emb_path, "train", log)
+    if not train_ids:
+        raise ValueError(f"{emb_path}: none of the {len(train_labels)} ttv train shapes has a vector")
+    y = [train_labels[s] for s in train_ids]
+    if max(y) >= len(names):
+        raise ValueError(f"{files['ttv']}: label {max(y)} but {files['manifest']} names {len(names)} classes")
+
+    ti = head["textual_inversion"]
+    text_backbone = prompt = text_info = None
+    if ti.get("enabled", False):
+        text_backbone, prompt, text_info = _text_setup(params, log)
+
+    k = int(head["k"])
+    p = int(head["batch_size"]) // k
+    if p < 2:
+        raise ValueError(f"retrieval_head.batch_size {head['batch_size']} holds fewer than 2 classes of k = {k}")
+    with torch.random.fork_rng(devices=[]):  # the head's init: a function of (seed, dataset, method) only
+        torch.manual_seed(int(rng_for(seed, "train_retrieval_head", key).integers(0, 2**63 - 1)))
+        model = RetrievalModel(emb.dim, int(head["neck_dim"]), len(names), margin=float(head["arcface"]["margin"]),
+                               scale=float(head["arcface"]["scale"]),
+                               token_dim=text_info["token_dim"] if text_info else None,
+                               text_dim=text_info["dim"] if text_info else None,
+                               n_tokens=int(ti.get("n_tokens", 1)))
+    objective = RetrievalObjective(model, torch.from_numpy(np.ascontiguousarray(train_x)), torch.tensor(y), k=k, p=p,
+                                   weights=head["loss_weights"], triplet_margin=float(head["triplet_margin"]),
+                                   supcon_temperature=float(head["supcon_temperature"]),
+                                   text_backbone=text_backbone, prompt=prompt,
+                                   text_weight=float(ti.get("weight", 0.0)))
+    batch = objective.p * k
+    steps = int(head["steps"])
+    log.info("%s: %d train shapes with vectors (%d classes, %d drawable), PK batches %d x %d, %d steps",
+             key, len(train_ids), len(set(y)), len(objective.class_rows), objective.p, k, steps)
+    cfg = TrainConfig(steps=steps, batch_size=batch, lr=float(head["lr"]), weight_decay=float(head["weight_decay"]),
+                      warmup_steps=int(round(float(head["warmup_frac"]) * steps)), min_lr_ratio=0.01, clip_grad=5.0,
+                      checkpoint_every=int(head["checkpoint_every"]), log_every=max(1, steps // 20), seed=seed)
+    epoch_batches = max(1, len(train_ids) // batch)  # a nominal epoch: about one pass over the training shapes
+    result = train(objective, _EpochSlots(epoch_batches * batch), cfg, state_dir,
+                   config_hash=cfg_hash(canonical_json(dict(params))), log=log,
+                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=list(extra_hooks))
+    description = describe(model, names, emb, params, head, text_info, steps=result.steps)
+    if result.interrupted or not result.is_main:
+        return None, model, description, result
+
+    qg = _read_qg(files["qg"])
+    test_ids, test_x = _rows(emb, sorted(set(qg["shape_id"].astype(str))), emb_path, "qg", log)
+    if not test_ids:
+        raise ValueError(f"{emb_path}: none of the qg shapes of {files['qg']} has a vector")
+    qg = qg[qg["shape_id"].astype(str).isin(set(test_ids))]
+    model.eval()
+    with torch.no_grad():
+        pre, post = model(torch.from_numpy(np.ascontiguousarray(test_x)))
+    metrics = {
+        "dataset": params["dataset"], "method": params["method"], "seed": seed,
+        "embedding": "post-BN (BNNeck) feature, cosine", "settings": head, "k": k, "p": objective.p,
+        "triplet_metric": TRIPLET_METRIC, "class_names": names, "steps": result.steps,
+        "train_shapes": len(train_ids), "qg_shapes": len(test_ids), "final_loss": result.final_loss,
+        "head": qg_rank_map((test_ids, post.numpy()), None, qg),
+        "head_pre_bn": qg_rank_map((test_ids, pre.numpy()), None, qg),
+        "raw": qg_rank_map((test_ids, test_x), None, qg),
+        "input": description["input"],
+    }
+    if text_info:
+        metrics["text"] = text_info
+    log.info("%s: qg mAP %.4f (raw %.4f), Rank@1 %.4f (raw %.4f) over %d splits", key, metrics["head"]["mAP"],
+             metrics["raw"]["mAP"], metrics["head"]["rank@1"], metrics["raw"]["rank@1"], metrics["head"]["n_splits"])
+    return metrics, model, description, result
+
+
+class _EpochSlots:
+    """``EpochSource`` of placeholder samples (same length every epoch)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def make_epoch(self, epoch: int) -> Dataset:
+        return _StepSlots(self.n)
+
+    def collate(self, samples: list[int]) -> torch.Tensor:
+        return _collate_slots(samples)
+
+
+# ---- export / load ----------------------------------------------------------------------------------------------
+
+def describe(model: RetrievalModel, names: list[str], emb: Embeddings, params: Mapping[str, Any],
+             head: Mapping[str, Any], text_info: dict[str, Any] | None, *, steps: int) -> dict[str, Any]:
+    """The JSON sidecar's content (without the weights' file name and sha256)."""
+    meta = emb.metadata
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "config": dict(model.config),
+        "class_names": names, "arcface": {"margin": model.config["margin"], "scale": model.config["scale"],
+                                          "n_classes": model.config["n_classes"]},
+        "embedding": {"feature": "post-BN", "dim": model.config["neck_dim"], "metric": "cosine"},
+        "input": {"dataset": params["dataset"], "method": params["method"], "dim": emb.dim,
+                  "model": meta.get("model"), "weights_sha256": meta.get("weights_sha256"),
+                  "preprocessing": meta.get("preprocessing")},
+        "text": text_info, "settings": dict(head), "seed": int(params["seed"]), "steps": int(steps),
+    }
+
+
+def save_retrieval_head(model: RetrievalModel, description: Mapping[str, Any], safetensors_path: str | Path,
+                        json_path: str | Path) -> dict[str, Any]:
+    """Write the weights (safetensors, deterministic bytes) then the JSON sidecar, both atomically."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    header = {"pipeline3d": json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
+                                        "config": model.config}, sort_keys=True)}
+    safetensors_path, json_path = Path(safetensors_path), Path(json_path)
+    data = save(tensors, metadata=header)
+    write_bytes(safetensors_path, data)
+    sidecar = {**description, "weights": safetensors_path.name, "sha256": hashlib.sha256(data).hexdigest()}
+    write_json(json_path, sidecar)
+    return sidecar
+
+
+def load_retrieval_head(safetensors_path: str | Path, json_path: str | Path, *,
+                        device: str | torch.device = "cpu") -> RetrievalModel:
+    """Rebuild a published head (sha256 checked against the JSON) in eval mode; ``.embed(vectors)`` embeds."""
+    from safetensors.torch import load_file
+
+    safetensors_path, json_path = Path(safetensors_path), Path(json_path)
+    try:
+        sidecar = json.loads(json_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{json_path}: cannot read the retrieval head description: {exc}") from exc
+    if sidecar.get("format") != FORMAT or sidecar.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{json_path}: not a {FORMAT} v{FORMAT_VERSION} description")
+    actual = hashlib.sha256(safetensors_path.read_bytes()).hexdigest()
+    if actual != sidecar["sha256"]:
+        raise ValueError(f"{safetensors_path}: sha256 {actual[:12]} does not match {json_path} "
+                         f"({sidecar['sha256'][:12]}); the weights do not belong to this description")
+    c = sidecar["config"]
+    model = RetrievalModel(c["in_dim"], c["neck_dim"], c["n_classes"], margin=c["margin"], scale=c["scale"],
+                           token_dim=c["token_dim"], text_dim=c["text_dim"], n_tokens=c["n_tokens"])
+    model.load_state_dict(load_file(str(safetensors_path), device=str(device)), strict=True)
+    return model.to(device).eval()
