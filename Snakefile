@@ -14,6 +14,9 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/cache.smk"
 include: "workflow/rules/splits.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/embed_inputs.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/heads.smk"
 
 
 rule all:
@@ -21,8 +24,15 @@ rule all:
     input:
         data_targets(),
         model_targets(),
+        embedding_targets(),
+        head_targets(),
 
 
 rule data_all:
     input:
         data_targets(),
+
+
+rule embed_all:
+    input:
+        embedding_targets(),

@@ -53,6 +53,11 @@ TINY_OVERRIDES: dict = {
     "pretrain": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2, "samples_per_epoch": 8},
     "finetune": {"methods": ["scratch", "nepa"], "k": [0, 1], "seeds": [0], "n_point": 16, "epochs": 2,
                  "batch_size": 8, "mc_draws_test": 1},
+    "embed": {"shape": {"methods": ["nepa"], "n_point": 16, "n_ray": 16, "mc_draws": 1}},
+    "difficulty": {"bands": {"hard": [1, 2], "medium": [3, 4], "easy": [5, 8]}},
+    "metric_head": {"steps": 6, "checkpoint_every": 3, "optuna": {"trials": 2, "steps": 3}},
+    "align_text3d": {"steps": 4, "eval_every": 2},
+    "retrieval_head": {"steps": 4, "checkpoint_every": 2},
 }
 TINY_METHODS = ("nepa",)  # the tiny run pretrains one method (the demo config has more)
 
@@ -96,7 +101,30 @@ def data_layer_only(config: dict) -> dict:
     """No pretraining or fine-tuning (for configs whose datasets are not the demo's)."""
     config["pretrain"]["methods"] = {}
     config["finetune"]["datasets"], config["finetune"]["methods"] = [], ["scratch"]
+    for modality in ("image", "text", "shape"):
+        config["embed"][modality]["datasets"] = []
+    config["embed"]["image"]["depth_views"], config["embed"]["shape"]["methods"] = [], []
+    config["difficulty"]["spaces"], config["metric_head"]["space"] = [], None
+    config["align_text3d"]["datasets"], config["retrieval_head"]["datasets"] = [], []
     return config
+
+
+def embedding_jobs(config: dict) -> dict[str, int]:
+    """Jobs of the embedding and head rules, from the config's lists (rules with no job left out)."""
+    embed, head = config["embed"], config["metric_head"]
+    align, retrieval = config["align_text3d"], config["retrieval_head"]
+    counts = {
+        "embed_image": len(embed["image"]["datasets"]) + len(embed["image"]["depth_views"]),
+        "embed_text": len(embed["text"]["datasets"]),
+        "embed_shape": len(embed["shape"]["datasets"]) * len(embed["shape"]["methods"]),
+        "difficulty_bands": len(config["difficulty"]["spaces"]),
+        "tune_metric_head": int(bool(head["space"]) and head["optuna"]["enabled"]),
+        "train_metric_head": int(bool(head["space"])),
+        "align_text3d": len(align["datasets"]) * len(align["folds"]),
+        "submit_text3d": len(align["datasets"]),
+        "train_retrieval_head": len(retrieval["datasets"]),
+    }
+    return {rule: n for rule, n in counts.items() if n}
 
 
 def read_config(workdir: Path) -> dict:

@@ -69,4 +69,82 @@ def reference_problems(config: dict) -> list[str]:
         if key in finetune and key in tokens and finetune[key] > tokens[key]:
             problems.append(f"finetune.{key}: {finetune[key]} is more than the pretrained layout holds "
                             f"(tokens.{key} = {tokens[key]})")
+    return problems + embedding_problems(config)
+
+
+def _dataset_problems(where: str, names: list[str], datasets: dict, kinds: tuple[str, ...]) -> list[str]:
+    problems = []
+    for i, name in enumerate(names):
+        ds = datasets.get(name)
+        if ds is None:
+            problems.append(f"{where}[{i}]: {name!r} is not a dataset (known: {', '.join(sorted(datasets))})")
+        elif ds["kind"] not in kinds:
+            problems.append(f"{where}[{i}]: {name!r} is a {ds['kind']} dataset (expected {' or '.join(kinds)})")
+    return problems
+
+
+def embedding_spaces(config: dict) -> set[str]:
+    """The ``<modality>/<dataset>/<model>`` spaces the embed section produces."""
+    embed = config.get("embed", {})
+    image, text, shape = embed.get("image", {}), embed.get("text", {}), embed.get("shape", {})
+    spaces = {f"image/{ds}/{image.get('name')}" for ds in [*image.get("datasets", []), *image.get("depth_views", [])]}
+    spaces |= {f"text/{ds}/{text.get('name')}" for ds in text.get("datasets", [])}
+    spaces |= {f"shape/{ds}/{m}" for ds in shape.get("datasets", []) for m in shape.get("methods", [])}
+    return spaces
+
+
+def embedding_problems(config: dict) -> list[str]:
+    """Embeddings, difficulty bands and heads: datasets of the right kind, known methods and spaces."""
+    datasets = config.get("datasets", {})
+    methods = config.get("pretrain", {}).get("methods", {})
+    embed = config.get("embed", {})
+    cached = ("mesh", "pointcloud")
+    problems = _dataset_problems("embed.image.datasets", embed.get("image", {}).get("datasets", []), datasets,
+                                 ("image",))
+    problems += _dataset_problems("embed.image.depth_views", embed.get("image", {}).get("depth_views", []),
+                                  datasets, cached)
+    problems += _dataset_problems("embed.text.datasets", embed.get("text", {}).get("datasets", []), datasets,
+                                  ("mesh", "pointcloud", "image"))
+    shape = embed.get("shape", {})
+    problems += _dataset_problems("embed.shape.datasets", shape.get("datasets", []), datasets, cached)
+    for i, name in enumerate(shape.get("datasets", [])):
+        kind = datasets.get(name, {}).get("kind")
+        if kind and kind not in BACKEND_KINDS[shape.get("backend", "mesh")]:
+            problems.append(f"embed.shape.backend: {shape['backend']!r} cannot read {kind} dataset {name!r}")
+
+    def method_problem(where: str, name: str) -> list[str]:
+        if name in methods:
+            return []
+        return [f"{where}: {name!r} is not a pretrain method (known: {', '.join(sorted(methods))})"]
+
+    for i, name in enumerate(shape.get("methods", [])):
+        problems += method_problem(f"embed.shape.methods[{i}]", name)
+    produced = embedding_spaces(config)
+    difficulty = config.get("difficulty", {})
+    for i, space in enumerate(difficulty.get("spaces", [])):
+        if space not in produced:
+            problems.append(f"difficulty.spaces[{i}]: {space!r} is not an embedding the embed section produces "
+                            f"(produced: {', '.join(sorted(produced)) or 'none'})")
+    head = config.get("metric_head", {})
+    if head.get("space") and head["space"] not in difficulty.get("spaces", []):
+        problems.append(f"metric_head.space: {head['space']!r} has no difficulty bands (add it to difficulty.spaces)")
+    for key in head.get("optuna", {}).get("search", {}):
+        if key not in head:
+            problems.append(f"metric_head.optuna.search.{key}: not a metric_head setting")
+    align = config.get("align_text3d", {})
+    problems += _dataset_problems("align_text3d.datasets", align.get("datasets", []), datasets, ("mesh",))
+    if align.get("datasets"):
+        problems += method_problem("align_text3d.method", align.get("method", ""))
+    captions = align.get("captions")
+    if align.get("datasets") and captions and datasets.get(captions.get("dataset"), {}).get("kind") != "image":
+        problems.append(f"align_text3d.captions.dataset: {captions.get('dataset')!r} is not an image dataset "
+                        f"(image datasets: {', '.join(sorted(d for d, c in datasets.items() if c['kind'] == 'image'))})")
+    kfold = config.get("splits", {}).get("kfold", 0)
+    for i, fold in enumerate(align.get("folds", [])):
+        if fold >= kfold:
+            problems.append(f"align_text3d.folds[{i}]: fold {fold} does not exist (splits.kfold = {kfold})")
+    retrieval = config.get("retrieval_head", {})
+    problems += _dataset_problems("retrieval_head.datasets", retrieval.get("datasets", []), datasets, cached)
+    if retrieval.get("datasets"):
+        problems += method_problem("retrieval_head.method", retrieval.get("method", ""))
     return problems

@@ -16,6 +16,15 @@ STAGE_VERSIONS: dict[str, int] = {
     "pretrain_encoder": 1,
     "finetune_classifier": 1,
     "tabulate_fewshot": 1,
+    "embed_image": 1,
+    "embed_text": 1,
+    "embed_shape": 1,
+    "difficulty_bands": 1,
+    "tune_metric_head": 1,
+    "train_metric_head": 1,
+    "align_text3d": 1,
+    "submit_text3d": 1,
+    "train_retrieval_head": 1,
 }
 
 # On-disk schema of cache shards; readers refuse any other value.

@@ -13,6 +13,7 @@ import pytest
 
 from smk import (
     copy_repo,
+    embedding_jobs,
     job_counts,
     planned_jobs,
     read_config,
@@ -27,7 +28,8 @@ pytestmark = pytest.mark.e2e
 STAGE_RULES = [
     "make_demo_data", "ingest_dataset", "build_cache_shard", "index_cache",
     "fingerprint_dataset", "make_splits", "materialize_unpaired", "pretrain_encoder", "finetune_classifier",
-    "tabulate_fewshot",
+    "tabulate_fewshot", "embed_image", "embed_text", "embed_shape", "difficulty_bands", "tune_metric_head",
+    "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head",
 ]
 
 
@@ -112,8 +114,11 @@ def test_param_change_reruns_the_stage_and_its_dependents_only(demo: Path) -> No
     config["splits"]["kfold"] += 1
     write_config(demo, config)
 
-    # only the kfold family of each dataset: the other families (and the models reading them) do not depend on it
-    expected = {"make_splits": 3, "all": 1}
+    # only the kfold family of each dataset and the text-3D folds trained on it: the other families (and the models
+    # reading them) do not depend on it
+    align = config["align_text3d"]
+    expected = {"make_splits": 3, "align_text3d": len(align["datasets"]) * len(align["folds"]),
+                "submit_text3d": len(align["datasets"]), "all": 1}
     assert planned(demo) == expected
     assert run(demo) == expected
     assert_up_to_date(demo)
@@ -133,9 +138,12 @@ def test_stage_version_bump_reruns_the_stage_and_its_dependents_only(demo: Path)
         result = run_snakemake(demo, "-n", "all")
         assert result.returncode == 0, result.tail()
         # everything downstream of the fingerprints, models included (their inputs will be rewritten)
+        config = read_config(demo)
+        # the embeddings of images and depth views read no split: they stay
+        after_splits = {rule: n for rule, n in embedding_jobs(config).items() if rule not in ("embed_image", "embed_text")}
         assert job_counts(result.output) == {
-            "fingerprint_dataset": 3, "make_splits": 15, "materialize_unpaired": 4, **model_jobs(read_config(demo)),
-            "all": 1,
+            "fingerprint_dataset": 3, "make_splits": 15, "materialize_unpaired": 4, **model_jobs(config),
+            **after_splits, "all": 1,
         }
         fingerprint_jobs = [job for job in planned_jobs(result.output) if job.rule == "fingerprint_dataset"]
         assert all("Params have changed" in job.fields["reason"] for job in fingerprint_jobs)
@@ -151,11 +159,14 @@ def test_raw_content_change_reruns_the_dependent_chain_only(demo: Path) -> None:
 
     others = mtimes(demo, "results/ingest/demo-mesh/*") | mtimes(demo, "results/splits/demo-scan/*")
     rewrite_tar_without_last_item(images)
-    expected = {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 5, "all": 1}
+    # demo-img's chain: its images' and captions' embeddings and bands, and the text-3D alignment reading its captions
+    align = read_config(demo)["align_text3d"]
+    expected = {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 5, "embed_image": 1, "embed_text": 1,
+                "difficulty_bands": 1, "align_text3d": len(align["folds"]), "submit_text3d": 1, "all": 1}
     result = run_snakemake(demo, "-n", "all")
     assert job_counts(result.output) == expected, result.tail()
-    assert all(job.fields.get("wildcards", "").startswith("dataset=demo-img")
-               for job in planned_jobs(result.output) if job.rule != "all")
+    assert all("dataset=demo-img" in job.fields.get("wildcards", "")
+               for job in planned_jobs(result.output) if job.rule not in ("all", "align_text3d", "submit_text3d"))
     assert run(demo) == expected
     assert_up_to_date(demo)
     assert mtimes(demo, "results/ingest/demo-mesh/*") | mtimes(demo, "results/splits/demo-scan/*") == others

@@ -15,23 +15,32 @@ def leaves(schema: dict, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], di
     for name, sub in schema.get("properties", {}).items():
         if "properties" in sub:
             found |= leaves(sub, (*path, name))
-        elif isinstance(sub.get("additionalProperties"), dict):  # datasets: <name> -> entry
+        elif "properties" in sub.get("additionalProperties", {}):  # datasets: <name> -> entry
             found |= leaves(sub["additionalProperties"], (*path, name))
         else:
             found[(*path, name)] = sub
     return found
 
 
-def documented() -> dict[str, str]:
-    """`key` -> the default column, from every table row of config/README.md."""
-    text = (ROOT / "config" / "README.md").read_text()
-    return dict(re.findall(r"^\| `([\w.]+)` \| ([^|]+?) \|", text, flags=re.M))
+def documented() -> dict[tuple[str, str], str]:
+    """(section, `key`) -> the default column, from every table row of config/README.md (a table belongs to the
+    `## `section`` heading above it; top-level keys sit under a heading without one and are their own section)."""
+    found, section = {}, None
+    for line in (ROOT / "config" / "README.md").read_text().splitlines():
+        heading = re.match(r"^## (?:`(\w+)`)?", line)
+        if heading:
+            section = heading.group(1)
+            continue
+        row = re.match(r"^\| `([\w.]+)` \| ([^|]+?) \|", line)
+        if row:
+            found[(section or row.group(1), row.group(1))] = row.group(2)
+    return found
 
 
-def schema_leaves() -> dict[str, dict]:
+def schema_leaves() -> dict[tuple[str, str], dict]:
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     # each section has its own table, so a key is written without its section: `kfold`, `unpaired.train_mesh`
-    return {".".join(path[1:]) or path[0]: sub for path, sub in leaves(schema).items()}
+    return {(path[0], ".".join(path[1:]) or path[0]): sub for path, sub in leaves(schema).items()}
 
 
 def test_every_schema_key_is_documented_and_nothing_else() -> None:

@@ -10,6 +10,7 @@ import yaml
 
 from smk import (
     ROOT,
+    embedding_jobs,
     expected_big_counts,
     job_counts,
     planned_jobs,
@@ -18,7 +19,7 @@ from smk import (
     write_big_manifest_workdir,
 )
 
-TARGET_RULES = {"all", "data_all"}
+TARGET_RULES = {"all", "data_all", "embed_all"}
 UNPAIRED_SPLITS = 4  # train_mesh, train_pc, train_udf, eval
 SPLIT_FAMILIES = 5  # ttv, kfold, unpaired, fewshot, qg: one job each
 
@@ -43,6 +44,7 @@ def expected_demo_counts(config: dict, target: str = "all") -> dict[str, int]:
         counts["pretrain_encoder"] = len(config["pretrain"]["methods"])
         counts["finetune_classifier"] = len(ft["datasets"]) * len(ft["methods"]) * len(ft["k"]) * len(ft["seeds"])
         counts["tabulate_fewshot"] = len(ft["datasets"])
+        counts |= embedding_jobs(config)
     return {rule: n for rule, n in counts.items() if n}
 
 
@@ -71,7 +73,9 @@ def test_every_job_declares_log_benchmark_and_resources(workdir: Path) -> None:
         assert int(resources["mem_mb"]) > 0 and int(resources["runtime"]) > 0, (job.rule, resources)
 
 
-TRAINING_RULES = {"pretrain_encoder", "finetune_classifier"}
+# the rules that train or run a network (embedding, heads, submission inference): the rest is CPU work
+TRAINING_RULES = {"pretrain_encoder", "finetune_classifier", "embed_image", "embed_text", "embed_shape",
+                  "tune_metric_head", "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head"}
 
 
 def test_training_jobs_ask_for_a_gpu_and_nothing_else_does(workdir: Path) -> None:
