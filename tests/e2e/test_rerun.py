@@ -209,3 +209,38 @@ def test_fewshot_jobs_select_on_a_k_shot_validation_set_and_test_on_every_test_s
         assert full["protocol"]["method"] == method and full["protocol"]["k"] == 0
     table = (demo / "results" / "tables" / "fewshot" / "demo-mesh.md").read_text()
     assert all(f"| {method} |" in table for method in config["finetune"]["methods"])
+
+
+def test_embeddings_bands_heads_and_submission_come_out_of_all(demo: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from pipeline3d.embed.vectors import read_vectors
+
+    results, config = demo / "results", read_config(demo)
+    for path in (results / "embeddings").rglob("*.parquet"):
+        emb = read_vectors(path)
+        assert len(emb.ids) > 0 and emb.metadata["weights_sha256"] and emb.metadata["preprocessing"], path
+    shape = read_vectors(results / "embeddings" / "shape" / "demo-mesh" / "nepa.parquet")
+    assert len(shape.ids) == len(pd.read_parquet(results / "cache" / "demo-mesh" / "index.parquet"))
+    bands = pd.read_parquet(results / "difficulty" / f"{config['metric_head']['space']}.parquet")
+    labels = pd.read_parquet(results / "ingest" / "demo-mesh" / "manifest.parquet").set_index("shape_id")["label"]
+    assert (labels[bands["anchor_id"]].to_numpy() != labels[bands["neighbour_id"]].to_numpy()).all()  # negatives
+    head = results / "heads" / "metric" / config["metric_head"]["space"]
+    metrics = json.loads((head / "metrics.json").read_text())
+    assert set(metrics["bandit"]["pulls"]) == set(config["difficulty"]["bands"])
+    assert metrics["tuned"]  # the Optuna best trial's values were used
+    assert (head / "head.safetensors").stat().st_size > 0 and json.loads((head / "head.json").read_text())
+    retrieval = json.loads((results / "heads" / "retrieval" / "demo-mesh" / "nepa" / "metrics.json").read_text())
+    assert {"rank@1", "rank@5", "rank@10", "mAP"} <= set(retrieval["head"])
+    assert retrieval["head"]["n_splits"] == config["splits"]["query_gallery_splits"]
+    folder = results / "align_text3d" / "demo-mesh" / "nepa"
+    ttv = pd.read_parquet(results / "splits" / "demo-mesh" / "ttv.parquet")
+    test_shapes = set(ttv.loc[ttv["split"] == "test", "shape_id"])
+    mesh2text = pd.read_csv(folder / "submission_mesh2text.csv")
+    assert set(mesh2text["query_id"]) == test_shapes
+    text2mesh = pd.read_csv(folder / "submission_text2mesh.csv")
+    ranked = text2mesh.filter(like="rank_").to_numpy().ravel()
+    assert set(ranked) <= test_shapes and list(text2mesh.columns[:2]) == ["query_id", "query_text"]
+    assert {"t2m", "m2t"} <= set(json.loads((folder / "metrics.json").read_text())["test"])
