@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,8 +110,14 @@ def pad_batch(batch: dict[str, torch.Tensor], rows: int, length: int) -> dict[st
 
 @torch.no_grad()
 def embed_shapes(encoder: nn.Module, dataset: ShapeTokenDataset, *, batch_size: int, pool: str,
-                 causal: bool) -> np.ndarray:
-    """Float32 (N, d) L2-normalised vectors of every shape of an eval-mode dataset (mean over its draws)."""
+                 causal: bool, transform: Callable[[dict], dict] | None = None,
+                 normalize_draws: bool = False) -> np.ndarray:
+    """Float32 (N, d) L2-normalised vectors of every shape of an eval-mode dataset (mean over its draws).
+
+    ``transform``: optional pure function applied to each collated batch before padding (e.g. a feature ablation);
+    it must act per token, so vectors stay independent of batch composition. ``normalize_draws``: L2-normalise
+    each draw's pooled vector before averaging (so no draw dominates by its norm; the UCPR protocol).
+    """
     if dataset.mode != "eval":
         raise ValueError("shape embeddings need an eval-mode token dataset (deterministic draws)")
     if pool not in POOLS:
@@ -128,9 +134,12 @@ def embed_shapes(encoder: nn.Module, dataset: ShapeTokenDataset, *, batch_size: 
     progress = Progress(log, n * draws, "encoded shape draws", every=max(batch_size, 1000))
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        batch = pad_batch(collate([dataset.item(i, 0, d) for i, d in chunk]), batch_size, length)
+        batch = collate([dataset.item(i, 0, d) for i, d in chunk])
+        batch = pad_batch(transform(batch) if transform is not None else batch, batch_size, length)
         out = encoder(batch["feat"], batch["type_id"], batch["pos"], batch["valid"], causal=causal)
         pooled = encoder.pool(out, batch, pool)[: len(chunk)].double().numpy()
+        if normalize_draws:
+            pooled = F.normalize(torch.from_numpy(pooled), dim=-1).numpy()
         if sums is None:
             sums = np.zeros((n, pooled.shape[1]), dtype=np.float64)
         # draws of a shape are added in draw order, whatever batch they fell into
