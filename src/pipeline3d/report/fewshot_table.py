@@ -7,30 +7,37 @@ their results, so rerunning with identical metrics gives byte-identical tables.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .collect import dig, identity, number, read_metrics
+
 REQUIRED = ("method", "k", "seed", "test")
 
 
-def load_rows(paths: Sequence[str | Path]) -> pd.DataFrame:
+def load_rows(paths: Sequence[str | Path], require_dataset: bool = False) -> pd.DataFrame:
+    """One row per fine-tune metrics file: dataset ("" when unnamed, unless required), method, k, seed, accuracies."""
     rows = []
     for path in map(Path, paths):
-        try:
-            metrics = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read fine-tune metrics: {exc}") from exc
+        metrics = read_metrics(path)
         missing = [key for key in REQUIRED if key not in metrics]
         if missing:
             raise ValueError(f"{path}: fine-tune metrics lack {missing}")
-        rows.append({"method": metrics["method"], "k": int(metrics["k"]), "seed": int(metrics["seed"]),
-                     "test_acc": float(metrics["test"]["accuracy"]),
-                     "test_macc": float(metrics["test"]["mean_class_accuracy"])})
-    return pd.DataFrame(rows, columns=["method", "k", "seed", "test_acc", "test_macc"])
+        try:
+            dataset = identity(metrics, path, "dataset")
+        except ValueError:
+            if require_dataset:
+                raise
+            dataset = ""
+        rows.append({"dataset": dataset, "method": str(metrics["method"]), "k": int(metrics["k"]),
+                     "seed": int(metrics["seed"]),
+                     "test_acc": number(dig(metrics, path, "test", "accuracy"), path, "test.accuracy"),
+                     "test_macc": number(dig(metrics, path, "test", "mean_class_accuracy"), path,
+                                         "test.mean_class_accuracy")})
+    return pd.DataFrame(rows, columns=["dataset", "method", "k", "seed", "test_acc", "test_macc"])
 
 
 def _std(values: pd.Series) -> float:
