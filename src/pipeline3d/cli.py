@@ -2,6 +2,7 @@
 
   pipeline3d check-config config/config.yaml     validate a config (errors name the key)
   pipeline3d check-cache results/cache/<ds> [--fix]   deep-validate cache shards; --fix moves bad ones aside
+  pipeline3d status [target] [--directory D] [--configfile F] [--profile P] [--json]   jobs per rule by state
 """
 
 from __future__ import annotations
@@ -45,6 +46,24 @@ def _check_cache(args: argparse.Namespace) -> int:
     return 1 if bad and not args.fix else 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from .status import StatusError, collect, render_table
+
+    try:
+        status = collect(args.directory, args.target, configfiles=args.configfile or (), profiles=args.profile or ())
+    except StatusError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=1))
+    else:
+        print(render_table(status, colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipeline3d", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cache_dir")
     p.add_argument("--fix", action="store_true", help="move invalid shards aside so the workflow rebuilds them")
     p.set_defaults(func=_check_cache)
+    p = sub.add_parser("status", help="per rule: jobs done / running / failed / pending (see pipeline3d.status)")
+    p.add_argument("target", nargs="?", default="all", help="Snakemake target rule or file (default: all)")
+    p.add_argument("--directory", "-d", default=".", help="workflow directory (default: the current one)")
+    p.add_argument("--configfile", action="append", help="passed to snakemake (repeatable)")
+    p.add_argument("--profile", action="append", help="passed to snakemake (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable output: counts and every job")
+    p.set_defaults(func=_status)
     args = parser.parse_args(argv)
     return args.func(args)
 
