@@ -26,5 +26,12 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("network access attempted")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+    local_connect = socket.socket.connect
+
+    def connect(sock, address):  # AF_UNIX is local IPC (e.g. wandb's own service process), not the network
+        if sock.family == getattr(socket, "AF_UNIX", None):
+            return local_connect(sock, address)
+        refuse()
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket, "create_connection", refuse)

@@ -46,6 +46,7 @@ from ..models.text_tower import PartiallyFrozenTextTower
 from ..objectives.infonce import SymmetricInfoNCE
 from ..rng import rng_for, stable_hash
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
+from ..train.wandb_sink import metrics_sinks
 
 STAGE = "align_text3d"
 VAL_KS = (1, 5, 10)
@@ -328,7 +329,8 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     result = train(model, EpochData(lambda epoch: epochs.pairs(epoch), make_collate(train_shapes.vectors, tokens,
                                                                                       token_row)),
                    cfg, state_dir, config_hash=cfg_hash(canonical_json(dict(params))), log=log,
-                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=[hook, *extra_hooks])
+                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=[hook, *extra_hooks],
+                   sinks=metrics_sinks(params, state_dir, log=log))
     if result.interrupted or not result.is_main:
         return None, result
     model.load_state_dict(hook.best_state)

@@ -33,6 +33,7 @@ from ..tokens.corpus import EpochView, MixedCorpus
 from ..tokens.dataset import ShapeTokenDataset
 from ..train.export import load_encoder
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
+from ..train.wandb_sink import metrics_sinks
 from .data import entries_of
 from .pretrain import build_encoder
 
@@ -146,7 +147,8 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
                                       batch_size=64, log=log))
     result = train(objective, EpochData(lambda epoch: EpochView(corpus, epoch), collate), cfg, state_dir,
                    config_hash=cfg_hash(canonical_json(dict(params))), log=log,
-                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=hooks)
+                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=hooks,
+                   sinks=metrics_sinks(params, state_dir, log=log))
     if result.interrupted or not result.is_main:
         return None, result
     selected_step = result.steps

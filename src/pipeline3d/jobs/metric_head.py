@@ -48,6 +48,7 @@ from ..objectives.triplet import triplet_loss
 from ..rng import rng_for, stable_hash
 from ..train.bandit import UCB1Bandit
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
+from ..train.wandb_sink import metrics_sinks
 
 STAGE = "train_metric_head"
 FORMAT = "pipeline3d-metric-head"
@@ -274,7 +275,7 @@ def train_config(head_cfg: Mapping[str, Any], n_anchors: int, seed: int) -> Trai
 
 
 def train_head(data: HeadData, head_cfg: Mapping[str, Any], state_dir: str | Path, *, seed: int, key: str,
-               config_hash: str, log: logging.Logger, hooks: Sequence[Any] = ()
+               config_hash: str, log: logging.Logger, hooks: Sequence[Any] = (), sinks: Sequence[Any] = ()
                ) -> tuple[MetricHeadObjective, TrainResult]:
     """Build and train (or resume) a head; returns the objective (head + bandit) and the loop's result."""
     cfg = {**DEFAULTS, **head_cfg}
@@ -286,7 +287,7 @@ def train_head(data: HeadData, head_cfg: Mapping[str, Any], state_dir: str | Pat
     tcfg = train_config(cfg, len(data.anchors), seed)
     source = EpochData(lambda epoch: AnchorEpoch(data.anchors, seed, epoch), collate_anchors)
     result = train(objective, source, tcfg, state_dir, config_hash=config_hash, log=log,
-                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=hooks)
+                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=hooks, sinks=sinks)
     if result.is_main and not result.interrupted:
         log.info("bandit: %s | fallback anchors %d", objective.bandit.summary(), objective.fallbacks)
     return objective, result
@@ -476,7 +477,7 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     data = load_data(files, log)
     fingerprint = cfg_hash(canonical_json({"seed": seed, "space": space, "head": head_cfg, "inputs": data.digest}))
     objective, result = train_head(data, head_cfg, state_dir, seed=seed, key=space, config_hash=fingerprint, log=log,
-                                   hooks=hooks)
+                                   hooks=hooks, sinks=metrics_sinks(params, state_dir, log=log))
     if result.interrupted or not result.is_main:
         return None, objective, result, data
     metrics = {"space": space, "seed": seed, "head": head_cfg, "tuned": tuned, "steps": result.steps,

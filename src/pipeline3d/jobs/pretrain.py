@@ -19,6 +19,7 @@ from ..tokens.corpus import EpochView, MixedCorpus
 from ..tokens.layout import n_positions
 from ..train.export import save_encoder
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
+from ..train.wandb_sink import metrics_sinks
 from .data import corpus_datasets
 
 # Objectives whose encoder attends both ways; fine-tuning reads this from the export to run the encoder the same way.
@@ -57,7 +58,7 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     cfg = train_config(params["train"], seed)
     data = EpochData(lambda epoch: EpochView(corpus, epoch), collate)
     result = train(objective, data, cfg, state_dir, config_hash=cfg_hash(canonical_json(dict(params))), log=log,
-                   metrics_path=metrics_path)
+                   metrics_path=metrics_path, sinks=metrics_sinks(params, state_dir, log=log))
     if result.interrupted or not result.is_main:
         return result
     causal = not BIDIRECTIONAL.get(objective_name, lambda cfg: False)(knobs)

@@ -56,6 +56,7 @@ from ..objectives.supcon import supcon_loss
 from ..objectives.triplet import batch_hard_triplet_loss
 from ..rng import rng_for
 from ..train.loop import TrainConfig, TrainResult, train
+from ..train.wandb_sink import metrics_sinks
 from .finetune import class_names
 
 FORMAT = "pipeline3d-retrieval-head"
@@ -313,7 +314,8 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     epoch_batches = max(1, len(train_ids) // batch)  # a nominal epoch: about one pass over the training shapes
     result = train(objective, _EpochSlots(epoch_batches * batch), cfg, state_dir,
                    config_hash=cfg_hash(canonical_json(dict(params))), log=log,
-                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=list(extra_hooks))
+                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=list(extra_hooks),
+                   sinks=metrics_sinks(params, state_dir, log=log))
     description = describe(model, names, emb, params, head, text_info, steps=result.steps)
     if result.interrupted or not result.is_main:
         return None, model, description, result

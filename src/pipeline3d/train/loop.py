@@ -129,7 +129,8 @@ class TrainResult:
 
 def train(objective: nn.Module, data: EpochSource, cfg: TrainConfig, state_dir: str | Path, *, config_hash: str,
           log: logging.Logger | None = None, metrics_path: str | Path | None = None,
-          device: torch.device | str | None = None, hooks: Sequence[Any] = ()) -> TrainResult:
+          device: torch.device | str | None = None, hooks: Sequence[Any] = (),
+          sinks: Sequence[Any] = ()) -> TrainResult:
     """Train ``objective`` in place on ``data`` (see the module docstring); resumes from ``state_dir/last.ckpt``.
 
     ``metrics_path`` defaults to ``state_dir/metrics.jsonl``. Under torchrun/srun every process calls this; each
@@ -139,6 +140,9 @@ def train(objective: nn.Module, data: EpochSource, cfg: TrainConfig, state_dir: 
     ``hooks``: objects with ``every`` (steps), ``__call__(step, objective) -> dict[str, float]`` (logged with the
     step) and ``state_dict()`` / ``load_state_dict()`` (kept in the checkpoint), e.g. validation with best-weights
     tracking. Every rank calls them (they must be deterministic); they run after the step, before its checkpoint.
+
+    ``sinks``: objects with ``log(record)`` and ``close()`` (e.g. ``wandb_sink.metrics_sinks(params, state_dir)``);
+    rank 0 mirrors every metrics record to them and closes them when the call ends, however it ends.
     """
     log = log or logging.getLogger("pipeline3d.train")
     state_dir = Path(state_dir)
@@ -146,8 +150,11 @@ def train(objective: nn.Module, data: EpochSource, cfg: TrainConfig, state_dir: 
     dist = distributed.setup(torch.device(device) if device is not None else None, log=log)
     try:
         with stop_on_signals(log) as stop:
-            return _Run(objective, data, cfg, state_dir, config_hash, log, metrics_path, dist, stop, hooks).run()
+            return _Run(objective, data, cfg, state_dir, config_hash, log, metrics_path, dist, stop, hooks,
+                        sinks if dist.is_main else ()).run()
     finally:
+        for sink in sinks:
+            sink.close()
         dist.close()
 
 
@@ -166,8 +173,8 @@ class _Run:
 
     def __init__(self, objective: nn.Module, data: EpochSource, cfg: TrainConfig, state_dir: Path, config_hash: str,
                  log: logging.Logger, metrics_path: Path, dist: distributed.Dist, stop: StopRequest,
-                 hooks: Sequence[Any] = ()) -> None:
-        self.objective, self.data, self.cfg, self.hooks = objective, data, cfg, list(hooks)
+                 hooks: Sequence[Any] = (), sinks: Sequence[Any] = ()) -> None:
+        self.objective, self.data, self.cfg, self.hooks, self.sinks = objective, data, cfg, list(hooks), list(sinks)
         self.state_dir, self.config_hash, self.metrics_path = state_dir, config_hash, metrics_path
         self.dist, self.stop, self.device = dist, stop, dist.device
         self.log = log
@@ -301,6 +308,8 @@ class _Run:
         if not self.dist.is_main:
             return
         metrics.append(self.metrics_path, record)
+        for sink in self.sinks:
+            sink.log(record)
         extra = " | ".join(f"{k} {v:.4g}" for k, v in logs.items())
         eta = (self.cfg.steps - step) * self.cfg.batch_size / max(rate, 1e-9)
         self.log.info("step %d/%d | epoch %d | loss %.4f | lr %.2e | grad_norm %.3g | %.1f samples/s | eta %s%s",
