@@ -17,6 +17,9 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/embed_inputs.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/heads.smk"
+include: "workflow/rules/eval_inputs.smk"
+include: "workflow/rules/eval.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -26,6 +29,9 @@ rule all:
         model_targets(),
         embedding_targets(),
         head_targets(),
+        ucpr_metrics(),
+        cpac_metrics(),
+        report_targets(),
 
 
 rule data_all:

@@ -58,6 +58,9 @@ TINY_OVERRIDES: dict = {
     "metric_head": {"steps": 6, "checkpoint_every": 3, "optuna": {"trials": 2, "steps": 3}},
     "align_text3d": {"steps": 4, "eval_every": 2},
     "retrieval_head": {"steps": 4, "checkpoint_every": 2},
+    "eval": {"ucpr": {"methods": ["nepa"], "pairs": [["mesh", "udfgrid"], ["pointcloud_noray", "udfgrid"]],
+                      "n_point": 16, "n_ray": 16, "mc_draws": 1},
+             "cpac": {"methods": ["nepa"], "n_context": 12, "n_query": 16}},
 }
 TINY_METHODS = ("nepa",)  # the tiny run pretrains one method (the demo config has more)
 
@@ -106,7 +109,17 @@ def data_layer_only(config: dict) -> dict:
     config["embed"]["image"]["depth_views"], config["embed"]["shape"]["methods"] = [], []
     config["difficulty"]["spaces"], config["metric_head"]["space"] = [], None
     config["align_text3d"]["datasets"], config["retrieval_head"]["datasets"] = [], []
+    config["eval"]["ucpr"]["datasets"], config["eval"]["cpac"]["datasets"] = [], []
     return config
+
+
+def eval_jobs(config: dict) -> dict[str, int]:
+    """Jobs of the evaluation rules and the report."""
+    ucpr, cpac = config["eval"]["ucpr"], config["eval"]["cpac"]
+    counts = {"eval_ucpr": len(ucpr["datasets"]) * len(ucpr["methods"]) * len(ucpr["pairs"]),
+              "eval_cpac": len(cpac["datasets"]) * len(cpac["methods"]) * len(cpac["context_backends"]),
+              "report": 1}
+    return {rule: n for rule, n in counts.items() if n}
 
 
 def embedding_jobs(config: dict) -> dict[str, int]:

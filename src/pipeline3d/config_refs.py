@@ -69,7 +69,7 @@ def reference_problems(config: dict) -> list[str]:
         if key in finetune and key in tokens and finetune[key] > tokens[key]:
             problems.append(f"finetune.{key}: {finetune[key]} is more than the pretrained layout holds "
                             f"(tokens.{key} = {tokens[key]})")
-    return problems + embedding_problems(config)
+    return problems + embedding_problems(config) + eval_problems(config)
 
 
 def _dataset_problems(where: str, names: list[str], datasets: dict, kinds: tuple[str, ...]) -> list[str]:
@@ -147,4 +147,43 @@ def embedding_problems(config: dict) -> list[str]:
     problems += _dataset_problems("retrieval_head.datasets", retrieval.get("datasets", []), datasets, cached)
     if retrieval.get("datasets"):
         problems += method_problem("retrieval_head.method", retrieval.get("method", ""))
+    return problems
+
+
+def eval_problems(config: dict) -> list[str]:
+    """UCPR and CPAC: datasets that have what the backends read, known methods, independent seeds."""
+    datasets = config.get("datasets", {})
+    methods = config.get("pretrain", {}).get("methods", {})
+    tokens = config.get("tokens", {})
+    evals = config.get("eval", {})
+    problems: list[str] = []
+    ucpr, cpac = evals.get("ucpr", {}), evals.get("cpac", {})
+    problems += _dataset_problems("eval.ucpr.datasets", ucpr.get("datasets", []), datasets, ("mesh", "pointcloud"))
+    problems += _dataset_problems("eval.cpac.datasets", cpac.get("datasets", []), datasets, ("mesh",))
+    for section, name in ((ucpr, "ucpr"), (cpac, "cpac")):
+        for i, method in enumerate(section.get("methods", []) if section.get("datasets") else []):
+            if method not in methods:
+                problems.append(f"eval.{name}.methods[{i}]: {method!r} is not a pretrain method "
+                                f"(known: {', '.join(sorted(methods))})")
+    for i, pair in enumerate(ucpr.get("pairs", [])):
+        for side, backend in zip(("query", "gallery"), pair):
+            for ds in ucpr.get("datasets", []):
+                kind = datasets.get(ds, {}).get("kind")
+                if kind and kind not in BACKEND_KINDS[backend]:
+                    problems.append(f"eval.ucpr.pairs[{i}]: {side} backend {backend!r} cannot read {kind} dataset {ds!r}")
+    if ucpr.get("datasets") and ucpr.get("query_seed") == ucpr.get("gallery_seed"):
+        problems.append(f"eval.ucpr.gallery_seed: equal to eval.ucpr.query_seed ({ucpr.get('query_seed')}); with one "
+                        "seed query and gallery share their query points and retrieval is trivial")
+    for name, section in (("ucpr", ucpr), ("cpac", cpac)):
+        for key in ("n_point", "n_ray"):
+            if section.get("datasets") and key in section and key in tokens and section[key] > tokens[key]:
+                problems.append(f"eval.{name}.{key}: {section[key]} is more than the pretrained layout holds "
+                                f"(tokens.{key} = {tokens[key]})")
+    if cpac.get("datasets") and "n_point" in tokens and cpac.get("n_context", 0) >= tokens["n_point"]:
+        problems.append(f"eval.cpac.n_context: {cpac['n_context']} leaves no point position for the queries in the "
+                        f"pretrained layout (tokens.n_point = {tokens['n_point']}): use at most {tokens['n_point'] - 1}")
+    if cpac.get("datasets") and cpac.get("n_context", 0) + cpac.get("n_query", 0) > config.get("cache", {}).get(
+            "pt_pool", float("inf")):
+        problems.append(f"eval.cpac.n_query: n_context + n_query = {cpac['n_context'] + cpac['n_query']} exceeds "
+                        f"the query pool (cache.pt_pool = {config['cache']['pt_pool']})")
     return problems

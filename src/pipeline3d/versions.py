@@ -25,6 +25,9 @@ STAGE_VERSIONS: dict[str, int] = {
     "align_text3d": 1,
     "submit_text3d": 1,
     "train_retrieval_head": 1,
+    "eval_ucpr": 1,
+    "eval_cpac": 1,
+    "report": 1,
 }
 
 # On-disk schema of cache shards; readers refuse any other value.

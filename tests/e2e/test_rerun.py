@@ -14,6 +14,7 @@ import pytest
 from smk import (
     copy_repo,
     embedding_jobs,
+    eval_jobs,
     job_counts,
     planned_jobs,
     read_config,
@@ -29,7 +30,7 @@ STAGE_RULES = [
     "make_demo_data", "ingest_dataset", "build_cache_shard", "index_cache",
     "fingerprint_dataset", "make_splits", "materialize_unpaired", "pretrain_encoder", "finetune_classifier",
     "tabulate_fewshot", "embed_image", "embed_text", "embed_shape", "difficulty_bands", "tune_metric_head",
-    "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head",
+    "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head", "eval_ucpr", "eval_cpac", "report",
 ]
 
 
@@ -105,6 +106,19 @@ def test_reordered_config_keys_rerun_nothing(demo: Path) -> None:
         config_file.write_text(original)
 
 
+def test_switching_wandb_logging_reruns_nothing(demo: Path) -> None:
+    """The logging section reaches the training jobs through the environment, never their params or code."""
+    config_file = demo / "config" / "config.yaml"
+    original = config_file.read_text()
+    config = read_config(demo)
+    config["logging"]["wandb"]["enabled"] = not config["logging"]["wandb"]["enabled"]
+    write_config(demo, config)
+    try:
+        assert_up_to_date(demo)
+    finally:
+        config_file.write_text(original)
+
+
 def test_param_change_reruns_the_stage_and_its_dependents_only(demo: Path) -> None:
     upstream = mtimes(demo, "results/ingest/*/*") | mtimes(demo, "results/cache/*/*") | mtimes(
         demo, "results/fingerprints/*/*"
@@ -118,7 +132,7 @@ def test_param_change_reruns_the_stage_and_its_dependents_only(demo: Path) -> No
     # reading them) do not depend on it
     align = config["align_text3d"]
     expected = {"make_splits": 3, "align_text3d": len(align["datasets"]) * len(align["folds"]),
-                "submit_text3d": len(align["datasets"]), "all": 1}
+                "submit_text3d": len(align["datasets"]), "report": 1, "all": 1}
     assert planned(demo) == expected
     assert run(demo) == expected
     assert_up_to_date(demo)
@@ -143,7 +157,7 @@ def test_stage_version_bump_reruns_the_stage_and_its_dependents_only(demo: Path)
         after_splits = {rule: n for rule, n in embedding_jobs(config).items() if rule not in ("embed_image", "embed_text")}
         assert job_counts(result.output) == {
             "fingerprint_dataset": 3, "make_splits": 15, "materialize_unpaired": 4, **model_jobs(config),
-            **after_splits, "all": 1,
+            **after_splits, **eval_jobs(config), "all": 1,
         }
         fingerprint_jobs = [job for job in planned_jobs(result.output) if job.rule == "fingerprint_dataset"]
         assert all("Params have changed" in job.fields["reason"] for job in fingerprint_jobs)
@@ -162,11 +176,11 @@ def test_raw_content_change_reruns_the_dependent_chain_only(demo: Path) -> None:
     # demo-img's chain: its images' and captions' embeddings and bands, and the text-3D alignment reading its captions
     align = read_config(demo)["align_text3d"]
     expected = {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 5, "embed_image": 1, "embed_text": 1,
-                "difficulty_bands": 1, "align_text3d": len(align["folds"]), "submit_text3d": 1, "all": 1}
+                "difficulty_bands": 1, "align_text3d": len(align["folds"]), "submit_text3d": 1, "report": 1, "all": 1}
     result = run_snakemake(demo, "-n", "all")
     assert job_counts(result.output) == expected, result.tail()
     assert all("dataset=demo-img" in job.fields.get("wildcards", "")
-               for job in planned_jobs(result.output) if job.rule not in ("all", "align_text3d", "submit_text3d"))
+               for job in planned_jobs(result.output) if job.rule not in ("all", "align_text3d", "submit_text3d", "report"))
     assert run(demo) == expected
     assert_up_to_date(demo)
     assert mtimes(demo, "results/ingest/demo-mesh/*") | mtimes(demo, "results/splits/demo-scan/*") == others

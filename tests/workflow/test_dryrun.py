@@ -11,6 +11,7 @@ import yaml
 from smk import (
     ROOT,
     embedding_jobs,
+    eval_jobs,
     expected_big_counts,
     job_counts,
     planned_jobs,
@@ -44,7 +45,7 @@ def expected_demo_counts(config: dict, target: str = "all") -> dict[str, int]:
         counts["pretrain_encoder"] = len(config["pretrain"]["methods"])
         counts["finetune_classifier"] = len(ft["datasets"]) * len(ft["methods"]) * len(ft["k"]) * len(ft["seeds"])
         counts["tabulate_fewshot"] = len(ft["datasets"])
-        counts |= embedding_jobs(config)
+        counts |= embedding_jobs(config) | eval_jobs(config)
     return {rule: n for rule, n in counts.items() if n}
 
 
@@ -75,7 +76,8 @@ def test_every_job_declares_log_benchmark_and_resources(workdir: Path) -> None:
 
 # the rules that train or run a network (embedding, heads, submission inference): the rest is CPU work
 TRAINING_RULES = {"pretrain_encoder", "finetune_classifier", "embed_image", "embed_text", "embed_shape",
-                  "tune_metric_head", "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head"}
+                  "tune_metric_head", "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head",
+                  "eval_ucpr", "eval_cpac"}
 
 
 def test_training_jobs_ask_for_a_gpu_and_nothing_else_does(workdir: Path) -> None:
@@ -149,3 +151,27 @@ def test_dag_size_depends_on_shards_not_shapes(workdir: Path, n_shapes: int, sha
     result = run_snakemake(workdir, "-n", "all")
     assert result.returncode == 0, result.tail()
     assert job_counts(result.output) == expected_big_counts(shards)
+
+
+def test_paper_config_plans_the_seed_tables(workdir: Path) -> None:
+    """config/paper_m1.yaml at full scale: the 75-job M1 few-shot table, the UCPR pairs and CPAC, one report."""
+    config = yaml.safe_load((ROOT / "config" / "paper_m1.yaml").read_text())
+    shapenet, scans = workdir / "raw" / "ShapeNetCore.v2", workdir / "raw" / "ScanObjectNN"
+    shapenet.mkdir(parents=True)
+    (scans / "main_split").mkdir(parents=True)
+    for name in ("training_objectdataset.h5", "test_objectdataset.h5"):  # stand-ins: a dry run opens nothing
+        (scans / "main_split" / name).write_bytes(b"")
+    config["datasets"]["shapenet"]["path"] = str(shapenet)
+    config["datasets"]["scanobjectnn"]["path"] = str(scans)
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    result = run_snakemake(workdir, "-n", "all")
+    assert result.returncode == 0, result.tail()
+    shards, ucpr, cpac = config["cache"]["shards"], config["eval"]["ucpr"], config["eval"]["cpac"]
+    assert job_counts(result.output) == {
+        "ingest_dataset": 2, "build_cache_shard": 2 * shards, "index_cache": 2, "fingerprint_dataset": 2,
+        "make_splits": 2 * SPLIT_FAMILIES, "materialize_unpaired": UNPAIRED_SPLITS,
+        "pretrain_encoder": 4, "finetune_classifier": 75, "tabulate_fewshot": 1,
+        "eval_ucpr": len(ucpr["methods"]) * 4, "eval_cpac": len(cpac["methods"]), "report": 1, "all": 1,
+    }
+    assert ucpr["max_files"] == 1000 and ucpr["query_seed"] != ucpr["gallery_seed"]

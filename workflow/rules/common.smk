@@ -35,6 +35,9 @@ PRETRAIN = config["pretrain"]
 METHODS = PRETRAIN["methods"]
 FINETUNE = config["finetune"]
 STATE = f"{RESULTS}/_state"  # undeclared resume state of long jobs (Snakemake deletes declared outputs first)
+# Training jobs read the logging section (W&B mirror) from the environment, not from params: switching it on or
+# off must not rerun anything. The shell commands name it as {LOGGING}, so the rules' code does not change either.
+LOGGING = __import__("json").dumps(config["logging"], sort_keys=True)
 
 
 wildcard_constraints:

@@ -1,0 +1,46 @@
+# Evaluations of the pretrained encoders: unpaired cross-primitive retrieval and the UDF completion probe.
+# Paths: results/eval/ucpr/<dataset>/<method>/<query>--<gallery>.json, results/eval/cpac/<dataset>/<method>/<context>.json
+
+
+rule eval_ucpr:
+    input:
+        unpack(eval_inputs),
+    output:
+        metrics=f"{RESULTS}/eval/ucpr/{{dataset}}/{{method}}/{{query}}--{{gallery}}.json",
+    log:
+        f"{RESULTS}/logs/eval_ucpr/{{dataset}}/{{method}}/{{query}}--{{gallery}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_ucpr/{{dataset}}/{{method}}/{{query}}--{{gallery}}.tsv"
+    params:
+        cfg=ucpr_cfg,
+        inputs=input_json,
+    threads: 1  # one thread: results stay byte-identical whatever --cores caps threads to
+    resources:
+        mem_mb=6000,
+        runtime=scaled_runtime(120),
+        gpu=1,
+    shell:
+        "{PY} -m pipeline3d.stages.eval_ucpr --params {params.cfg:q} --inputs {params.inputs:q}"
+        " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule eval_cpac:
+    input:
+        unpack(eval_inputs),
+    output:
+        metrics=f"{RESULTS}/eval/cpac/{{dataset}}/{{method}}/{{context}}.json",
+    log:
+        f"{RESULTS}/logs/eval_cpac/{{dataset}}/{{method}}/{{context}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_cpac/{{dataset}}/{{method}}/{{context}}.tsv"
+    params:
+        cfg=cpac_cfg,
+        inputs=input_json,
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=scaled_runtime(120),
+        gpu=1,
+    shell:
+        "{PY} -m pipeline3d.stages.eval_cpac --params {params.cfg:q} --inputs {params.inputs:q}"
+        " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"

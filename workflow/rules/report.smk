@@ -1,0 +1,27 @@
+# The paper tables and plots from every metrics JSON; registered for `snakemake --report report.html`.
+
+
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        **{f"{name}_{ext}": report(f"{RESULTS}/tables/{name}.{ext}", category="Tables", subcategory=name)
+           for name in TABLES for ext in ("md", "csv", "tex")},
+        summary=report(f"{RESULTS}/tables/summary.md", category="Tables"),
+        **{name: report(f"{RESULTS}/plots/{name}.png", category="Plots") for name in PLOTS},
+    log:
+        f"{RESULTS}/logs/report/report.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/report.tsv"
+    params:
+        cfg=report_cfg,
+        inputs=input_json,
+        tables=f"{RESULTS}/tables",
+        plots=f"{RESULTS}/plots",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=scaled_runtime(20),
+    shell:
+        "{PY} -m pipeline3d.stages.report --params {params.cfg:q} --inputs {params.inputs:q}"
+        " --out-dir {params.tables:q} --plots-dir {params.plots:q} > {log:q} 2>&1"
