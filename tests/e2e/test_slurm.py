@@ -166,3 +166,58 @@ def test_gpu_job_gets_a_device(cluster, tmp_path: Path) -> None:
         ["squeue", "-h", "-t", "all", "-j", job_id, "-O", "tres-per-job"], capture_output=True, text=True, timeout=30
     ).stdout
     assert requested.split() == ["gres:gpu:1"], requested
+
+
+# The whole DAG through SLURM, at its smallest width: every stage of `all` (data, pretraining, fine-tuning,
+# embeddings, bands, heads, evaluations, report) once, so each rule's sbatch request is exercised for real.
+def full_dag_config() -> dict:
+    config = tiny_config()
+    config["datasets"] = {name: config["datasets"][name] for name in ("demo-mesh", "demo-img")}
+    config["pretrain"]["methods"]["nepa"]["corpus"] = [
+        {"dataset": "demo-mesh", "split": "train_mesh", "backend": "mesh", "weight": 1.0}]
+    config["finetune"].update(methods=["nepa"], k=[0])
+    config["embed"]["image"].update(datasets=[], depth_views=["demo-mesh"])
+    config["embed"]["text"]["datasets"] = ["demo-img"]
+    config["difficulty"]["spaces"] = ["shape/demo-mesh/nepa"]
+    config["metric_head"]["optuna"]["enabled"] = False
+    config["align_text3d"]["folds"] = [0]
+    config["eval"]["ucpr"]["pairs"] = [["pointcloud_noray", "udfgrid"]]
+    config["eval"]["cpac"]["context_backends"] = ["pointcloud_noray"]
+    return config
+
+
+@pytest.fixture(scope="module")
+def slurm_full(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    workdir = copy_repo(tmp_path_factory.mktemp("slurm_full") / "repo")
+    write_config(workdir, full_dag_config())
+    plan = run_snakemake(workdir, "--profile", "slurm", "-n", "--cores", "64", "all")
+    assert plan.returncode == 0, plan.tail()
+    result = run_snakemake(workdir, "--profile", "slurm", "all", timeout=1200)
+    assert result.returncode == 0, result.tail(8000)
+    return {"workdir": workdir, "plan": planned_jobs(plan.output), "result": result}
+
+
+def tres_per_job(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-O", "tres-per-job"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    return out.strip()
+
+
+def test_demo_all_runs_through_slurm_with_gpu_rules_on_the_fake_gpus(slurm_full: dict) -> None:
+    planned = [job for job in slurm_full["plan"] if job.rule != "all"]
+    job_ids = SUBMITTED.findall(slurm_full["result"].output)
+    assert len(job_ids) == len(planned)
+    jobs = squeue_jobs(job_ids)
+    assert {job["rule"] for job in jobs.values()} >= {
+        "pretrain_encoder", "finetune_classifier", "embed_image", "embed_text", "embed_shape", "difficulty_bands",
+        "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head", "eval_ucpr", "eval_cpac",
+        "report"}
+    gpu_rules = {job.rule for job in planned if job.resources.get("gpu") == "1"}
+    assert gpu_rules >= {"pretrain_encoder", "finetune_classifier", "eval_ucpr", "eval_cpac", "align_text3d"}
+    for job_id, job in jobs.items():
+        assert job["state"] == "COMPLETED", job
+        requested = tres_per_job(job_id)
+        assert (requested == "gres:gpu:1") == (job["rule"] in gpu_rules), (job, requested)
+    tables = slurm_full["workdir"] / "results" / "tables"
+    assert "| nepa |" in (tables / "fewshot.md").read_text()
+    assert "no results" not in (tables / "ucpr.md").read_text()

@@ -271,3 +271,17 @@ def test_nan_split_values_are_left_out(tmp_path: Path) -> None:
     path = _write(tmp_path / "r.json", {"dataset": "d", "method": "m", "head": block, "raw": _qg([0.5])})
     rows = collect.retrieval_rows([], [path])
     assert rows.iloc[0]["mAP"] == [0.5] and rows.iloc[0]["rank@1"] == [0.5, 0.7]
+
+
+def test_metrics_jsonl_has_every_file_once_without_timings(tmp_path):
+    from pipeline3d.stages.report import metrics_lines
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"seconds": 3.2, "test": {"accuracy": 0.5}}))
+    b.write_text(json.dumps({"seconds": 9.9, "R@1": 0.1}))
+    text = metrics_lines({"ucpr": [str(b)], "finetune": [str(a)]})
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [r["kind"] for r in records] == ["finetune", "ucpr"]
+    assert records[0]["metrics"] == {"test": {"accuracy": 0.5}} and records[1]["metrics"] == {"R@1": 0.1}
+    a.write_text(json.dumps({"seconds": 7.0, "test": {"accuracy": 0.5}}))  # another run's timing only
+    assert metrics_lines({"ucpr": [str(b)], "finetune": [str(a)]}) == text

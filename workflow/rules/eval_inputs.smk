@@ -70,4 +70,5 @@ def report_cfg(wildcards):
 
 def report_targets():
     return [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("md", "csv", "tex")] + [
-        f"{RESULTS}/tables/summary.md"] + [f"{RESULTS}/plots/{name}.png" for name in PLOTS]
+        f"{RESULTS}/tables/summary.md", f"{RESULTS}/tables/metrics.jsonl"] + [
+        f"{RESULTS}/plots/{name}.png" for name in PLOTS]

@@ -8,6 +8,7 @@ rule report:
         **{f"{name}_{ext}": report(f"{RESULTS}/tables/{name}.{ext}", category="Tables", subcategory=name)
            for name in TABLES for ext in ("md", "csv", "tex")},
         summary=report(f"{RESULTS}/tables/summary.md", category="Tables"),
+        metrics_jsonl=f"{RESULTS}/tables/metrics.jsonl",
         **{name: report(f"{RESULTS}/plots/{name}.png", category="Plots") for name in PLOTS},
     log:
         f"{RESULTS}/logs/report/report.log",
