@@ -196,7 +196,6 @@ def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
     import trimesh
     from pykdtree.kdtree import KDTree
     from scipy import ndimage
-    from scipy.spatial import cKDTree
 
     from pipeline3d.data.cache import grids
     from pipeline3d.data.cache.build import CacheProfile, cache_mesh, point_tree

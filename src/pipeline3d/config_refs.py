@@ -137,8 +137,9 @@ def embedding_problems(config: dict) -> list[str]:
         problems += method_problem("align_text3d.method", align.get("method", ""))
     captions = align.get("captions")
     if align.get("datasets") and captions and datasets.get(captions.get("dataset"), {}).get("kind") != "image":
+        images = ", ".join(sorted(d for d, c in datasets.items() if c["kind"] == "image"))
         problems.append(f"align_text3d.captions.dataset: {captions.get('dataset')!r} is not an image dataset "
-                        f"(image datasets: {', '.join(sorted(d for d, c in datasets.items() if c['kind'] == 'image'))})")
+                        f"(image datasets: {images})")
     kfold = config.get("splits", {}).get("kfold", 0)
     for i, fold in enumerate(align.get("folds", [])):
         if fold >= kfold:
@@ -170,7 +171,8 @@ def eval_problems(config: dict) -> list[str]:
             for ds in ucpr.get("datasets", []):
                 kind = datasets.get(ds, {}).get("kind")
                 if kind and kind not in BACKEND_KINDS[backend]:
-                    problems.append(f"eval.ucpr.pairs[{i}]: {side} backend {backend!r} cannot read {kind} dataset {ds!r}")
+                    problems.append(f"eval.ucpr.pairs[{i}]: {side} backend {backend!r} cannot read {kind} "
+                                    f"dataset {ds!r}")
     if ucpr.get("datasets") and ucpr.get("query_seed") == ucpr.get("gallery_seed"):
         problems.append(f"eval.ucpr.gallery_seed: equal to eval.ucpr.query_seed ({ucpr.get('query_seed')}); with one "
                         "seed query and gallery share their query points and retrieval is trivial")
@@ -181,7 +183,8 @@ def eval_problems(config: dict) -> list[str]:
                                 f"(tokens.{key} = {tokens[key]})")
     if cpac.get("datasets") and "n_point" in tokens and cpac.get("n_context", 0) >= tokens["n_point"]:
         problems.append(f"eval.cpac.n_context: {cpac['n_context']} leaves no point position for the queries in the "
-                        f"pretrained layout (tokens.n_point = {tokens['n_point']}): use at most {tokens['n_point'] - 1}")
+                        f"pretrained layout (tokens.n_point = {tokens['n_point']}): use at most "
+                        f"{tokens['n_point'] - 1}")
     if cpac.get("datasets") and cpac.get("n_context", 0) + cpac.get("n_query", 0) > config.get("cache", {}).get(
             "pt_pool", float("inf")):
         problems.append(f"eval.cpac.n_query: n_context + n_query = {cpac['n_context'] + cpac['n_query']} exceeds "

@@ -154,7 +154,8 @@ def test_stage_version_bump_reruns_the_stage_and_its_dependents_only(demo: Path)
         # everything downstream of the fingerprints, models included (their inputs will be rewritten)
         config = read_config(demo)
         # the embeddings of images and depth views read no split: they stay
-        after_splits = {rule: n for rule, n in embedding_jobs(config).items() if rule not in ("embed_image", "embed_text")}
+        after_splits = {rule: n for rule, n in embedding_jobs(config).items()
+                        if rule not in ("embed_image", "embed_text")}
         assert job_counts(result.output) == {
             "fingerprint_dataset": 3, "make_splits": 15, "materialize_unpaired": 4, **model_jobs(config),
             **after_splits, **eval_jobs(config), "all": 1,
@@ -180,7 +181,8 @@ def test_raw_content_change_reruns_the_dependent_chain_only(demo: Path) -> None:
     result = run_snakemake(demo, "-n", "all")
     assert job_counts(result.output) == expected, result.tail()
     assert all("dataset=demo-img" in job.fields.get("wildcards", "")
-               for job in planned_jobs(result.output) if job.rule not in ("all", "align_text3d", "submit_text3d", "report"))
+               for job in planned_jobs(result.output)
+               if job.rule not in ("all", "align_text3d", "submit_text3d", "report"))
     assert run(demo) == expected
     assert_up_to_date(demo)
     assert mtimes(demo, "results/ingest/demo-mesh/*") | mtimes(demo, "results/splits/demo-scan/*") == others

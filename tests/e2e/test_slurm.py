@@ -94,7 +94,7 @@ def slurm_run(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_every_job_went_through_sbatch_with_the_declared_resources(slurm_run: dict) -> None:
     planned = [job for job in slurm_run["plan"] if job.rule != "all"]
     plan = {job.rule: job for job in planned}  # jobs of one rule declare the same resources
-    assert set(plan) == {"make_demo_data", "ingest_dataset", "fingerprint_dataset", "make_splits"}
+    assert set(plan) == {"make_demo_data", "ingest_dataset", "fingerprint_dataset", "make_splits", "report"}
     job_ids = SUBMITTED.findall(slurm_run["result"].output)
     assert len(job_ids) == len(planned)
 

@@ -12,6 +12,7 @@ from pipeline3d.config import ConfigError, stage_params as _stage_params, valida
 from pipeline3d.data.cache_schema import profile_of  # noqa: E402
 from pipeline3d.io.h5clouds import scanobjectnn_files  # noqa: E402
 from pipeline3d.io.rawdigest import listing_digest  # noqa: E402
+from pipeline3d.train.logging_env import export_logging  # noqa: E402
 
 
 # The JSON schema (workflow/schemas/config.schema.yaml) checked by pipeline3d: a one-line error naming the key,
@@ -36,8 +37,8 @@ METHODS = PRETRAIN["methods"]
 FINETUNE = config["finetune"]
 STATE = f"{RESULTS}/_state"  # undeclared resume state of long jobs (Snakemake deletes declared outputs first)
 # Training jobs read the logging section (W&B mirror) from the environment, not from params: switching it on or
-# off must not rerun anything. The shell commands name it as {LOGGING}, so the rules' code does not change either.
-LOGGING = __import__("json").dumps(config["logging"], sort_keys=True)
+# off must not rerun anything. Exported at parse time, so every job inherits it (a SLURM job parses this again).
+export_logging(config["logging"])
 
 
 wildcard_constraints:

@@ -48,7 +48,7 @@ rule train_metric_head:
         runtime=scaled_runtime(120),
         gpu=1,
     shell:
-        "PIPELINE3D_LOGGING={LOGGING:q} {PY} -m pipeline3d.stages.train_metric_head"
+        "{PY} -m pipeline3d.stages.train_metric_head"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
         " --state-dir {params.state:q} --head {output.head:q} --head-json {output.head_json:q}"
         " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
@@ -76,7 +76,7 @@ rule align_text3d:
         runtime=scaled_runtime(240),
         gpu=1,
     shell:
-        "PIPELINE3D_LOGGING={LOGGING:q} {PY} -m pipeline3d.stages.align_text3d"
+        "{PY} -m pipeline3d.stages.align_text3d"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
         " --state-dir {params.state:q} --projection {output.projection:q} --text-tower {output.text_tower:q}"
         " --head-json {output.head_json:q} --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
@@ -128,7 +128,7 @@ rule train_retrieval_head:
         runtime=scaled_runtime(120),
         gpu=1,
     shell:
-        "PIPELINE3D_LOGGING={LOGGING:q} {PY} -m pipeline3d.stages.train_retrieval_head"
+        "{PY} -m pipeline3d.stages.train_retrieval_head"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
         " --state-dir {params.state:q} --head {output.head:q} --head-json {output.head_json:q}"
         " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"

@@ -27,7 +27,7 @@ rule pretrain_encoder:
         runtime=scaled_runtime(24 * 60),
         gpu=1,
     shell:
-        "PIPELINE3D_LOGGING={LOGGING:q} {PY} -m pipeline3d.stages.pretrain_encoder"
+        "{PY} -m pipeline3d.stages.pretrain_encoder"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
         " --state-dir {params.state:q} --weights {output.weights:q} --encoder-json {output.encoder_json:q}"
         " --train-log {output.train_log:q} --threads {threads} > {log:q} 2>&1"
@@ -52,7 +52,7 @@ rule finetune_classifier:
         runtime=scaled_runtime(6 * 60),
         gpu=1,
     shell:
-        "PIPELINE3D_LOGGING={LOGGING:q} {PY} -m pipeline3d.stages.finetune_classifier"
+        "{PY} -m pipeline3d.stages.finetune_classifier"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
         " --state-dir {params.state:q} --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
 

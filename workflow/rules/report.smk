@@ -17,8 +17,8 @@ rule report:
     params:
         cfg=report_cfg,
         inputs=input_json,
-        tables=f"{RESULTS}/tables",
-        plots=f"{RESULTS}/plots",
+        tables=parent_of("summary"),
+        plots=parent_of("fewshot_accuracy"),
     threads: 1
     resources:
         mem_mb=2000,

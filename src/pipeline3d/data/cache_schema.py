@@ -59,7 +59,8 @@ PRIMITIVE_ARRAYS = {
 
 # The cache-profile keys that change what the arrays contain (shard attrs record them; a mismatch = foreign).
 PROFILE_KEYS = ("pc_points", "pt_pool", "pt_surface_ratio", "pt_surface_sigma", "n_views", "rays_per_view",
-                "camera_radius", "pc_grid", "pc_dilate", "df_grid", "df_dilate", "grid_mode", "band_voxels", "voxel_pool_dist")
+                "camera_radius", "pc_grid", "pc_dilate", "df_grid", "df_dilate", "grid_mode", "band_voxels",
+                "voxel_pool_dist")
 
 
 def kind_arrays(kind: str, profile: dict) -> tuple[str, ...]:

@@ -13,8 +13,8 @@
 - Every draw comes from the loop's per-step generator and the bandit state is checkpointed with the weights, so an
   interrupted run resumes to the bit.
 - Evaluation: Rank@1/5/10 + mAP on the qg splits (test items) with the projected vectors and with the raw ones
-  (the baseline the head must beat), and retrieval mAP of the val items against the val + train items (``validation_map``, the
-  objective of the hyper-parameter search; test is never used there).
+  (the baseline the head must beat), and retrieval mAP of the val items against the val + train items
+  (``validation_map``, the objective of the hyper-parameter search; test is never used there).
 - Export: ``save_metric_head`` writes safetensors + a JSON sidecar; ``load_metric_head`` + ``project`` embed new
   vectors with a published head.
 """

@@ -6,8 +6,8 @@ used: the test split never enters the search). Output: --best (JSON: best params
 finished trial). The study lives in --study (SQLite, undeclared so it survives reruns).
 
 - Objective: retrieval mAP of the ttv val items, each querying every other val and train item outside its
-  near-duplicate group (same label = relevant; never a test item), after a short training (``optuna.steps``) on the train split
-  in a temporary state directory. Maximised.
+  near-duplicate group (same label = relevant; never a test item), after a short training (``optuna.steps``) on
+  the train split in a temporary state directory. Maximised.
 - Search space: each ``search`` entry overrides the head setting of that name; integer bounds give an integer
   parameter; the range is searched on a log scale when low > 0 and high / low >= 10 (learning rates, margins).
 - Resumable: the study is named after the config and inputs (a changed config starts a new study in the same

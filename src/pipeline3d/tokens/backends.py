@@ -20,9 +20,10 @@ The voxel backend's distances are the Euclidean distance transform (the values o
 (``pc_grid``, ``pc_dilate``: the occupancy the cached ``ray_*_pc`` answers were walked on), looked up trilinearly
 at the pool queries (the reference used the nearest cell, and re-ran a per-ray Python walk on every load). A cache
 built with ``voxel_pool_dist`` stores them (``pool_dist_voxel``); otherwise they are computed from ``pc_xyz`` with
-the same bits. A draw uses a few hundred of the 20k queries, so the computed ``pt_dist`` is lazy (``VoxelDistances``): only the corner cells of the drawn queries are
-evaluated, by a nearest-neighbour query among the occupied cells, with the same bits as the full grid (a shape
-drawn many times from a per-process cache switches to the full grid once that is cheaper).
+the same bits. A draw uses a few hundred of the 20k queries, so the computed ``pt_dist`` is lazy
+(``VoxelDistances``): only the corner cells of the drawn queries are evaluated, by a nearest-neighbour query among
+the occupied cells, with the same bits as the full grid (a shape drawn many times from a per-process cache
+switches to the full grid once that is cheaper).
 
 ``occupancy`` gives the coarse G^3 occupancy target of what the backend sees (CMAE's R-MAE term): the voxelised
 ``pc_xyz`` for mesh / point-cloud / voxel backends, the occupied cells of ``occ_grid`` (i.e. its max-pooling when

@@ -22,12 +22,12 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from .distributed import detect_launch
+from .logging_env import logging_settings
 
 MODES = ("offline", "online", "disabled")
 
@@ -75,8 +75,6 @@ def run_id(params: Mapping[str, Any], state_dir: str | Path) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
-LOGGING_ENV = "PIPELINE3D_LOGGING"
-
 
 def metrics_sinks(params: Mapping[str, Any], state_dir: str | Path, *, name: str | None = None,
                   log: logging.Logger | None = None) -> list[MetricsSink]:
@@ -86,7 +84,7 @@ def metrics_sinks(params: Mapping[str, Any], state_dir: str | Path, *, name: str
     of the config's ``logging`` section), which is how the rules pass them: outside the params, so switching W&B
     on or off never reruns a job.
     """
-    settings = params.get("logging") or json.loads(os.environ.get(LOGGING_ENV) or "{}")
+    settings = params.get("logging") or logging_settings()
     cfg = dict((settings or {}).get("wandb") or {})
     if not cfg.get("enabled", False) or detect_launch().rank != 0:  # one W&B run per job: rank 0's
         return []
