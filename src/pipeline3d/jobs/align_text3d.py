@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import canonical_json, cfg_hash
 from ..embed.backbones import TextBackbone, build_text_backbone
 from ..embed.captions import CaptionTable, class_prompts, manifest_captions
 from ..embed.vectors import read_vectors
@@ -46,6 +45,7 @@ from ..models.text_tower import PartiallyFrozenTextTower
 from ..objectives.infonce import SymmetricInfoNCE
 from ..rng import rng_for, stable_hash
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
+from ..train.checkpoint import run_fingerprint
 from ..train.wandb_sink import metrics_sinks
 
 STAGE = "align_text3d"
@@ -328,7 +328,7 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     epochs = PairEpochs(train_shapes.ids, per_shape, seed=seed, key=key)
     result = train(model, EpochData(lambda epoch: epochs.pairs(epoch), make_collate(train_shapes.vectors, tokens,
                                                                                       token_row)),
-                   cfg, state_dir, config_hash=cfg_hash(canonical_json(dict(params))), log=log,
+                   cfg, state_dir, config_hash=run_fingerprint(params, files), log=log,
                    metrics_path=Path(state_dir) / "train_log.jsonl", hooks=[hook, *extra_hooks],
                    sinks=metrics_sinks(params, state_dir, log=log))
     if result.interrupted or not result.is_main:

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import canonical_json, cfg_hash
 from ..data.selection import cached_rows, fewshot_labels, ttv_labels
 from ..eval.classification import classification_report
 from ..objectives import build_objective
@@ -33,6 +32,7 @@ from ..tokens.corpus import EpochView, MixedCorpus
 from ..tokens.dataset import ShapeTokenDataset
 from ..train.export import load_encoder
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
+from ..train.checkpoint import run_fingerprint
 from ..train.wandb_sink import metrics_sinks
 from .data import entries_of
 from .pretrain import build_encoder
@@ -146,7 +146,7 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
         hooks.append(BestOnValidation(eval_sets["val"], every=steps_per_epoch * int(ft["eval_every"]),
                                       batch_size=64, log=log))
     result = train(objective, EpochData(lambda epoch: EpochView(corpus, epoch), collate), cfg, state_dir,
-                   config_hash=cfg_hash(canonical_json(dict(params))), log=log,
+                   config_hash=run_fingerprint(params, files), log=log,
                    metrics_path=Path(state_dir) / "train_log.jsonl", hooks=hooks,
                    sinks=metrics_sinks(params, state_dir, log=log))
     if result.interrupted or not result.is_main:

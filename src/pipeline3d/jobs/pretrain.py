@@ -19,6 +19,7 @@ from ..tokens.corpus import EpochView, MixedCorpus
 from ..tokens.layout import n_positions
 from ..train.export import save_encoder
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
+from ..train.checkpoint import run_fingerprint
 from ..train.wandb_sink import metrics_sinks
 from .data import corpus_datasets
 
@@ -57,7 +58,7 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     objective = build_objective(objective_name, encoder, knobs)  # cmae's occ_grid sizes the dataset target too
     cfg = train_config(params["train"], seed)
     data = EpochData(lambda epoch: EpochView(corpus, epoch), collate)
-    result = train(objective, data, cfg, state_dir, config_hash=cfg_hash(canonical_json(dict(params))), log=log,
+    result = train(objective, data, cfg, state_dir, config_hash=run_fingerprint(params, files), log=log,
                    metrics_path=metrics_path, sinks=metrics_sinks(params, state_dir, log=log))
     if result.interrupted or not result.is_main:
         return result

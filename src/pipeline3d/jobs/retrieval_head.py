@@ -44,7 +44,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import canonical_json, cfg_hash
 from ..data.selection import ttv_labels
 from ..embed.vectors import Embeddings, read_vectors
 from ..eval.retrieval import qg_rank_map
@@ -56,6 +55,7 @@ from ..objectives.supcon import supcon_loss
 from ..objectives.triplet import batch_hard_triplet_loss
 from ..rng import rng_for
 from ..train.loop import TrainConfig, TrainResult, train
+from ..train.checkpoint import run_fingerprint
 from ..train.wandb_sink import metrics_sinks
 from .finetune import class_names
 
@@ -313,7 +313,7 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
                       checkpoint_every=int(head["checkpoint_every"]), log_every=max(1, steps // 20), seed=seed)
     epoch_batches = max(1, len(train_ids) // batch)  # a nominal epoch: about one pass over the training shapes
     result = train(objective, _EpochSlots(epoch_batches * batch), cfg, state_dir,
-                   config_hash=cfg_hash(canonical_json(dict(params))), log=log,
+                   config_hash=run_fingerprint(params, files), log=log,
                    metrics_path=Path(state_dir) / "train_log.jsonl", hooks=list(extra_hooks),
                    sinks=metrics_sinks(params, state_dir, log=log))
     description = describe(model, names, emb, params, head, text_info, steps=result.steps)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -93,3 +93,27 @@ def find_resumable(state_dir: Path, fingerprint: dict[str, str], log: logging.Lo
         log.warning("config changed (%s): starting fresh; the old state was moved to %s", what, where)
         return None
     return state
+
+
+def input_identity(files: Mapping[str, Any]) -> list[list[Any]]:
+    """(name, path, size, mtime_ns) of every input file: what a resume checkpoint is only valid for.
+
+    Snakemake reruns a training job when an input was rewritten (a rebuilt cache, a new pretrained encoder); the
+    job must then start fresh, not "resume" a finished run trained on the old inputs. A file's size and mtime
+    change whenever it is rewritten and never while a preempted job waits for its rerun; hashing the bytes of a
+    large cache instead would cost minutes per job.
+    """
+    identity = []
+    for name in sorted(files):
+        paths = files[name] if isinstance(files[name], (list, tuple)) else [files[name]]
+        for path in paths:
+            stat = Path(path).stat()
+            identity.append([name, str(path), stat.st_size, stat.st_mtime_ns])
+    return identity
+
+
+def run_fingerprint(params: Mapping[str, Any], files: Mapping[str, Any]) -> str:
+    """The resume fingerprint of a training job: its params and the identity of its input files."""
+    from ..config import canonical_json, cfg_hash
+
+    return cfg_hash(canonical_json({"params": dict(params), "inputs": input_identity(files)}))
