@@ -8,7 +8,8 @@
 - Tokens: the fine-tune counts (e.g. 256 points, no rays) inside the pretrained layout, so positions (and EOS)
   are those the encoder was pretrained with.
 - Model: the exported pretrained encoder (run causally or not, as it was pretrained), or a fresh one for
-  ``scratch``, seeded by (seed, dataset, method, K).
+  ``scratch``, seeded by (seed, dataset, method, K). The classification head's init (and the dropout stream after
+  it) is seeded by the same key for every method: a loaded encoder must not leave it to torch's per-process seed.
 The loop is the same resumable one as pretraining; the best-so-far validation state is part of its checkpoint.
 """
 
@@ -27,6 +28,7 @@ import torch
 from ..data.selection import cached_rows, fewshot_labels, ttv_labels
 from ..eval.classification import classification_report
 from ..objectives import build_objective
+from ..rng import stable_hash
 from ..tokens.collate import collate
 from ..tokens.corpus import EpochView, MixedCorpus
 from ..tokens.dataset import ShapeTokenDataset
@@ -126,6 +128,7 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     else:
         encoder = load_encoder(files["weights"], files["encoder_json"])
         causal = bool(_sidecar(files["encoder_json"]).get("extra", {}).get("causal", True))
+    torch.manual_seed(stable_hash(f"{seed}|head|{key}") % 2**63)
     objective = build_objective("classify", encoder, {
         "n_classes": len(names), "pool": ft["pool"], "label_smoothing": ft["label_smoothing"],
         "freeze_encoder": ft["freeze_encoder"], "causal": causal})
