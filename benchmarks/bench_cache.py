@@ -39,7 +39,7 @@ RSS_TARGET_MB = 1500
 SCALING_TARGET = 1.7
 CACHE = {"shards": 1, "pc_points": 2048, "pt_pool": 20000, "pt_surface_ratio": 0.5, "pt_surface_sigma": 0.02,
          "n_views": 20, "rays_per_view": 400, "camera_radius": 2.2, "pc_grid": 64, "pc_dilate": 1, "df_grid": 64,
-         "df_dilate": 1, "grid_mode": "edt", "band_voxels": 3, "voxel_pool_dist": False, "compression": "lzf",
+         "df_dilate": 1, "grid_mode": "edt", "band_voxels": 3, "voxel_pool_dist": False, "compression": "gzip",
          "threads": 1}
 
 
@@ -127,7 +127,7 @@ def _worker(cpu: int, cache: dict, manifest: str, items: str, out: str, queue) -
                "n": n_ok + len(failures),
                "failed": len(failures),
                "seconds": seconds, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               "bytes": os.path.getsize(out)})
+               "bytes": os.path.getsize(out), "path": str(out)})
 
 
 def run_workers(n_workers: int, cache: dict, manifest: Path, items: Path, workdir: Path) -> list[dict]:
@@ -148,6 +148,25 @@ def run_workers(n_workers: int, cache: dict, manifest: Path, items: Path, workdi
     for r in results:
         r["loadavg_1min"] = (load_before, os.getloadavg()[0])  # before / after the run (includes our workers)
     return sorted(results, key=lambda r: r["cpu"])
+
+
+def read_ms_per_shape(path: Path, passes: int = 3) -> float:
+    """CPU ms to read one shape's row of every array back (shuffled rows, file in the page cache; best pass)."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "r") as h5:
+        keys = [k for k in json.loads(h5.attrs["arrays"])]
+        n = int(h5.attrs["n_rows"])
+        order = np.random.default_rng(0).permutation(n)
+        best = float("inf")
+        for _ in range(passes):
+            start = time.process_time()
+            for row in order:
+                for key in keys:
+                    h5[key][row]
+            best = min(best, time.process_time() - start)
+    return 1000 * best / n
 
 
 def summarise(mode: str, one: list[dict], two: list[dict]) -> dict:
@@ -392,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA, help="mesh folder (default: shared/data/shrec07_watertight)")
     ap.add_argument("--anchor", action="store_true",
                     help="use the 30 pybullet_data meshes of cache-performance.md; --data = a pybullet_data folder")
-    ap.add_argument("--compression", nargs="*", default=["lzf", "none"],
+    ap.add_argument("--compression", nargs="*", default=["gzip", "lzf", "none"],
                     help="edt runs with each (1 worker); give none to skip")
     ap.add_argument("--engines", action="store_true", help="also run the engine comparisons")
     ap.add_argument("--engine-shapes", type=int, default=12)
@@ -425,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             result["compression"].append({"compression": comp,
                                           "write_ms_per_shape": 1000 * w["seconds"]["write"] / w["n"],
                                           "mb_per_shape": w["bytes"] / w["n"] / 1e6,
+                                          "read_ms_per_shape": read_ms_per_shape(Path(w["path"])),
                                           "s_per_shape": w["wall"] / w["n"]})
         if args.engines:
             result["engines"] = engines(manifest, items, args.engine_shapes)
@@ -439,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
     for c in result["compression"]:
         print(f"compression {c['compression']}: write {c['write_ms_per_shape']:.1f} ms/shape, "
-              f"{c['mb_per_shape']:.2f} MB/shape, total {c['s_per_shape']:.3f} s/shape")
+              f"read {c['read_ms_per_shape']:.2f} ms/shape, {c['mb_per_shape']:.2f} MB/shape, "
+              f"total {c['s_per_shape']:.3f} s/shape")
     if "engines" in result:
         print()
         for k, v in result["engines"]["ms_mean"].items():

@@ -2,7 +2,7 @@
 
 Input: the SHREC'07 watertight meshes (``<repo>/../shared/data/shrec07_watertight``), cached with the real shard
 job (``pipeline3d.data.cache.shard_job.build_shard``, the default cache profile: 2048 surface points, a 20k query
-pool, 20 x 400 rays, 64^3 grids, lzf where it shrinks) into one shard. The same rows are also written in the
+pool, 20 x 400 rays, 64^3 grids, gzip where it shrinks) into one shard. The same rows are also written in the
 reference's storage: one ``np.savez_compressed`` npz per shape with its 18 keys (section 1.1 of the reference study).
 
 Per backend, the same shuffled list of samples goes through the same tokenizer (256 points + 256 rays, Q/A tokens)

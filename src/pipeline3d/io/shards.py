@@ -20,6 +20,10 @@ from ..versions import CACHE_SCHEMA_VERSION
 from .atomic import atomic_path
 
 FORMAT = "pipeline3d-cache"
+# cache.compression -> h5py (filter, level). gzip at level 1: as small as lzf's output or smaller and as fast to read
+# (BENCHMARKS.md), and zlib's output is a function of its input. lzf's is not: liblzf leaves its hash table
+# uninitialised, so a shard written twice from the same arrays can differ in bytes (never in values).
+CODECS = {"none": (None, None), "gzip": ("gzip", 1), "lzf": ("lzf", None)}
 
 
 def profile_hash(profile: dict) -> str:
@@ -42,6 +46,10 @@ class ShardWriter:
         self.keys = tuple(kind_arrays(kind, profile) if keys is None else keys)
         # one filter for every array, or {array: filter} (arrays it does not name are stored uncompressed)
         self.compression = compression
+        codecs = set(compression.values()) if isinstance(compression, dict) else {compression}
+        if codecs - set(CODECS):
+            raise ValueError(f"unknown shard compression {sorted(codecs - set(CODECS))} "
+                             f"(cache.compression: one of {sorted(CODECS)})")
         self._ids: list[str] = []
         self.failed: list[tuple[str, str, str]] = []  # shapes that could not be cached: (shape_id, reason, detail)
 
@@ -53,9 +61,10 @@ class ShardWriter:
         for key in self.keys:
             shape, dtype = array_spec(key, self.profile)
             codec = self.compression.get(key, "none") if isinstance(self.compression, dict) else self.compression
+            compression, level = CODECS[codec]
             self._datasets[key] = self._h5.create_dataset(key, shape=(0, *shape), maxshape=(None, *shape),
                                                           dtype=dtype, chunks=(1, *shape),
-                                                          compression=None if codec == "none" else codec)
+                                                          compression=compression, compression_opts=level)
         return self
 
     def append(self, shape_id: str, arrays: dict[str, np.ndarray]) -> None:
