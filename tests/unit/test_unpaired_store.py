@@ -94,6 +94,17 @@ def test_each_split_holds_exactly_its_primitive(cache, split):
             assert "pc_xyz" not in h5 and "ray_t_pc" not in h5  # udf sees neither the point cloud nor rays
 
 
+def test_stores_use_the_cache_codec_and_repeat_their_bytes(cache):
+    tmp, shards = cache
+    outs = [tmp / f"again-{n}.h5" for n in range(2)]
+    for out in outs:
+        materialize("eval", tmp / "unpaired.parquet", tmp / "cache" / "index.parquet", shards, out, dataset="ds",
+                    compression="gzip")
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    with h5py.File(outs[0], "r") as h5:
+        assert h5["udf_grid"].compression == "gzip" and h5["pc_xyz"].compression is None  # raw where it cannot shrink
+
+
 def test_stage_cli_and_errors(cache, capsys):
     tmp, shards = cache
     cfg = {"shards": 2, **PROFILE, "compression": "lzf", "threads": 1}

@@ -19,7 +19,7 @@ import h5py
 import pandas as pd
 
 from ..io.atomic import atomic_path
-from ..io.shards import ShardReader, ShardWriter, profile_hash
+from ..io.shards import ShardReader, ShardWriter, array_codecs, profile_hash
 from ..log import Progress
 from .cache_lookup import locate_rows
 from .cache_schema import PRIMITIVE_ARRAYS
@@ -43,8 +43,8 @@ def split_ids(unpaired_path: str | Path, split: str) -> list[str]:
 
 
 def materialize(split: str, unpaired_path: str | Path, index_path: str | Path, shard_paths: Sequence[str | Path],
-                out: str | Path, *, dataset: str, cache_profile: dict | None = None) -> int:
-    """Write the store of one unpaired split; returns the number of shapes."""
+                out: str | Path, *, dataset: str, cache_profile: dict | None = None, compression: str = "gzip") -> int:
+    """Write the store of one unpaired split (``compression``: cache.compression); returns the number of shapes."""
     if split not in SPLIT_PRIMITIVE:
         raise ValueError(f"unknown unpaired split {split!r} (expected one of {sorted(SPLIT_PRIMITIVE)})")
     primitive = SPLIT_PRIMITIVE[split]
@@ -72,7 +72,7 @@ def materialize(split: str, unpaired_path: str | Path, index_path: str | Path, s
         out = Path(out)
         with atomic_path(out) as tmp:
             with ShardWriter(tmp, dataset=dataset, shard=0, n_shards=1, kind=kind, profile=profile,
-                             keys=keys) as writer:
+                             keys=keys, compression=array_codecs(compression)) as writer:
                 for sid in ids:
                     path, row = where[sid]
                     writer.append(sid, readers[Path(path)].read(row, keys))

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     params, logger = start(STAGE, args)
     try:
         n = materialize(args.split, args.unpaired, args.index, args.shards, args.out, dataset=params["dataset"],
-                        cache_profile=profile_of(params["cache"]) if "cache" in params else None)
+                        cache_profile=profile_of(params["cache"]) if "cache" in params else None,
+                        compression=params.get("cache", {}).get("compression", "gzip"))
     except (ValueError, OSError, KeyError) as exc:
         logger.error("%s", exc)
         return 1

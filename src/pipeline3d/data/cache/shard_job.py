@@ -9,23 +9,13 @@ from pathlib import Path
 import pandas as pd
 
 from ...io.itemstore import ItemStore
-from ...io.shards import ShardWriter, shard_of
+from ...io.shards import ShardWriter, array_codecs, shard_of
 from ...log import Progress
-from ..cache_schema import ARRAYS, profile_of
+from ..cache_schema import profile_of
 from .build import CacheProfile, StageTimer, cache_mesh, cache_pointcloud
 from .errors import ShapeError
 
 CACHEABLE_KINDS = ("mesh", "pointcloud")
-# Arrays a fast codec barely shrinks (float32 coordinates, normals, exact distances: 0-9% smaller with lzf, measured on
-# SHREC'07); the codec only costs time there (~1 ms/shape). Grids, hit flags and the mostly-zero ray answers shrink 2-70x.
-INCOMPRESSIBLE = frozenset({"pc_xyz", "pc_normal", "pool_xyz", "pool_dist_mesh", "pool_dist_pc", "ray_dir"})
-
-
-def array_codecs(codec: str) -> dict[str, str]:
-    """``cache.compression`` applied to the arrays it shrinks; the others are stored uncompressed."""
-    return {key: "none" if key in INCOMPRESSIBLE else codec for key in ARRAYS}
-
-
 class ShardJobError(ValueError):
     """A problem with the job's inputs or configuration (not with one shape)."""
 
