@@ -48,9 +48,9 @@ def test_table_mean_and_sample_std_over_seeds(tmp_path: Path) -> None:
     assert row.n_seed == 3 and row.acc_mean == pytest.approx(0.4) and row.acc_std == pytest.approx(0.2)
     single = table[(table.method == "nepa") & (table.k == 0)].iloc[0]
     assert single.n_seed == 1 and single.acc_std == 0.0
-    assert table[["method", "k"]].values.tolist() == [["nepa", 0], ["scratch", 1], ["nepa", 1]]
+    assert table[["method", "k"]].values.tolist() == [["scratch", 1], ["nepa", 1], ["nepa", 0]]  # full (K=0) last
     best = best_per_k(table)
-    assert best.set_index("k")["method"].to_dict() == {0: "nepa", 1: "nepa"}
+    assert best.set_index("k")["method"].to_dict() == {0: "nepa", 1: "nepa"} and best["k"].tolist() == [1, 0]
     text = to_markdown(table, "t")
     assert "| scratch | 1 | 3 | 0.4000 ± 0.2000 |" in text and "| nepa | full | 1 |" in text
 

@@ -81,7 +81,7 @@ def fewshot_table(summary: pd.DataFrame, finetune_cfg: Mapping[str, Any], rows: 
         part = summary[summary["dataset"] == dataset]
         best = best_per_k(part)  # part is in table order, so a tie goes to the method listed first
         notes = ["Best method per K (highest mean test accuracy; ties: the first in table order):", ""]
-        for b in best.sort_values("k", key=lambda s: s.map(lambda k: (k == 0) * 10**9 + k)).itertuples():
+        for b in best.itertuples():  # K ascending, full last
             n = int(part[(part["k"] == b.k) & (part["method"] == b.method)]["n_seed"].iloc[0])
             std = fmt_float(b.acc_std) if n > 1 else "-"
             notes.append(f"- K={_k_label(b.k)}: **{b.method}** {fmt_float(b.acc_mean)} ± {std}")

@@ -51,13 +51,20 @@ def summarize(rows: pd.DataFrame, method_order: Sequence[str] | None = None) -> 
                         macc_mean=("test_macc", "mean"), macc_std=("test_macc", _std)).reset_index()
     order = list(method_order) if method_order else sorted(table["method"].unique())
     table["_m"] = table["method"].map({m: i for i, m in enumerate(order)})
-    return table.sort_values(["k", "_m"]).drop(columns="_m").reset_index(drop=True)
+    table["_k"] = full_last(table["k"])  # K ascending, the full train split (K = 0) last, as the report's table
+    return table.sort_values(["_k", "_m"]).drop(columns=["_k", "_m"]).reset_index(drop=True)
+
+
+def full_last(k: pd.Series) -> pd.Series:
+    """Sort key for K: the K-shot budgets ascending, then K = 0 (the full train split)."""
+    return k.where(k != 0, np.iinfo(np.int64).max)
 
 
 def best_per_k(table: pd.DataFrame) -> pd.DataFrame:
     """The method with the highest mean accuracy per K (ties: the first in table order)."""
-    idx = table.groupby("k", sort=True)["acc_mean"].idxmax()
-    return table.loc[idx, ["k", "method", "acc_mean", "acc_std"]].reset_index(drop=True)
+    idx = table.groupby("k", sort=False)["acc_mean"].idxmax()
+    best = table.loc[idx, ["k", "method", "acc_mean", "acc_std"]]
+    return best.iloc[np.argsort(full_last(best["k"]).to_numpy(), kind="stable")].reset_index(drop=True)
 
 
 def _k_label(k: int) -> str:
