@@ -100,9 +100,10 @@ def test_qg_rank_map_mean_and_std_over_splits_by_hand():
     assert out["n_splits"] == 2
     assert [s["split_id"] for s in out["per_split"]] == [0, 1]
     assert out["per_split"][0]["mAP"] == pytest.approx(0.75) and out["per_split"][1]["mAP"] == pytest.approx(0.5)
-    assert out["rank@1"] == pytest.approx(0.25) and out["std"]["rank@1"] == pytest.approx(0.25)
+    # sample std (ddof=1) of two splits: |a - b| / sqrt(2)
+    assert out["rank@1"] == pytest.approx(0.25) and out["std"]["rank@1"] == pytest.approx(0.5 / np.sqrt(2))
     assert out["rank@2"] == pytest.approx(1.0) and out["std"]["rank@2"] == pytest.approx(0.0)
-    assert out["mAP"] == pytest.approx(0.625) and out["std"]["mAP"] == pytest.approx(0.125)
+    assert out["mAP"] == pytest.approx(0.625) and out["std"]["mAP"] == pytest.approx(0.25 / np.sqrt(2))
     assert out["n_query_without_relevant"] == 1
     assert out["per_split"][1]["n_query"] == 2 and out["per_split"][1]["n_query_without_relevant"] == 1
 

@@ -145,11 +145,12 @@ def _vector_lookup(vectors_by_id: Mapping[str, np.ndarray] | tuple[Sequence[str]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    # population std (ddof=0) over the splits; NaN splits (no scorable query) are left out
+    # sample std (ddof=1, as the report's tables; 0 for a single split) over the splits; NaN splits (no scorable
+    # query) are left out
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return float("nan"), float("nan")
-    return float(np.mean(finite)), float(np.std(finite))
+    return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
 
 
 def qg_rank_map(vectors_by_id: Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray],
@@ -166,7 +167,7 @@ def qg_rank_map(vectors_by_id: Mapping[str, np.ndarray] | tuple[Sequence[str], n
     Within a split the gallery is ordered by shape id, so ties in similarity are broken by id. A shape that is
     both query and gallery in one split, or an id without a vector or label, is an error.
 
-    Returns {"rank@K": mean, "mAP": mean, "std": {metric: population std over splits}, "per_split": [rank_map
+    Returns {"rank@K": mean, "mAP": mean, "std": {metric: sample std (ddof=1) over splits}, "per_split": [rank_map
     result + "split_id" per split], "n_splits", "n_query_without_relevant" (summed over splits)}. Splits
     where no query has a relevant item are left out of the mean/std.
     """
