@@ -89,7 +89,7 @@ def test_map_in_order_checks_count_shape_and_kind():
 @pytest.fixture(scope="module")
 def lite0_file(tmp_path_factory):
     """The converted weights, made through the command line a user runs."""
-    from pipeline3d.embed.backbones import file_sha256
+    from pipeline3d.io.weights import file_sha256
     from pipeline3d.embed.convert import main
 
     path = tmp_path_factory.mktemp("lite0") / "tf_efficientnet_lite0.safetensors"

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pipeline3d.embed import text as text_mod
-from pipeline3d.embed.backbones import RANDOM_INIT, MissingWeightsError, build_text_backbone, file_sha256
+from pipeline3d.embed.backbones import RANDOM_INIT, MissingWeightsError, build_text_backbone
+from pipeline3d.io.weights import file_sha256
 from pipeline3d.embed.text import TextEmbeddingCache, class_embeddings, embed_texts, prompt_texts
 
 # A CLIP small enough to build in a blink; real BPE tokenizer and vocabulary, 2 text blocks of width 32.

@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from ..io.weights import file_sha256  # noqa: E402
 from ..rng import rng_for  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,6 @@ class WeightsInfo:
     source: str
     path: str
     sha256: str
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def state_dict_sha256(module: nn.Module) -> str:

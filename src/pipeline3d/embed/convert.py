@@ -25,7 +25,7 @@ from typing import Mapping
 import torch
 
 from ..io.atomic import write_bytes
-from .backbones import file_sha256
+from ..io.weights import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -364,7 +364,7 @@ def choose_fold(fold_metrics: Sequence[Mapping[str, Any]]) -> int:
 
 
 def _pick_by_sha(paths: Sequence[str], sha: str, what: str) -> str:
-    from ..embed.backbones import file_sha256
+    from ..io.weights import file_sha256
 
     for path in paths:
         if file_sha256(path) == sha:

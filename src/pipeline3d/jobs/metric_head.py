@@ -42,7 +42,8 @@ from ..embed.negatives import (BandNegatives, BandNegativeTensors, SameLabelPosi
                                sample_negatives, sample_positives)
 from ..embed.vectors import Embeddings, read_vectors
 from ..eval.retrieval import average_precision, qg_rank_map, recall_at_k
-from ..io.atomic import write_bytes, write_json
+from ..io.atomic import write_json
+from ..io.weights import file_sha256, load_verified, read_sidecar, write_weights
 from ..models.heads import ProjectionHead
 from ..objectives.triplet import triplet_loss
 from ..rng import rng_for, stable_hash
@@ -89,7 +90,7 @@ class HeadData:
 
 
 def _file_digest(paths: Sequence[str | Path]) -> str:
-    return hashlib.sha256("|".join(_sha256(Path(p)) for p in paths).encode()).hexdigest()
+    return hashlib.sha256("|".join(file_sha256(p) for p in paths).encode()).hexdigest()
 
 
 def _read_table(path: str | Path, columns: set[str], what: str) -> pd.DataFrame:
@@ -371,14 +372,6 @@ def project(vectors: np.ndarray, head: nn.Module, *, batch_size: int = 4096) -> 
     return np.concatenate(chunks) if chunks else np.zeros((0, out_dim), dtype=np.float32)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_metric_head(head: nn.Module, safetensors_path: str | Path, json_path: str | Path,
                      extra: Mapping[str, Any]) -> dict[str, Any]:
     """Write the head's weights (safetensors) and its JSON description (written last); returns the JSON.
@@ -386,50 +379,32 @@ def save_metric_head(head: nn.Module, safetensors_path: str | Path, json_path: s
     ``extra`` must hold ``config`` (``head_config``: in_dim, out_dim, hidden, layers, dropout, normalize) and
     ``source`` (the embeddings' metadata: model, weights_sha256, preprocessing ...); anything else is kept as is.
     """
-    from safetensors.torch import save
-
     extra = dict(extra)
     config, source = dict(extra.pop("config")), dict(extra.pop("source"))
     for key in ("model", "weights_sha256"):
         if key not in source:
             raise ValueError(f"metric head export: source metadata lacks {key!r}")
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in head.state_dict().items()}
-    header = {"pipeline3d": json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "config": config},
-                                       sort_keys=True)}
-    safetensors_path, json_path = Path(safetensors_path), Path(json_path)
-    write_bytes(safetensors_path, save(tensors, metadata=header))
+    safetensors_path = Path(safetensors_path)
+    sha256 = write_weights(safetensors_path, head.state_dict(),
+                           {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config})
     sidecar = {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "source": source,
-               "weights": safetensors_path.name, "sha256": _sha256(safetensors_path),
+               "weights": safetensors_path.name, "sha256": sha256,
                "n_params": int(sum(p.numel() for p in head.parameters())), "extra": extra}
     write_json(json_path, sidecar)
     return sidecar
 
 
 def read_head_json(json_path: str | Path) -> dict[str, Any]:
-    json_path = Path(json_path)
-    try:
-        sidecar = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{json_path}: cannot read the metric head description: {exc}") from exc
-    if sidecar.get("format") != FORMAT or sidecar.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{json_path}: not a {FORMAT} v{FORMAT_VERSION} description "
-                         f"(format {sidecar.get('format')!r} v{sidecar.get('format_version')!r})")
-    return sidecar
+    return read_sidecar(json_path, fmt=FORMAT, version=FORMAT_VERSION, what="metric head")
 
 
 def load_metric_head(safetensors_path: str | Path, json_path: str | Path) -> nn.Module:
     """Rebuild a published head (eval mode); refuses weights that do not belong to the JSON."""
-    from safetensors.torch import load_file
-
-    safetensors_path, json_path = Path(safetensors_path), Path(json_path)
     sidecar = read_head_json(json_path)
-    actual = _sha256(safetensors_path)
-    if actual != sidecar.get("sha256"):
-        raise ValueError(f"{safetensors_path}: sha256 {actual[:12]} does not match {json_path} "
-                         f"({str(sidecar.get('sha256'))[:12]}); the weights do not belong to this description")
+    tensors = load_verified(safetensors_path, sidecar.get("sha256"), json_path)
     head = build_head(sidecar)
     try:
-        head.load_state_dict(load_file(str(safetensors_path)), strict=True)
+        head.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{safetensors_path}: weights do not fit the head described by {json_path} "
                          f"(in_dim {sidecar['in_dim']}, out_dim {sidecar['out_dim']}, hidden {sidecar['hidden']}): "

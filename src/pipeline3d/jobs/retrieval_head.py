@@ -30,8 +30,6 @@ input embeddings' provenance, the text tower's name and weights sha256 when text
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,7 +45,8 @@ from torch.utils.data import Dataset
 from ..data.selection import ttv_labels
 from ..embed.vectors import Embeddings, read_vectors
 from ..eval.retrieval import qg_rank_map
-from ..io.atomic import write_bytes, write_json
+from ..io.atomic import write_json
+from ..io.weights import load_verified, read_sidecar, write_weights
 from ..models.heads import BNNeck, TextualInversion
 from ..objectives.arcface import ArcFace
 from ..objectives.base import Objective
@@ -379,15 +378,10 @@ def describe(model: RetrievalModel, names: list[str], emb: Embeddings, params: M
 def save_retrieval_head(model: RetrievalModel, description: Mapping[str, Any], safetensors_path: str | Path,
                         json_path: str | Path) -> dict[str, Any]:
     """Write the weights (safetensors, deterministic bytes) then the JSON sidecar, both atomically."""
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    header = {"pipeline3d": json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
-                                        "config": model.config}, sort_keys=True)}
-    safetensors_path, json_path = Path(safetensors_path), Path(json_path)
-    data = save(tensors, metadata=header)
-    write_bytes(safetensors_path, data)
-    sidecar = {**description, "weights": safetensors_path.name, "sha256": hashlib.sha256(data).hexdigest()}
+    safetensors_path = Path(safetensors_path)
+    sha256 = write_weights(safetensors_path, model.state_dict(),
+                           {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config})
+    sidecar = {**description, "weights": safetensors_path.name, "sha256": sha256}
     write_json(json_path, sidecar)
     return sidecar
 
@@ -395,21 +389,10 @@ def save_retrieval_head(model: RetrievalModel, description: Mapping[str, Any], s
 def load_retrieval_head(safetensors_path: str | Path, json_path: str | Path, *,
                         device: str | torch.device = "cpu") -> RetrievalModel:
     """Rebuild a published head (sha256 checked against the JSON) in eval mode; ``.embed(vectors)`` embeds."""
-    from safetensors.torch import load_file
-
-    safetensors_path, json_path = Path(safetensors_path), Path(json_path)
-    try:
-        sidecar = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{json_path}: cannot read the retrieval head description: {exc}") from exc
-    if sidecar.get("format") != FORMAT or sidecar.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{json_path}: not a {FORMAT} v{FORMAT_VERSION} description")
-    actual = hashlib.sha256(safetensors_path.read_bytes()).hexdigest()
-    if actual != sidecar["sha256"]:
-        raise ValueError(f"{safetensors_path}: sha256 {actual[:12]} does not match {json_path} "
-                         f"({sidecar['sha256'][:12]}); the weights do not belong to this description")
+    sidecar = read_sidecar(json_path, fmt=FORMAT, version=FORMAT_VERSION, what="retrieval head")
+    tensors = load_verified(safetensors_path, sidecar.get("sha256"), json_path, device=device)
     c = sidecar["config"]
     model = RetrievalModel(c["in_dim"], c["neck_dim"], c["n_classes"], margin=c["margin"], scale=c["scale"],
                            token_dim=c["token_dim"], text_dim=c["text_dim"], n_tokens=c["n_tokens"])
-    model.load_state_dict(load_file(str(safetensors_path), device=str(device)), strict=True)
+    model.load_state_dict(tensors, strict=True)
     return model.to(device).eval()

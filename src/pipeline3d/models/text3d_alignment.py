@@ -11,7 +11,6 @@ Files (``save_alignment`` / ``load_alignment``):
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..embed.backbones import TextBackbone, build_text_backbone, file_sha256
-from ..io.atomic import write_bytes, write_json
+from ..embed.backbones import TextBackbone, build_text_backbone
+from ..io.atomic import write_json
+from ..io.weights import load_verified, read_sidecar, write_weights
 from ..objectives.infonce import SymmetricInfoNCE
 from .heads import ProjectionHead
 from .text_tower import PartiallyFrozenTextTower, load_trainable_state
@@ -76,14 +76,6 @@ class TextShapeAlignment(nn.Module):
         return result
 
 
-def _safetensors_bytes(tensors: Mapping[str, torch.Tensor], description: Mapping[str, Any]) -> bytes:
-    from safetensors.torch import save
-
-    # One metadata key: safetensors writes its metadata map in no fixed order, and we want identical bytes.
-    header = {"pipeline3d": json.dumps(dict(description), sort_keys=True)}
-    return save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, metadata=header)
-
-
 def save_alignment(model: TextShapeAlignment, backbone: TextBackbone, projection_path: str | Path,
                    text_tower_path: str | Path, head_json_path: str | Path, *, projection_config: Mapping[str, Any],
                    text_config: Mapping[str, Any], seed: int, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,14 +83,14 @@ def save_alignment(model: TextShapeAlignment, backbone: TextBackbone, projection
     weights, random_init); ``seed`` is the one the base text tower was built with (random init depends on it)."""
     projection_path, text_tower_path = Path(projection_path), Path(text_tower_path)
     tower = model.text_tower
-    write_bytes(projection_path, _safetensors_bytes(model.projection.state_dict(), {"format": FORMAT,
-                                                                                  "part": "projection"}))
-    write_bytes(text_tower_path, _safetensors_bytes(tower.trainable_state(), {"format": FORMAT, "part": "text"}))
+    projection_sha = write_weights(projection_path, model.projection.state_dict(),
+                                   {"format": FORMAT, "part": "projection"})
+    text_sha = write_weights(text_tower_path, tower.trainable_state(), {"format": FORMAT, "part": "text"})
     head = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "projection": {"config": dict(projection_config), "file": projection_path.name,
-                       "sha256": file_sha256(projection_path)},
+                       "sha256": projection_sha},
         "text": {
             "model": text_config["model"],
             "weights_file": Path(backbone.weights.path).name if backbone.weights.path else "",
@@ -112,7 +104,7 @@ def save_alignment(model: TextShapeAlignment, backbone: TextBackbone, projection
             "dim": backbone.dim,
             "context_length": backbone.context_length,
             "file": text_tower_path.name,
-            "sha256": file_sha256(text_tower_path),
+            "sha256": text_sha,
         },
         "trainable_blocks": tower.trainable_blocks,
         "temperature": model.loss.temperature,
@@ -132,27 +124,16 @@ class LoadedAlignment:
     head: dict[str, Any]
 
 
-def _check_sha(path: Path, expected: str, what: str) -> None:
-    actual = file_sha256(path)
-    if actual != expected:
-        raise ValueError(f"{path}: sha256 {actual[:16]}... differs from the {what} recorded in head.json "
-                         f"({expected[:16]}...): the files do not belong together")
-
-
 def load_alignment(head_json: str | Path, projection_path: str | Path, text_tower_path: str | Path,
                    text_config: Mapping[str, Any]) -> LoadedAlignment:
     """Rebuild a saved alignment: the base text tower from ``text_config`` (embed.text: model, weights,
     random_init) + the saved unfrozen weights, and the projection MLP. Mismatching files, a different text model
     or different base weights are errors naming the file."""
-    from safetensors.torch import load_file
-
     head_json, projection_path, text_tower_path = Path(head_json), Path(projection_path), Path(text_tower_path)
-    head = json.loads(head_json.read_text())
-    if head.get("format") != FORMAT:
-        raise ValueError(f"{head_json}: not a {FORMAT} file (format {head.get('format')!r})")
+    head = read_sidecar(head_json, fmt=FORMAT, version=FORMAT_VERSION, what="text-3D alignment")
     text = head["text"]
-    _check_sha(projection_path, head["projection"]["sha256"], "projection")
-    _check_sha(text_tower_path, text["sha256"], "text weights")
+    projection_state = load_verified(projection_path, head["projection"]["sha256"], head_json)
+    tensors = load_verified(text_tower_path, text["sha256"], head_json)
     if text_config["model"] != text["model"]:
         raise ValueError(f"{head_json}: trained on text model {text['model']!r}, but the config names "
                          f"{text_config['model']!r}")
@@ -162,7 +143,6 @@ def load_alignment(head_json: str | Path, projection_path: str | Path, text_towe
     if backbone.weights.sha256 != text["base_weights_sha256"]:
         raise ValueError(f"{head_json}: the base text weights have sha256 {backbone.weights.sha256[:16]}..., "
                          f"not the {text['base_weights_sha256'][:16]}... it was trained from")
-    tensors = load_file(str(text_tower_path))
     if sorted(tensors) != sorted(text["trainable_keys"]):
         raise ValueError(f"{text_tower_path}: holds {len(tensors)} tensors, head.json lists "
                          f"{len(text['trainable_keys'])} trainable keys")
@@ -170,7 +150,7 @@ def load_alignment(head_json: str | Path, projection_path: str | Path, text_towe
     tower = PartiallyFrozenTextTower(backbone.model, int(text["trainable_blocks"]))
     projection = ProjectionHead(**head["projection"]["config"])
     try:
-        projection.load_state_dict(load_file(str(projection_path)))
+        projection.load_state_dict(projection_state)
     except RuntimeError as exc:
         raise ValueError(f"{projection_path}: does not fit the projection in {head_json}: {exc}") from exc
     projection.eval()

@@ -15,7 +15,7 @@ import sys
 import torch
 
 from ..data.cache_lookup import locate_rows
-from ..embed.backbones import file_sha256
+from ..io.weights import file_sha256
 from ..embed.shapes import embed_shapes, encoder_files, eval_token_config, split_column
 from ..embed.sources import read_manifest
 from ..embed.vectors import write_vectors
