@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cache_dir")
     p.add_argument("--fix", action="store_true", help="move invalid shards aside so the workflow rebuilds them")
     p.set_defaults(func=_check_cache)
-    p = sub.add_parser("status", help="per rule: jobs done / running / failed / pending (see pipeline3d.status)")
+    p = sub.add_parser("status", help="per rule: jobs done / running / queued / failed / pending "
+                                      "(see pipeline3d.status)")
     p.add_argument("target", nargs="?", default="all", help="Snakemake target rule or file (default: all)")
     p.add_argument("--directory", "-d", default=".", help="workflow directory (default: the current one)")
     p.add_argument("--configfile", action="append", help="passed to snakemake (repeatable)")

@@ -1,4 +1,4 @@
-"""``pipeline3d status``: per rule, how many jobs of a target are done, running, failed or pending.
+"""``pipeline3d status``: per rule, how many jobs of a target are done, running, queued, failed or pending.
 
 Everything comes from Snakemake's own view of the workflow plus the files it leaves behind; nothing is guessed from
 path conventions. Two read-only Snakemake calls (run concurrently, both safe while a run holds the lock):
@@ -14,6 +14,8 @@ A job's state, first match wins:
 1. **done**: no output of the job has plan "update pending" (outputs present and up to date for Snakemake).
 2. **running**: an output has an incomplete marker (``.snakemake/incomplete/``, written when Snakemake starts or
    submits the job, removed when it ends) and is listed in a lock of a live run (``.snakemake/locks/*.output.lock``).
+   **queued** instead when the marker names a SLURM job that ``squeue`` reports as waiting (PENDING, REQUEUED ...):
+   submitted, not started.
 3. **failed**: the job must run and either (a) its output is among the "Error in rule" blocks of the newest
    Snakemake run log (``.snakemake/log/*.snakemake.log``; covers a non-zero exit that wrote no log, e.g. SLURM
    OOM), or (b) the tail of one of its declared log files shows a failure (a Python traceback, an ``ERROR`` or
@@ -22,8 +24,8 @@ A job's state, first match wins:
 4. **pending**: everything else that must run (never ran, upstream not ready, or outdated: params / code / input
    changed; the reason is kept in ``--json``).
 
-Limits: a SLURM job counts as running from submission (Snakemake marks it when ``sbatch`` returns), so queued and
-started jobs are not told apart (the SLURM id is in ``--json`` as ``external_jobid``; ``squeue`` has the rest). A
+Limits: queued and started SLURM jobs are told apart only where ``squeue`` runs (the submit host); elsewhere, or
+when it fails, a submitted job counts as running (its SLURM id is in ``--json`` as ``external_jobid``). A
 lock left by a run killed with SIGKILL looks like a live run until ``snakemake --unlock``, so its incomplete jobs
 show as running. A failure is only recognised in the job's log tail or the newest run log: a job whose earlier
 attempt failed in an older run and whose log was overwritten or deleted shows as pending. Only Snakemake's default
@@ -37,13 +39,16 @@ import base64
 import binascii
 import dataclasses
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STATES = ("done", "running", "failed", "pending")
+STATES = ("done", "running", "queued", "failed", "pending")
+# squeue's long state names of a job that was submitted but has not started (or was put back in the queue)
+SLURM_WAITING = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"})
 PENDING_PLAN = "update pending"
 LOG_TAIL_LINES = 40
 # Failure signatures in the tail of a job log: Python's traceback header, the stage logger's error levels (see
@@ -240,8 +245,28 @@ def log_failure(path: Path) -> str | None:
     return (errors[-1] if errors else tail[-1]).strip()[:300]
 
 
+def slurm_states(jobids: Iterable[str], squeue: Sequence[str] = ("squeue",)) -> dict[str, str]:
+    """``job id -> squeue state`` of the given SLURM jobs; {} when squeue is missing or fails (then nothing is
+    reported as queued). Jobs squeue no longer lists (finished) are absent."""
+    wanted = sorted({str(j) for j in jobids if j})
+    if not wanted or shutil.which(squeue[0]) is None:
+        return {}
+    try:
+        proc = subprocess.run([*squeue, "--noheader", "--format=%i|%T", f"--jobs={','.join(wanted)}"],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states = {}
+    for line in proc.stdout.splitlines():
+        jobid, _, state = line.strip().partition("|")
+        if jobid in wanted:
+            states[jobid] = state.strip()
+    return states
+
+
 # --------------------------------------------------------------------------------------------- classification
-def classify(jobs: Sequence[Job], summary: dict[str, tuple[str, str]], workdir: Path) -> tuple[list[Job], bool]:
+def classify(jobs: Sequence[Job], summary: dict[str, tuple[str, str]], workdir: Path,
+             squeue: Sequence[str] = ("squeue",)) -> tuple[list[Job], bool]:
     """Set each job's state (see the module docstring); returns the jobs and whether a run holds the lock."""
     smk_dir = workdir / ".snakemake"
     markers = incomplete_markers(smk_dir)
@@ -265,6 +290,11 @@ def classify(jobs: Sequence[Job], summary: dict[str, tuple[str, str]], workdir: 
         else:
             statuses = sorted({status for status, _ in rows if status != "ok"})
             job.state, job.detail = "pending", ", ".join(statuses)
+    submitted = [job for job in jobs if job.state == "running" and job.external_jobid]
+    states = slurm_states((job.external_jobid for job in submitted), squeue) if submitted else {}
+    for job in submitted:
+        if states.get(str(job.external_jobid)) in SLURM_WAITING:
+            job.state, job.detail = "queued", f"SLURM job {job.external_jobid} is {states[str(job.external_jobid)]}"
     return list(jobs), locked is not None
 
 
@@ -289,7 +319,8 @@ def snakemake_args(target: str, configfiles: Iterable[str] = (), profiles: Itera
 
 
 def collect(workdir: str | Path = ".", target: str = "all", *, configfiles: Sequence[str] = (),
-            profiles: Sequence[str] = (), snakemake: Sequence[str] | None = None) -> Status:
+            profiles: Sequence[str] = (), snakemake: Sequence[str] | None = None,
+            squeue: Sequence[str] = ("squeue",)) -> Status:
     """Ask Snakemake about ``target`` in ``workdir`` and classify every job (see the module docstring)."""
     workdir = Path(workdir).resolve()
     base = list(snakemake or [sys.executable, "-m", "snakemake"])
@@ -311,12 +342,12 @@ def collect(workdir: str | Path = ".", target: str = "all", *, configfiles: Sequ
         outputs[name] = (out, err)
     jobs = parse_job_blocks(outputs["jobs"][1] + "\n" + outputs["jobs"][0])
     summary = parse_summary(outputs["summary"][0])
-    jobs, active = classify(jobs, summary, workdir)
+    jobs, active = classify(jobs, summary, workdir, squeue)
     return Status(str(workdir), target, jobs, active)
 
 
 # --------------------------------------------------------------------------------------------- rendering
-_COLOURS = {"done": "32", "running": "33", "failed": "31"}
+_COLOURS = {"done": "32", "running": "33", "queued": "36", "failed": "31"}
 
 
 def render_table(status: Status, *, colour: bool = False, max_failed: int = 20) -> str:

@@ -66,9 +66,9 @@ def counts(jobs: list[Job]) -> dict[str, dict[str, int]]:
 
 def test_counts_from_a_real_run(status):
     assert status.counts == {
-        "make_a": {"done": 3, "running": 0, "failed": 0, "pending": 0},
-        "make_b": {"done": 2, "running": 0, "failed": 1, "pending": 0},
-        "make_c": {"done": 0, "running": 0, "failed": 0, "pending": 1},
+        "make_a": {"done": 3, "running": 0, "queued": 0, "failed": 0, "pending": 0},
+        "make_b": {"done": 2, "running": 0, "queued": 0, "failed": 1, "pending": 0},
+        "make_c": {"done": 0, "running": 0, "queued": 0, "failed": 0, "pending": 1},
     }
     failed = [j for j in status.jobs if j.state == "failed"]
     assert [(j.rule, j.wildcards, j.logs) for j in failed] == [("make_b", "s=y", ("results/logs/make_b/y.log",))]
@@ -90,6 +90,14 @@ def _mark_incomplete(workflow: Path, output: str, jobid: str | None) -> Path:
     return marker
 
 
+def fake_squeue(folder: Path, line: str) -> Path:
+    """An executable that records its arguments and prints ``line`` as squeue would."""
+    script = folder / "squeue"
+    script.write_text(f"#!/bin/sh\necho \"$@\" > {folder / 'squeue-args'}\necho '{line}'\n")
+    script.chmod(0o755)
+    return script
+
+
 def test_running_needs_marker_and_live_lock_else_interrupted(workflow, status, tmp_path):
     marker = _mark_incomplete(workflow, "results/c/all.txt", "4242")
     lock_dir = workflow / ".snakemake" / "locks"
@@ -104,9 +112,16 @@ def test_running_needs_marker_and_live_lock_else_interrupted(workflow, status, t
             return [Job(j.rule, j.outputs, j.logs, j.wildcards) for j in status.jobs]
 
         lock.write_text("results/c/all.txt\nresults/b/y.txt\n")
-        jobs, active = classify(fresh(), summary, workflow)
+        jobs, active = classify(fresh(), summary, workflow, squeue=(str(tmp_path / "no-squeue-here"),))
         make_c = next(j for j in jobs if j.rule == "make_c")
         assert active and make_c.state == "running" and make_c.external_jobid == "4242"
+        # where squeue runs, a submitted job still waiting in the queue is told apart from a started one
+        for slurm_state, expected in (("PENDING", "queued"), ("RUNNING", "running"), ("REQUEUED", "queued")):
+            fake = fake_squeue(tmp_path, f"4242|{slurm_state}")
+            jobs, _ = classify(fresh(), summary, workflow, squeue=(str(fake),))
+            make_c = next(j for j in jobs if j.rule == "make_c")
+            assert make_c.state == expected, slurm_state
+            assert "--jobs=4242" in (tmp_path / "squeue-args").read_text()
         assert counts(jobs)["make_b"]["failed"] == 1  # its marker-less failure is unaffected by the lock
 
         lock.unlink()  # the run is gone but the marker stayed: killed mid-job
@@ -146,9 +161,9 @@ def test_table_is_aligned_and_coloured_only_when_asked(status):
     plain = render_table(status, colour=False)
     assert "\033[" not in plain
     table = plain.split("\n\n")[0].splitlines()[:-1]  # header, rules, totals (not the trailing note)
-    assert table[0].split() == ["rule", "done", "running", "failed", "pending", "total"]
+    assert table[0].split() == ["rule", "done", "running", "queued", "failed", "pending", "total"]
     assert {len(line) for line in table} == {len(table[0])}  # every row as wide as the header
-    assert table[-1].split() == ["total", "5", "0", "1", "1", "7"]
+    assert table[-1].split() == ["total", "5", "0", "0", "1", "1", "7"]
     assert "make_b [s=y] log: results/logs/make_b/y.log" in plain
     coloured = render_table(status, colour=True)
     assert re.search(r"\033\[31m\s*1\033\[0m", coloured)  # the failed count in red
@@ -158,7 +173,7 @@ def test_table_is_aligned_and_coloured_only_when_asked(status):
 def test_cli_json_and_exit_code(workflow, capsys):
     assert main(["status", "--directory", str(workflow), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["totals"] == {"done": 5, "running": 0, "failed": 1, "pending": 1, "total": 7}
+    assert out["totals"] == {"done": 5, "running": 0, "queued": 0, "failed": 1, "pending": 1, "total": 7}
     assert out["rules"]["make_b"]["failed"] == 1
     assert {j["state"] for j in out["jobs"] if j["rule"] == "make_a"} == {"done"}
 
