@@ -22,7 +22,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "difficulty_bands": 1,
     "tune_metric_head": 1,
     "train_metric_head": 1,
-    "align_text3d": 1,
+    "align_text3d": 2,
     "submit_text3d": 1,
     "train_retrieval_head": 2,
     "eval_ucpr": 1,

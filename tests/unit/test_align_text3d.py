@@ -22,6 +22,7 @@ from pipeline3d.embed.captions import class_prompts, manifest_captions
 from pipeline3d.embed.vectors import write_vectors
 from pipeline3d.jobs import align_text3d
 from pipeline3d.models.text3d_alignment import load_alignment
+from pipeline3d.objectives.infonce import info_nce
 from pipeline3d.models.text_tower import PartiallyFrozenTextTower, UnsupportedTextTower, text_layout
 from pipeline3d.stages import align_text3d as align_stage
 from pipeline3d.stages import submit_text3d as submit_stage
@@ -180,6 +181,24 @@ def test_only_the_last_blocks_and_heads_get_gradients_and_change(clip_dir):
     model.load_state_dict(state)
     with pytest.raises(RuntimeError, match="missing"):
         model.load_state_dict({k: v for k, v in state.items() if k != "projection.net.0.weight"})
+
+
+def test_shapes_sharing_a_text_are_not_negatives_of_each_other(clip_dir):
+    backbone = build_text_backbone(f"local-dir:{clip_dir}", allow_random_init=True, seed=1)
+    model, _ = align_text3d.build_model(backbone, ALIGN, SHAPE_DIM, seed=1, key="k")
+    shapes = torch.randn(4, SHAPE_DIM, generator=torch.Generator().manual_seed(0))
+    # one class prompt for all four shapes: no negatives are left, so there is nothing to contrast
+    same_prompt = backbone.tokenizer(["a chair"] * 4)
+    loss, _ = model({"tokens": same_prompt, "shape": shapes})
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    # two prompts, two shapes each: equal to the loss over the pairs that remain negatives
+    tokens = backbone.tokenizer(["a chair", "a chair", "a lamp", "a lamp"])
+    loss, _ = model({"tokens": tokens, "shape": shapes})
+    with torch.no_grad():
+        text, shape = model.text_tower.encode(tokens), model.projection(shapes)
+        same = torch.tensor([[i // 2 == j // 2 for j in range(4)] for i in range(4)])
+        expected = info_nce(shape, text, model.loss.scale(), same)
+    assert loss.item() == pytest.approx(expected.item()) and loss.item() > 0
 
 
 # ---- captions ----------------------------------------------------------------------------------------------------

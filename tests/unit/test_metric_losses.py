@@ -215,6 +215,24 @@ def test_info_nce_by_hand():
     assert float(info_nce(A, B, 2.0)) == approx(_infonce_by_hand())
 
 
+def test_info_nce_leaves_pairs_marked_same_out_of_the_negatives():
+    # three shapes, the first two captioned by one class prompt: logits (scale 1) = cos
+    a = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    same = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+    cos = a @ b.T  # rows: a, columns: b (b is unit length already)
+    rows = [-(cos[i, i] - torch.logsumexp(cos[i][~same[i] | (torch.arange(3) == i)], 0)) for i in range(3)]
+    cols = [-(cos[i, i] - torch.logsumexp(cos[:, i][~same[:, i] | (torch.arange(3) == i)], 0)) for i in range(3)]
+    expected = (torch.stack(rows).mean() + torch.stack(cols).mean()) / 2
+    assert float(info_nce(a, b, 1.0, same)) == approx(float(expected))
+    # identical texts are no longer pushed apart: the masked loss is lower than the unmasked one here
+    assert float(info_nce(a, b, 1.0, same)) < float(info_nce(a, b, 1.0))
+    # a diagonal-only mask changes nothing
+    assert float(info_nce(A, B, 2.0, torch.eye(2, dtype=torch.bool))) == approx(_infonce_by_hand())
+    with pytest.raises(ValueError, match=r"same must be \(2, 2\)"):
+        info_nce(A, B, 2.0, torch.ones(3, 3, dtype=torch.bool))
+
+
 def test_symmetric_infonce_learns_its_temperature():
     loss_fn = SymmetricInfoNCE(init_temperature=0.5)
     a = A.clone().requires_grad_(True)

@@ -53,9 +53,12 @@ class TextShapeAlignment(nn.Module):
 
     def forward(self, batch: Mapping[str, torch.Tensor], *, step: int = 0, total_steps: int = 0,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        text = self.text_tower.encode(batch["tokens"])
+        tokens = batch["tokens"]
+        text = self.text_tower.encode(tokens)
         shape = self.projection(batch["shape"])
-        return self.loss(shape, text)
+        # identical texts in a batch (class prompts: every shape of a class has the same one) are no negatives
+        same_text = (tokens[:, None, :] == tokens[None, :, :]).all(dim=-1)
+        return self.loss(shape, text, same_text)
 
     def after_step(self) -> None:
         self.loss.after_step()

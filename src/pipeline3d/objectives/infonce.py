@@ -1,6 +1,7 @@
 """Symmetric InfoNCE for paired embeddings (CLIP's loss): row i of ``a`` matches row i of ``b``.
 
-logits = s * cos(a_i, b_j); loss = (CE(logits, i) + CE(logits^T, i)) / 2. ``SymmetricInfoNCE`` learns the scale
+logits = s * cos(a_i, b_j); loss = (CE(logits, i) + CE(logits^T, i)) / 2. Pairs marked as the same item (e.g. two
+shapes of a class captioned by the same class prompt) are left out of both softmaxes: they are not negatives. ``SymmetricInfoNCE`` learns the scale
 s = exp(logit_scale) with logit_scale initialised at log(1 / T0) and clamped so s never exceeds ``max_scale``
 (CLIP: T0 = 0.07, max 100). Computed in float32 whatever the autocast dtype.
 """
@@ -16,8 +17,12 @@ from torch import nn
 from pipeline3d.objectives._precision import fp32
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-    """Symmetric cross-entropy over scaled cosine logits; (N, d) and (N, d') -> scalar loss."""
+def info_nce(a: torch.Tensor, b: torch.Tensor, scale: float | torch.Tensor,
+             same: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric cross-entropy over scaled cosine logits; (N, d) and (N, d') -> scalar loss.
+
+    ``same``: optional symmetric (N, N) bool matrix; off-diagonal True pairs are false negatives (masked out).
+    """
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0] or a.shape[1] != b.shape[1]:
         raise ValueError(f"info_nce needs two (N, d) tensors of the same shape, got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
@@ -25,6 +30,11 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, scale: float | torch.Tensor) -> t
         return a.sum() * 0.0 + b.sum() * 0.0
     with fp32(a):
         logits = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T * scale
+        if same is not None:
+            if same.shape != logits.shape:
+                raise ValueError(f"same must be ({a.shape[0]}, {a.shape[0]}), got {tuple(same.shape)}")
+            eye = torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
+            logits = logits.masked_fill(same.to(a.device) & ~eye, float("-inf"))
         target = torch.arange(a.shape[0], device=a.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
@@ -60,8 +70,9 @@ class SymmetricInfoNCE(nn.Module):
     def temperature(self) -> float:
         return float(1.0 / self.scale().detach())
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = info_nce(a, b, self.scale())
+    def forward(self, a: torch.Tensor, b: torch.Tensor,
+                same: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = info_nce(a, b, self.scale(), same)
         return loss, {"temperature": self.temperature, "loss": float(loss.detach())}
 
     @torch.no_grad()
