@@ -13,11 +13,8 @@ import pytest
 import torch
 
 from pipeline3d.jobs import finetune
-from pipeline3d.models.registry import create_encoder
-from pipeline3d.tokens.layout import n_positions
-from pipeline3d.train.export import save_encoder
 
-from tokens_fixtures import LABELS, write_mesh_cache
+from tokens_fixtures import write_labelled_mesh_dataset
 
 TOKENS = {"n_point": 24, "n_ray": 12, "qa_tokens": True, "add_eos": True, "eval_seed": 0}
 CLASS_NAMES = {0: "ring", 1: "solid"}
@@ -28,21 +25,9 @@ SPLIT = {"ds/ring/torus": "train", "ds/solid/box": "train", "ds/ring/annulus": "
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
-    index, shards = write_mesh_cache(root)
-    ids = sorted(LABELS)
-    labels = [LABELS[s] for s in ids]
-    pd.DataFrame({"shape_id": ids, "dataset": "ds", "kind": "mesh", "label": labels,
-                  "label_name": [CLASS_NAMES[x] for x in labels], "meta": "{}"}).to_parquet(root / "manifest.parquet")
-    pd.DataFrame({"shape_id": ids, "label": labels, "split": [SPLIT[s] for s in ids],
-                  "group": ids}).to_parquet(root / "ttv.parquet")
+    files = write_labelled_mesh_dataset(root, SPLIT, CLASS_NAMES, TOKENS)
     pd.DataFrame(columns=["k", "seed", "shape_id", "label", "role"]).to_parquet(root / "fewshot.parquet")
-    torch.manual_seed(0)
-    encoder = create_encoder("query_nepa_tiny", d_model=16, depth=1, heads=2, n_positions=n_positions(TOKENS))
-    save_encoder(encoder, root / "encoder.safetensors", root / "encoder.json",
-                 extra={"method": "nepa", "causal": True, "tokens": TOKENS})
-    return {"manifest": str(root / "manifest.parquet"), "ttv": str(root / "ttv.parquet"),
-            "fewshot": str(root / "fewshot.parquet"), "index": str(index), "shards": [str(s) for s in shards],
-            "weights": str(root / "encoder.safetensors"), "encoder_json": str(root / "encoder.json")}
+    return {**files, "fewshot": str(root / "fewshot.parquet")}
 
 
 def params(method: str) -> dict:

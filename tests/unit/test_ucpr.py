@@ -22,9 +22,8 @@ from pipeline3d.stages import eval_ucpr
 from pipeline3d.tokens.collate import collate
 from pipeline3d.tokens.dataset import CacheEntry, ShapeTokenDataset
 from pipeline3d.tokens.layout import A_POINT, DIST, FEAT_DIM, N_TYPES, POINT, Q_POINT, n_positions
-from pipeline3d.train.export import save_encoder
 
-from tokens_fixtures import LABELS, write_mesh_cache
+from tokens_fixtures import LABELS, write_labelled_mesh_dataset
 
 PRETRAIN_TOKENS = {"n_point": 24, "n_ray": 12, "qa_tokens": True, "add_eos": True, "eval_seed": 0}
 CLASS_NAMES = {0: "ring", 1: "solid"}
@@ -170,22 +169,13 @@ def test_each_ablation_zeroes_exactly_its_slots_on_exactly_its_token_types():
 def mesh_ds(tmp_path_factory):
     """Cache, manifest, ttv, unpaired (four eval shapes) and an exported random-init encoder."""
     root = tmp_path_factory.mktemp("ucprds")
-    index, shards = write_mesh_cache(root)
+    split = dict(zip(sorted(LABELS), ["test", "test", "train", "test", "train"]))
+    files = write_labelled_mesh_dataset(root, split, CLASS_NAMES, PRETRAIN_TOKENS)
     ids = sorted(LABELS)
-    labels = [LABELS[s] for s in ids]
-    pd.DataFrame({"shape_id": ids, "dataset": "ds", "kind": "mesh", "label": labels,
-                  "label_name": [CLASS_NAMES[x] for x in labels], "meta": "{}"}).to_parquet(root / "manifest.parquet")
-    split = ["test", "test", "train", "test", "train"]
-    pd.DataFrame({"shape_id": ids, "label": labels, "split": split, "group": ids}).to_parquet(root / "ttv.parquet")
     unpaired = ["eval", "eval", "train_mesh", "eval", "eval"]
-    pd.DataFrame({"shape_id": ids, "label": labels, "split": unpaired}).to_parquet(root / "unpaired.parquet")
-    torch.manual_seed(0)
-    encoder = create_encoder("query_nepa_tiny", d_model=16, depth=1, heads=2, n_positions=n_positions(PRETRAIN_TOKENS))
-    save_encoder(encoder, root / "encoder.safetensors", root / "encoder.json",
-                 extra={"method": "nepa", "causal": True, "tokens": PRETRAIN_TOKENS})
-    return {"manifest": str(root / "manifest.parquet"), "unpaired": str(root / "unpaired.parquet"),
-            "ttv": str(root / "ttv.parquet"), "index": str(index), "shards": [str(s) for s in shards],
-            "weights": str(root / "encoder.safetensors"), "encoder_json": str(root / "encoder.json")}
+    pd.DataFrame({"shape_id": ids, "label": [LABELS[s] for s in ids], "split": unpaired}).to_parquet(
+        root / "unpaired.parquet")
+    return {**files, "unpaired": str(root / "unpaired.parquet")}
 
 
 def _dataset(mesh_ds, backend, qa_tokens):

@@ -52,6 +52,33 @@ def write_mesh_cache(root: Path) -> tuple[Path, list[Path]]:
     return index, shards
 
 
+def write_labelled_mesh_dataset(root: Path, split_of: dict[str, str], class_names: dict[int, str],
+                                encoder_tokens: dict) -> dict[str, str]:
+    """The tiny mesh cache plus what stage jobs read beside it: manifest.parquet, ttv.parquet (``split_of``: shape id
+    -> train | val | test) and a random-init query_nepa encoder exported for ``encoder_tokens``. Returns the job's
+    file names (manifest, ttv, index, shards, weights, encoder_json)."""
+    import torch
+
+    from pipeline3d.models.registry import create_encoder
+    from pipeline3d.tokens.layout import n_positions
+    from pipeline3d.train.export import save_encoder
+
+    index, shards = write_mesh_cache(root)
+    ids = sorted(LABELS)
+    labels = [LABELS[s] for s in ids]
+    pd.DataFrame({"shape_id": ids, "dataset": "ds", "kind": "mesh", "label": labels,
+                  "label_name": [class_names[x] for x in labels], "meta": "{}"}).to_parquet(root / "manifest.parquet")
+    pd.DataFrame({"shape_id": ids, "label": labels, "split": [split_of[s] for s in ids],
+                  "group": ids}).to_parquet(root / "ttv.parquet")
+    torch.manual_seed(0)
+    encoder = create_encoder("query_nepa_tiny", d_model=16, depth=1, heads=2, n_positions=n_positions(encoder_tokens))
+    save_encoder(encoder, root / "encoder.safetensors", root / "encoder.json",
+                 extra={"method": "nepa", "causal": True, "tokens": encoder_tokens})
+    return {"manifest": str(root / "manifest.parquet"), "ttv": str(root / "ttv.parquet"), "index": str(index),
+            "shards": [str(s) for s in shards], "weights": str(root / "encoder.safetensors"),
+            "encoder_json": str(root / "encoder.json")}
+
+
 def write_pointcloud_shard(path: Path) -> list[str]:
     """A point-cloud item cache (no mesh-derived arrays) of two scans; returns their ids."""
     rng = np.random.default_rng(0)
