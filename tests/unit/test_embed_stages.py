@@ -15,19 +15,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from pipeline3d.embed.difficulty import read_difficulty_metadata
 from pipeline3d.embed.vectors import read_vectors, write_vectors
 from pipeline3d.io.itemstore import ItemStoreWriter
-from pipeline3d.models.registry import create_encoder
 from pipeline3d.stages import difficulty_bands, embed_image, embed_shape, embed_text
-from pipeline3d.tokens.layout import n_positions
-from pipeline3d.train.export import save_encoder
 
 from test_embed_text import TINY_CFG
-from tokens_fixtures import LABELS, PROFILE, write_mesh_cache
+from tokens_fixtures import LABELS, PROFILE, write_labelled_mesh_dataset
 
 PRETRAIN_TOKENS = {"n_point": 24, "n_ray": 12, "qa_tokens": True, "add_eos": True, "eval_seed": 0}
 IMAGE_CFG = {"name": "vit-tiny", "model": "vit_tiny_patch16_224", "weights": None, "random_init": True,
@@ -35,29 +31,13 @@ IMAGE_CFG = {"name": "vit-tiny", "model": "vit_tiny_patch16_224", "weights": Non
 CLASS_NAMES = {0: "ring", 1: "solid"}
 
 
-def _mesh_manifest(path, ids):
-    pd.DataFrame({"shape_id": ids, "dataset": "ds", "kind": "mesh", "label": [LABELS[s] for s in ids],
-                  "label_name": [CLASS_NAMES[LABELS[s]] for s in ids], "meta": "{}"}).to_parquet(path)
-
-
 @pytest.fixture(scope="module")
 def mesh_ds(tmp_path_factory):
     """Cache (index, shards), manifest, ttv (two shapes in one near-duplicate group) and an exported encoder."""
     root = tmp_path_factory.mktemp("meshds")
-    index, shards = write_mesh_cache(root)
-    ids = sorted(LABELS)
-    _mesh_manifest(root / "manifest.parquet", ids)
-    groups = {sid: sid for sid in ids} | {"ds/solid/capsule": "ds/solid/ball"}
-    pd.DataFrame({"shape_id": ids, "label": [LABELS[s] for s in ids],
-                  "split": ["train", "train", "val", "test", "test"],
-                  "group": [groups[s] for s in ids]}).to_parquet(root / "ttv.parquet")
-    torch.manual_seed(0)
-    encoder = create_encoder("query_nepa_tiny", d_model=16, depth=1, heads=2, n_positions=n_positions(PRETRAIN_TOKENS))
-    save_encoder(encoder, root / "encoder.safetensors", root / "encoder.json",
-                 extra={"method": "nepa", "causal": True, "tokens": PRETRAIN_TOKENS})
-    return {"manifest": str(root / "manifest.parquet"), "ttv": str(root / "ttv.parquet"), "index": str(index),
-            "shards": [str(s) for s in shards], "weights": str(root / "encoder.safetensors"),
-            "encoder_json": str(root / "encoder.json")}
+    split = dict(zip(sorted(LABELS), ["train", "train", "val", "test", "test"]))
+    return write_labelled_mesh_dataset(root, split, CLASS_NAMES, PRETRAIN_TOKENS,
+                                       groups={"ds/solid/capsule": "ds/solid/ball"})
 
 
 @pytest.fixture(scope="module")

@@ -53,10 +53,11 @@ def write_mesh_cache(root: Path) -> tuple[Path, list[Path]]:
 
 
 def write_labelled_mesh_dataset(root: Path, split_of: dict[str, str], class_names: dict[int, str],
-                                encoder_tokens: dict) -> dict[str, str]:
+                                encoder_tokens: dict, groups: dict[str, str] | None = None) -> dict[str, str]:
     """The tiny mesh cache plus what stage jobs read beside it: manifest.parquet, ttv.parquet (``split_of``: shape id
-    -> train | val | test) and a random-init query_nepa encoder exported for ``encoder_tokens``. Returns the job's
-    file names (manifest, ttv, index, shards, weights, encoder_json)."""
+    -> train | val | test; ``groups``: near-duplicate group per shape, default its own id) and a random-init
+    query_nepa encoder exported for ``encoder_tokens``. Returns the job's file names (manifest, ttv, index, shards,
+    weights, encoder_json)."""
     import torch
 
     from pipeline3d.models.registry import create_encoder
@@ -68,8 +69,9 @@ def write_labelled_mesh_dataset(root: Path, split_of: dict[str, str], class_name
     labels = [LABELS[s] for s in ids]
     pd.DataFrame({"shape_id": ids, "dataset": "ds", "kind": "mesh", "label": labels,
                   "label_name": [class_names[x] for x in labels], "meta": "{}"}).to_parquet(root / "manifest.parquet")
+    groups = {sid: sid for sid in ids} | dict(groups or {})
     pd.DataFrame({"shape_id": ids, "label": labels, "split": [split_of[s] for s in ids],
-                  "group": ids}).to_parquet(root / "ttv.parquet")
+                  "group": [groups[s] for s in ids]}).to_parquet(root / "ttv.parquet")
     torch.manual_seed(0)
     encoder = create_encoder("query_nepa_tiny", d_model=16, depth=1, heads=2, n_positions=n_positions(encoder_tokens))
     save_encoder(encoder, root / "encoder.safetensors", root / "encoder.json",
