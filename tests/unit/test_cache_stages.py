@@ -17,7 +17,8 @@ from pipeline3d.stages import build_cache_shard, index_cache
 
 CACHE = {"shards": 2, "pc_points": 128, "pt_pool": 300, "pt_surface_ratio": 0.5, "pt_surface_sigma": 0.02,
          "n_views": 3, "rays_per_view": 16, "camera_radius": 2.2, "pc_grid": 16, "pc_dilate": 1, "df_grid": 16,
-         "df_dilate": 1, "grid_mode": "edt", "band_voxels": 2, "voxel_pool_dist": False, "compression": "gzip", "threads": 1}
+         "df_dilate": 1, "grid_mode": "edt", "band_voxels": 2, "voxel_pool_dist": False, "compression": "gzip",
+         "threads": 1}
 BAD = "toy/bad/flat"
 
 

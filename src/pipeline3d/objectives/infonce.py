@@ -1,9 +1,9 @@
 """Symmetric InfoNCE for paired embeddings (CLIP's loss): row i of ``a`` matches row i of ``b``.
 
 logits = s * cos(a_i, b_j); loss = (CE(logits, i) + CE(logits^T, i)) / 2. Pairs marked as the same item (e.g. two
-shapes of a class captioned by the same class prompt) are left out of both softmaxes: they are not negatives. ``SymmetricInfoNCE`` learns the scale
-s = exp(logit_scale) with logit_scale initialised at log(1 / T0) and clamped so s never exceeds ``max_scale``
-(CLIP: T0 = 0.07, max 100). Computed in float32 whatever the autocast dtype.
+shapes of a class captioned by the same class prompt) are left out of both softmaxes: they are not negatives.
+``SymmetricInfoNCE`` learns the scale s = exp(logit_scale) with logit_scale initialised at log(1 / T0) and clamped
+so s never exceeds ``max_scale`` (CLIP: T0 = 0.07, max 100). Computed in float32 whatever the autocast dtype.
 """
 
 from __future__ import annotations
