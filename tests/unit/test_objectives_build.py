@@ -7,6 +7,7 @@ import torch
 
 from overfit import seeded, single_thread, tiny_encoder  # noqa: F401 (single_thread: autouse fixture)
 from pipeline3d.objectives import OBJECTIVES, build_objective, objective_keys
+from patch_fixtures import patch_batch, tiny_patch_encoder
 from synthetic_tokens import make_batch, n_positions
 
 CONFIGS = {"nepa": {"qa_answers_only": True, "target": "content", "dual_mask_near": 0.1, "dual_mask_far": 0.05,
@@ -14,7 +15,9 @@ CONFIGS = {"nepa": {"qa_answers_only": True, "target": "content", "dual_mask_nea
            "mae": {"mask_ratio": 0.4, "bidirectional": True},
            "cmae": {"mask_ratio": 0.5, "ema_momentum": 0.99, "occ_grid": 2, "lambda_occ": 1.0, "lambda_feat": 1.0,
                     "lambda_nce": 0.6, "lambda_view": 0.3, "temperature": 0.1, "feat_depths": [1, 2]},
-           "classify": {"n_classes": 3, "pool": "eos", "label_smoothing": 0.1, "freeze_encoder": False}}
+           "classify": {"n_classes": 3, "pool": "eos", "label_smoothing": 0.1, "freeze_encoder": False},
+           "point_mae": {"mask_ratio": 0.5, "decoder_depth": 1}}
+PATCH_ONLY = ("point_mae",)  # objectives that need a point-patch encoder and patch tokens
 
 
 def test_contract_config_keys_are_accepted():
@@ -24,7 +27,7 @@ def test_contract_config_keys_are_accepted():
 
 def test_unknown_objective_and_unknown_keys_are_clear_errors():
     enc = tiny_encoder(10)
-    with pytest.raises(KeyError, match="nepa, mae, cmae, classify"):
+    with pytest.raises(KeyError, match="nepa, mae, cmae, point_mae, classify"):
         build_objective("simclr", enc, {})
     with pytest.raises(ValueError, match=r"mask_raito.*accepted keys.*mask_ratio"):
         build_objective("mae", enc, {"mask_raito": 0.5})
@@ -32,9 +35,12 @@ def test_unknown_objective_and_unknown_keys_are_clear_errors():
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_every_objective_has_the_shared_interface(name):
-    b = make_batch(3, 4, 3, seed=1, occ_grid=2, two_views=True, n_classes=3)
-    obj = seeded(0, lambda: build_objective(name, tiny_encoder(n_positions(4, 3)), CONFIGS[name]))
-    assert obj.encoder.d_model == 32
+    if name in PATCH_ONLY:
+        b, encoder = patch_batch(3), tiny_patch_encoder()
+    else:
+        b, encoder = make_batch(3, 4, 3, seed=1, occ_grid=2, two_views=True, n_classes=3), tiny_encoder(n_positions(4, 3))
+    obj = seeded(0, lambda: build_objective(name, encoder, CONFIGS[name]))
+    assert obj.encoder.d_model == encoder.d_model
     loss, logs = obj(b, step=1, total_steps=10, generator=torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert logs and all(isinstance(v, float) for v in logs.values())

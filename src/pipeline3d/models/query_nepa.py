@@ -131,6 +131,11 @@ class QueryNepa(nn.Module):
                              "with n_positions = 2 + P + R of the token layout")
         return z + self.pos_emb(pos)
 
+    @staticmethod
+    def mask_content(feat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked tokens get zero features (their type and position ids stay with the caller)."""
+        return feat.masked_fill(mask[..., None], 0.0)
+
     def forward(self, feat: torch.Tensor, type_id: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, *,
                 causal: bool, extra_block: torch.Tensor | None = None,
                 return_layers: tuple[int, ...] | list[int] = ()) -> EncoderOutput:
@@ -157,24 +162,44 @@ class QueryNepa(nn.Module):
 
     def pool(self, out: EncoderOutput | torch.Tensor, batch: dict[str, torch.Tensor], how: str = "eos",
              prefix: str = "") -> torch.Tensor:
-        """One vector per sample (B, d) from the final hidden states.
+        """One vector per sample from the final hidden states (``pool_tokens``)."""
+        return pool_tokens(out, batch, how, prefix)
 
-        Args:
-            out: the forward output (or the hidden states themselves).
-            batch: the token batch (``type_id``, ``valid``; ``prefix`` selects e.g. the ``v2_`` view).
-            how: "eos" = the last valid token (the EOS token when the tokenizer adds one; under causal attention
-                it is the only token that has seen the whole sequence); "mean" = mean over valid content tokens.
-        """
-        h = out.h if isinstance(out, EncoderOutput) else out
-        valid = batch[prefix + "valid"].to(torch.bool)
-        if how == "eos":
-            idx = torch.arange(valid.shape[1], device=valid.device)
-            last = (valid.long() * idx).argmax(dim=1)  # padding sits at the end, so this is the last real token
-            return h[torch.arange(h.shape[0], device=h.device), last]
-        if how == "mean":
-            keep = content_tokens(batch[prefix + "type_id"], valid).to(h.dtype)[..., None]
-            return (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        raise ValueError(f"unknown pooling {how!r}; expected 'eos' or 'mean'")
+
+POOLS = ("eos", "mean", "max", "meanmax")
+
+
+def pooled_dim(d_model: int, how: str) -> int:
+    """Width of a pooled vector: ``meanmax`` concatenates two."""
+    return 2 * d_model if how == "meanmax" else d_model
+
+
+def pool_tokens(out: EncoderOutput | torch.Tensor, batch: dict[str, torch.Tensor], how: str = "eos",
+                prefix: str = "") -> torch.Tensor:
+    """One vector per sample (B, d) (meanmax: (B, 2d)) from the final hidden states.
+
+    Args:
+        out: the forward output (or the hidden states themselves).
+        batch: the token batch (``type_id``, ``valid``; ``prefix`` selects e.g. the ``v2_`` view).
+        how: "eos" = the last valid token (the EOS token when the tokenizer adds one; under causal attention
+            it is the only token that has seen the whole sequence); "mean" / "max" = mean / max over valid content
+            tokens; "meanmax" = both, concatenated (the Point-MAE family's fine-tune read-out).
+    """
+    h = out.h if isinstance(out, EncoderOutput) else out
+    valid = batch[prefix + "valid"].to(torch.bool)
+    if how == "eos":
+        idx = torch.arange(valid.shape[1], device=valid.device)
+        last = (valid.long() * idx).argmax(dim=1)  # padding sits at the end, so this is the last real token
+        return h[torch.arange(h.shape[0], device=h.device), last]
+    if how not in POOLS:
+        raise ValueError(f"unknown pooling {how!r}; expected one of {POOLS}")
+    keep = content_tokens(batch[prefix + "type_id"], valid)[..., None]
+    mean = (h * keep.to(h.dtype)).sum(1) / keep.sum(1).clamp_min(1).to(h.dtype)
+    if how == "mean":
+        return mean
+    peak = h.masked_fill(~keep, torch.finfo(h.dtype).min).amax(dim=1)
+    peak = torch.where(keep.any(dim=1), peak, torch.zeros_like(peak))  # a sample without content: zeros, not -inf
+    return peak if how == "max" else torch.cat([mean, peak], dim=1)
 
 
 _SIZES: dict[str, dict[str, Any]] = {

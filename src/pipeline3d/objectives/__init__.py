@@ -16,11 +16,13 @@ from pipeline3d.objectives.classify import ClassifyObjective
 from pipeline3d.objectives.cmae import CmaeObjective
 from pipeline3d.objectives.mae import MaeObjective
 from pipeline3d.objectives.nepa import NepaObjective
+from pipeline3d.objectives.point_mae import PointMaeObjective
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "nepa": NepaObjective,
     "mae": MaeObjective,
     "cmae": CmaeObjective,
+    "point_mae": PointMaeObjective,
     "classify": ClassifyObjective,
 }
 
@@ -45,5 +47,5 @@ def build_objective(name: str, encoder: nn.Module, cfg: dict[str, Any]) -> Objec
     return OBJECTIVES[name](encoder, **cfg)
 
 
-__all__ = ["OBJECTIVES", "ClassifyObjective", "CmaeObjective", "MaeObjective", "NepaObjective", "Objective",
+__all__ = ["OBJECTIVES", "ClassifyObjective", "CmaeObjective", "MaeObjective", "NepaObjective", "Objective", "PointMaeObjective",
            "build_objective", "objective_keys"]

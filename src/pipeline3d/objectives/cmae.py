@@ -32,7 +32,7 @@ from pipeline3d.models.heads import MLPHead
 from pipeline3d.objectives.base import Objective
 from pipeline3d.objectives.ema import ema_update, frozen_copy
 from pipeline3d.objectives.losses import info_nce, masked_mse
-from pipeline3d.objectives.masks import mask_features, sample_token_mask
+from pipeline3d.objectives.masks import sample_token_mask
 
 VIEW_KEYS = ("v2_feat", "v2_type_id", "v2_pos", "v2_valid")
 
@@ -104,7 +104,7 @@ class CmaeObjective(Objective):
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         feat, type_id, pos, valid = batch["feat"], batch["type_id"], batch["pos"], batch["valid"]
         mask = sample_token_mask(type_id, valid, self.mask_ratio, generator)
-        student = self.encoder(mask_features(feat, mask), type_id, pos, valid, causal=False)
+        student = self.encoder(self.encoder.mask_content(feat, mask), type_id, pos, valid, causal=False)
         with torch.no_grad():
             teacher = self.teacher(feat, type_id, pos, valid, causal=False,
                                    return_layers=self.feat_depths if self.feat_decoders is not None else ())

@@ -50,3 +50,12 @@ def coherence(x: torch.Tensor) -> float:
     if x.shape[0] == 0:
         return 0.0
     return float(F.normalize(x.float(), dim=-1).mean(0).pow(2).sum())
+
+
+def chamfer_l2(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Chamfer-L2 between point sets (M, k, 3) and (M, j, 3): mean nearest squared distance both ways, summed
+    (Point-MAE's reconstruction loss), averaged over the M sets."""
+    if pred.shape[0] == 0:
+        return _zero_like_graph(pred)
+    d2 = ((pred.float()[:, :, None, :] - target.float()[:, None, :, :]) ** 2).sum(-1)  # (M, k, j)
+    return d2.min(dim=2).values.mean() + d2.min(dim=1).values.mean()

@@ -26,7 +26,7 @@ from pipeline3d.models.heads import MLPHead
 from pipeline3d.objectives.base import Objective
 from pipeline3d.objectives.ema import ema_update, frozen_copy
 from pipeline3d.objectives.losses import coherence, masked_mse
-from pipeline3d.objectives.masks import mask_features, sample_token_mask
+from pipeline3d.objectives.masks import sample_token_mask
 
 TARGETS = ("content", "full")
 TARGET_ENCODERS = ("online", "ema")
@@ -75,7 +75,7 @@ class MaeObjective(Objective):
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         feat, type_id, pos, valid = batch["feat"], batch["type_id"], batch["pos"], batch["valid"]
         mask = sample_token_mask(type_id, valid, self.mask_ratio, generator)
-        out = self.encoder(mask_features(feat, mask), type_id, pos, valid, causal=not self.bidirectional)
+        out = self.encoder(self.encoder.mask_content(feat, mask), type_id, pos, valid, causal=not self.bidirectional)
         pred = self.decoder(out.h)
         with torch.no_grad():
             embedder = self.teacher if self.teacher is not None else self.encoder

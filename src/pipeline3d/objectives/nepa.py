@@ -45,11 +45,16 @@ class NepaObjective(Objective):
         dual_mask_window: near/far boundary in tokens.
         dual_mask_warmup_frac: fraction of total steps over which the probabilities ramp from 0.
         dual_mask_type_aware: only block edges between query-like tokens.
+        next_position: add the next token's position embedding to the prediction head's input, so it predicts
+            *what* is at a known place (PointGPT's idea; patch tokens, whose positions are centres). None = on for
+            encoders with a ``position_embedding`` (point patches), off for query tokens (their answer tokens
+            already follow their query).
     """
 
     def __init__(self, encoder: nn.Module, *, qa_answers_only: bool = True, target: str = "content",
                  dual_mask_near: float = 0.0, dual_mask_far: float = 0.0, dual_mask_window: int = 32,
-                 dual_mask_warmup_frac: float = 0.05, dual_mask_type_aware: bool = False) -> None:
+                 dual_mask_warmup_frac: float = 0.05, dual_mask_type_aware: bool = False,
+                 next_position: bool | None = None) -> None:
         super().__init__()
         if target not in TARGETS:
             raise ValueError(f"nepa target must be one of {TARGETS}, got {target!r}")
@@ -59,6 +64,10 @@ class NepaObjective(Objective):
         self.qa_answers_only, self.target = qa_answers_only, target
         self.near, self.far, self.window = dual_mask_near, dual_mask_far, dual_mask_window
         self.warmup_frac, self.type_aware = dual_mask_warmup_frac, dual_mask_type_aware
+        has_positions = hasattr(encoder, "position_embedding")
+        self.next_position = has_positions if next_position is None else bool(next_position)
+        if self.next_position and not has_positions:
+            raise ValueError("nepa next_position needs an encoder with position_embedding (point patches)")
 
     def forward(self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int,
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -70,7 +79,10 @@ class NepaObjective(Objective):
             extra = sample_dual_mask(type_id, valid, p_near=p_near, p_far=p_far, window=self.window,
                                      type_aware=self.type_aware, generator=generator)
         out = self.encoder(feat, type_id, pos, valid, causal=True, extra_block=extra)
-        pred = self.pred_head(out.h[:, :-1])
+        hidden = out.h[:, :-1]
+        if self.next_position:
+            hidden = hidden + self.encoder.position_embedding(feat, type_id)[:, 1:]
+        pred = self.pred_head(hidden)
         with torch.no_grad():
             if self.target == "content":
                 target = self.encoder.embed(feat, type_id, pos, content_only=True)[:, 1:]

@@ -19,10 +19,11 @@ SCALARS = ("shape_index", "label", "draw", "component")
 
 def pad_tokens(feats: Sequence[np.ndarray], types: Sequence[np.ndarray],
                positions: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(feat (B,T,15), type_id (B,T), pos (B,T), valid (B,T)) with T = the longest sequence."""
+    """(feat (B,T,F), type_id (B,T), pos (B,T), valid (B,T)) with T = the longest sequence (F: the samples' width)."""
     lengths = [len(t) for t in types]
     B, T = len(lengths), max(lengths, default=0)
-    feat = np.zeros((B, T, FEAT_DIM), dtype=np.float32)
+    width = feats[0].shape[-1] if len(feats) else FEAT_DIM  # 15 for query tokens, the patch width for patches
+    feat = np.zeros((B, T, width), dtype=np.float32)
     type_id = np.full((B, T), PAD, dtype=np.int64)
     pos = np.zeros((B, T), dtype=np.int64)
     valid = np.zeros((B, T), dtype=bool)

@@ -30,8 +30,10 @@ import numpy as np
 from ..data.cache_lookup import locate_rows
 from ..io.shards import ShardReader
 from ..rng import rng_for
+from .augment import AugmentConfig, augment_points, augment_tokens
 from .backends import Backend, get_backend
 from .layout import TokenConfig, n_positions
+from .patches import PatchConfig, draw_points, patchify, token_kind
 from .tokenizer import tokenize
 
 MODES = ("train", "eval")
@@ -76,7 +78,7 @@ class ShapeTokenDataset:
 
     def __init__(self, entries: Sequence[CacheEntry], backend: str, tok_cfg: TokenConfig | Mapping[str, Any], *,
                  seed: int, mode: str, mc_draws: int = 1, occ_grid: int = 0, two_views: bool = False,
-                 cache_mb: float = DEFAULT_CACHE_MB):
+                 cache_mb: float = DEFAULT_CACHE_MB, augment: AugmentConfig | Mapping[str, Any] | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         if mc_draws < 1:
@@ -87,6 +89,13 @@ class ShapeTokenDataset:
         self.backend_name = backend
         self.backend: Backend = get_backend(backend)
         self.cfg = TokenConfig.of(tok_cfg)
+        # query tokens (the reference's layout) or point patches (tokens.kind: patch, tokens.patch)
+        self.kind = "query" if isinstance(tok_cfg, TokenConfig) else token_kind(tok_cfg)
+        self.patch = PatchConfig.of(tok_cfg) if self.kind == "patch" else None
+        self.augment = AugmentConfig.of(augment)  # training draws only
+        if self.patch is not None and "pc_xyz" not in self.backend.visible:
+            raise ValueError(f"patch tokens need the surface points pc_xyz, which backend {backend!r} (primitive "
+                             f"{self.backend.primitive}) may not see; use mesh, pointcloud, pointcloud_noray or voxel")
         self.seed, self.mode, self.mc_draws = int(seed), mode, int(mc_draws)
         self.occ_grid, self.two_views = int(occ_grid), bool(two_views)
         self.cache_bytes = int(cache_mb * 2**20)
@@ -129,7 +138,7 @@ class ShapeTokenDataset:
 
     @property
     def n_positions(self) -> int:
-        return n_positions(self.cfg)
+        return self.patch.n_tokens if self.patch is not None else n_positions(self.cfg)
 
     @property
     def labels(self) -> np.ndarray:
@@ -148,8 +157,14 @@ class ShapeTokenDataset:
         if reader.shape_ids[entry.row] != entry.shape_id:
             raise ValueError(f"{entry.shard_path}: row {entry.row} holds {reader.shape_ids[entry.row]!r}, "
                              f"not {entry.shape_id!r} (stale cache entries?)")
-        arrays = self.backend.read(reader, entry.row, occ_grid=self.occ_grid)
-        record = {"pools": self.backend.pools_from(arrays, reader.profile)}
+        if self.patch is not None:
+            keys = ["pc_xyz", *(["pc_normal"] if self.patch.normals else []),
+                    *(self.backend.occupancy_keys() if self.occ_grid else [])]
+            arrays = self.backend.read(reader, entry.row, list(dict.fromkeys(keys)))
+            record = {"points": {"xyz": arrays["pc_xyz"], "normal": arrays.get("pc_normal")}}
+        else:
+            arrays = self.backend.read(reader, entry.row, occ_grid=self.occ_grid)
+            record = {"pools": self.backend.pools_from(arrays, reader.profile)}
         if self.occ_grid:
             record["occ"] = self.backend.occupancy_from(arrays, self.occ_grid)
         size = _nbytes(record)
@@ -173,16 +188,28 @@ class ShapeTokenDataset:
         if not 0 <= index < len(self.entries):
             raise IndexError(f"index {index} outside 0..{len(self.entries) - 1}")
         record = self.shape_record(index)
-        train = self.mode == "train"
-        feat, type_id, pos = tokenize(record["pools"], self.cfg, self.rng(index, epoch, draw), train=train)
+        feat, type_id, pos = self.tokens(record, self.rng(index, epoch, draw))
         sample = {"feat": feat, "type_id": type_id, "pos": pos, "shape_index": np.int64(index),
                   "label": np.int64(self.entries[index].label), "draw": np.int64(draw)}
         if self.two_views:
-            feat, type_id, pos = tokenize(record["pools"], self.cfg, self.rng(index, epoch, draw, "v2"), train=train)
+            feat, type_id, pos = self.tokens(record, self.rng(index, epoch, draw, "v2"))
             sample.update(v2_feat=feat, v2_type_id=type_id, v2_pos=pos)
         if self.occ_grid:
             sample["occ_target"] = record["occ"].astype(np.float32).ravel()
         return sample
+
+    def tokens(self, record: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One token sequence of a shape record: query tokens or point patches, augmented in training draws."""
+        train = self.mode == "train"
+        if self.patch is not None:
+            xyz, normal = draw_points(record["points"]["xyz"], record["points"]["normal"], self.patch.points, rng)
+            if train:
+                xyz, normal = augment_points(xyz, normal, self.augment, rng)
+            return patchify(xyz, normal, self.patch, rng)
+        feat, type_id, pos = tokenize(record["pools"], self.cfg, rng, train=train)
+        if train:
+            feat = augment_tokens(feat, type_id, self.augment, rng)
+        return feat, type_id, pos
 
     def draws(self, index: int, epoch: int = 0) -> list[dict[str, np.ndarray]]:
         """All ``mc_draws`` samples of one shape (Monte-Carlo evaluation)."""
