@@ -48,10 +48,14 @@ TINY_OVERRIDES: dict = {
         "df_grid": 16,
     },
     "fingerprints": {"views": 2},
-    "splits": {"kfold": 2, "fewshot_k": [1], "fewshot_seeds": [0], "query_gallery_splits": 2},
-    "tokens": {"n_point": 16, "n_ray": 16},
-    "pretrain": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2, "samples_per_epoch": 8},
-    "finetune": {"methods": ["scratch", "nepa"], "k": [0, 1], "seeds": [0], "n_point": 16, "epochs": 2,
+    "splits": {"kfold": 2, "fewshot_k": [1], "fewshot_seeds": [0], "query_gallery_splits": 2,
+               "episodes": {"settings": ["3w1s"], "folds": 1, "query_per_class": 1}},
+    "tokens": {"n_point": 16, "n_ray": 16, "patch": {"points": 64, "groups": 8, "group_size": 8}},
+    "pretrain": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2, "samples_per_epoch": 8,
+                 "methods": {"point_mae": {"train": {"steps": 4, "warmup_steps": 1, "checkpoint_every": 2}}}},
+    # every kind of few-shot row: the descriptor floor, scratch, a pretrained encoder, a patch encoder's linear probe
+    "finetune": {"methods": ["descriptor", "scratch", "nepa", "point_mae-linear"], "k": [0, 1], "seeds": [0],
+                 "n_point": 16, "steps": 2, "episodes": {"settings": ["3w1s"]},
                  "batch_size": 8, "mc_draws_test": 1},
     "embed": {"shape": {"methods": ["nepa"], "n_point": 16, "n_ray": 16, "mc_draws": 1}},
     "difficulty": {"bands": {"hard": [1, 2], "medium": [3, 4], "easy": [5, 8]}},
@@ -62,7 +66,7 @@ TINY_OVERRIDES: dict = {
                       "n_point": 16, "n_ray": 16, "mc_draws": 1},
              "cpac": {"methods": ["nepa"], "n_context": 12, "n_query": 16}},
 }
-TINY_METHODS = ("nepa",)  # the tiny run pretrains one method (the demo config has more)
+TINY_METHODS = ("nepa", "point_mae")  # the tiny run pretrains a query-token and a patch method (the demo has more)
 
 
 # --------------------------------------------------------------------------------------------- repo copies
@@ -292,7 +296,7 @@ def expected_big_counts(shards: int) -> dict[str, int]:
         "build_cache_shard": shards,
         "index_cache": 1,
         "fingerprint_dataset": 1,
-        "make_splits": 5,  # one per split family
+        "make_splits": 6,  # one per split family
         "materialize_unpaired": 4,
         "report": 1,  # `all` always ends with the report (its sections say "no results" here)
         "all": 1,

@@ -6,6 +6,11 @@ Each problem is reported with the key that holds the bad value, e.g.
 
 from __future__ import annotations
 
+from .finetune_rows import row_architecture, row_kind
+
+# Backends whose primitive sees the surface points patch tokens are made of (udfgrid sees only the grid).
+PATCH_BACKENDS = ("mesh", "pointcloud", "pointcloud_noray", "voxel")
+
 # Which dataset kinds each token backend can read (udfgrid needs only grid arrays, which point clouds have too).
 BACKEND_KINDS = {
     "mesh": ("mesh",),
@@ -45,6 +50,7 @@ def reference_problems(config: dict) -> list[str]:
                 elif part["backend"] not in UNPAIRED_BACKENDS[part["split"]]:
                     problems.append(f"{where}.backend: {part['backend']!r} may not read the {part['split']} store "
                                     f"(allowed: {', '.join(UNPAIRED_BACKENDS[part['split']])})")
+    problems += token_kind_problems(config)
     finetune = config.get("finetune", {})
     tokens = config.get("tokens", {})
     splits = config.get("splits", {})
@@ -55,9 +61,10 @@ def reference_problems(config: dict) -> list[str]:
         elif ds["kind"] not in BACKEND_KINDS[finetune["backend"]]:
             problems.append(f"finetune.backend: {finetune['backend']!r} cannot read {ds['kind']} dataset {name!r}")
     for i, name in enumerate(finetune.get("methods", [])):
-        if name != "scratch" and name not in methods:
-            problems.append(f"finetune.methods[{i}]: {name!r} is neither scratch nor a pretrain method "
-                            f"(known: {', '.join(['scratch', *sorted(methods)])})")
+        try:
+            row_kind(name, config)
+        except ValueError as exc:
+            problems.append(f"finetune.methods[{i}]: {exc}")
     for i, k in enumerate(finetune.get("k", [])):
         if k and k not in splits.get("fewshot_k", []):
             problems.append(f"finetune.k[{i}]: K={k} has no few-shot split (splits.fewshot_k: {splits.get('fewshot_k')})")
@@ -65,11 +72,49 @@ def reference_problems(config: dict) -> list[str]:
         if seed not in splits.get("fewshot_seeds", []):
             problems.append(f"finetune.seeds[{i}]: seed {seed} has no few-shot split "
                             f"(splits.fewshot_seeds: {splits.get('fewshot_seeds')})")
+    problems += episode_problems(finetune.get("episodes", {}), splits.get("episodes", {}))
     for key in ("n_point", "n_ray"):
         if key in finetune and key in tokens and finetune[key] > tokens[key]:
             problems.append(f"finetune.{key}: {finetune[key]} is more than the pretrained layout holds "
                             f"(tokens.{key} = {tokens[key]})")
     return problems + embedding_problems(config) + eval_problems(config)
+
+
+def token_kind_problems(config: dict) -> list[str]:
+    """point_mae needs patch tokens, and patch tokens need a backend that sees the surface points."""
+    problems = []
+    finetune = config.get("finetune", {})
+    for name, method in config.get("pretrain", {}).get("methods", {}).items():
+        kind = row_architecture(name, config)["tokens"].get("kind", "query")
+        if method.get("objective") == "point_mae" and kind != "patch":
+            problems.append(f"pretrain.methods.{name}.objective: point_mae needs patch tokens (tokens.kind: patch)")
+        if kind == "patch":
+            for i, part in enumerate(method.get("corpus", [])):
+                if part.get("backend") not in PATCH_BACKENDS:
+                    problems.append(f"pretrain.methods.{name}.corpus[{i}].backend: {part.get('backend')!r} cannot "
+                                    f"give patch tokens (no surface points; use one of {', '.join(PATCH_BACKENDS)})")
+    for i, row in enumerate(finetune.get("methods", [])):
+        try:
+            kind = row_architecture(row, config)["tokens"].get("kind", "query")
+        except ValueError:
+            continue  # reported by the row check
+        if kind == "patch" and finetune.get("backend") not in PATCH_BACKENDS:
+            problems.append(f"finetune.backend: {finetune.get('backend')!r} cannot give patch tokens to row {row!r}")
+    return problems
+
+
+def episode_problems(jobs: dict, split: dict) -> list[str]:
+    """finetune.episodes runs only settings and folds that splits.episodes draws (as finetune.k needs fewshot_k)."""
+    problems = []
+    for i, setting in enumerate(jobs.get("settings", [])):
+        if setting not in split.get("settings", []):
+            problems.append(f"finetune.episodes.settings[{i}]: {setting!r} has no episodes "
+                            f"(splits.episodes.settings: {split.get('settings')})")
+    for i, fold in enumerate(jobs.get("folds") or []):
+        if fold >= split.get("folds", 0):
+            problems.append(f"finetune.episodes.folds[{i}]: fold {fold} does not exist "
+                            f"(splits.episodes.folds = {split.get('folds')})")
+    return problems
 
 
 def _dataset_problems(where: str, names: list[str], datasets: dict, kinds: tuple[str, ...]) -> list[str]:
@@ -166,6 +211,9 @@ def eval_problems(config: dict) -> list[str]:
             if method not in methods:
                 problems.append(f"eval.{name}.methods[{i}]: {method!r} is not a pretrain method "
                                 f"(known: {', '.join(sorted(methods))})")
+            elif row_architecture(method, config)["tokens"].get("kind", "query") != "query":
+                problems.append(f"eval.{name}.methods[{i}]: {method!r} reads patch tokens; {name} is defined on "
+                                "query tokens (distance queries across primitives)")
     for i, pair in enumerate(ucpr.get("pairs", [])):
         for side, backend in zip(("query", "gallery"), pair):
             for ds in ucpr.get("datasets", []):

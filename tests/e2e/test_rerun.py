@@ -77,7 +77,7 @@ def test_full_run_writes_outputs_logs_and_benchmarks(demo: Path) -> None:
     results = demo / "results"
     for dataset in ("demo-mesh", "demo-scan", "demo-img"):
         assert (results / "ingest" / dataset / "manifest.parquet").stat().st_size > 0
-        for name in ("ttv", "kfold", "unpaired", "fewshot", "qg"):
+        for name in ("ttv", "kfold", "unpaired", "fewshot", "qg", "episodes"):
             assert (results / "splits" / dataset / f"{name}.parquet").stat().st_size > 0
     for usplit in ("train_mesh", "train_pc", "train_udf", "eval"):
         assert (results / "splits" / "demo-mesh" / "unpaired" / f"{usplit}.h5").stat().st_size > 0
@@ -157,7 +157,7 @@ def test_stage_version_bump_reruns_the_stage_and_its_dependents_only(demo: Path)
         after_splits = {rule: n for rule, n in embedding_jobs(config).items()
                         if rule not in ("embed_image", "embed_text")}
         assert job_counts(result.output) == {
-            "fingerprint_dataset": 3, "make_splits": 15, "materialize_unpaired": 4, **model_jobs(config),
+            "fingerprint_dataset": 3, "make_splits": 18, "materialize_unpaired": 4, **model_jobs(config),
             **after_splits, **eval_jobs(config), "all": 1,
         }
         fingerprint_jobs = [job for job in planned_jobs(result.output) if job.rule == "fingerprint_dataset"]
@@ -176,7 +176,7 @@ def test_raw_content_change_reruns_the_dependent_chain_only(demo: Path) -> None:
     rewrite_tar_without_last_item(images)
     # demo-img's chain: its images' and captions' embeddings and bands, and the text-3D alignment reading its captions
     align = read_config(demo)["align_text3d"]
-    expected = {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 5, "embed_image": 1, "embed_text": 1,
+    expected = {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 6, "embed_image": 1, "embed_text": 1,
                 "difficulty_bands": 1, "align_text3d": len(align["folds"]), "submit_text3d": 1, "report": 1, "all": 1}
     result = run_snakemake(demo, "-n", "all")
     assert job_counts(result.output) == expected, result.tail()

@@ -124,10 +124,10 @@ def test_content_change_resubmits_only_the_dependents(slurm_run: dict) -> None:
 
     result = run_snakemake(workdir, "--profile", "slurm", "all", timeout=300)
     assert result.returncode == 0, result.tail(8000)
-    assert job_counts(result.output) == {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 5, "all": 1}
+    assert job_counts(result.output) == {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 6, "all": 1}
     jobs = squeue_jobs(SUBMITTED.findall(result.output))
     assert sorted(job["rule"] for job in jobs.values()) == ["fingerprint_dataset", "ingest_dataset",
-                                                            *["make_splits"] * 5]
+                                                            *["make_splits"] * 6]
 
 
 def test_cluster_exposes_fake_gpus(cluster) -> None:

@@ -46,7 +46,7 @@ def test_finetune_references(config: dict) -> None:
     config["finetune"]["k"] = [0, 7]
     config["finetune"]["n_point"] = 10_000
     text = problem(config)
-    assert "finetune.methods[1]: 'nepa_typo' is neither scratch nor a pretrain method" in text
+    assert "finetune.methods[1]: 'nepa_typo' is not a few-shot row (known: descriptor, scratch, scratch_patch, mae" in text
     assert "finetune.k[1]: K=7 has no few-shot split" in text
     assert "finetune.n_point: 10000 is more than the pretrained layout holds" in text
 
@@ -54,3 +54,15 @@ def test_finetune_references(config: dict) -> None:
 def test_unknown_objective_knob_is_named(config: dict) -> None:
     config["objectives"]["cmae"]["lambda_nse"] = 0.5
     assert "objectives.cmae.lambda_nse: unknown key" in problem(config)
+
+
+def test_patch_token_references(config: dict) -> None:
+    config["pretrain"]["methods"]["bad_pmae"] = {"objective": "point_mae", "corpus": [
+        {"dataset": "demo-mesh", "split": "train", "backend": "pointcloud_noray", "weight": 1.0}]}
+    config["pretrain"]["methods"]["udf_patch"] = {"objective": "point_mae", "tokens": {"kind": "patch"}, "corpus": [
+        {"dataset": "demo-mesh", "split": "train", "backend": "udfgrid", "weight": 1.0}]}
+    config["eval"]["ucpr"]["methods"] = ["udf_patch"]
+    text = problem(config)
+    assert "pretrain.methods.bad_pmae.objective: point_mae needs patch tokens" in text
+    assert "pretrain.methods.udf_patch.corpus[0].backend: 'udfgrid' cannot give patch tokens" in text
+    assert "eval.ucpr.methods[0]: 'udf_patch' reads patch tokens" in text

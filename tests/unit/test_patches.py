@@ -164,3 +164,13 @@ def test_classifier_fits_a_tiny_patch_set_with_meanmax_pool():
                                                                                "causal": False}))
     losses = overfit(obj, patch_batch(), steps=40, lr=3e-3)
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_knn_ties_from_duplicate_points_keep_the_lower_index_in_every_row():
+    pts = cloud(8, 200)
+    pts[150:] = pts[0]  # point dropout's copies of the first point
+    centres = pts[[0, 10, 20]]
+    groups = knn_groups(pts, centres, 12)
+    d2 = ((centres[:, None] - pts[None]) ** 2).sum(-1)
+    for g in range(len(centres)):
+        assert groups[g].tolist() == np.lexsort((np.arange(len(pts)), d2[g]))[:12].tolist()

@@ -68,7 +68,7 @@ def heads_jsons(root: Path) -> tuple[str, str]:
                     {"space": "shape/demo/nepa", "test_qg": {"projected": _qg([0.5, 0.7, 0.9]), "raw": _qg([0.4])}})
     retrieval = _write(root / "heads" / "retrieval" / "demo" / "nepa" / "metrics.json",
                        {"dataset": "demo", "method": "nepa", "head": _qg([0.6, 0.8]), "raw": _qg([0.5, 0.5]),
-                        "head_pre_bn": _qg([0.55, 0.65])})
+                        "head_pre_bn": _qg([0.55, 0.65]), "descriptor_raw": {**_qg([0.3, 0.4]), "descriptor": {}}})
     return metric, retrieval
 
 
@@ -176,12 +176,14 @@ def test_ucpr_cpac_retrieval_text3d_tables(tmp_path: Path) -> None:
     retrieval = read_csv(report.tables["retrieval"].to_csv())
     assert [(r["head"], r["embedding"]) for r in retrieval] == [
         ("metric", "metric head"), ("metric", "raw"), ("retrieval", "retrieval head"),
-        ("retrieval", "retrieval head (pre-BN)"), ("retrieval", "raw")]
+        ("retrieval", "retrieval head (pre-BN)"), ("retrieval", "raw"), ("retrieval", "descriptor (raw)")]
     # metric head rank@1 over splits 0.5, 0.7, 0.9: mean 0.7, sample std 0.2 (the JSON's own std is ddof=0)
     assert float(retrieval[0]["rank@1_mean"]) == pytest.approx(0.7) and retrieval[0]["n_split"] == "3"
     assert float(retrieval[0]["rank@1_std"]) == pytest.approx(0.2)
     assert retrieval[1]["rank@1_std"] == ""  # one split: undefined
     assert "| metric | shape/nepa | raw | 1 | 0.400 ± - |" in report.tables["retrieval"].to_markdown()
+    # the hand-crafted floor (shape-distribution descriptors, no embedding) over the same splits
+    assert float(retrieval[5]["mAP_mean"]) == pytest.approx(0.35) and retrieval[5]["model"] == "nepa"
 
     text3d = read_csv(report.tables["text3d"].to_csv())
     assert [r["direction"] for r in text3d] == ["text -> mesh", "mesh -> text"]

@@ -274,6 +274,50 @@ def test_sigterm_then_resume_gives_the_uninterrupted_head_byte_for_byte(data, cl
     assert loaded.inversion is not None and loaded.to_text is not None
 
 
+def _pc_cache(root, ids, seed=0):
+    """A point-cloud item cache (``pc_xyz`` only) of the shapes: class c is one of six geometries, randomly posed,
+    scaled and noisy."""
+    from pipeline3d.io.shards import ShardWriter
+
+    rng = np.random.default_rng(seed)
+    stretch = [(1, 1, 1), (1, 1, 0.05), (1, 0.3, 0.3), (1, 1, 1), (1, 1, 0.1), (1, 0.05, 0.05)]
+    n = 256
+    with ShardWriter(root / "shard-0000.h5", dataset="syn", shard=0, n_shards=1, kind="pointcloud",
+                     profile={"pc_points": n}, keys=("pc_xyz",), compression="none") as writer:
+        for sid in ids:
+            c = int(sid.split("/")[1][1:])
+            p = rng.normal(size=(n, 3))
+            if c >= 3:  # box surfaces
+                p = rng.uniform(-1, 1, (n, 3))
+                p[np.arange(n), rng.integers(0, 3, n)] = rng.choice([-1.0, 1.0], n)
+            else:  # ellipsoid surfaces
+                p /= np.linalg.norm(p, axis=1, keepdims=True)
+            q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+            p = (p * stretch[c] + 0.01 * rng.normal(size=(n, 3))) @ q.T * rng.uniform(0.5, 2.0)
+            writer.append(sid, {"pc_xyz": p.astype(np.float32)})
+    pd.DataFrame({"shape_id": ids, "shard": 0, "shard_file": "shard-0000.h5", "row": range(len(ids))}).to_parquet(
+        root / "index.parquet")
+    return {"index": str(root / "index.parquet"), "shards": [str(root / "shard-0000.h5")]}
+
+
+def test_descriptor_floor_is_evaluated_on_the_same_splits_from_the_cache(data, clip_dir, tmp_path, monkeypatch):
+    from pipeline3d.eval import descriptor
+
+    files, vectors = data
+    monkeypatch.setitem(descriptor.DEFAULTS, "n_pairs", 1024)  # fast draws; the layout is the same
+    monkeypatch.setitem(descriptor.DEFAULTS, "n_triples", 1024)
+    cache = _pc_cache(tmp_path, sorted(vectors))
+    code, out = _main(_params(clip_dir, steps=4), {**files, **cache}, tmp_path)
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    floor, raw = metrics["descriptor_raw"], metrics["raw"]
+    assert floor["n_splits"] == 10 and len(floor["per_split"]) == 10 and floor["per_split"][0]["n_query"] == N_CLASSES
+    assert floor["descriptor"]["backend"] == "pointcloud_noray" and floor["descriptor"]["n_pairs"] == 1024
+    assert floor["mAP"] > raw["mAP"] + 0.2 and floor["mAP"] > 0.7, (floor["mAP"], raw["mAP"])  # geometry, not noise
+    code, out = _main(_params(clip_dir, steps=4), files, tmp_path, "nocache")  # without the cache: no floor
+    assert code == 0 and "descriptor_raw" not in json.loads((out / "metrics.json").read_text())
+
+
 def test_bad_inputs_fail_with_a_clear_error(data, clip_dir, tmp_path, capfd):
     files, _ = data
     code, _ = _main(_params(clip_dir, steps=2), {**files, "ttv": str(tmp_path / "missing.parquet")}, tmp_path)

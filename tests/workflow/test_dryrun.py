@@ -22,7 +22,7 @@ from smk import (
 
 TARGET_RULES = {"all", "data_all", "embed_all"}
 UNPAIRED_SPLITS = 4  # train_mesh, train_pc, train_udf, eval
-SPLIT_FAMILIES = 5  # ttv, kfold, unpaired, fewshot, qg: one job each
+SPLIT_FAMILIES = 6  # ttv, kfold, unpaired, fewshot, qg, episodes: one job each
 
 
 def expected_demo_counts(config: dict, target: str = "all") -> dict[str, int]:
@@ -45,6 +45,10 @@ def expected_demo_counts(config: dict, target: str = "all") -> dict[str, int]:
         counts["pretrain_encoder"] = len(config["pretrain"]["methods"])
         counts["finetune_classifier"] = len(ft["datasets"]) * len(ft["methods"]) * len(ft["k"]) * len(ft["seeds"])
         counts["tabulate_fewshot"] = len(ft["datasets"])
+        settings = ft.get("episodes", {}).get("settings", [])
+        folds = ft.get("episodes", {}).get("folds") or range(config["splits"].get("episodes", {}).get("folds", 10))
+        counts["finetune_episode"] = len(ft["datasets"]) * len(ft["methods"]) * len(settings) * len(folds)
+        counts["tabulate_episodes"] = len(ft["datasets"]) if settings else 0
         counts |= embedding_jobs(config) | eval_jobs(config)
     return {rule: n for rule, n in counts.items() if n}
 
@@ -75,7 +79,8 @@ def test_every_job_declares_log_benchmark_and_resources(workdir: Path) -> None:
 
 
 # the rules that train or run a network (embedding, heads, submission inference): the rest is CPU work
-TRAINING_RULES = {"pretrain_encoder", "finetune_classifier", "embed_image", "embed_text", "embed_shape",
+TRAINING_RULES = {"pretrain_encoder", "finetune_classifier", "finetune_episode", "embed_image", "embed_text",
+                  "embed_shape",
                   "tune_metric_head", "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head",
                   "eval_ucpr", "eval_cpac"}
 
@@ -87,7 +92,8 @@ def test_training_jobs_ask_for_a_gpu_and_nothing_else_does(workdir: Path) -> Non
     jobs = [job for job in planned_jobs(result.output) if job.rule not in TARGET_RULES]
     assert {job.rule for job in jobs} >= TRAINING_RULES
     for job in jobs:
-        assert (job.resources.get("gpu") == "1") == (job.rule in TRAINING_RULES), (job.rule, job.resources)
+        trains = job.rule in TRAINING_RULES and "method=descriptor" not in job.fields.get("wildcards", "")
+        assert (job.resources.get("gpu") == "1") == trains, (job.rule, job.resources)
 
 
 def rule_blocks() -> dict[str, str]:
@@ -175,3 +181,29 @@ def test_paper_config_plans_the_seed_tables(workdir: Path) -> None:
         "eval_ucpr": len(ucpr["methods"]) * 4, "eval_cpac": len(cpac["methods"]), "report": 1, "all": 1,
     }
     assert ucpr["max_files"] == 1000 and ucpr["query_seed"] != ucpr["gallery_seed"]
+
+
+def test_episode_settings_schedule_the_episode_jobs_and_table(workdir: Path) -> None:
+    """finetune.episodes: one job per dataset x method x setting x fold (GPU, logged, benchmarked) and one table per
+    dataset; the scratch jobs load no encoder. Without settings (the default) none of it is planned."""
+    config = repo_config()
+    config["finetune"]["episodes"] = {"settings": ["2w1s", "3w1s"], "folds": [0, 2]}
+    config["splits"]["episodes"] = {"settings": ["2w1s", "3w1s"], "folds": 3, "query_per_class": 2}
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+
+    result = run_snakemake(workdir, "-n", "all")
+    assert result.returncode == 0, result.tail()
+    ft = config["finetune"]
+    counts = job_counts(result.output)
+    assert counts["finetune_episode"] == len(ft["datasets"]) * len(ft["methods"]) * 2 * 2
+    assert counts["tabulate_episodes"] == len(ft["datasets"])
+    without_episodes = {k: v for k, v in expected_demo_counts(repo_config()).items() if "episode" not in k}
+    assert {k: v for k, v in counts.items() if "episode" not in k} == without_episodes
+    episodes = [job for job in planned_jobs(result.output) if job.rule == "finetune_episode"]
+    for job in episodes:
+        assert job.resources.get("gpu") == ("0" if "/descriptor/" in job.fields["output"] else "1"), job.fields
+        assert job.fields["log"].startswith("results/logs/finetune_episode/"), job.fields
+        assert re.search(r"/(2w1s|3w1s)/f[02]/metrics\.json$", job.fields["output"]), job.fields
+        assert "episodes.parquet" in job.fields["input"]
+        loads_none = any(f"/{row}/" in job.fields["output"] for row in ("scratch", "scratch_patch", "descriptor"))
+        assert ("encoder.safetensors" in job.fields["input"]) != loads_none

@@ -1,6 +1,7 @@
 # Shared helpers: config validation, wildcard constraints, per-stage params/resources and target lists.
 # Kept light: it runs on every parse, including inside every SLURM job (no torch, no globbing of data trees).
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from pipeline3d.config import ConfigError, stage_params as _stage_params, validate as _validate  # noqa: E402
 from pipeline3d.data.cache_schema import profile_of  # noqa: E402
+from pipeline3d.finetune_rows import all_row_names, row_architecture, row_kind  # noqa: E402
 from pipeline3d.io.h5clouds import scanobjectnn_files  # noqa: E402
 from pipeline3d.io.rawdigest import listing_digest  # noqa: E402
 from pipeline3d.train.logging_env import export_logging  # noqa: E402
@@ -30,11 +32,12 @@ MESH_LIKE = [d for d, c in DATASETS.items() if c["kind"] in ("mesh", "pointcloud
 MESH_DATASETS = [d for d, c in DATASETS.items() if c["kind"] == "mesh"]
 N_SHARDS = config["cache"]["shards"]
 SHARDS = [f"{i:04d}" for i in range(N_SHARDS)]
-SPLIT_FILES = ["ttv", "kfold", "unpaired", "fewshot", "qg"]
+SPLIT_FILES = ["ttv", "kfold", "unpaired", "fewshot", "qg", "episodes"]
 UNPAIRED_SPLITS = ["train_mesh", "train_pc", "train_udf", "eval"]
 PRETRAIN = config["pretrain"]
 METHODS = PRETRAIN["methods"]
 FINETUNE = config["finetune"]
+EPISODES = FINETUNE["episodes"]  # which N-way K-shot episodes run as jobs (splits.episodes draws them)
 STATE = f"{RESULTS}/_state"  # undeclared resume state of long jobs (Snakemake deletes declared outputs first)
 # Training jobs read the logging section (W&B mirror) from the environment, not from params: switching it on or
 # off must not rerun anything. Exported at parse time, so every job inherits it (a SLURM job parses this again).
@@ -46,9 +49,11 @@ wildcard_constraints:
     shard=r"\d{4}",
     usplit="|".join(UNPAIRED_SPLITS),
     family="|".join(SPLIT_FILES),
-    method="|".join(["scratch", *METHODS]),
+    method="|".join(re.escape(name) for name in all_row_names(config)),
     k=r"\d+",
     seed=r"\d+",
+    setting=r"\d+w\d+s",
+    fold=r"\d+",
 
 
 def stage_params(stage, config_slice):
@@ -164,7 +169,7 @@ def pretrain_cfg(wildcards):
     shared = {key: value for key, value in PRETRAIN.items() if key != "methods"}
     return stage_params("pretrain_encoder", {
         "seed": config["seed"], "method": wildcards.method, "entry": method, "train": shared,
-        "tokens": config["tokens"], "model": config["model"],
+        **row_architecture(wildcards.method, config),
         "objective": config["objectives"].get(method["objective"], {}),
     })
 
@@ -174,25 +179,87 @@ def finetune_inputs(wildcards):
              "ttv": f"{RESULTS}/splits/{wildcards.dataset}/ttv.parquet",
              "fewshot": f"{RESULTS}/splits/{wildcards.dataset}/fewshot.parquet",
              **cache_inputs(wildcards.dataset)}
-    if wildcards.method != "scratch":
-        files["weights"] = f"{RESULTS}/models/{wildcards.method}/encoder.safetensors"
-        files["encoder_json"] = f"{RESULTS}/models/{wildcards.method}/encoder.json"
-    return files
+    return files | row_weights(wildcards.method)
+
+
+def row_weights(row):
+    """The exported encoder a few-shot row reads (pretrained and linear-probe rows; none for scratch/descriptor)."""
+    method = row_kind(row, config)[1]
+    if method is None:
+        return {}
+    return {"weights": f"{RESULTS}/models/{method}/encoder.safetensors",
+            "encoder_json": f"{RESULTS}/models/{method}/encoder.json"}
+
+
+def row_gpu(wildcards):
+    """A few-shot job asks for a GPU when it trains a network: not the descriptor floor (numpy + a logistic
+    regression)."""
+    return 0 if row_kind(wildcards.method, config)[0] == "descriptor" else 1
+
+
+def row_knobs(row, sweep):
+    """The finetune knobs a row's job depends on: all but the sweep lists; the descriptor's knobs only for the
+    descriptor row (and the training knobs not for it), so tuning one never reruns the other."""
+    descriptor_only = ("descriptor", "backend", "selection")
+    keep = (lambda key: key in descriptor_only) if row_kind(row, config)[0] == "descriptor" else (lambda key: key != "descriptor")
+    return {key: value for key, value in FINETUNE.items() if key not in sweep and keep(key)}
+
+
+def row_params(row):
+    """What a few-shot row's job needs besides the fine-tune knobs: its kind, whether the encoder is frozen, and the
+    model/tokens a scratch encoder is built with (a pretrained one comes with its own)."""
+    kind, _ = row_kind(row, config)
+    out = {"row_kind": kind, "freeze_encoder": kind == "linear" or (kind == "pretrained" and FINETUNE["freeze_encoder"])}
+    return out | row_architecture(row, config)
 
 
 def finetune_cfg(wildcards):
     """One job's knobs; the sweep lists (datasets, methods, k, seeds) are left out, so growing the grid never
     reruns a finished job."""
-    shared = {key: value for key, value in FINETUNE.items() if key not in ("datasets", "methods", "k", "seeds")}
+    shared = row_knobs(wildcards.method, ("datasets", "methods", "k", "seeds", "episodes", "scratch", "freeze_encoder"))
     return stage_params("finetune_classifier", {
         "seed": int(wildcards.seed), "k": int(wildcards.k), "method": wildcards.method, "dataset": wildcards.dataset,
-        "finetune": shared, "tokens": config["tokens"], "model": config["model"], "eval_seed": config["tokens"]["eval_seed"],
+        "finetune": shared, "eval_seed": config["tokens"]["eval_seed"], **row_params(wildcards.method),
     })
 
 
 def finetune_metrics(dataset):
     return expand(f"{RESULTS}/finetune/{dataset}/{{method}}/k{{k}}/s{{seed}}/metrics.json",
                   method=FINETUNE["methods"], k=FINETUNE["k"], seed=FINETUNE["seeds"])
+
+
+def episode_inputs(wildcards):
+    """One episode job: the manifest (class names), episodes + ttv splits, the cache, and the encoder when the row
+    reads one (row_weights: none for scratch rows and the descriptor floor)."""
+    files = {"manifest": f"{RESULTS}/ingest/{wildcards.dataset}/manifest.parquet",
+             "episodes": f"{RESULTS}/splits/{wildcards.dataset}/episodes.parquet",
+             "ttv": f"{RESULTS}/splits/{wildcards.dataset}/ttv.parquet",
+             **cache_inputs(wildcards.dataset)}
+    return files | row_weights(wildcards.method)
+
+
+def episode_cfg(wildcards):
+    """One episode's knobs, as finetune_cfg's: the fine-tune knobs less the sweep lists (datasets, methods, k,
+    seeds, episodes, scratch rows) and less selection (always the last step: the protocol has no validation split),
+    so growing the grid reruns nothing."""
+    shared = row_knobs(wildcards.method,
+                       ("datasets", "methods", "k", "seeds", "episodes", "selection", "scratch", "freeze_encoder"))
+    return stage_params("finetune_episode", {
+        "seed": config["seed"], "method": wildcards.method, "dataset": wildcards.dataset,
+        "setting": wildcards.setting, "fold": int(wildcards.fold),
+        "finetune": shared, "eval_seed": config["tokens"]["eval_seed"], **row_params(wildcards.method),
+    })
+
+
+def episode_folds():
+    """finetune.episodes.folds, or every fold splits.episodes draws."""
+    folds = EPISODES["folds"]
+    return list(range(config["splits"]["episodes"]["folds"])) if folds is None else folds
+
+
+def episode_metrics(dataset):
+    return expand(f"{RESULTS}/finetune_episodes/{dataset}/{{method}}/{{setting}}/f{{fold}}/metrics.json",
+                  method=FINETUNE["methods"], setting=EPISODES["settings"], fold=episode_folds())
 
 
 def check_existing_shards():
@@ -235,7 +302,9 @@ def data_targets():
 
 
 def model_targets():
-    """Pretrained encoders and the few-shot tables."""
+    """Pretrained encoders, the few-shot tables and (when finetune.episodes names settings) the episode tables."""
     targets = expand(f"{RESULTS}/models/{{method}}/encoder.safetensors", method=list(METHODS))
     targets += expand(f"{RESULTS}/tables/fewshot/{{dataset}}.md", dataset=FINETUNE["datasets"])
+    if EPISODES["settings"]:
+        targets += expand(f"{RESULTS}/tables/episodes/{{dataset}}.md", dataset=FINETUNE["datasets"])
     return targets

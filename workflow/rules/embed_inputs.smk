@@ -165,9 +165,10 @@ def submit_cfg(wildcards):
 
 # ---------------------------------------------------------------------------------------------- retrieval head
 def retrieval_head_inputs(wildcards):
+    # the cache (index + shards) feeds the hand-crafted descriptor floor evaluated beside the head
     return {"shape_embeddings": shape_embedding(wildcards.dataset, wildcards.method),
             **ingest_files(wildcards.dataset), "ttv": split_file(wildcards.dataset, "ttv"),
-            "qg": split_file(wildcards.dataset, "qg")}
+            "qg": split_file(wildcards.dataset, "qg"), **cache_inputs(wildcards.dataset)}
 
 
 def retrieval_head_cfg(wildcards):

@@ -1,9 +1,10 @@
 """Which cached rows a (dataset, split) names: the bridge from split tables to the token datasets.
 
 A selection is a list of ``CacheRow(shape_id, shard_path, row, label)`` in shape-id order, so it never depends
-on shard layout or file order. Three sources:
+on shard layout or file order. Four sources:
 - a ttv split (``train``/``val``/``test``/``all``) of a dataset's cache (index + shards),
 - a few-shot subset (K, seed, role) from ``fewshot.parquet`` (K = 0 means the full ttv split),
+- an N-way K-shot episode (setting, fold, role) from ``episodes.parquet``, labelled 0..N-1,
 - a physically unpaired store (``train_mesh``/``train_pc``/``train_udf``): the store's own rows.
 """
 
@@ -67,6 +68,33 @@ def fewshot_labels(fewshot_path: str | Path, ttv_path: str | Path, *, k: int, se
     if rows.empty and role == "train":
         raise ValueError(f"{fewshot_path}: no few-shot subset for K={k}, seed={seed}")
     return dict(zip(rows["shape_id"].astype(str), rows["label"].astype(int)))
+
+
+EPISODE_ROLES = ("support", "query")
+
+
+def _episode_rows(episodes_path: str | Path, setting: str, fold: int) -> pd.DataFrame:
+    table = _read_table(episodes_path, {"setting", "fold", "shape_id", "label", "episode_label", "role"})
+    rows = table[(table["setting"] == setting) & (table["fold"] == fold)]
+    if rows.empty:
+        raise ValueError(f"{episodes_path}: no episode {setting} fold {fold} (a skipped setting or fold is named in "
+                         "the parquet metadata)")
+    return rows
+
+
+def episode_labels(episodes_path: str | Path, *, setting: str, fold: int, role: str) -> dict[str, int]:
+    """shape id -> episode label (0..N-1) of one role of one episode: ``support`` trains, ``query`` tests."""
+    if role not in EPISODE_ROLES:
+        raise ValueError(f"unknown episode role {role!r} (expected one of {EPISODE_ROLES})")
+    rows = _episode_rows(episodes_path, setting, int(fold))
+    rows = rows[rows["role"] == role]
+    return dict(zip(rows["shape_id"].astype(str), rows["episode_label"].astype(int)))
+
+
+def episode_classes(episodes_path: str | Path, *, setting: str, fold: int) -> list[int]:
+    """The original labels of an episode's classes, indexed by episode label."""
+    rows = _episode_rows(episodes_path, setting, int(fold)).drop_duplicates("episode_label")
+    return [int(label) for label in rows.sort_values("episode_label")["label"]]
 
 
 def cached_rows(labels: dict[str, int], index_path: str | Path, shard_paths: Sequence[str | Path]) -> list[CacheRow]:

@@ -35,7 +35,7 @@ from ..tokens.layout import PAD, TokenConfig, max_tokens
 
 log = logging.getLogger(__name__)
 
-POOLS = ("mean", "eos")
+POOLS = ("mean", "eos", "max", "meanmax")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,10 @@ def encoder_files(weights: str | Path, sidecar: str | Path) -> EncoderFiles:
 
 
 def eval_token_config(pretrained: Mapping[str, Any], *, n_point: int, n_ray: int, eval_seed: int) -> dict[str, Any]:
-    """Evaluation token counts inside the pretrained layout (the pretrained n_point / n_ray are the capacities)."""
+    """Evaluation token counts inside the pretrained layout (the pretrained n_point / n_ray are the capacities).
+    Point patches are drawn exactly as in pretraining (``n_point`` / ``n_ray`` do not apply to them)."""
+    if pretrained.get("kind") == "patch":
+        return {**pretrained, "drop_ray_prob": 0.0, "eval_seed": int(eval_seed)}
     cap_point = pretrained.get("layout_n_point") or pretrained["n_point"]
     cap_ray = pretrained.get("layout_n_ray") or pretrained["n_ray"]
     if n_point > cap_point or n_ray > cap_ray:
@@ -128,7 +131,7 @@ def embed_shapes(encoder: nn.Module, dataset: ShapeTokenDataset, *, batch_size: 
     n, draws = len(dataset), dataset.mc_draws
     # One PAD column more than the longest sequence: every pass then runs the same masked attention path (an
     # encoder may skip the mask when nothing is padded, which could round differently).
-    length = max_tokens(dataset.cfg) + 1
+    length = (dataset.patch.n_tokens if dataset.patch is not None else max_tokens(dataset.cfg)) + 1
     sums: np.ndarray | None = None
     pairs = [(i, d) for i in range(n) for d in range(draws)]
     progress = Progress(log, n * draws, "encoded shape draws", every=max(batch_size, 1000))

@@ -32,12 +32,13 @@ from ..rng import stable_hash
 from ..tokens.collate import collate
 from ..tokens.corpus import EpochView, MixedCorpus
 from ..tokens.dataset import ShapeTokenDataset
+from ..tokens.patches import token_kind
 from ..train.export import load_encoder
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
 from ..train.checkpoint import run_fingerprint
 from ..train.wandb_sink import metrics_sinks
 from .data import entries_of
-from .pretrain import build_encoder
+from .pretrain import build_encoder, check_encoder_tokens
 
 
 def token_config(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,58 +103,76 @@ class BestOnValidation:
         self.best_state = dict(state["best_state"]) or None
 
 
+def fewshot_split(params: Mapping[str, Any], files: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """shape id -> label per role (train, val, test) of the per-class K-shot protocol (K = 0: full splits)."""
+    k, seed = int(params["k"]), int(params["seed"])
+    labels = {role: fewshot_labels(files["fewshot"], files["ttv"], k=k, seed=seed, role=role)
+              for role in ("train", "val")}
+    labels["test"] = ttv_labels(files["ttv"], "test")
+    return labels
+
+
 def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, *,
         log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult]:
-    """Fine-tune and test; returns (metrics, result), metrics None when interrupted."""
+    """Fine-tune and test on the per-class K-shot split; returns (metrics, result), metrics None when interrupted."""
+    return run_with_split(params, files, fewshot_split(params, files), class_names(files["manifest"]), state_dir,
+                          log=log)
+
+
+def run_with_split(params: Mapping[str, Any], files: Mapping[str, Any], labels: Mapping[str, Mapping[str, int]],
+                   names: list[str], state_dir: str | Path, *,
+                   log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult]:
+    """Fine-tune on ``labels["train"]``, select on ``labels["val"]`` (may be empty), test on ``labels["test"]``.
+
+    ``labels`` maps role -> {shape id: label in 0..len(names)-1}; ``params`` holds ``finetune``, ``tokens``,
+    ``model``, ``seed``, ``k``, ``method``, ``dataset`` (and an optional ``key`` naming the job in its seeds).
+    """
     ft, seed, k, method = params["finetune"], int(params["seed"]), int(params["k"]), params["method"]
-    key = f"{params['dataset']}|{method}|k{k}|s{seed}"
+    key = params.get("key") or f"{params['dataset']}|{method}|k{k}|s{seed}"
     tok = token_config(params)
-    names = class_names(files["manifest"])
     index, shards = files["index"], files["shards"]
-    split = {role: cached_rows(fewshot_labels(files["fewshot"], files["ttv"], k=k, seed=seed, role=role), index, shards)
-             for role in ("train", "val")}
-    split["test"] = cached_rows(ttv_labels(files["ttv"], "test"), index, shards)
+    split = {role: cached_rows(dict(labels.get(role, {})), index, shards) for role in ("train", "val", "test")}
     if not split["train"] or not split["test"]:
         raise ValueError(f"{key}: empty train ({len(split['train'])}) or test ({len(split['test'])}) set")
     log.info("%s: train %d, val %d, test %d shapes, %d classes", key, *(len(split[r]) for r in ("train", "val", "test")),
              len(names))
     backend = ft["backend"]
-    train_ds = ShapeTokenDataset(entries_of(split["train"]), backend, tok, seed=seed, mode="train")
+    encoder, causal, tok = job_encoder(params, files, seed=seed, key=key)
+    train_ds = ShapeTokenDataset(entries_of(split["train"]), backend, tok, seed=seed, mode="train",
+                                 augment=ft.get("augment"))
     eval_sets = {role: ShapeTokenDataset(entries_of(split[role]), backend, tok, seed=seed, mode="eval",
                                          mc_draws=ft[f"mc_draws_{'val' if role == 'val' else 'test'}"])
                  for role in ("val", "test") if split[role]}
-
-    if method == "scratch":
-        encoder, causal = build_encoder(params["model"], tok, seed=seed, key=key), True
-    else:
-        encoder = load_encoder(files["weights"], files["encoder_json"])
-        causal = bool(_sidecar(files["encoder_json"]).get("extra", {}).get("causal", True))
     torch.manual_seed(stable_hash(f"{seed}|head|{key}") % 2**63)
     objective = build_objective("classify", encoder, {
         "n_classes": len(names), "pool": ft["pool"], "label_smoothing": ft["label_smoothing"],
-        "freeze_encoder": ft["freeze_encoder"], "causal": causal})
+        "freeze_encoder": frozen(params), "causal": causal,
+        "layer_decay": float(ft.get("layer_decay", 1.0)), "head_dropout": float(ft.get("head_dropout", 0.0))})
 
     n_train = len(train_ds)
     batch = min(int(ft["batch_size"]), n_train)
-    steps_per_epoch = n_train // batch
-    steps = steps_per_epoch * int(ft["epochs"])
+    steps, steps_per_epoch = step_budget(ft, n_train, batch)
+    every = max(1, min(int(ft["eval_every"]), steps))
     cfg = TrainConfig(steps=steps, batch_size=batch, lr=ft["lr"], weight_decay=ft["weight_decay"],
                       warmup_steps=int(round(ft["warmup_frac"] * steps)), min_lr_ratio=0.01, clip_grad=1.0,
-                      checkpoint_every=max(1, steps_per_epoch * int(ft["eval_every"])), log_every=steps_per_epoch,
+                      checkpoint_every=every, log_every=max(1, min(steps_per_epoch, every)),
                       seed=seed, num_workers=ft["num_workers"])
     # reshuffled every epoch (a seeded permutation, no replacement)
     corpus = MixedCorpus([(train_ds, 1.0)], n_train, seed, replacement=False)
     hooks = []
     select = ft["selection"] == "val" and "val" in eval_sets
     if select:
-        hooks.append(BestOnValidation(eval_sets["val"], every=steps_per_epoch * int(ft["eval_every"]),
-                                      batch_size=64, log=log))
+        hooks.append(BestOnValidation(eval_sets["val"], every=every, batch_size=64, log=log))
     result = train(objective, EpochData(lambda epoch: EpochView(corpus, epoch), collate), cfg, state_dir,
                    config_hash=run_fingerprint(params, files), log=log,
                    metrics_path=Path(state_dir) / "train_log.jsonl", hooks=hooks,
                    sinks=metrics_sinks(params, state_dir, log=log))
     if result.interrupted or not result.is_main:
         return None, result
+    # how well the weights fit their own training shapes (one un-augmented eval draw each), last and selected: an
+    # underfitting run shows here, not only as a low test accuracy
+    fit = ShapeTokenDataset(entries_of(split["train"]), backend, tok, seed=seed, mode="eval", mc_draws=1)
+    fit_last = fit_accuracy(objective, fit)
     selected_step = result.steps
     if select and hooks[0].best_state is not None:
         objective.load_state_dict(hooks[0].best_state)
@@ -167,7 +186,54 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     }
     if select:
         metrics["val_best_accuracy"] = hooks[0].best_acc
+    metrics["train_accuracy"] = fit_accuracy(objective, fit)
+    metrics["train_accuracy_last"] = fit_last
     return metrics, result
+
+
+def fit_accuracy(objective, dataset: ShapeTokenDataset) -> float:
+    """Accuracy on a (training) set's first eval draw."""
+    return float((predict(objective, dataset, batch_size=64)[:, 0].argmax(1) == dataset.labels).mean())
+
+
+def frozen(params: Mapping[str, Any]) -> bool:
+    """Linear probe or full fine-tuning: the row's own setting (the workflow's), else finetune.freeze_encoder."""
+    if "freeze_encoder" in params:
+        return bool(params["freeze_encoder"])
+    return bool(params["finetune"].get("freeze_encoder", False))
+
+
+def step_budget(ft: Mapping[str, Any], n_train: int, batch: int) -> tuple[int, int]:
+    """(optimiser steps, steps per epoch): ``finetune.steps`` for every job (a K = 1 job trains as long as a full
+    one), or ``epochs`` passes when that is more (large train sets)."""
+    steps_per_epoch = max(1, n_train // batch)
+    steps = int(ft["steps"])
+    if ft.get("epochs"):
+        steps = max(steps, steps_per_epoch * int(ft["epochs"]))
+    return steps, steps_per_epoch
+
+
+def job_encoder(params: Mapping[str, Any], files: Mapping[str, Any], *, seed: int, key: str):
+    """(encoder, causal, token config) of a job: the exported pretrained encoder (``files["weights"]``) read with the
+    tokens it was pretrained on, or (``row_kind`` scratch) a fresh one of ``params["model"]`` / ``params["tokens"]``.
+
+    Query tokens keep the fine-tune counts (``finetune.n_point`` / ``n_ray``) inside the pretrained layout; patch
+    tokens are drawn exactly as in pretraining. A fresh query encoder runs causally (as NEPA pretrains), a fresh
+    patch encoder both ways (as the Point-MAE family fine-tunes).
+    """
+    kind = params.get("row_kind") or ("scratch" if params["method"] == "scratch" else "pretrained")
+    if kind != "scratch":
+        encoder = load_encoder(files["weights"], files["encoder_json"])
+        extra = _sidecar(files["encoder_json"]).get("extra", {})
+        tokens = dict(extra.get("tokens") or params["tokens"])
+        causal = bool(extra.get("causal", True))
+        tok = token_config({**params, "tokens": tokens})
+    else:
+        tok = token_config(params)
+        encoder = build_encoder(params["model"], tok, seed=seed, key=key)
+        causal = token_kind(tok) == "query"
+    check_encoder_tokens(encoder, tok, where=f"the encoder of {key}")
+    return encoder, causal, tok
 
 
 def _sidecar(path: str | Path) -> dict[str, Any]:

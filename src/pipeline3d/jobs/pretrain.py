@@ -11,12 +11,14 @@ import torch
 
 from ..config import cfg_hash, canonical_json
 from ..log import git_describe
+from ..models.point_patch import PATCH_ENCODERS, uses_patches
 from ..models.registry import create_encoder
 from ..objectives import build_objective
 from ..rng import stable_hash
 from ..tokens.collate import collate
 from ..tokens.corpus import EpochView, MixedCorpus
 from ..tokens.layout import n_positions
+from ..tokens.patches import PatchConfig, token_kind
 from ..train.export import save_encoder
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
 from ..train.checkpoint import run_fingerprint
@@ -24,14 +26,39 @@ from ..train.wandb_sink import metrics_sinks
 from .data import corpus_datasets
 
 # Objectives whose encoder attends both ways; fine-tuning reads this from the export to run the encoder the same way.
-BIDIRECTIONAL = {"mae": lambda cfg: bool(cfg.get("bidirectional", True)), "cmae": lambda cfg: True}
+BIDIRECTIONAL = {"mae": lambda cfg: bool(cfg.get("bidirectional", True)), "cmae": lambda cfg: True,
+                 "point_mae": lambda cfg: True}
 
 
 def build_encoder(model_cfg: Mapping[str, Any], tok_cfg: Mapping[str, Any], *, seed: int, key: str):
-    """The configured encoder with a position table for the token layout; init seeded by (seed, key)."""
+    """The configured encoder for the token kind (a position table for query tokens, the patch shape for patches);
+    init seeded by (seed, key)."""
     overrides = {k: model_cfg[k] for k in ("d_model", "depth", "heads") if model_cfg.get(k) is not None}
+    where = f"model.encoder {model_cfg['encoder']!r}"
+    if (model_cfg["encoder"] in PATCH_ENCODERS) != (token_kind(tok_cfg) == "patch"):  # before building: clearer
+        raise ValueError(token_mismatch(where, "PointPatch" if model_cfg["encoder"] in PATCH_ENCODERS else "QueryNepa",
+                                        token_kind(tok_cfg)))
     torch.manual_seed(stable_hash(f"{seed}|init|{key}") % 2**63)
-    return create_encoder(model_cfg["encoder"], n_positions=n_positions(tok_cfg), **overrides)
+    if token_kind(tok_cfg) == "patch":
+        patch = PatchConfig.of(tok_cfg)
+        encoder = create_encoder(model_cfg["encoder"], group_size=patch.group_size, point_dim=patch.point_dim,
+                                 n_positions=patch.n_tokens, **overrides)
+    else:
+        encoder = create_encoder(model_cfg["encoder"], n_positions=n_positions(tok_cfg), **overrides)
+    check_encoder_tokens(encoder, tok_cfg, where=where)
+    return encoder
+
+
+def check_encoder_tokens(encoder, tok_cfg: Mapping[str, Any], *, where: str) -> None:
+    """A patch encoder reads patch tokens and a query encoder query tokens; anything else is a config error."""
+    kind = token_kind(tok_cfg)
+    if uses_patches(encoder) != (kind == "patch"):
+        raise ValueError(token_mismatch(where, type(encoder).__name__, kind))
+
+
+def token_mismatch(where: str, encoder_class: str, kind: str) -> str:
+    return (f"{where} ({encoder_class}) cannot read tokens.kind {kind!r}: patch tokens need a point_patch_* encoder, "
+            "query tokens a query_nepa_* one")
 
 
 def train_config(train_cfg: Mapping[str, Any], seed: int) -> TrainConfig:
@@ -47,16 +74,18 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     objective_name = entry["objective"]
     knobs = dict(params.get("objective", {}))
     tok_cfg = {**params["tokens"], "drop_ray_prob": entry.get("drop_ray_prob", 0.0)}
+    train_knobs = {**params["train"], **(entry.get("train") or {})}  # the method's own overrides of the shared knobs
     occ_grid = int(knobs.get("occ_grid", 0)) if objective_name == "cmae" else 0
     components = corpus_datasets(entry["corpus"], files, tok_cfg, seed=seed, occ_grid=occ_grid,
-                                 two_views=objective_name == "cmae")
+                                 two_views=objective_name == "cmae",
+                                 augment=train_knobs.get("augment"))
     for (ds, weight), part in zip(components, entry["corpus"]):
         log.info("corpus %s/%s via %s: %d shapes, weight %.3f", part["dataset"], part["split"], part["backend"],
                  len(ds), weight)
-    corpus = MixedCorpus(components, params["train"]["samples_per_epoch"], seed)
+    corpus = MixedCorpus(components, train_knobs["samples_per_epoch"], seed)
     encoder = build_encoder(params["model"], tok_cfg, seed=seed, key=method)
     objective = build_objective(objective_name, encoder, knobs)  # cmae's occ_grid sizes the dataset target too
-    cfg = train_config(params["train"], seed)
+    cfg = train_config(train_knobs, seed)
     data = EpochData(lambda epoch: EpochView(corpus, epoch), collate)
     result = train(objective, data, cfg, state_dir, config_hash=run_fingerprint(params, files), log=log,
                    metrics_path=metrics_path, sinks=metrics_sinks(params, state_dir, log=log))

@@ -21,7 +21,10 @@ than K shapes is sampled with replacement. Training uses the ttv ``train`` split
 
 Evaluation (PromptSG / re-ID convention): retrieval with the post-BN feature (cosine), CMC Rank@1/5/10 and mAP
 averaged over the qg.parquet query/gallery splits of the test shapes; the raw embeddings (and the pre-BN feature)
-on the same splits as baselines.
+on the same splits as baselines. With the dataset's cache among the inputs (``index``, ``shards``), also the
+hand-crafted floor ``descriptor_raw``: shape-distribution descriptors (``eval.descriptor``, default knobs) of the
+cached ``pc_xyz`` read through the ``pointcloud_noray`` view, standardised with the mean/std of the train shapes'
+descriptors, cosine on the same splits: no embedding and no training.
 
 Export: ``head.safetensors`` (every trained tensor) + ``head.json`` (dims, class names, ArcFace parameters, the
 input embeddings' provenance, the text tower's name and weights sha256 when textual inversion is on);
@@ -42,8 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..data.selection import ttv_labels
+from ..data.selection import cached_rows, ttv_labels
 from ..embed.vectors import Embeddings, read_vectors
+from ..eval import descriptor
 from ..eval.retrieval import qg_rank_map
 from ..io.atomic import write_json
 from ..io.weights import load_verified, read_sidecar, write_weights
@@ -62,6 +66,7 @@ FORMAT = "pipeline3d-retrieval-head"
 FORMAT_VERSION = 1
 DEFAULT_K = 4
 TRIPLET_METRIC = "cosine"
+DESCRIPTOR_BACKEND = "pointcloud_noray"  # the descriptor floor sees the cached surface points only
 # Defaults for knobs the config section may leave out (recorded in head.json / metrics.json as used).
 DEFAULTS = {"k": DEFAULT_K, "weight_decay": 5e-4, "warmup_frac": 0.1, "checkpoint_every": 100}
 LOSS_TERMS = ("ce", "triplet", "supcon")
@@ -339,9 +344,27 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     }
     if text_info:
         metrics["text"] = text_info
+    if "index" in files and "shards" in files:
+        metrics["descriptor_raw"] = descriptor_floor(files, seed, {s: train_labels[s] for s in train_ids}, qg, log)
     log.info("%s: qg mAP %.4f (raw %.4f), Rank@1 %.4f (raw %.4f) over %d splits", key, metrics["head"]["mAP"],
              metrics["raw"]["mAP"], metrics["head"]["rank@1"], metrics["raw"]["rank@1"], metrics["head"]["n_splits"])
     return metrics, model, description, result
+
+
+def descriptor_floor(files: Mapping[str, Any], seed: int, train_labels: Mapping[str, int], qg: pd.DataFrame,
+                     log: logging.Logger) -> dict[str, Any]:
+    """``qg_rank_map`` of the standardised shape-distribution descriptors of the qg shapes (mean/std of the
+    ``train_labels`` shapes' descriptors): the no-learning floor of the retrieval table."""
+    qg_labels = dict(zip(qg["shape_id"].astype(str), qg["label"].astype(int)))
+    rows = {role: cached_rows(dict(labels), files["index"], files["shards"])
+            for role, labels in (("train", train_labels), ("qg", qg_labels))}
+    x = {role: descriptor.descriptor_features(r, seed=seed, backend=DESCRIPTOR_BACKEND) for role, r in rows.items()}
+    mean, std = descriptor.standardiser(x["train"])
+    result = qg_rank_map(([r.shape_id for r in rows["qg"]], (x["qg"] - mean) / std), None, qg)
+    log.info("descriptor floor: qg mAP %.4f, Rank@1 %.4f (%d features, standardised on %d train shapes)",
+             result["mAP"], result["rank@1"], x["qg"].shape[1], len(rows["train"]))
+    return {**result, "descriptor": {**descriptor.DEFAULTS, "backend": DESCRIPTOR_BACKEND, "metric": "cosine",
+                                     "standardised_on": "train", "features": int(x["qg"].shape[1])}}
 
 
 class _EpochSlots:

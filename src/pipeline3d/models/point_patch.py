@@ -169,8 +169,11 @@ for _name, _size in _SIZES.items():
     _register_size(_name, _size)
 
 
+PATCH_ENCODERS = ("point_patch", *_SIZES)  # registry names that build a PointPatch
+
+
 def uses_patches(encoder: nn.Module) -> bool:
     return isinstance(encoder, PointPatch)
 
 
-__all__ = ["PatchEmbed", "PointPatch", "uses_patches"]
+__all__ = ["PATCH_ENCODERS", "PatchEmbed", "PointPatch", "uses_patches"]

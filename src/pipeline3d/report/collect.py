@@ -14,8 +14,8 @@ Layouts read (the keys each table uses):
   (tau else protocol.cpac.tau).
 - metric heads (results/heads/metric/<modality>/<ds>/<model>/metrics.json): "space" = modality/dataset/model,
   "test_qg": {"projected", "raw"} each with "per_split": [{"rank@1", "rank@5", "rank@10", "mAP"}].
-- retrieval heads (results/heads/retrieval/<ds>/<method>/metrics.json): "head", "raw", optional "head_pre_bn",
-  same per_split layout.
+- retrieval heads (results/heads/retrieval/<ds>/<method>/metrics.json): "head", "raw", optional "head_pre_bn" and
+  "descriptor_raw" (the hand-crafted shape-distribution floor, reported as "descriptor (raw)"), same per_split layout.
 - text-3D alignment (results/align_text3d/<ds>/<method>/metrics.json): "test": {"t2m", "m2t"} -> R@1/3/5/10.
 """
 
@@ -208,6 +208,10 @@ def _opt_int(value: Any) -> int | None:
 
 # ------------------------------------------------------------------------------------------------- heads
 RETRIEVAL_COLUMNS = ["dataset", "head", "model", "embedding", "n_split", *RETRIEVAL_METRICS]
+# (metrics key, embedding label) of a retrieval head's blocks, in table order
+RETRIEVAL_HEAD_BLOCKS = (("head", "retrieval head"), ("head_pre_bn", "retrieval head (pre-BN)"), ("raw", "raw"),
+                         ("descriptor_raw", "descriptor (raw)"))
+OPTIONAL_RETRIEVAL_BLOCKS = ("head_pre_bn", "descriptor_raw")
 
 
 def _split_values(block: Any, path: str | Path, where: str) -> dict[str, list[float]]:
@@ -240,8 +244,8 @@ def retrieval_rows(metric_head_paths: Iterable[str | Path], retrieval_head_paths
     for path in retrieval_head_paths:
         m = read_metrics(path)
         dataset, method = identity(m, path, "dataset"), identity(m, path, "method")
-        for key, label in (("head", "retrieval head"), ("head_pre_bn", "retrieval head (pre-BN)"), ("raw", "raw")):
-            if key == "head_pre_bn" and key not in m:
+        for key, label in RETRIEVAL_HEAD_BLOCKS:
+            if key in OPTIONAL_RETRIEVAL_BLOCKS and key not in m:
                 continue
             values = _split_values(m, path, key)
             rows.append({"dataset": dataset, "head": "retrieval", "model": method, "embedding": label,

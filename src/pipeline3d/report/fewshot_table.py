@@ -33,11 +33,15 @@ def load_rows(paths: Sequence[str | Path], require_dataset: bool = False) -> pd.
                 raise
             dataset = ""
         rows.append({"dataset": dataset, "method": str(metrics["method"]), "k": int(metrics["k"]),
-                     "seed": int(metrics["seed"]),
-                     "test_acc": number(dig(metrics, path, "test", "accuracy"), path, "test.accuracy"),
-                     "test_macc": number(dig(metrics, path, "test", "mean_class_accuracy"), path,
-                                         "test.mean_class_accuracy")})
+                     "seed": int(metrics["seed"]), **accuracies(metrics, path)})
     return pd.DataFrame(rows, columns=["dataset", "method", "k", "seed", "test_acc", "test_macc"])
+
+
+def accuracies(metrics: dict, path: str | Path) -> dict[str, float]:
+    """test_acc and test_macc of a classification metrics JSON (shared with the episode table)."""
+    return {"test_acc": number(dig(metrics, path, "test", "accuracy"), path, "test.accuracy"),
+            "test_macc": number(dig(metrics, path, "test", "mean_class_accuracy"), path,
+                                "test.mean_class_accuracy")}
 
 
 def _std(values: pd.Series) -> float:
@@ -46,13 +50,29 @@ def _std(values: pd.Series) -> float:
 
 def summarize(rows: pd.DataFrame, method_order: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per (method, K): n_seed, mean and sample std (ddof=1; 0 with one seed) of test accuracies."""
-    grouped = rows.groupby(["method", "k"], sort=False)
-    table = grouped.agg(n_seed=("seed", "nunique"), acc_mean=("test_acc", "mean"), acc_std=("test_acc", _std),
-                        macc_mean=("test_macc", "mean"), macc_std=("test_macc", _std)).reset_index()
-    order = list(method_order) if method_order else sorted(table["method"].unique())
-    table["_m"] = table["method"].map({m: i for i, m in enumerate(order)})
+    table = aggregate(rows, ["method", "k"], "seed")
+    table["_m"] = method_rank(table["method"], method_order)
     table["_k"] = full_last(table["k"])  # K ascending, the full train split (K = 0) last, as the report's table
     return table.sort_values(["_k", "_m"]).drop(columns=["_k", "_m"]).reset_index(drop=True)
+
+
+def aggregate(rows: pd.DataFrame, keys: list[str], unit: str) -> pd.DataFrame:
+    """Per ``keys`` (first-seen order): n_<unit> (distinct units, e.g. seeds or folds), mean and sample std of
+    test_acc and test_macc (ddof=1; 0 with one unit)."""
+    grouped = rows.groupby(keys, sort=False)
+    return grouped.agg(**{f"n_{unit}": (unit, "nunique")}, acc_mean=("test_acc", "mean"), acc_std=("test_acc", _std),
+                       macc_mean=("test_macc", "mean"), macc_std=("test_macc", _std)).reset_index()
+
+
+def method_rank(methods: pd.Series, method_order: Sequence[str] | None = None) -> pd.Series:
+    """Sort key of methods: the given (config) order, else alphabetical."""
+    order = list(method_order) if method_order else sorted(methods.unique())
+    return methods.map({m: i for i, m in enumerate(order)})
+
+
+def pm(mean: float, std: float) -> str:
+    """A mean ± std cell, as every classification table prints it."""
+    return f"{mean:.4f} ± {std:.4f}"
 
 
 def full_last(k: pd.Series) -> pd.Series:
@@ -75,11 +95,11 @@ def to_markdown(table: pd.DataFrame, title: str) -> str:
     lines = [f"# {title}", "", "| Method | K | n(seed) | test_acc mean ± std | test mAcc mean ± std |",
              "|---|---|---|---|---|"]
     for r in table.itertuples():
-        lines.append(f"| {r.method} | {_k_label(r.k)} | {r.n_seed} | {r.acc_mean:.4f} ± {r.acc_std:.4f} | "
-                     f"{r.macc_mean:.4f} ± {r.macc_std:.4f} |")
+        lines.append(f"| {r.method} | {_k_label(r.k)} | {r.n_seed} | {pm(r.acc_mean, r.acc_std)} | "
+                     f"{pm(r.macc_mean, r.macc_std)} |")
     lines += ["", "Best method per K (mean test accuracy):", ""]
     for r in best_per_k(table).itertuples():
-        lines.append(f"- K={_k_label(r.k)}: **{r.method}** {r.acc_mean:.4f} ± {r.acc_std:.4f}")
+        lines.append(f"- K={_k_label(r.k)}: **{r.method}** {pm(r.acc_mean, r.acc_std)}")
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from ..io.atomic import write_json
-from ..jobs import finetune
+from ..finetune_rows import DESCRIPTOR
+from ..jobs import descriptor, finetune
 from ..log import git_describe
 from ._cli import start, training_parser
 
@@ -28,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     started = time.time()
     try:
-        metrics, result = finetune.run(params, json.loads(args.inputs), Path(args.state_dir), log=log)
+        files = json.loads(args.inputs)
+        if params.get("row_kind") == DESCRIPTOR:  # the hand-crafted floor: no training loop, nothing to resume
+            metrics, result = descriptor.run(params, files, log=log), None
+        else:
+            metrics, result = finetune.run(params, files, Path(args.state_dir), log=log)
     except ValueError as exc:
         log.error("%s", exc)
         return 1

@@ -1,4 +1,4 @@
-"""Split families of one dataset: ttv, kfold, unpaired, fewshot, qg (see pipeline3d.data.splits).
+"""Split families of one dataset: ttv, kfold, unpaired, fewshot, qg, episodes (see pipeline3d.data.splits).
 
 Near-duplicate groups from fingerprint_dataset are the unit of assignment everywhere; every random choice is a
 seeded hash of a stable id, so the splits do not depend on manifest row order.
@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", required=True, help="ingest manifest.parquet")
     p.add_argument("--duplicates", required=True, help="fingerprint duplicates.parquet")
     p.add_argument("--out-dir", required=True, help="results/splits/<dataset>")
-    p.add_argument("--families", nargs="+", default=list(splits.FAMILIES), choices=splits.FAMILIES,
-                   help="which split families to write (default: all)")
+    p.add_argument("--families", nargs="+", default=None, choices=splits.FAMILIES,
+                   help="which split families to write (default: every family whose keys --params holds)")
     args = p.parse_args(argv)
     params, logger = start(STAGE, args)
     try:

@@ -100,10 +100,12 @@ def knn_groups(points: np.ndarray, centres: np.ndarray, k: int) -> np.ndarray:
     d2 = ((ctr[:, None, :] - pts[None, :, :]) ** 2).sum(axis=2)  # (G, N), exact (no expansion round-off)
     if k < d2.shape[1]:
         part = np.argpartition(d2, k - 1, axis=1)[:, :k]
-        # argpartition may cut a tie at the k-th distance arbitrarily: keep every point at or below that distance
+        # argpartition cuts a tie at the k-th distance arbitrarily; rows with such a tie (duplicate points, e.g.
+        # after point dropout) are redone with a stable sort, so ties go to the lower index
         kth = np.take_along_axis(d2, part, axis=1).max(axis=1, keepdims=True)
-        if int((d2 <= kth).sum()) != d2.shape[0] * k:
-            part = np.argsort(d2, axis=1, kind="stable")[:, :k]
+        tied = np.flatnonzero((d2 <= kth).sum(axis=1) != k)
+        if len(tied):
+            part[tied] = np.argsort(d2[tied], axis=1, kind="stable")[:, :k]
     else:
         part = np.broadcast_to(np.arange(d2.shape[1]), d2.shape).copy()
     order = np.lexsort((part, np.take_along_axis(d2, part, axis=1)), axis=1)

@@ -1,4 +1,4 @@
-"""Split families (one module each): ttv, kfold, unpaired, fewshot, qg; ``build.run`` writes them all."""
+"""Split families (one module each): ttv, kfold, unpaired, fewshot, qg, episodes; ``build.run`` writes them all."""
 
 from .build import FAMILIES, FAMILY_KEYS, build_splits, run
 from .common import allocate, assign_groups, load_items
