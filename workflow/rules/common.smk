@@ -244,6 +244,8 @@ def episode_cfg(wildcards):
     so growing the grid reruns nothing."""
     shared = row_knobs(wildcards.method,
                        ("datasets", "methods", "k", "seeds", "episodes", "selection", "scratch", "freeze_encoder"))
+    if EPISODES.get("steps") and "steps" in shared:
+        shared["steps"] = EPISODES["steps"]  # support sets are small: episodes may train for fewer steps
     return stage_params("finetune_episode", {
         "seed": config["seed"], "method": wildcards.method, "dataset": wildcards.dataset,
         "setting": wildcards.setting, "fold": int(wildcards.fold),

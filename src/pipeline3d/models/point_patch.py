@@ -14,13 +14,12 @@ embedding (their features are zeros by construction, so they are masked out rath
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline3d.models.query_nepa import Block, EncoderOutput, attention_mask, pool_tokens
+from pipeline3d.models.query_nepa import Block, EncoderOutput, init_transformer, pool_tokens, run_blocks
 from pipeline3d.models.registry import register_encoder
 from pipeline3d.models.token_types import N_TYPES, content_tokens
 
@@ -73,18 +72,7 @@ class PointPatch(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for block in self.blocks:
-            for proj in (block.proj, block.fc2):
-                nn.init.trunc_normal_(proj.weight, std=0.02 / math.sqrt(2 * self.depth))
+        init_transformer(self)
 
     def _check(self, feat: torch.Tensor) -> None:
         if feat.shape[-1] != self.feat_dim:
@@ -133,14 +121,7 @@ class PointPatch(nn.Module):
     def run_blocks(self, z: torch.Tensor, valid: torch.Tensor, *, causal: bool,
                    extra_block: torch.Tensor | None = None, wanted: set[int] = frozenset()) -> EncoderOutput:
         """The transformer over given token embeddings (Point-MAE's encoder runs on the visible ones only)."""
-        mask = attention_mask(valid.to(torch.bool), causal=causal, extra_block=extra_block)
-        layers = {0: z} if 0 in wanted else {}
-        x = z
-        for k, block in enumerate(self.blocks, start=1):
-            x = block(x, mask)
-            if k in wanted:
-                layers[k] = x
-        return EncoderOutput(z=z, h=self.norm(x), layers=layers)
+        return run_blocks(self.blocks, self.norm, z, valid, causal=causal, extra_block=extra_block, wanted=wanted)
 
     def pool(self, out: EncoderOutput | torch.Tensor, batch: dict[str, torch.Tensor], how: str = "meanmax",
              prefix: str = "") -> torch.Tensor:

@@ -104,19 +104,7 @@ class QueryNepa(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        # GPT-2 style: shrink the residual-branch outputs so the stream's variance does not grow with depth
-        for block in self.blocks:
-            for proj in (block.proj, block.fc2):
-                nn.init.trunc_normal_(proj.weight, std=0.02 / math.sqrt(2 * self.depth))
+        init_transformer(self)
 
     def embed(self, feat: torch.Tensor, type_id: torch.Tensor, pos: torch.Tensor, *,
               content_only: bool = False) -> torch.Tensor:
@@ -151,19 +139,43 @@ class QueryNepa(nn.Module):
         if any(k < 0 or k > self.depth for k in wanted):
             raise ValueError(f"return_layers {sorted(wanted)} outside 0..{self.depth}")
         z = self.embed(feat, type_id, pos)
-        mask = attention_mask(valid.to(torch.bool), causal=causal, extra_block=extra_block)
-        layers = {0: z} if 0 in wanted else {}
-        x = z
-        for k, block in enumerate(self.blocks, start=1):
-            x = block(x, mask)
-            if k in wanted:
-                layers[k] = x
-        return EncoderOutput(z=z, h=self.norm(x), layers=layers)
+        return run_blocks(self.blocks, self.norm, z, valid, causal=causal, extra_block=extra_block, wanted=wanted)
 
     def pool(self, out: EncoderOutput | torch.Tensor, batch: dict[str, torch.Tensor], how: str = "eos",
              prefix: str = "") -> torch.Tensor:
         """One vector per sample from the final hidden states (``pool_tokens``)."""
         return pool_tokens(out, batch, how, prefix)
+
+
+def init_transformer(model: nn.Module) -> None:
+    """Truncated-normal Linear/Embedding weights, zero biases, unit LayerNorms; then GPT-2's shrunken residual-branch
+    outputs (``model.blocks``' proj and fc2), so the stream's variance does not grow with ``model.depth``."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for block in model.blocks:
+        for proj in (block.proj, block.fc2):
+            nn.init.trunc_normal_(proj.weight, std=0.02 / math.sqrt(2 * model.depth))
+
+
+def run_blocks(blocks: nn.ModuleList, norm: nn.LayerNorm, z: torch.Tensor, valid: torch.Tensor, *, causal: bool,
+               extra_block: torch.Tensor | None = None, wanted: set[int] | frozenset[int] = frozenset()
+               ) -> EncoderOutput:
+    """The pre-norm blocks over token embeddings ``z``, the final norm, and the residual streams at ``wanted``."""
+    mask = attention_mask(valid.to(torch.bool), causal=causal, extra_block=extra_block)
+    layers = {0: z} if 0 in wanted else {}
+    x = z
+    for k, block in enumerate(blocks, start=1):
+        x = block(x, mask)
+        if k in wanted:
+            layers[k] = x
+    return EncoderOutput(z=z, h=norm(x), layers=layers)
 
 
 POOLS = ("eos", "mean", "max", "meanmax")

@@ -37,3 +37,40 @@ def training_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--state-dir", required=True, help="resume state (undeclared in the rule, so it survives)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the rule's threads)")
     return p
+
+
+def run_metrics_job(stage: str, doc: str | None, job, summary, argv: list[str] | None = None) -> int:
+    """The whole main() of a training stage that ends in one metrics JSON (the fine-tune and episode jobs).
+
+    ``job(params, files, state_dir, log) -> (metrics | None, result | None)``: metrics None means interrupted
+    (``result`` says how; exit 75 after a checkpoint). A ValueError (bad input, named) or a PermissionError (a backend
+    refusing an array) is logged and exits 1, writing nothing. The metrics get the protocol (the params), the code
+    version and the wall time, and are written atomically; ``summary(metrics)`` is logged.
+    """
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from ..io.atomic import write_json
+    from ..log import git_describe
+
+    p = training_parser(stage, doc)
+    p.add_argument("--metrics", required=True)
+    args = p.parse_args(argv)
+    params, log = start(stage, args)
+    torch.set_num_threads(max(1, args.threads))
+    started = time.time()
+    try:
+        metrics, result = job(params, json.loads(args.inputs), Path(args.state_dir), log)
+    except (ValueError, PermissionError) as exc:
+        log.error("%s", exc)
+        return 1
+    if metrics is None:
+        if result.interrupted:
+            log.warning("interrupted at step %d; checkpoint saved, rerun to resume", result.steps)
+        return result.exit_code
+    metrics |= {"protocol": params, "git": git_describe(), "seconds": round(time.time() - started, 1)}
+    write_json(args.metrics, metrics)
+    log.info("%s", summary(metrics))
+    return 0
