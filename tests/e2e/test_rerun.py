@@ -29,16 +29,23 @@ pytestmark = pytest.mark.e2e
 STAGE_RULES = [
     "make_demo_data", "ingest_dataset", "build_cache_shard", "index_cache",
     "fingerprint_dataset", "make_splits", "materialize_unpaired", "pretrain_encoder", "finetune_classifier",
-    "tabulate_fewshot", "embed_image", "embed_text", "embed_shape", "difficulty_bands", "tune_metric_head",
+    "tabulate_fewshot", "finetune_episode", "tabulate_episodes", "embed_image", "embed_text", "embed_shape",
+    "difficulty_bands", "tune_metric_head",
     "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head", "eval_ucpr", "eval_cpac", "report",
 ]
 
 
 def model_jobs(config: dict) -> dict[str, int]:
     ft = config["finetune"]
-    return {"pretrain_encoder": len(config["pretrain"]["methods"]),
+    settings = ft["episodes"]["settings"]
+    folds = ft["episodes"]["folds"] or range(config["splits"]["episodes"]["folds"])
+    jobs = {"pretrain_encoder": len(config["pretrain"]["methods"]),
             "finetune_classifier": len(ft["datasets"]) * len(ft["methods"]) * len(ft["k"]) * len(ft["seeds"]),
             "tabulate_fewshot": len(ft["datasets"])}
+    if settings:
+        jobs |= {"finetune_episode": len(ft["datasets"]) * len(ft["methods"]) * len(settings) * len(folds),
+                 "tabulate_episodes": len(ft["datasets"])}
+    return jobs
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +232,9 @@ def test_fewshot_jobs_select_on_a_k_shot_validation_set_and_test_on_every_test_s
         assert full["protocol"]["method"] == method and full["protocol"]["k"] == 0
     table = (demo / "results" / "tables" / "fewshot" / "demo-mesh.md").read_text()
     assert all(f"| {method} |" in table for method in config["finetune"]["methods"])
+    episodes = (demo / "results" / "tables" / "episodes" / "demo-mesh.md").read_text()
+    assert all(f"| {method} |" in episodes for method in config["finetune"]["methods"]), episodes
+    assert "3w1s" in episodes
 
 
 def test_embeddings_bands_heads_and_submission_come_out_of_all(demo: Path) -> None:

@@ -46,7 +46,7 @@ def test_finetune_references(config: dict) -> None:
     config["finetune"]["k"] = [0, 7]
     config["finetune"]["n_point"] = 10_000
     text = problem(config)
-    assert "finetune.methods[1]: 'nepa_typo' is not a few-shot row (known: descriptor, scratch, scratch_patch, mae" in text
+    assert "finetune.methods[1]: 'nepa_typo' is not a few-shot row (known: descriptor, scratch, mae, nepa" in text
     assert "finetune.k[1]: K=7 has no few-shot split" in text
     assert "finetune.n_point: 10000 is more than the pretrained layout holds" in text
 

@@ -114,3 +114,28 @@ def test_query_and_patch_encoders_refuse_each_others_tokens(tmp_path, files):
     row = params("scratch") | {"row_kind": "scratch", "tokens": PATCH_TOKENS}  # a query_nepa model, patch tokens
     with pytest.raises(ValueError, match="cannot read tokens.kind 'patch'"):
         finetune.run(row, files, tmp_path / "state", log=logging.getLogger("test"))
+
+
+def test_validation_selection_breaks_accuracy_ties_by_the_lower_loss(monkeypatch):
+    """Tiny K-shot validation sets tie on accuracy; the later, better-trained weights (lower loss) must win a tie,
+    and an accuracy gain must win over any loss."""
+    import numpy as np
+
+    class Labels:
+        labels = np.array([0, 1])
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+    reads = iter([np.array([[[0.6, 0.4]], [[0.4, 0.6]]]),   # step 10: acc 1.0, unsure
+                  np.array([[[5.0, -5.0]], [[-5.0, 5.0]]]),  # step 20: acc 1.0, confident -> wins the tie
+                  np.array([[[0.0, 9.0]], [[-9.0, 9.0]]])])  # step 30: acc 0.5 -> never wins
+    monkeypatch.setattr(finetune, "predict", lambda objective, dataset, batch_size: next(reads))
+    hook = finetune.BestOnValidation(Labels(), every=10, batch_size=2, log=logging.getLogger("test"))
+    model = Model()
+    for step in (10, 20, 30):
+        model.w.data.fill_(step)
+        hook(step, model)
+    assert hook.best_step == 20 and hook.best_acc == 1.0 and float(hook.best_state["w"]) == 20.0

@@ -38,7 +38,8 @@ def test_every_objective_has_the_shared_interface(name):
     if name in PATCH_ONLY:
         b, encoder = patch_batch(3), tiny_patch_encoder()
     else:
-        b, encoder = make_batch(3, 4, 3, seed=1, occ_grid=2, two_views=True, n_classes=3), tiny_encoder(n_positions(4, 3))
+        b = make_batch(3, 4, 3, seed=1, occ_grid=2, two_views=True, n_classes=3)
+        encoder = tiny_encoder(n_positions(4, 3))
     obj = seeded(0, lambda: build_objective(name, encoder, CONFIGS[name]))
     assert obj.encoder.d_model == encoder.d_model
     loss, logs = obj(b, step=1, total_steps=10, generator=torch.Generator().manual_seed(0))

@@ -14,7 +14,6 @@ from pipeline3d.models.query_nepa import pool_tokens
 from pipeline3d.objectives import build_objective
 from pipeline3d.objectives.masks import sample_token_mask
 from pipeline3d.tokens.augment import AugmentConfig, augment_points, augment_tokens
-from pipeline3d.tokens.collate import collate
 from pipeline3d.tokens.layout import BOS, EOS, POINT
 from pipeline3d.tokens.patches import (PatchConfig, draw_points, farthest_point_sample, knn_groups, patchify,
                                        split_patch_feat)
@@ -134,7 +133,7 @@ def test_meanmax_pool_concatenates_mean_and_max_of_content_tokens():
 # cmae's token InfoNCE has a high floor here: the patches of six spheres/cubes/rods are near-copies of each other,
 # so many negatives are indistinguishable from the positive; it still has to fall by a third
 @pytest.mark.parametrize("name,cfg,ratio", [("point_mae", {}, 0.5), ("nepa", {}, 0.5), ("mae", {}, 0.5),
-                                            ("cmae", {"lambda_occ": 0.0, "lambda_view": 0.0, "ema_momentum": 0.9}, 0.7)])
+                                            ("cmae", {"lambda_occ": 0, "lambda_view": 0, "ema_momentum": 0.9}, 0.7)])
 def test_each_objective_loss_falls_on_a_tiny_patch_set(name, cfg, ratio):
     obj = seeded(1, lambda: build_objective(name, tiny_patch_encoder(), cfg))
     losses = overfit(obj, patch_batch(), steps=60, lr=3e-3, mask_seed=0)

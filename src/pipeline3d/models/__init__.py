@@ -9,5 +9,5 @@ from pipeline3d.models.query_nepa import EncoderOutput, QueryNepa, attention_mas
 from pipeline3d.models.registry import (create_encoder, encoder_from_config, is_encoder, list_encoders,
                                         register_encoder)
 
-__all__ = ["ClassificationHead", "EncoderOutput", "MLPHead", "PointPatch", "QueryNepa", "attention_mask", "create_encoder",
-           "encoder_from_config", "is_encoder", "list_encoders", "register_encoder"]
+__all__ = ["ClassificationHead", "EncoderOutput", "MLPHead", "PointPatch", "QueryNepa", "attention_mask",
+           "create_encoder", "encoder_from_config", "is_encoder", "list_encoders", "register_encoder"]
