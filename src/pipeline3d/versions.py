@@ -29,7 +29,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "train_retrieval_head": 3,
     "eval_ucpr": 1,
     "eval_cpac": 1,
-    "report": 1,
+    "report": 2,
 }
 
 # On-disk schema of cache shards; readers refuse any other value.

@@ -37,8 +37,8 @@ STAGE_RULES = [
 
 def model_jobs(config: dict) -> dict[str, int]:
     ft = config["finetune"]
-    settings = ft["episodes"]["settings"]
-    folds = ft["episodes"]["folds"] or range(config["splits"]["episodes"]["folds"])
+    settings = ft.get("episodes", {}).get("settings", [])
+    folds = ft.get("episodes", {}).get("folds") or range(config["splits"].get("episodes", {}).get("folds", 10))
     jobs = {"pretrain_encoder": len(config["pretrain"]["methods"]),
             "finetune_classifier": len(ft["datasets"]) * len(ft["methods"]) * len(ft["k"]) * len(ft["seeds"]),
             "tabulate_fewshot": len(ft["datasets"])}

@@ -163,11 +163,13 @@ def cpac_table(rows: pd.DataFrame) -> Table:
 
 
 # ------------------------------------------------------------------------------------------------- retrieval
-_EMBEDDING_ORDER = {"metric head": 0, "retrieval head": 0, "retrieval head (pre-BN)": 1, "raw": 2}
+_EMBEDDING_ORDER = {"metric head": 0, "retrieval head": 0, "retrieval head (pre-BN)": 1, "raw": 2,
+                    "descriptor (raw)": 3}  # the hand-crafted floor last
 
 
 def retrieval_table(rows: pd.DataFrame) -> Table:
-    table = Table("retrieval", "Query/gallery retrieval: metric and retrieval heads vs the raw embedding", [
+    caption = "Query/gallery retrieval: metric and retrieval heads vs the raw embedding and the descriptor floor"
+    table = Table("retrieval", caption, [
         Column("head", "Head"), Column("model", "Model"), Column("embedding", "Embedding"),
         Column("n_split", "n(split)", "r"), *[Column(m, f"{_pretty(m)} mean ± std", "r", mean_std=True)
                                              for m in collect.RETRIEVAL_METRICS]], group_key="dataset")
