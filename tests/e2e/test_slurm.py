@@ -173,9 +173,9 @@ def test_gpu_job_gets_a_device(cluster, tmp_path: Path) -> None:
 def full_dag_config() -> dict:
     config = tiny_config()
     config["datasets"] = {name: config["datasets"][name] for name in ("demo-mesh", "demo-img")}
-    config["pretrain"]["methods"]["nepa"]["corpus"] = [
-        {"dataset": "demo-mesh", "split": "train_mesh", "backend": "mesh", "weight": 1.0}]
-    config["finetune"].update(methods=["nepa"], k=[0])
+    config["pretrain"]["methods"] = {"nepa": {**config["pretrain"]["methods"]["nepa"], "corpus": [
+        {"dataset": "demo-mesh", "split": "train_mesh", "backend": "mesh", "weight": 1.0}]}}
+    config["finetune"].update(methods=["nepa"], k=[0], episodes={"settings": []})
     config["embed"]["image"].update(datasets=[], depth_views=["demo-mesh"])
     config["embed"]["text"]["datasets"] = ["demo-img"]
     config["difficulty"]["spaces"] = ["shape/demo-mesh/nepa"]
