@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pipeline3d.models.query_nepa import Block, EncoderOutput, init_transformer, pool_tokens, run_blocks
-from pipeline3d.models.registry import register_encoder
+from pipeline3d.models.registry import register_family
 from pipeline3d.models.token_types import N_TYPES, content_tokens
 
 
@@ -135,19 +135,7 @@ _SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-@register_encoder("point_patch")
-def point_patch(**kwargs: Any) -> PointPatch:
-    return PointPatch(**kwargs)
-
-
-def _register_size(name: str, size: dict[str, Any]) -> None:
-    @register_encoder(name)
-    def factory(**kwargs: Any) -> PointPatch:
-        return PointPatch(**{**size, **kwargs})
-
-
-for _name, _size in _SIZES.items():
-    _register_size(_name, _size)
+register_family("point_patch", PointPatch, _SIZES)
 
 
 PATCH_ENCODERS = ("point_patch", *_SIZES)  # registry names that build a PointPatch

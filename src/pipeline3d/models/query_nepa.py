@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline3d.models.registry import register_encoder
+from pipeline3d.models.registry import register_family
 from pipeline3d.models.token_types import N_TYPES, content_tokens
 
 
@@ -221,16 +221,4 @@ _SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-@register_encoder("query_nepa")
-def query_nepa(**kwargs: Any) -> QueryNepa:
-    return QueryNepa(**kwargs)
-
-
-def _register_size(name: str, size: dict[str, Any]) -> None:
-    @register_encoder(name)
-    def factory(**kwargs: Any) -> QueryNepa:
-        return QueryNepa(**{**size, **kwargs})
-
-
-for _name, _size in _SIZES.items():
-    _register_size(_name, _size)
+register_family("query_nepa", QueryNepa, _SIZES)

@@ -33,6 +33,13 @@ def register_encoder(name: str) -> Callable[[EncoderFactory], EncoderFactory]:
     return decorator
 
 
+def register_family(name: str, cls: EncoderFactory, sizes: dict[str, dict[str, Any]]) -> None:
+    """Register ``cls`` under ``name`` (explicit sizes) and once per named size (its defaults, overridable)."""
+    register_encoder(name)(cls)
+    for size_name, size in sizes.items():
+        register_encoder(size_name)(lambda size=size, **kwargs: cls(**{**size, **kwargs}))
+
+
 def list_encoders(pattern: str = "*") -> list[str]:
     """Registered encoder names matching a shell-style pattern, sorted."""
     return sorted(n for n in _ENCODERS if fnmatch.fnmatchcase(n, pattern))

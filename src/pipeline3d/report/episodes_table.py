@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.splits.episodes import parse_setting
-from .collect import dig, identity, read_metrics
-from .fewshot_table import accuracies, aggregate, method_rank, pm, to_csv
+from .collect import dig
+from .fewshot_table import accuracies, aggregate, method_rank, pm, read_checked, to_csv
 
 REQUIRED = ("method", "setting", "fold")
 COLUMNS = ["dataset", "method", "setting", "way", "shot", "fold", "test_acc", "test_macc", "query_min", "query_max",
@@ -27,14 +27,7 @@ TABLE_COLUMNS = ["method", "setting", "way", "shot", "n_fold", "acc_mean", "acc_
 
 
 def _row(path: Path) -> dict:
-    metrics = read_metrics(path)
-    missing = [key for key in REQUIRED if key not in metrics]
-    if missing:
-        raise ValueError(f"{path}: episode metrics lack {missing}")
-    try:
-        dataset = identity(metrics, path, "dataset")
-    except ValueError:
-        dataset = ""
+    metrics, dataset = read_checked(path, REQUIRED, "episode")
     way, shot = parse_setting(metrics["setting"])
     row = {"dataset": dataset, "method": str(metrics["method"]), "setting": str(metrics["setting"]), "way": way,
            "shot": shot, "fold": int(metrics["fold"]), "skipped": str(metrics.get("skipped") or "")}

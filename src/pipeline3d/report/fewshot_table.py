@@ -18,20 +18,27 @@ from .collect import dig, identity, number, read_metrics
 REQUIRED = ("method", "k", "seed", "test")
 
 
+def read_checked(path: Path, required: Sequence[str], what: str, *, require_dataset: bool = False
+                 ) -> tuple[dict, str]:
+    """(metrics, dataset) of one job's metrics JSON; missing ``required`` keys are an error naming the file, and the
+    dataset is "" when unnamed (unless ``require_dataset``)."""
+    metrics = read_metrics(path)
+    missing = [key for key in required if key not in metrics]
+    if missing:
+        raise ValueError(f"{path}: {what} metrics lack {missing}")
+    try:
+        return metrics, identity(metrics, path, "dataset")
+    except ValueError:
+        if require_dataset:
+            raise
+        return metrics, ""
+
+
 def load_rows(paths: Sequence[str | Path], require_dataset: bool = False) -> pd.DataFrame:
     """One row per fine-tune metrics file: dataset ("" when unnamed, unless required), method, k, seed, accuracies."""
     rows = []
     for path in map(Path, paths):
-        metrics = read_metrics(path)
-        missing = [key for key in REQUIRED if key not in metrics]
-        if missing:
-            raise ValueError(f"{path}: fine-tune metrics lack {missing}")
-        try:
-            dataset = identity(metrics, path, "dataset")
-        except ValueError:
-            if require_dataset:
-                raise
-            dataset = ""
+        metrics, dataset = read_checked(path, REQUIRED, "fine-tune", require_dataset=require_dataset)
         rows.append({"dataset": dataset, "method": str(metrics["method"]), "k": int(metrics["k"]),
                      "seed": int(metrics["seed"]), **accuracies(metrics, path)})
     return pd.DataFrame(rows, columns=["dataset", "method", "k", "seed", "test_acc", "test_macc"])
