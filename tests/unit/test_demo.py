@@ -334,3 +334,12 @@ def test_stage_refuses_an_unknown_class_and_writes_nothing(tmp_path, capsys):
     assert stage_main(["--params", json.dumps(cfg), *args]) == 1
     assert "'spaceship'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rendering_many_meshes_that_stay_alive_does_not_crash():
+    # the generator holds every mesh while it renders images and scans; a ray intersector cached on each of them
+    # kept one Embree scene per mesh alive, and at ~1000 meshes (demo.train_per_class 100) the process segfaulted
+    camera = framing_camera(np.array([0.0, 0.0, 3.0]), 1.0, size=4)
+    meshes = [trimesh.creation.box(extents=(1.0, 1.0, 0.5 + i * 1e-4)) for i in range(1500)]
+    images = [depth_image(mesh, camera, near=1.0, far=5.0) for mesh in meshes]
+    assert all(image.shape == (4, 4) and image.max() > 0 for image in images)

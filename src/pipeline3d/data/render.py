@@ -65,9 +65,23 @@ def framing_camera(eye: np.ndarray, radius: float, size: int) -> PinholeCamera:
                          half_fov=float(np.arcsin(radius / distance)), size=size)
 
 
+def ray_intersector(mesh: trimesh.Trimesh):
+    """A ray intersector of ``mesh`` that lives only as long as the caller holds it.
+
+    Not ``mesh.ray``: trimesh caches that on the mesh, and with Embree each cached intersector keeps a native scene
+    alive; a run that renders about a thousand meshes it still holds (the demo generator at 100 models per class)
+    then dies with a segmentation fault inside Embree.
+    """
+    if trimesh.ray.has_embree:
+        from trimesh.ray.ray_pyembree import RayMeshIntersector
+    else:
+        from trimesh.ray.ray_triangle import RayMeshIntersector
+    return RayMeshIntersector(mesh)
+
+
 def first_hits(mesh: trimesh.Trimesh, origins: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ray index, hit location) of the first surface hit of every ray that hits, sorted by ray index."""
-    locations, ray_index, _ = mesh.ray.intersects_location(origins, directions, multiple_hits=False)
+    locations, ray_index, _ = ray_intersector(mesh).intersects_location(origins, directions, multiple_hits=False)
     order = np.argsort(ray_index, kind="stable")
     return ray_index[order], locations[order]
 
