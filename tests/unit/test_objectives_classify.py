@@ -65,6 +65,30 @@ def test_frozen_encoder_trains_only_the_head():
     assert losses[-1] < 0.85 * losses[0], losses
 
 
+
+def test_probe_phase_trains_the_head_then_the_encoder_moves():
+    # LP-FT: for the first probe_frac of the steps the encoder gets no gradient (AdamW then skips it: no update,
+    # no weight decay); after that it fine-tunes with the head it met trained
+    b = _batch()
+    obj = _cls(probe_frac=0.5, pool="mean", causal=False)
+    opt = torch.optim.AdamW(obj.trainable_parameters(), lr=1e-2, weight_decay=0.1)
+    enc0 = {k: v.clone() for k, v in obj.encoder.state_dict().items()}
+    head0 = {k: v.clone() for k, v in obj.head.state_dict().items()}
+
+    def step(i):
+        opt.zero_grad(set_to_none=True)
+        loss, _ = obj(b, step=i, total_steps=10, generator=gen())
+        loss.backward()
+        opt.step()
+
+    for i in range(5):
+        step(i)
+    assert all(p.grad is None for p in obj.encoder.parameters())
+    assert all(torch.equal(v, obj.encoder.state_dict()[k]) for k, v in enc0.items())
+    assert any(not torch.equal(v, obj.head.state_dict()[k]) for k, v in head0.items())
+    step(5)
+    assert any(not torch.equal(v, obj.encoder.state_dict()[k]) for k, v in enc0.items())
+
 def test_unknown_labels_are_refused():
     b = _batch()
     b["label"] = b["label"].clone()
@@ -78,6 +102,8 @@ def test_bad_options_are_refused():
         _cls(pool="cls")
     with pytest.raises(ValueError, match="n_classes"):
         _cls(n_classes=1)
+    with pytest.raises(ValueError, match="probe_frac"):
+        _cls(probe_frac=1.0)
 
 
 @pytest.mark.parametrize("cfg", [{}, {"pool": "mean", "causal": False, "head_hidden": 16}], ids=["eos", "mean-mlp"])

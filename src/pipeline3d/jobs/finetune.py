@@ -160,7 +160,8 @@ def run_with_split(params: Mapping[str, Any], files: Mapping[str, Any], labels: 
     objective = build_objective("classify", encoder, {
         "n_classes": len(names), "pool": ft["pool"], "label_smoothing": ft["label_smoothing"],
         "freeze_encoder": frozen(params), "causal": causal,
-        "layer_decay": float(ft.get("layer_decay", 1.0)), "head_dropout": float(ft.get("head_dropout", 0.0))})
+        "layer_decay": float(ft.get("layer_decay", 1.0)), "head_dropout": float(ft.get("head_dropout", 0.0)),
+        "probe_frac": float(ft.get("probe_frac", 0.0))})
 
     n_train = len(train_ds)
     batch = min(int(ft["batch_size"]), n_train)

@@ -29,11 +29,14 @@ class ClassifyObjective(Objective):
         head_dropout: dropout before the head's last Linear.
         layer_decay: layer-wise learning-rate decay (1 = off): block i of L gets ``layer_decay ** (L + 1 - i)``
             of the learning rate, the embeddings ``layer_decay ** (L + 1)``, the final norm and the head all of it.
+        probe_frac: linear probing, then fine-tuning (LP-FT): for the first ``probe_frac`` of the steps the encoder
+            runs without gradient (only the head trains; its parameters get no update, not even weight decay), so
+            a pretrained encoder meets a trained head instead of a random one when it starts to move.
     """
 
     def __init__(self, encoder: nn.Module, *, n_classes: int, pool: str = "eos", label_smoothing: float = 0.0,
                  freeze_encoder: bool = False, causal: bool = True, head_hidden: int = 0,
-                 head_dropout: float = 0.0, layer_decay: float = 1.0) -> None:
+                 head_dropout: float = 0.0, layer_decay: float = 1.0, probe_frac: float = 0.0) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"classify pool must be one of {POOLS}, got {pool!r}")
@@ -41,10 +44,12 @@ class ClassifyObjective(Objective):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if not 0.0 < layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+        if not 0.0 <= probe_frac < 1.0:
+            raise ValueError(f"probe_frac must be in [0, 1), got {probe_frac}")
         self.encoder = encoder
         self.head = ClassificationHead(pooled_dim(encoder.d_model, pool), n_classes, hidden_dim=head_hidden,
                                        dropout=head_dropout)
-        self.layer_decay = layer_decay
+        self.layer_decay, self.probe_frac = layer_decay, probe_frac
         self.n_classes, self.pool, self.label_smoothing = n_classes, pool, label_smoothing
         self.freeze_encoder, self.causal = freeze_encoder, causal
         if freeze_encoder:
@@ -71,9 +76,9 @@ class ClassifyObjective(Objective):
             layer = 0  # embeddings
         return self.layer_decay ** (depth + 1 - layer)
 
-    def predict_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits (B, n_classes) for a token batch."""
-        grad = torch.no_grad() if self.freeze_encoder else contextlib.nullcontext()
+    def predict_logits(self, batch: dict[str, torch.Tensor], *, probing: bool = False) -> torch.Tensor:
+        """Logits (B, n_classes) for a token batch (``probing``: the encoder without gradient)."""
+        grad = torch.no_grad() if self.freeze_encoder or probing else contextlib.nullcontext()
         with grad:
             out = self.encoder(batch["feat"], batch["type_id"], batch["pos"], batch["valid"], causal=self.causal)
             pooled = self.encoder.pool(out, batch, self.pool)
@@ -85,7 +90,7 @@ class ClassifyObjective(Objective):
         if bool(((label < 0) | (label >= self.n_classes)).any()):
             bad = sorted(set(label[(label < 0) | (label >= self.n_classes)].tolist()))
             raise ValueError(f"labels {bad} outside 0..{self.n_classes - 1} (-1 = unknown label) in a classify batch")
-        logits = self.predict_logits(batch)
+        logits = self.predict_logits(batch, probing=step < self.probe_frac * total_steps)
         loss = F.cross_entropy(logits, label, label_smoothing=self.label_smoothing)
         acc = (logits.argmax(dim=1) == label).float().mean()
         return loss, {"ce_loss": float(loss.detach()), "acc": float(acc)}
