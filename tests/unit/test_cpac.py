@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -314,3 +315,14 @@ def test_stage_bad_config_is_a_clear_error(tmp_path, cpac_ds, capfd, no_network)
     assert code == 1 and not out.exists() and "n_context <= 23" in capfd.readouterr().err
     code, out = _run(tmp_path, cpac_ds, "y.json", head_split="train_pc")
     assert code == 1 and "train_pc" in capfd.readouterr().err
+
+
+def test_stage_sends_every_input_to_the_encoders_device(tmp_path, cpac_ds, monkeypatch):
+    """With the encoder on ``meta`` (tests/unit/test_device_policy.py), the stage reaches its first copy back to
+    the host: nothing it hands the encoder stayed on the CPU."""
+    monkeypatch.setenv("PIPELINE3D_DEVICE", "meta")
+    params = {"seed": 0, "dataset": "ds", "method": "nepa", "context_backend": "pointcloud_noray", "cpac": CPAC,
+              "tokens": PRETRAIN, "stage_version": 1}
+    inputs = {k: cpac_ds[k] for k in ("manifest", "unpaired", "ttv", "index", "shards")} | cpac_ds["qa"]
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):
+        eval_cpac.run(params, inputs, logging.getLogger("test"))

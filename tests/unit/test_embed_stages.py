@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -309,3 +310,23 @@ def test_difficulty_groups_from_duplicates_when_ttv_has_none(tmp_path, mesh_ds, 
     group = dict(zip(ttv["shape_id"], ttv["group"]))
     assert len(table) and all(group[shape_of[a]] != group[shape_of[n]]
                               for a, n in zip(table["anchor_id"], table["neighbour_id"]))
+
+
+# ---- device policy: every input reaches the model's device (tests/unit/test_device_policy.py) ------------------------
+
+REACHED_HOST = "Cannot copy out of meta tensor"
+
+
+def test_embed_stages_send_every_input_to_the_models_device(tmp_path, image_ds, mesh_ds, clip_dir, monkeypatch,
+                                                             no_network):
+    monkeypatch.setenv("PIPELINE3D_DEVICE", "meta")
+    log = logging.getLogger("test")
+    image = {"seed": 0, "dataset": "img", "kind": "image", "image": IMAGE_CFG, "stage_version": 1}
+    with pytest.raises(NotImplementedError, match=REACHED_HOST):
+        embed_image.run(image, image_ds, str(tmp_path / "i.parquet"), log)
+    with pytest.raises(NotImplementedError, match=REACHED_HOST):
+        embed_text.run(_text_params(clip_dir, "img"), {"manifest": image_ds["manifest"]}, str(tmp_path / "t.parquet"),
+                       str(tmp_path / "cache"), log)
+    with pytest.raises(NotImplementedError, match=REACHED_HOST):
+        embed_shape.run(_shape_params(), mesh_ds, str(tmp_path / "s.parquet"), log)
+    assert not list(tmp_path.glob("*.parquet"))  # nothing written by a job that failed

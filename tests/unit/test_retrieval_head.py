@@ -166,6 +166,7 @@ def _grads(objective):
     objective.zero_grad(set_to_none=False)
     loss, logs = objective(None, step=0, total_steps=1, generator=torch.Generator().manual_seed(9))
     loss.backward()
+    logs = {k: float(v) for k, v in logs.items()}  # scalar tensors left on the device by the objective
     return loss, logs, {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
                         for n, p in objective.named_parameters() if p.requires_grad}
 

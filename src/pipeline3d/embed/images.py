@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..device import model_device, to_host
 from ..log import Progress
 from .backbones import ImageBackbone
 
@@ -94,6 +95,7 @@ def _embed(backbone: ImageBackbone, images: Sequence, to_rgb: Callable, batch_si
     n = len(images)
     out = np.empty((n, backbone.dim), dtype=np.float32)
     progress = Progress(log, n, f"embedded images ({backbone.name})", every=max(batch_size, 1000))
+    device = model_device(backbone.model)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
@@ -104,11 +106,11 @@ def _embed(backbone: ImageBackbone, images: Sequence, to_rgb: Callable, batch_si
             if stop - start < batch_size:
                 pad = torch.zeros((batch_size - (stop - start), *pixels.shape[1:]), dtype=pixels.dtype)
                 pixels = torch.cat([pixels, pad])
-            features = backbone.model(pixels)[: stop - start]
+            features = backbone.model(pixels.to(device))[: stop - start]
             if features.ndim != 2 or features.shape[1] != backbone.dim:
                 raise RuntimeError(f"{backbone.name} returned features of shape {tuple(features.shape)}, "
                                    f"expected (batch, {backbone.dim}); was it built with num_classes=0?")
-            out[start:stop] = F.normalize(features.float(), dim=-1).numpy()
+            out[start:stop] = to_host(F.normalize(features.float(), dim=-1))
             progress.step(stop - start)
     if not np.isfinite(out).all():
         raise FloatingPointError(f"{backbone.name} produced non-finite image embeddings")

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import model_device, to_device, to_host
 from ..log import Progress
 from ..tokens.collate import collate
 from ..tokens.dataset import ShapeTokenDataset
@@ -128,6 +129,7 @@ def embed_shapes(encoder: nn.Module, dataset: ShapeTokenDataset, *, batch_size: 
     if batch_size < 1:
         raise ValueError(f"embed.shape.batch_size must be >= 1, got {batch_size}")
     encoder.eval()
+    device = model_device(encoder)
     n, draws = len(dataset), dataset.mc_draws
     # One PAD column more than the longest sequence: every pass then runs the same masked attention path (an
     # encoder may skip the mask when nothing is padded, which could round differently).
@@ -139,8 +141,9 @@ def embed_shapes(encoder: nn.Module, dataset: ShapeTokenDataset, *, batch_size: 
         chunk = pairs[start:start + batch_size]
         batch = collate([dataset.item(i, 0, d) for i, d in chunk])
         batch = pad_batch(transform(batch) if transform is not None else batch, batch_size, length)
+        batch = to_device(batch, device)
         out = encoder(batch["feat"], batch["type_id"], batch["pos"], batch["valid"], causal=causal)
-        pooled = encoder.pool(out, batch, pool)[: len(chunk)].double().numpy()
+        pooled = to_host(encoder.pool(out, batch, pool)[: len(chunk)], np.float64)
         if normalize_draws:
             pooled = F.normalize(torch.from_numpy(pooled), dim=-1).numpy()
         if sums is None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..device import model_device, to_host
 from ..io.atomic import write_parquet
 from ..log import Progress
 from .backbones import TextBackbone
@@ -97,8 +98,9 @@ def _encode(backbone: TextBackbone, texts: Sequence[str], batch_size: int) -> np
     """Encode up to ``batch_size`` texts as one batch of exactly ``batch_size`` rows (padding dropped after)."""
     padded = list(texts) + [""] * (batch_size - len(texts))
     with torch.inference_mode():
-        features = backbone.model.encode_text(backbone.tokenizer(padded))
-        return F.normalize(features[: len(texts)].float(), dim=-1).numpy()
+        tokens = backbone.tokenizer(padded).to(model_device(backbone.model))
+        features = backbone.model.encode_text(tokens)
+        return to_host(F.normalize(features[: len(texts)].float(), dim=-1))
 
 
 def embed_texts(backbone: TextBackbone, texts: Sequence[str], *, batch_size: int = 64,

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import model_device, to_device, to_host
 from ..io.shards import ShardReader
 from ..log import Progress
 from ..rng import rng_for, stable_hash
@@ -298,6 +299,7 @@ def query_features(encoder: nn.Module, sequences: Sequence[CpacSequence], *, bat
     if any(len(s.type_id) != length for s in sequences):
         raise ValueError("CPAC sequences must all have the same length")
     encoder.eval()
+    device = model_device(encoder)
     out: list[np.ndarray] = []
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start:start + batch_size]
@@ -310,9 +312,10 @@ def query_features(encoder: nn.Module, sequences: Sequence[CpacSequence], *, bat
             feat[b], type_id[b] = torch.from_numpy(s.feat), torch.from_numpy(s.type_id)
             pos[b], valid[b] = torch.from_numpy(s.pos), True
             block[b, :, torch.from_numpy(s.query_slots)] = True  # nobody attends to a query (but itself)
-        h = encoder(feat, type_id, pos, valid, causal=causal, extra_block=block).h
+        h = encoder(*to_device((feat, type_id, pos, valid), device), causal=causal,
+                    extra_block=block.to(device)).h
         for b, s in enumerate(chunk):
-            out.append(h[b, torch.from_numpy(s.query_slots)].double().numpy())
+            out.append(to_host(h[b, torch.from_numpy(s.query_slots).to(device)], np.float64))
     return out
 
 

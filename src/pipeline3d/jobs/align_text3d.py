@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..device import job_device, model_device, to_host
 from ..embed.backbones import TextBackbone, build_text_backbone
 from ..embed.captions import CaptionTable, class_prompts, manifest_captions
 from ..embed.vectors import read_vectors
@@ -146,7 +147,8 @@ def encode_texts(tower: PartiallyFrozenTextTower, tokens: torch.Tensor, batch_si
     """L2-normalised text features (T, dim) in eval mode, in fixed chunks (same chunks -> same bytes)."""
     was = tower.training
     tower.train(False)
-    out = [tower.encode(tokens[i:i + batch_size]).numpy() for i in range(0, tokens.shape[0], batch_size)]
+    device = model_device(tower)
+    out = [to_host(tower.encode(tokens[i:i + batch_size].to(device))) for i in range(0, tokens.shape[0], batch_size)]
     tower.train(was)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), dtype=np.float32)
 
@@ -156,7 +158,8 @@ def project_shapes(projection: ProjectionHead, vectors: np.ndarray, batch_size: 
     was = projection.training
     projection.eval()
     x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-    out = [projection(x[i:i + batch_size]).numpy() for i in range(0, x.shape[0], batch_size)]
+    device = model_device(projection)
+    out = [to_host(projection(x[i:i + batch_size].to(device))) for i in range(0, x.shape[0], batch_size)]
     projection.train(was)
     return np.concatenate(out).astype(np.float32)
 
@@ -406,7 +409,7 @@ def submit(params: Mapping[str, Any], files: Mapping[str, Any], *, log: logging.
     head = json.loads(Path(heads[fold]).read_text())
     projection = _pick_by_sha(_as_list(files["projections"]), head["projection"]["sha256"], "projection")
     text_weights = _pick_by_sha(_as_list(files["text_towers"]), head["text"]["sha256"], "text tower")
-    loaded = load_alignment(heads[fold], projection, text_weights, params["text"])
+    loaded = load_alignment(heads[fold], projection, text_weights, params["text"], device=job_device())
     log.info("fold %d has the best validation score (%s); ranking the test split with it", fold,
              {int(m["fold"]): round(float(m["val"]["score"]), 4) for m in fold_metrics})
 

@@ -233,14 +233,18 @@ class MetricHeadObjective(nn.Module):
         projected = self.head(self.pool[torch.cat([anchors, positives, negatives])])
         a, p, n = projected.split(anchors.shape[0])
         loss, violated = triplet_loss(a, p, n, margin=self.margin, metric=self.metric)
-        counts = torch.tensor([float(violated.sum()), float(violated.numel()), float(fell_back.sum())],
-                              dtype=torch.float64)
+        # Counts on the loss's device (NCCL reduces CUDA tensors only; integers are exact in float32 up to 2^24),
+        # brought to the host once: the bandit needs the reward now.
+        dtype = torch.float64 if loss.device.type == "cpu" else torch.float32
+        counts = torch.stack([violated.sum(), torch.tensor(violated.numel(), device=loss.device),
+                              fell_back.sum().to(loss.device)]).to(dtype)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(counts)  # one reward for all ranks: their bandits must not diverge
-        reward = float(counts[0] / max(float(counts[1]), 1.0))
+        violated_n, total_n, fallback_n = counts.tolist()
+        reward = violated_n / max(total_n, 1.0)
         self.bandit.update(band, reward)
-        self.fallbacks += int(counts[2])
-        logs = {"reward": reward, "band": float(b), "fallback_frac": float(counts[2] / max(float(counts[1]), 1.0))}
+        self.fallbacks += int(fallback_n)
+        logs = {"reward": reward, "band": float(b), "fallback_frac": fallback_n / max(total_n, 1.0)}
         means = self.bandit.means()
         for name, pulls in zip(self.bands, self.bandit.pulls):
             logs[f"pulls/{name}"] = float(pulls)

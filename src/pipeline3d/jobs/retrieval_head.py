@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.selection import cached_rows, ttv_labels
+from ..device import model_device, to_host
 from ..embed.vectors import Embeddings, read_vectors
 from ..eval import descriptor
 from ..eval.retrieval import qg_rank_map
@@ -53,7 +54,7 @@ from ..io.atomic import write_json
 from ..io.weights import load_verified, read_sidecar, write_weights
 from ..models.heads import BNNeck, TextualInversion
 from ..objectives.arcface import ArcFace
-from ..objectives.base import Objective
+from ..objectives.base import Logs, Objective
 from ..objectives.supcon import supcon_loss
 from ..objectives.triplet import batch_hard_triplet_loss
 from ..rng import rng_for
@@ -179,7 +180,7 @@ class RetrievalObjective(Objective):
         idx = pk_indices(self.class_rows, self.p, self.k, generator).to(self.vectors.device)
         return self.vectors[idx], self.labels[idx]
 
-    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         pre, post = self.model(x)
         terms = {
             "ce": lambda: F.cross_entropy(self.model.arcface(post, y), y),
@@ -191,7 +192,7 @@ class RetrievalObjective(Objective):
             terms["text_align"] = lambda: self._text_alignment(post, y)
             weights["text_align"] = self.text_weight
         total = pre.new_zeros(())
-        logs: dict[str, float] = {}
+        logs: Logs = {}
         for name, term in terms.items():
             if weights[name] == 0.0:
                 with torch.no_grad():  # logged, but no graph and no gradient
@@ -199,9 +200,9 @@ class RetrievalObjective(Objective):
             else:
                 value = term()
                 total = total + weights[name] * value
-            logs[name] = float(value.detach())
+            logs[name] = value.detach()
         with torch.no_grad():
-            logs["train_acc"] = float((self.model.arcface(post).argmax(1) == y).float().mean())
+            logs["train_acc"] = (self.model.arcface(post).argmax(1) == y).float().mean()
         return total, logs
 
     def _text_alignment(self, post: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -215,7 +216,7 @@ class RetrievalObjective(Objective):
         return supcon_loss(views, y, temperature=self.supcon_temperature)
 
     def forward(self, batch: Any, *, step: int, total_steps: int, generator: torch.Generator
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                ) -> tuple[torch.Tensor, Logs]:
         x, y = self.batch(generator)
         return self.losses(x, y)
 
@@ -331,14 +332,15 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     qg = qg[qg["shape_id"].astype(str).isin(set(test_ids))]
     model.eval()
     with torch.no_grad():
-        pre, post = model(torch.from_numpy(np.ascontiguousarray(test_x)))
+        pre, post = model(torch.from_numpy(np.ascontiguousarray(test_x)).to(model_device(model)))
+    pre, post = to_host(pre), to_host(post)
     metrics = {
         "dataset": params["dataset"], "method": params["method"], "seed": seed,
         "embedding": "post-BN (BNNeck) feature, cosine", "settings": head, "k": k, "p": objective.p,
         "triplet_metric": TRIPLET_METRIC, "class_names": names, "steps": result.steps,
         "train_shapes": len(train_ids), "qg_shapes": len(test_ids), "final_loss": result.final_loss,
-        "head": qg_rank_map((test_ids, post.numpy()), None, qg),
-        "head_pre_bn": qg_rank_map((test_ids, pre.numpy()), None, qg),
+        "head": qg_rank_map((test_ids, post), None, qg),
+        "head_pre_bn": qg_rank_map((test_ids, pre), None, qg),
         "raw": qg_rank_map((test_ids, test_x), None, qg),
         "input": description["input"],
     }

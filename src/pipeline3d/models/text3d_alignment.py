@@ -128,10 +128,10 @@ class LoadedAlignment:
 
 
 def load_alignment(head_json: str | Path, projection_path: str | Path, text_tower_path: str | Path,
-                   text_config: Mapping[str, Any]) -> LoadedAlignment:
+                   text_config: Mapping[str, Any], *, device: str | torch.device = "cpu") -> LoadedAlignment:
     """Rebuild a saved alignment: the base text tower from ``text_config`` (embed.text: model, weights,
     random_init) + the saved unfrozen weights, and the projection MLP. Mismatching files, a different text model
-    or different base weights are errors naming the file."""
+    or different base weights are errors naming the file. Built on the CPU, then moved to ``device``."""
     head_json, projection_path, text_tower_path = Path(head_json), Path(projection_path), Path(text_tower_path)
     head = read_sidecar(head_json, fmt=FORMAT, version=FORMAT_VERSION, what="text-3D alignment")
     text = head["text"]
@@ -156,7 +156,8 @@ def load_alignment(head_json: str | Path, projection_path: str | Path, text_towe
         projection.load_state_dict(projection_state)
     except RuntimeError as exc:
         raise ValueError(f"{projection_path}: does not fit the projection in {head_json}: {exc}") from exc
-    projection.eval()
+    projection.eval().to(device)
+    backbone.model.to(device)
     # requires_grad stays as in training: torch's attention picks its kernel by it (even under no_grad), and the
     # rebuilt model must give the very features it was validated with.
     tower.train(False)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 from torch import nn
+
+# What an objective logs per term: detached scalar tensors (left on the device; the loop brings all of a step's
+# terms to the host in one transfer) or plain floats.
+Logs = dict[str, Union[torch.Tensor, float]]
 
 
 class Objective(nn.Module):
     """``forward(batch, *, step, total_steps, generator) -> (loss, logs)`` and ``after_step()``.
 
-    ``logs`` maps term names to Python floats (what the loop writes to metrics.jsonl). Every random draw of an
+    ``logs`` maps term names to detached scalar tensors or floats (``Logs``; the loop averages them and writes them
+    to metrics.jsonl). Every random draw of an
     objective comes from the ``generator`` the loop passes, so a resumed run draws the same masks.
     """
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from pipeline3d.models.heads import ClassificationHead
 from pipeline3d.models.query_nepa import POOLS, pooled_dim
-from pipeline3d.objectives.base import Objective
+from pipeline3d.objectives.base import Logs, Objective
 
 
 class ClassifyObjective(Objective):
@@ -85,7 +85,7 @@ class ClassifyObjective(Objective):
         return self.head(pooled)
 
     def forward(self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+                generator: torch.Generator) -> tuple[torch.Tensor, Logs]:
         label = batch["label"]
         if bool(((label < 0) | (label >= self.n_classes)).any()):
             bad = sorted(set(label[(label < 0) | (label >= self.n_classes)].tolist()))
@@ -93,4 +93,4 @@ class ClassifyObjective(Objective):
         logits = self.predict_logits(batch, probing=step < self.probe_frac * total_steps)
         loss = F.cross_entropy(logits, label, label_smoothing=self.label_smoothing)
         acc = (logits.argmax(dim=1) == label).float().mean()
-        return loss, {"ce_loss": float(loss.detach()), "acc": float(acc)}
+        return loss, {"ce_loss": loss.detach(), "acc": acc.detach()}

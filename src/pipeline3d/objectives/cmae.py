@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline3d.models.heads import MLPHead
-from pipeline3d.objectives.base import Objective
+from pipeline3d.objectives.base import Logs, Objective
 from pipeline3d.objectives.ema import ema_update, frozen_copy
 from pipeline3d.objectives.losses import info_nce, masked_mse
 from pipeline3d.objectives.masks import sample_token_mask
@@ -101,7 +101,7 @@ class CmaeObjective(Objective):
         ema_update(self.teacher, self.encoder, self.ema_momentum)
 
     def forward(self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+                generator: torch.Generator) -> tuple[torch.Tensor, Logs]:
         feat, type_id, pos, valid = batch["feat"], batch["type_id"], batch["pos"], batch["valid"]
         mask = sample_token_mask(type_id, valid, self.mask_ratio, generator)
         student = self.encoder(self.encoder.mask_content(feat, mask), type_id, pos, valid, causal=False)
@@ -109,7 +109,7 @@ class CmaeObjective(Objective):
             teacher = self.teacher(feat, type_id, pos, valid, causal=False,
                                    return_layers=self.feat_depths if self.feat_decoders is not None else ())
         terms: dict[str, torch.Tensor] = {}
-        logs: dict[str, float] = {}
+        logs: Logs = {}
         needs_pool = self.occ_head is not None or self.view_head is not None
         pooled = self.encoder.pool(student, batch, "mean") if needs_pool else None
         if self.occ_head is not None:
@@ -119,14 +119,14 @@ class CmaeObjective(Objective):
                                        F.layer_norm(teacher.layers[k], teacher.layers[k].shape[-1:]), mask)
                          for k in self.feat_depths}
             terms["feat"] = torch.stack(list(per_depth.values())).mean()
-            logs.update({f"feat_loss_d{k}": float(v.detach()) for k, v in per_depth.items()})
+            logs.update({f"feat_loss_d{k}": v.detach() for k, v in per_depth.items()})
         if self.token_head is not None:
             terms["nce"] = self._token_nce(student.h, teacher.h, mask, generator)
         if self.view_head is not None:
             terms["view"] = self._view_nce(pooled, batch)
         total = sum(self.lambdas[name] * value for name, value in terms.items())
-        logs.update({f"{name}_loss": float(value.detach()) for name, value in terms.items()})
-        logs.update(cmae_loss=float(total.detach()), n_masked=float(mask.sum()))
+        logs.update({f"{name}_loss": value.detach() for name, value in terms.items()})
+        logs.update(cmae_loss=total.detach(), n_masked=mask.sum())
         return total, logs
 
     def _occupancy(self, pooled: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline3d.objectives._precision import fp32
+from pipeline3d.objectives.base import Logs
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, scale: float | torch.Tensor,
@@ -71,9 +72,9 @@ class SymmetricInfoNCE(nn.Module):
         return float(1.0 / self.scale().detach())
 
     def forward(self, a: torch.Tensor, b: torch.Tensor,
-                same: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                same: torch.Tensor | None = None) -> tuple[torch.Tensor, Logs]:
         loss = info_nce(a, b, self.scale(), same)
-        return loss, {"temperature": self.temperature, "loss": float(loss.detach())}
+        return loss, {"temperature": 1.0 / self.scale().detach(), "loss": loss.detach()}
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -42,14 +42,14 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torc
 
 
 @torch.no_grad()
-def coherence(x: torch.Tensor) -> float:
+def coherence(x: torch.Tensor) -> torch.Tensor:
     """||mean_i x_i/|x_i| ||^2 over rows of (N, d): the mean pairwise cosine (self-pairs included).
 
     A collapse monitor for self-referential targets: it tends to 1 when every target points the same way.
     """
     if x.shape[0] == 0:
-        return 0.0
-    return float(F.normalize(x.float(), dim=-1).mean(0).pow(2).sum())
+        return x.new_zeros((), dtype=torch.float32)
+    return F.normalize(x.float(), dim=-1).mean(0).pow(2).sum().detach()
 
 
 def chamfer_l2(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

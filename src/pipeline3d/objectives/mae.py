@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline3d.models.heads import MLPHead
-from pipeline3d.objectives.base import Objective
+from pipeline3d.objectives.base import Logs, Objective
 from pipeline3d.objectives.ema import ema_update, frozen_copy
 from pipeline3d.objectives.losses import coherence, masked_mse
 from pipeline3d.objectives.masks import sample_token_mask
@@ -72,7 +72,7 @@ class MaeObjective(Objective):
             ema_update(self.teacher, self.encoder, self.ema_momentum)
 
     def forward(self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+                generator: torch.Generator) -> tuple[torch.Tensor, Logs]:
         feat, type_id, pos, valid = batch["feat"], batch["type_id"], batch["pos"], batch["valid"]
         mask = sample_token_mask(type_id, valid, self.mask_ratio, generator)
         out = self.encoder(self.encoder.mask_content(feat, mask), type_id, pos, valid, causal=not self.bidirectional)
@@ -83,5 +83,5 @@ class MaeObjective(Objective):
             if self.normalize_target:
                 target = F.layer_norm(target, target.shape[-1:])
         loss = masked_mse(pred, target, mask)
-        return loss, {"mae_loss": float(loss.detach()), "n_masked": float(mask.sum()),
+        return loss, {"mae_loss": loss.detach(), "n_masked": mask.sum(),
                       "target_coherence": coherence(target[mask])}

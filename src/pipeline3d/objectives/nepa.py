@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pipeline3d.models.token_types import ANSWERS, BOS, MISSING_RAY, PAD, is_any
-from pipeline3d.objectives.base import Objective
+from pipeline3d.objectives.base import Logs, Objective
 from pipeline3d.objectives.losses import coherence, cosine_loss
 from pipeline3d.objectives.masks import dual_mask_probs, sample_dual_mask
 
@@ -70,7 +70,7 @@ class NepaObjective(Objective):
             raise ValueError("nepa next_position needs an encoder with position_embedding (point patches)")
 
     def forward(self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+                generator: torch.Generator) -> tuple[torch.Tensor, Logs]:
         feat, type_id, pos, valid = batch["feat"], batch["type_id"], batch["pos"], batch["valid"]
         p_near, p_far = dual_mask_probs(step, total_steps, near=self.near, far=self.far,
                                         warmup_frac=self.warmup_frac)
@@ -90,8 +90,8 @@ class NepaObjective(Objective):
                 target = out.z.detach()[:, 1:]
         keep = nepa_target_mask(type_id, valid, qa_answers_only=self.qa_answers_only)[:, 1:]
         loss = cosine_loss(pred, target, keep)
-        logs = {"nepa_loss": float(loss.detach()), "n_targets": float(keep.sum()),
+        logs = {"nepa_loss": loss.detach(), "n_targets": keep.sum(),
                 "target_coherence": coherence(target[keep])}
         if extra is not None:
-            logs.update(p_near=p_near, p_far=p_far, blocked_frac=float(extra.float().mean()))
+            logs.update(p_near=p_near, p_far=p_far, blocked_frac=extra.float().mean())
         return loss, logs

@@ -16,7 +16,7 @@ from torch import nn
 from pipeline3d.models.point_patch import uses_patches
 from pipeline3d.models.query_nepa import Block, attention_mask
 from pipeline3d.models.token_types import content_tokens
-from pipeline3d.objectives.base import Objective
+from pipeline3d.objectives.base import Logs, Objective
 from pipeline3d.objectives.losses import chamfer_l2
 from pipeline3d.objectives.masks import sample_token_mask
 
@@ -57,7 +57,7 @@ class PointMaeObjective(Objective):
         self.predict = nn.Linear(d, encoder.group_size * 3)
 
     def forward(self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+                generator: torch.Generator) -> tuple[torch.Tensor, Logs]:
         feat, type_id, pos, valid = batch["feat"], batch["type_id"], batch["pos"], batch["valid"].to(torch.bool)
         mask = sample_token_mask(type_id, valid, self.mask_ratio, generator)
         index, valid_v = gather_visible(valid & ~mask)
@@ -78,4 +78,4 @@ class PointMaeObjective(Objective):
         pred = self.predict(self.decoder_norm(x)[mask]).view(-1, self.encoder.group_size, 3)
         patches = feat[mask][:, :-3].reshape(-1, self.encoder.group_size, self.encoder.point_dim)[..., :3]
         loss = chamfer_l2(pred, patches)
-        return loss, {"point_mae_loss": float(loss.detach()), "n_masked": float(mask.sum())}
+        return loss, {"point_mae_loss": loss.detach(), "n_masked": mask.sum()}

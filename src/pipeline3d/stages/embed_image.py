@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from ..device import job_device
 from ..embed.backbones import MissingWeightsError, WeightsLoadError, build_image_backbone
 from ..embed.images import embed_arrays, embed_images
 from ..embed.sources import depth_view_items, image_items
@@ -38,6 +39,7 @@ def run(params: dict, files: dict, out: str, log) -> int:
     backbone = build_image_backbone(img["model"], img.get("weights"), config_key="embed.image.weights",
                                     img_size=img.get("img_size"), allow_random_init=bool(img.get("random_init")),
                                     seed=int(params["seed"]), **dict(img.get("model_kwargs") or {}))
+    backbone.model.to(job_device())
     embed = embed_images if kind == "image" else embed_arrays
     vectors = embed(backbone, rows.images, batch_size=int(img["batch_size"]), keys=rows.ids)
     metadata = {k: v for k, v in backbone.describe().items() if k != "dim"}  # write_vectors sets 'dim' itself

@@ -15,6 +15,7 @@ import sys
 import torch
 
 from ..data.cache_lookup import locate_rows
+from ..device import job_device
 from ..io.weights import file_sha256
 from ..embed.shapes import embed_shapes, encoder_files, eval_token_config, split_column
 from ..embed.sources import read_manifest
@@ -46,7 +47,7 @@ def run(params: dict, files: dict, out: str, log) -> int:
     mc_draws = int(shape["mc_draws"])
     dataset = ShapeTokenDataset(entries, shape["backend"], tok, seed=int(params["seed"]), mode="eval",
                                 mc_draws=mc_draws)
-    encoder = load_encoder(encoder_info.weights, encoder_info.sidecar)
+    encoder = load_encoder(encoder_info.weights, encoder_info.sidecar, device=job_device())
     log.info("%s/%s: %d shapes x %d draws | encoder %s (%s) | backend %s | tokens %s", params["dataset"],
              params["method"], len(ids), mc_draws, encoder_info.registry_name,
              "causal" if encoder_info.causal else "bidirectional", shape["backend"], json.dumps(tok, sort_keys=True))

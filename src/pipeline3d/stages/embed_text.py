@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from ..device import job_device
 from ..embed.backbones import MissingWeightsError, WeightsLoadError, build_text_backbone
 from ..embed.sources import text_items
 from ..embed.text import TextEmbeddingCache, embed_texts
@@ -27,6 +28,7 @@ def run(params: dict, files: dict, out: str, cache_dir: str, log) -> int:
         raise ValueError(f"{files['manifest']}: no items, so no captions or class prompts to embed")
     backbone = build_text_backbone(cfg["model"], cfg.get("weights"), config_key="embed.text.weights",
                                    allow_random_init=bool(cfg.get("random_init")), seed=int(params["seed"]))
+    backbone.model.to(job_device())
     vectors = embed_texts(backbone, rows.texts, batch_size=int(cfg["batch_size"]),
                           cache=TextEmbeddingCache(cache_dir))
     metadata = {k: v for k, v in backbone.describe().items() if k != "dim"}  # write_vectors sets 'dim' itself

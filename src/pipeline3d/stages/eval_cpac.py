@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from ..data.cache_lookup import locate_rows
+from ..device import job_device
 from ..embed.shapes import encoder_files
 from ..embed.sources import read_manifest
 from ..eval import cpac as C
@@ -127,7 +128,7 @@ def run(params: dict, files: dict, log) -> dict:
              head_backend, len(test_shapes), eval_source, context_backend, n_context, n_query,
              "Q/A" if tok.qa_tokens else "legacy")
 
-    encoder = load_encoder(encoder_info.weights, encoder_info.sidecar)
+    encoder = load_encoder(encoder_info.weights, encoder_info.sidecar, device=job_device())
     common = dict(n_query=n_query, seed=seed, batch_size=batch_size, causal=encoder_info.causal)
     weights, bias, y_mean, n_head = C.fit_head(
         C.encode_shapes(encoder, head_shapes, head_backend, tok, role="head", **common), lam)

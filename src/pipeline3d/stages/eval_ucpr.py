@@ -20,6 +20,7 @@ from functools import partial
 import torch
 
 from ..data.selection import cached_rows
+from ..device import job_device
 from ..embed.shapes import embed_shapes, encoder_files, eval_token_config
 from ..embed.sources import read_manifest
 from ..eval.ucpr import (ablate, chance_levels, check_ablations, check_seeds, eval_set, instance_metrics, n_zeroed,
@@ -73,7 +74,7 @@ def run(params: dict, files: dict, out: str, log) -> int:
     mc_draws = int(cfg["mc_draws"])
     datasets = {side: ShapeTokenDataset(entries, params[side], toks[side], seed=int(params["seed"]), mode="eval",
                                         mc_draws=mc_draws) for side in ("query", "gallery")}
-    encoder = load_encoder(encoder_info.weights, encoder_info.sidecar)
+    encoder = load_encoder(encoder_info.weights, encoder_info.sidecar, device=job_device())
     embed = partial(embed_shapes, encoder, batch_size=int(cfg["batch_size"]), pool=cfg["pool"],
                     causal=encoder_info.causal, normalize_draws=True)
 

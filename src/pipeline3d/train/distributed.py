@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.distributed as dist
 
+from pipeline3d.device import job_device
+
 DEFAULT_PORT = 29500
 
 
@@ -101,8 +103,8 @@ class Dist:
             dist.barrier()
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Element-wise mean of a float tensor over ranks (a copy; the input is left alone)."""
-        out = values.detach().to(self.device, torch.float64).clone()
+        """Element-wise mean of a float tensor over ranks, on the CPU (a copy; the input is left alone)."""
+        out = values.detach().to(self.device).clone()
         if self.enabled:
             dist.all_reduce(out)
             out /= self.world_size
@@ -170,13 +172,14 @@ def setup(device: torch.device | None = None, environ: Mapping[str, str] | None 
           log: logging.Logger | None = None) -> Dist:
     """Detect the launcher, pick the device and join the process group (if there is more than one process).
 
-    ``device=None`` picks ``cuda:<local_rank>`` when CUDA is available, else the CPU. A process group created by
-    the caller beforehand is reused (and not destroyed by ``close``).
+    ``device=None`` follows ``device.job_device(local_rank)``: the process's GPU when CUDA is available (local rank
+    modulo the visible GPUs, right under torchrun and under srun's one-GPU-per-task binding), else the CPU. A
+    process group created by the caller beforehand is reused (and not destroyed by ``close``).
     """
     log = log or logging.getLogger("pipeline3d.train")
     launch = detect_launch(environ)
     if device is None:
-        device = torch.device(f"cuda:{launch.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        device = job_device(launch.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if launch.world_size == 1:

@@ -53,9 +53,10 @@ def save_encoder(encoder: nn.Module, safetensors_path: str | Path, json_path: st
 def load_encoder(safetensors_path: str | Path, json_path: str | Path, *,
                  factory: Callable[..., nn.Module] | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild an exported encoder: ``factory(name, **config)`` (default: the model registry's ``create_encoder``),
-    then load the weights strictly after checking the file's sha256 against the JSON."""
+    then load the weights strictly after checking the file's sha256 against the JSON; the encoder is moved to
+    ``device`` after (read on the CPU, so any device works, ``meta`` included)."""
     sidecar = read_sidecar(json_path, fmt=FORMAT, version=FORMAT_VERSION, what="encoder")
-    tensors = load_verified(safetensors_path, sidecar.get("sha256"), json_path, device=device)
+    tensors = load_verified(safetensors_path, sidecar.get("sha256"), json_path, device="cpu")
     if factory is None:
         from ..models.registry import create_encoder  # lazy: keeps this module importable without the models
 

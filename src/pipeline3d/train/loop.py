@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline3d.device import to_device
+
 from . import checkpoint, distributed, metrics, rngstate
 from .batches import MicroBatchSampler, loader_generator, step_generator
 from .optim import build_optimizer
@@ -158,16 +160,6 @@ def train(objective: nn.Module, data: EpochSource, cfg: TrainConfig, state_dir: 
         dist.close()
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
-
-
 class _Run:
     """One call of ``train``: set-up, resume, the step loop, checkpoints and logs."""
 
@@ -246,20 +238,24 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # lr_scale: see optim.param_groups
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, log_sums = 0.0, {}
+        # Sums stay on the device (one host transfer per step, not one per term and micro-batch); float64 on the
+        # CPU keeps the logged values exactly as before, float32 on a GPU.
+        acc = torch.float64 if self.device.type == "cpu" else torch.float32
+        loss_sum, log_sums = torch.zeros((), dtype=acc, device=self.device), {}
         for micro in range(cfg.grad_accum):
-            batch = _to_device(next(micro_batches), self.device)
+            batch = to_device(next(micro_batches), self.device)
             generator = step_generator(cfg.seed, step, self.dist.rank, micro, self.device)
             autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                         else contextlib.nullcontext())
             with autocast:
                 loss, logs = self.objective(batch, step=step, total_steps=cfg.steps, generator=generator)
             self.scaler.scale(loss / cfg.grad_accum).backward()
-            loss_sum += float(loss.detach())
+            loss_sum = loss_sum + loss.detach().to(acc)
             for key, value in logs.items():
-                log_sums[key] = log_sums.get(key, 0.0) + float(value)
+                value = torch.as_tensor(value).detach().to(self.device, acc)
+                log_sums[key] = log_sums[key] + value if key in log_sums else value
         keys = sorted(log_sums)
-        sums = torch.tensor([loss_sum, *(log_sums[k] for k in keys)], dtype=torch.float64)
+        sums = torch.stack([loss_sum, *(log_sums[k].reshape(()) for k in keys)])
         means = self.dist.mean(sums / cfg.grad_accum).tolist()
         loss_mean, logs_mean = means[0], dict(zip(keys, means[1:]))
         if not self.scaler.is_enabled() and not math.isfinite(loss_mean):
