@@ -22,6 +22,16 @@ include: "workflow/rules/eval.smk"
 include: "workflow/rules/report.smk"
 
 
+# Seconds of work each: on a cluster they run beside Snakemake instead of waiting in the queue.
+localrules:
+    all,
+    data_all,
+    embed_all,
+    tabulate_fewshot,
+    tabulate_episodes,
+    report,
+
+
 rule all:
     default_target: True
     input:

@@ -218,6 +218,7 @@ def job_counts(output: str) -> dict[str, int]:
 class PlannedJob:
     rule: str
     fields: dict[str, str]
+    local: bool = False  # `localrule x:` in a real run's output (a dry run prints `rule x:` for every job)
 
     @property
     def resources(self) -> dict[str, str]:
@@ -229,12 +230,12 @@ class PlannedJob:
 
 
 def planned_jobs(output: str) -> list[PlannedJob]:
-    """The job blocks of a dry-run (`rule x:` followed by indented `key: value` lines)."""
+    """The job blocks of a dry run or a run (`rule x:` / `localrule x:` followed by indented `key: value` lines)."""
     jobs: list[PlannedJob] = []
     for line in output.splitlines():
-        head = re.match(r"^(?:local)?rule (\w+):$", line)
+        head = re.match(r"^(local)?rule (\w+):$", line)
         if head:
-            jobs.append(PlannedJob(head.group(1), {}))
+            jobs.append(PlannedJob(head.group(2), {}, local=bool(head.group(1))))
         elif jobs and line.startswith("    ") and ": " in line:
             key, value = line.strip().split(": ", 1)
             jobs[-1].fields.setdefault(key, value)

@@ -73,3 +73,15 @@ def test_the_meta_check_tells_a_forgotten_input_from_a_correct_path():
         model(torch.zeros(1, 3))  # the input stayed on the CPU
     with pytest.raises(NotImplementedError, match=REACHED_HOST):
         D.to_host(model(torch.zeros(1, 3).to(D.model_device(model))))
+
+
+def test_a_training_job_gives_torch_the_cpus_its_dataloader_workers_leave():
+    from pipeline3d.stages._cli import set_compute_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_compute_threads(8, 6) == 2 == torch.get_num_threads()  # SLURM: 2 compute + 6 workers
+        assert set_compute_threads(2, 6) == 1  # --cores capped the job below its workers: torch still gets one
+        assert set_compute_threads(2, 0) == 2
+    finally:
+        torch.set_num_threads(before)

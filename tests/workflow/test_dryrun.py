@@ -171,7 +171,8 @@ def test_paper_config_plans_the_seed_tables(workdir: Path) -> None:
     config["datasets"]["scanobjectnn"]["path"] = str(scans)
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
-    result = run_snakemake(workdir, "-n", "all")
+    # plenty of cores: a dry run caps threads at --cores, a SLURM job gets what the rule declares
+    result = run_snakemake(workdir, "-n", "--cores", "64", "all")
     assert result.returncode == 0, result.tail()
     shards, ucpr, cpac = config["cache"]["shards"], config["eval"]["ucpr"], config["eval"]["cpac"]
     assert job_counts(result.output) == {
@@ -181,6 +182,11 @@ def test_paper_config_plans_the_seed_tables(workdir: Path) -> None:
         "eval_ucpr": len(ucpr["methods"]) * 4, "eval_cpac": len(cpac["methods"]), "report": 1, "all": 1,
     }
     assert ucpr["max_files"] == 1000 and ucpr["query_seed"] != ucpr["gallery_seed"]
+    # --cpus-per-task covers the DataLoader workers the config asks for, beside torch's threads
+    planned = {(job.rule, job.threads) for job in planned_jobs(result.output)
+               if job.rule in ("pretrain_encoder", "finetune_classifier") and "/descriptor/" not in job.fields["output"]}
+    assert planned == {("pretrain_encoder", 2 + config["pretrain"]["num_workers"]),
+                       ("finetune_classifier", 1 + config["finetune"]["num_workers"])}
 
 
 def test_episode_settings_schedule_the_episode_jobs_and_table(workdir: Path) -> None:

@@ -174,6 +174,22 @@ def pretrain_cfg(wildcards):
     })
 
 
+# CPUs of the training jobs (SLURM --cpus-per-task): torch's compute threads plus one per DataLoader worker the
+# config asks for; the stage gives torch what is left after the workers (stages/_cli.py: set_compute_threads).
+PRETRAIN_COMPUTE_THREADS, FINETUNE_COMPUTE_THREADS = 2, 1
+
+
+def pretrain_threads(wildcards):
+    train = METHODS[wildcards.method].get("train") or {}
+    return PRETRAIN_COMPUTE_THREADS + int(train.get("num_workers", PRETRAIN["num_workers"]))
+
+
+def finetune_threads(wildcards):
+    if row_kind(wildcards.method, config)[0] == "descriptor":  # numpy + a logistic regression, no DataLoader
+        return FINETUNE_COMPUTE_THREADS
+    return FINETUNE_COMPUTE_THREADS + int(FINETUNE["num_workers"])
+
+
 def finetune_inputs(wildcards):
     files = {"manifest": f"{RESULTS}/ingest/{wildcards.dataset}/manifest.parquet",
              "ttv": f"{RESULTS}/splits/{wildcards.dataset}/ttv.parquet",

@@ -23,7 +23,7 @@ rule pretrain_encoder:
         cfg=pretrain_cfg,
         inputs=input_json,
         state=f"{STATE}/pretrain/{{method}}",
-    threads: 2
+    threads: pretrain_threads  # 2 for torch + one per DataLoader worker (SLURM --cpus-per-task)
     resources:
         mem_mb=8000,
         runtime=scaled_runtime(24 * 60),
@@ -48,7 +48,7 @@ rule finetune_classifier:
         cfg=finetune_cfg,
         inputs=input_json,
         state=f"{STATE}/finetune/{{dataset}}/{{method}}/k{{k}}/s{{seed}}",
-    threads: 1
+    threads: finetune_threads  # 1 for torch + one per DataLoader worker
     resources:
         mem_mb=4000,
         runtime=scaled_runtime(6 * 60),
@@ -93,7 +93,7 @@ rule finetune_episode:
         cfg=episode_cfg,
         inputs=input_json,
         state=f"{STATE}/finetune_episodes/{{dataset}}/{{method}}/{{setting}}/f{{fold}}",
-    threads: 1
+    threads: finetune_threads  # 1 for torch + one per DataLoader worker
     resources:
         mem_mb=4000,
         runtime=scaled_runtime(6 * 60),

@@ -67,6 +67,11 @@ def train_config(train_cfg: Mapping[str, Any], seed: int) -> TrainConfig:
     return TrainConfig.from_dict({**{k: train_cfg[k] for k in keys}, "seed": seed})
 
 
+def method_train_knobs(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The shared pretrain knobs with the method's own overrides (``entry.train``) on top."""
+    return {**params["train"], **(params["entry"].get("train") or {})}
+
+
 def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, *, weights: str | Path,
         encoder_json: str | Path, metrics_path: str | Path, log: logging.Logger) -> TrainResult:
     """Pretrain one method; exports the encoder only when the run finished (not when interrupted)."""
@@ -74,7 +79,7 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     objective_name = entry["objective"]
     knobs = dict(params.get("objective", {}))
     tok_cfg = {**params["tokens"], "drop_ray_prob": entry.get("drop_ray_prob", 0.0)}
-    train_knobs = {**params["train"], **(entry.get("train") or {})}  # the method's own overrides of the shared knobs
+    train_knobs = method_train_knobs(params)
     occ_grid = int(knobs.get("occ_grid", 0)) if objective_name == "cmae" else 0
     components = corpus_datasets(entry["corpus"], files, tok_cfg, seed=seed, occ_grid=occ_grid,
                                  two_views=objective_name == "cmae",

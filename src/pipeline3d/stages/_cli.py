@@ -35,8 +35,19 @@ def training_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
     p = parser(stage, doc)
     p.add_argument("--inputs", required=True, help="JSON: the rule's named inputs (name -> path or paths)")
     p.add_argument("--state-dir", required=True, help="resume state (undeclared in the rule, so it survives)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the rule's threads)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPUs of the job (the rule's threads): its DataLoader workers, the rest for torch")
     return p
+
+
+def set_compute_threads(cpus: int, workers: int) -> int:
+    """torch's intra-op threads on a job that holds ``cpus`` CPUs, ``workers`` of them for DataLoader workers (the
+    rules ask SLURM for compute threads + workers; under --cores the CPUs may be capped below that)."""
+    import torch
+
+    threads = max(1, int(cpus) - int(workers))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def run_metrics_job(stage: str, doc: str | None, job, summary, argv: list[str] | None = None) -> int:
@@ -50,8 +61,6 @@ def run_metrics_job(stage: str, doc: str | None, job, summary, argv: list[str] |
     import time
     from pathlib import Path
 
-    import torch
-
     from ..io.atomic import write_json
     from ..log import git_describe
 
@@ -59,7 +68,7 @@ def run_metrics_job(stage: str, doc: str | None, job, summary, argv: list[str] |
     p.add_argument("--metrics", required=True)
     args = p.parse_args(argv)
     params, log = start(stage, args)
-    torch.set_num_threads(max(1, args.threads))
+    set_compute_threads(args.threads, params.get("finetune", {}).get("num_workers", 0))
     started = time.time()
     try:
         metrics, result = job(params, json.loads(args.inputs), Path(args.state_dir), log)

@@ -12,11 +12,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 from ..io.atomic import atomic_path
 from ..jobs import pretrain
-from ._cli import start, training_parser
+from ._cli import set_compute_threads, start, training_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-log", required=True)
     args = p.parse_args(argv)
     params, log = start("pretrain_encoder", args)
-    torch.set_num_threads(max(1, args.threads))
+    set_compute_threads(args.threads, pretrain.method_train_knobs(params)["num_workers"])
     state = Path(args.state_dir)
     metrics = state / "train_log.jsonl"
     try:
