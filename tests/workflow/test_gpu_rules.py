@@ -80,3 +80,18 @@ def test_the_static_listing_sees_both_ways_a_job_picks_its_device():
     assert "pipeline3d.stages.embed_image" in _device_users("embed_image")        # job_device() in the stage
     assert "pipeline3d.jobs.finetune" in _device_users("finetune_episode")        # the training loop, two hops
     assert _device_users("report") == [] and _device_users("build_cache_shard") == []
+
+
+def test_parsing_the_workflow_imports_no_torch():
+    """Every pipeline3d import of the Snakefile and rule files, in a fresh interpreter: torch stays out (a dry run
+    of a 50k-shape config must not pay for it)."""
+    import subprocess
+    import sys
+
+    sources = [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
+    imports = sorted({line.strip().split("  #")[0] for path in sources for line in path.read_text().splitlines()
+                      if re.match(r"\s*(from|import) pipeline3d", line)})
+    assert any("logging_env" in line for line in imports)
+    code = "\n".join(imports) + "\nimport sys\nsys.exit('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, "the parse imports torch through one of:\n" + "\n".join(imports) + proc.stderr

@@ -12,10 +12,18 @@
     export.py       encoder -> safetensors + JSON, and back
 """
 
-from .export import load_encoder, save_encoder
-from .loop import EpochData, EpochSource, TrainConfig, TrainResult, train
-from .schedule import lr_at
-from .signals import EXIT_INTERRUPTED
+# Resolved on first use (PEP 562): the workflow imports the torch-free submodule logging_env at parse time, and
+# importing the package must not pull torch in with it.
+_EXPORTS = {"load_encoder": "export", "save_encoder": "export", "EpochData": "loop", "EpochSource": "loop",
+            "TrainConfig": "loop", "TrainResult": "loop", "train": "loop", "lr_at": "schedule",
+            "EXIT_INTERRUPTED": "signals"}
 
-__all__ = ["EXIT_INTERRUPTED", "EpochData", "EpochSource", "TrainConfig", "TrainResult", "load_encoder", "lr_at",
-           "save_encoder", "train"]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
