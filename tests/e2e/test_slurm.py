@@ -29,6 +29,8 @@ from smk import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
+# The profile, with the first status check after 2 s instead of the profile's 30 (jobs here take seconds).
+SLURM = ("--profile", "slurm", "--slurm-init-seconds-before-status-checks", "2")
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
 
 
@@ -89,9 +91,9 @@ def slurm_run(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     write_config(workdir, config)
 
     # a dry-run caps threads at --cores (1 by default), SLURM jobs do not: plan with plenty to see what rules declare
-    plan = run_snakemake(workdir, "--profile", "slurm", "-n", "--cores", "64", "all")
+    plan = run_snakemake(workdir, *SLURM, "-n", "--cores", "64", "all")
     assert plan.returncode == 0, plan.tail()
-    result = run_snakemake(workdir, "--profile", "slurm", "all", timeout=400)
+    result = run_snakemake(workdir, *SLURM, "all", timeout=400)
     assert result.returncode == 0, result.tail(8000)
     return {"workdir": workdir, "plan": planned_jobs(plan.output), "result": result}
 
@@ -118,7 +120,7 @@ def test_every_job_went_through_sbatch_with_the_declared_resources(slurm_run: di
 
 
 def test_noop_rerun_submits_nothing(slurm_run: dict) -> None:
-    result = run_snakemake(slurm_run["workdir"], "--profile", "slurm", "all", timeout=120)
+    result = run_snakemake(slurm_run["workdir"], *SLURM, "all", timeout=120)
     assert result.returncode == 0, result.tail()
     assert "Nothing to be done" in result.output
     assert not SUBMITTED.findall(result.output)
@@ -129,7 +131,7 @@ def test_content_change_resubmits_only_the_dependents(slurm_run: dict) -> None:
     images = workdir / "resources" / "demo" / "demo_images.tar"
     rewrite_tar_without_last_item(images)  # new content (a touch is not a change)
 
-    result = run_snakemake(workdir, "--profile", "slurm", "all", timeout=300)
+    result = run_snakemake(workdir, *SLURM, "all", timeout=300)
     assert result.returncode == 0, result.tail(8000)
     assert job_counts(result.output) == {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 6, "all": 1}
     jobs = squeue_jobs(SUBMITTED.findall(result.output))
@@ -164,7 +166,7 @@ def test_gpu_job_gets_a_device(cluster, tmp_path: Path) -> None:
     (tmp_path / "slurm").symlink_to(ROOT / "profiles" / "slurm")
     (tmp_path / "src").mkdir()
 
-    result = run_snakemake(tmp_path, "--profile", "slurm", "gpu.txt", timeout=180)
+    result = run_snakemake(tmp_path, *SLURM, "gpu.txt", timeout=180)
     assert result.returncode == 0, result.tail()
     job_id, devices = (tmp_path / "gpu.txt").read_text().split()
     assert job_id == SUBMITTED.search(result.output).group(1)
@@ -197,9 +199,9 @@ def full_dag_config() -> dict:
 def slurm_full(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = copy_repo(tmp_path_factory.mktemp("slurm_full") / "repo")
     write_config(workdir, full_dag_config())
-    plan = run_snakemake(workdir, "--profile", "slurm", "-n", "--cores", "64", "all")
+    plan = run_snakemake(workdir, *SLURM, "-n", "--cores", "64", "all")
     assert plan.returncode == 0, plan.tail()
-    result = run_snakemake(workdir, "--profile", "slurm", "all", timeout=1200)
+    result = run_snakemake(workdir, *SLURM, "all", timeout=1200)
     assert result.returncode == 0, result.tail(8000)
     return {"workdir": workdir, "plan": planned_jobs(plan.output), "result": result}
 
