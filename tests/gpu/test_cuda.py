@@ -154,6 +154,7 @@ def test_two_process_nccl_run(tmp_path):
     proc = run_script({"phases": [spec], "watchdog": 120}, nproc=2, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "torchrun launch, 2 processes, backend nccl" in proc.stderr
+    assert "gradients: DistributedDataParallel over 2 processes" in proc.stderr
     assert json.loads((tmp_path / "two.result.json").read_text())["steps"] == TOY["steps"]
 
 

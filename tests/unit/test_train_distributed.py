@@ -1,21 +1,30 @@
 """Multi-process training: launcher detection, and a real 2-process gloo run under torchrun.
 
-One torchrun launch runs four trainings in the same two processes (each ``train`` call joins and leaves its own
+One torchrun launch runs five trainings in the same two processes (each ``train`` call joins and leaves its own
 process group, as separate stage runs would): a deterministic run compared with a single-process run of the same
 global batch, and a noisy run compared byte for byte with a copy that rank 1 alone interrupts with SIGUSR1 and
-that is then resumed by both ranks from rank 0's checkpoint.
+that is then resumed by both ranks from rank 0's checkpoint, and a run with a parameter only rank 0 uses and one no
+rank uses. A second launch trains every registered objective under DDP (ranks start from different weights and must
+end bitwise equal).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from train_toy import clean_launch_env  # noqa: F401 - autouse fixture
-from train_toy import ToyData, make_objective, run_script, seed_globals
+from train_toy import _LAUNCH_VARS, ToyData, make_objective, run_script, seed_globals
 
+from pipeline3d.objectives import OBJECTIVES
 from pipeline3d.train import TrainConfig, checkpoint, metrics, train
 from pipeline3d.train.distributed import LaunchEnv, detect_launch, first_slurm_host
 
@@ -63,12 +72,15 @@ def _curve(path: Path) -> list[tuple[int, float, float]]:
 def test_two_process_gloo_run_matches_single_process_and_resumes(tmp_path):
     plain, noisy, preempted = (_spec(tmp_path, "plain", noise=False), _spec(tmp_path, "noisy"),
                                _spec(tmp_path, "preempted"))
-    phases = [plain, noisy, {**preempted, "signal_at": 5, "signal": "SIGUSR1", "signal_ranks": [1]}, preempted]
+    partial = _spec(tmp_path, "partial", noise=False, partial=True, cfg={**CFG, "steps": 2})
+    phases = [plain, noisy, {**preempted, "signal_at": 5, "signal": "SIGUSR1", "signal_ranks": [1]}, preempted,
+              partial]
     for i, phase in enumerate(phases[1:]):  # the first phase joins torchrun's rendezvous itself (see train_toy)
         phase["group_file"] = str(tmp_path / f"group{i}")
     proc = run_script({"phases": phases, "watchdog": 90}, nproc=2)
     assert proc.returncode == 0, proc.stderr
     assert "torchrun launch, 2 processes, backend gloo" in proc.stderr
+    assert "gradients: DistributedDataParallel over 2 processes" in proc.stderr
 
     # Same global batches in one process (micro-batches of 4 instead of 2 per rank): the same loss curve.
     seed_globals(123)
@@ -88,3 +100,23 @@ def test_two_process_gloo_run_matches_single_process_and_resumes(tmp_path):
     result = json.loads((tmp_path / "preempted.result.json").read_text())
     assert (result["resumed_from"], result["steps_run"]) == (5, 5)
     assert (tmp_path / "preempted.safetensors").read_bytes() == (tmp_path / "noisy.safetensors").read_bytes()
+
+    # A parameter with a gradient on one rank only is updated; one no rank used keeps grad=None and is left alone
+    # by AdamW (a zero gradient would have let weight decay shrink it).
+    weights = load_file(tmp_path / "partial.safetensors")
+    assert torch.all(weights["rank0_only"] < 1.0)
+    assert torch.equal(weights["never"], torch.ones(2, 2))
+
+
+@pytest.mark.slow  # one torchrun launch with two workers
+def test_every_objective_trains_under_ddp_and_ranks_end_identical(tmp_path):
+    script = Path(__file__).resolve().parent / "ddp_objectives.py"
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith("SLURM_")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**env, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    for name in OBJECTIVES:
+        ranks = [json.loads((tmp_path / f"{name}.rank{r}.json").read_text()) for r in (0, 1)]
+        assert ranks[0]["sha"] == ranks[1]["sha"], f"{name}: ranks' weights differ after DDP training"
+        assert ranks[0]["loss"] is not None and math.isfinite(ranks[0]["loss"]), name

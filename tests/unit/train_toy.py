@@ -52,9 +52,11 @@ class ToyObjective(nn.Module):
     per-step generator (a dropout-like mask), nn.Dropout (global torch RNG), python ``random`` and numpy's global
     RNG. ``noise=False`` is fully deterministic (for comparing different process counts)."""
 
-    def __init__(self, noise: bool = True, hook=None):
+    def __init__(self, noise: bool = True, hook=None, partial: bool = False):
         super().__init__()
-        self.noise = noise
+        self.noise, self.partial = noise, partial
+        if partial:  # for DDP: ``rank0_only`` gets a gradient on rank 0 only, ``never`` on no rank
+            self.rank0_only, self.never = nn.Parameter(torch.ones(2, 2)), nn.Parameter(torch.ones(2, 2))  # decayed
         self.encoder = ToyEncoder(dropout=0.1 if noise else 0.0)
         self.head = nn.Linear(16, 1)
         self.teacher = copy.deepcopy(self.encoder).requires_grad_(False)
@@ -73,6 +75,8 @@ class ToyObjective(nn.Module):
         consistency = ((h - target) ** 2).mean()
         weight = 1.0 + (0.01 * (random.random() + float(np.random.rand())) if self.noise else 0.0)
         loss = weight * mse + 0.1 * consistency
+        if self.partial and int(os.environ.get("RANK", "0")) == 0:
+            loss = loss + (self.rank0_only ** 2).sum()
         return loss, {"mse": float(mse.detach()), "consistency": float(consistency.detach())}
 
     @torch.no_grad()
@@ -112,9 +116,9 @@ class ToyData:
         return default_collate(samples)
 
 
-def make_objective(init_seed: int = 0, noise: bool = True, hook=None) -> ToyObjective:
+def make_objective(init_seed: int = 0, noise: bool = True, hook=None, partial: bool = False) -> ToyObjective:
     torch.manual_seed(init_seed)
-    return ToyObjective(noise=noise, hook=hook)
+    return ToyObjective(noise=noise, hook=hook, partial=partial)
 
 
 def seed_globals(seed: int) -> None:
@@ -178,7 +182,8 @@ def run_phase(spec: dict) -> int:
             os.kill(os.getpid(), getattr(signal, spec["signal"]))
 
     seed_globals(spec.get("global_seed", 123))
-    objective = make_objective(spec.get("init_seed", 0) + rank, noise=spec.get("noise", True), hook=hook)
+    objective = make_objective(spec.get("init_seed", 0) + rank, noise=spec.get("noise", True), hook=hook,
+                               partial=spec.get("partial", False))
     data = ToyData(seed=spec.get("data_seed", 0), samples_per_epoch=spec.get("samples_per_epoch", 20))
     result = train(objective, data, TrainConfig(**spec["cfg"]), spec["state_dir"],
                    config_hash=spec.get("config_hash", "toy"))

@@ -5,10 +5,11 @@ task per GPU (SLURM_PROCID / SLURM_STEP_NUM_TASKS or SLURM_NTASKS / SLURM_LOCALI
 the first node of the job and the port to one derived from the job id). Backend: NCCL on CUDA, gloo on CPU, so the
 same code path runs in CPU tests with two processes.
 
-Gradients are averaged with one flattened all-reduce per optimiser step instead of wrapping the model in
-``DistributedDataParallel``: objectives hold frozen copies (an EMA teacher), may leave parameters unused in a step
-and are called with keyword arguments, all of which DDP's wrapper makes awkward. Accumulation micro-batches need
-no communication at all this way.
+Gradients are averaged by ``DistributedDataParallel`` around the whole objective (encoder, heads, decoders), so
+the bucketed all-reduces overlap the backward pass. ``find_unused_parameters`` is on because objectives may leave
+parameters out of a step (a loss term weighted 0, a head used every other step); a parameter no rank used keeps
+``grad=None`` and the optimiser skips it as a single process would. Frozen copies (an EMA teacher) have
+``requires_grad=False`` and are not reduced: every rank updates them identically from identical weights.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
@@ -126,46 +127,27 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast_module(self, module: torch.nn.Module) -> None:
-        """Copy rank 0's parameters and buffers to every rank (identical start even if init differed)."""
-        if not self.enabled:
-            return
-        for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=0)
-
-    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
-        """Average ``.grad`` over ranks with one flat all-reduce.
-
-        A parameter without a gradient on one rank contributes zeros there; it keeps ``grad=None`` only when no
-        rank produced a gradient, so the optimiser skips it exactly as a single process would.
-        """
-        if not self.enabled:
-            return
-        params = list(params)
-        if not params:
-            return
-        dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
-        has_grad = torch.tensor([0.0 if p.grad is None else 1.0 for p in params], device=self.device, dtype=dtype)
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
-                          for p in params] + [has_grad])
-        dist.all_reduce(flat)
-        n_flag = len(params)
-        flags, flat = flat[-n_flag:], flat[:-n_flag]
-        flat /= self.world_size
-        offset = 0
-        for p, flag in zip(params, flags.tolist()):
-            n = p.numel()
-            if flag > 0:
-                grad = flat[offset:offset + n].view_as(p).to(p.dtype)
-                if p.grad is None:
-                    p.grad = grad.clone()
-                else:
-                    p.grad.copy_(grad)
-            offset += n
-
     def close(self) -> None:
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def data_parallel(module: torch.nn.Module, dist_: Dist) -> torch.nn.Module:
+    """``module`` wrapped in ``DistributedDataParallel`` when there is more than one process, else ``module``.
+
+    Construction broadcasts rank 0's parameters and buffers, so every rank starts identical even when their
+    initialisations differed. Call the wrapper for forward passes; save and export the bare ``module``.
+    """
+    if not dist_.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [dist_.device] if dist_.device.type == "cuda" else None
+    if dist_.is_main:
+        logging.getLogger("pipeline3d.train").info("gradients: DistributedDataParallel over %d processes",
+                                                   dist_.world_size)
+    return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None,
+                                   find_unused_parameters=True)
 
 
 def setup(device: torch.device | None = None, environ: Mapping[str, str] | None = None,

@@ -247,9 +247,12 @@ class _Run:
             generator = step_generator(cfg.seed, step, self.dist.rank, micro, self.device)
             autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                         else contextlib.nullcontext())
-            with autocast:
-                loss, logs = self.objective(batch, step=step, total_steps=cfg.steps, generator=generator)
-            self.scaler.scale(loss / cfg.grad_accum).backward()
+            # DDP all-reduces gradients during the last micro-batch's backward only (overlapped with it).
+            last = micro == cfg.grad_accum - 1
+            with contextlib.nullcontext() if last or not self.dist.enabled else self.model.no_sync():
+                with autocast:
+                    loss, logs = self.model(batch, step=step, total_steps=cfg.steps, generator=generator)
+                self.scaler.scale(loss / cfg.grad_accum).backward()
             loss_sum = loss_sum + loss.detach().to(acc)
             for key, value in logs.items():
                 value = torch.as_tensor(value).detach().to(self.device, acc)
@@ -260,7 +263,6 @@ class _Run:
         loss_mean, logs_mean = means[0], dict(zip(keys, means[1:]))
         if not self.scaler.is_enabled() and not math.isfinite(loss_mean):
             raise FloatingPointError(f"non-finite loss {loss_mean} at step {step}; no checkpoint was written for it")
-        self.dist.average_gradients(self.trainable)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.clip_grad if cfg.clip_grad > 0 else math.inf,
                                                    foreach=True)
@@ -334,7 +336,6 @@ class _Run:
         n_all = sum(p.numel() for p in self.objective.parameters())
         self._log_setup({"decay": n_decay, "no_decay": n_train - n_decay, "frozen": n_all - n_train})
         if state is None:
-            dist.broadcast_module(self.objective)  # identical start on every rank
             step, epoch, batch_index, samples_seen, last_loss, resumed_from = 0, 0, 0, 0, None, None
         else:
             self._restore(state)
@@ -345,6 +346,8 @@ class _Run:
         if step >= cfg.steps:
             self.info("already finished: checkpoint at step %d of %d", step, cfg.steps)
             return TrainResult(step, 0, last_loss, resumed_from, False, dist.is_main)
+        # After the restore: DDP starts every rank from rank 0's parameters and buffers.
+        self.model = distributed.data_parallel(self.objective, dist)
 
         self.objective.train()
         interrupted = False
