@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,10 @@ from smk import (
     copy_repo,
     job_counts,
     planned_jobs,
+    read_config,
     rewrite_tar_without_last_item,
     run_snakemake,
+    smk_env,
     tiny_config,
     write_config,
 )
@@ -184,7 +187,8 @@ def full_dag_config() -> dict:
     config["datasets"] = {name: config["datasets"][name] for name in ("demo-mesh", "demo-img")}
     config["pretrain"]["methods"] = {"nepa": {**config["pretrain"]["methods"]["nepa"], "corpus": [
         {"dataset": "demo-mesh", "split": "train_mesh", "backend": "mesh", "weight": 1.0}]}}
-    config["finetune"].update(methods=["nepa"], k=[0], episodes={"settings": []})
+    # one DataLoader worker: the fine-tune job must ask SLURM for a CPU for it (--cpus-per-task 1 + 1)
+    config["finetune"].update(methods=["nepa"], k=[0], episodes={"settings": []}, num_workers=1)
     config["embed"]["image"].update(datasets=[], depth_views=["demo-mesh"])
     config["embed"]["text"]["datasets"] = ["demo-img"]
     config["difficulty"]["spaces"] = ["shape/demo-mesh/nepa"]
@@ -225,10 +229,54 @@ def test_demo_all_runs_through_slurm_with_gpu_rules_on_the_fake_gpus(slurm_full:
         "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head", "eval_ucpr", "eval_cpac"}
     gpu_rules = {job.rule for job in planned if job.resources.get("gpu") == "1"}
     assert gpu_rules >= {"pretrain_encoder", "finetune_classifier", "eval_ucpr", "eval_cpac", "align_text3d"}
+    plan = {job.rule: job for job in planned}
     for job_id, job in jobs.items():
         assert job["state"] == "COMPLETED", job
+        assert int(job["cpus"]) == plan[job["rule"]].threads, (job, plan[job["rule"]].fields)
         requested = tres_per_job(job_id)
         assert (requested == "gres:gpu:1") == (job["rule"] in gpu_rules), (job, requested)
+    assert {int(job["cpus"]) for job in jobs.values() if job["rule"] == "finetune_classifier"} == {2}
     tables = slurm_full["workdir"] / "results" / "tables"
     assert "| nepa |" in (tables / "fewshot.md").read_text()
     assert "no results" not in (tables / "ucpr.md").read_text()
+
+
+def running_job_of_rule(rule: str) -> str | None:
+    out = subprocess.run(["squeue", "-h", "-t", "running", "-o", "%i|%k"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    return next((job for job, comment in (line.split("|") for line in out.splitlines())
+                 if comment.startswith(f"rule_{rule}")), None)
+
+
+def test_training_job_checkpoints_on_the_time_limit_signal_and_its_retry_resumes(slurm_full: dict) -> None:
+    """The profile's `--signal=USR1@180` on a training job, delivered as SLURM does it at the time limit (to every
+    process of the job's steps, not the batch shell; `scancel --signal` takes the same path): the stage writes a
+    checkpoint and exits 75, Snakemake in the job survives and reports the failure, and the profile's retry resumes
+    from the checkpoint instead of starting over."""
+    workdir = slurm_full["workdir"]
+    config = read_config(workdir)
+    config["pretrain"]["methods"]["nepa"]["train"] = {"steps": 4000, "log_every": 20, "checkpoint_every": 5000}
+    write_config(workdir, config)  # a changed pretraining config: the encoder is rebuilt
+    target = "results/models/nepa/encoder.safetensors"
+    log = workdir / "results" / "logs" / "pretrain_encoder" / "nepa.log"
+    cmd = ["timeout", "-s", "INT", "-k", "30", "600", "snakemake", *SLURM, "--verbose", target]
+    with subprocess.Popen(cmd, cwd=workdir, env=smk_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        deadline, signalled = time.monotonic() + 300, None
+        while signalled is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(1)
+            job = running_job_of_rule("pretrain_encoder")
+            if job and log.exists() and re.search(r"step \d+/4000", log.read_text()):
+                subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+                signalled = job
+        output = proc.communicate(timeout=600)[0]
+    assert signalled, output[-5000:]
+    assert proc.returncode == 0, output[-8000:]
+    calls = [line for line in output.splitlines() if "sbatch call:" in line and "rule_pretrain_encoder" in line]
+    assert len(calls) == 2, calls  # the signalled attempt and its retry
+    assert all("--signal=USR1@180" in call and "--cpus-per-task=2" in call for call in calls), calls
+    assert squeue_jobs([signalled])[signalled]["state"] == "FAILED"
+    stage_log = log.read_text()  # the retry's
+    resumed = re.search(r"resuming from step (\d+)", stage_log)
+    assert resumed and 0 < int(resumed.group(1)) < 4000, stage_log[-3000:]
+    assert "finished 4000 steps" in stage_log

@@ -1,6 +1,5 @@
 # Shared helpers: config validation, wildcard constraints, per-stage params/resources and target lists.
 # Kept light: it runs on every parse, including inside every SLURM job (no torch, no globbing of data trees).
-import logging
 import re
 import sys
 from pathlib import Path
@@ -10,11 +9,15 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from pipeline3d.config import ConfigError, stage_params as _stage_params, validate as _validate  # noqa: E402
-from pipeline3d.data.cache_schema import profile_of  # noqa: E402
 from pipeline3d.finetune_rows import all_row_names, row_architecture, row_kind  # noqa: E402
 from pipeline3d.io.h5clouds import scanobjectnn_files  # noqa: E402
 from pipeline3d.io.rawdigest import listing_digest  # noqa: E402
 from pipeline3d.train.logging_env import export_logging  # noqa: E402
+from pipeline3d.train.signals import ignore_warning_signal_in_slurm_job  # noqa: E402
+
+# The profile's time-limit warning (--signal=USR1@N) reaches every process of a job step, this Snakemake included:
+# it must survive it; the training stage under it installs its own handler and checkpoints.
+ignore_warning_signal_in_slurm_job()
 
 
 # The JSON schema (workflow/schemas/config.schema.yaml) checked by pipeline3d: a one-line error naming the key,
@@ -278,32 +281,6 @@ def episode_folds():
 def episode_metrics(dataset):
     return expand(f"{RESULTS}/finetune_episodes/{dataset}/{{method}}/{{setting}}/f{{fold}}/metrics.json",
                   method=FINETUNE["methods"], setting=EPISODES["settings"], fold=episode_folds())
-
-
-def check_existing_shards():
-    """Move aside existing shards that are truncated, unfinished or foreign, so they are rebuilt, not trusted."""
-    from pipeline3d.io.shards import quarantine, validate_shard
-
-    profile = profile_of(config["cache"])
-    for dataset in MESH_LIKE:
-        for i, shard in enumerate(SHARDS):
-            path = Path(RESULTS) / "cache" / dataset / f"shard-{shard}.h5"
-            if not path.exists():
-                continue
-            reason = validate_shard(path, dataset=dataset, shard=i, profile=profile)
-            if reason:
-                moved = quarantine(path)
-                logging.getLogger("pipeline3d").warning(
-                    "cache shard %s is invalid (%s); moved to %s, it will be rebuilt", path, reason, moved
-                )
-                # The index vouches for the shards: drop it too, or Snakemake (seeing an up-to-date index)
-                # would never rebuild the missing shard.
-                index = path.parent / "index.parquet"
-                if index.exists():
-                    index.replace(index.with_name("index.parquet.stale"))
-
-
-check_existing_shards()
 
 
 def data_targets():

@@ -13,10 +13,27 @@ import logging
 import os
 import signal
 import threading
-from typing import Iterator
+from typing import Iterator, Mapping
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: "try again later", which is what a rerun does
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+WARNING_SIGNAL = signal.SIGUSR1  # what the SLURM profile's --signal asks for ahead of the time limit
+
+
+def ignore_warning_signal_in_slurm_job(environ: Mapping[str, str] | None = None) -> bool:
+    """Ignore ``WARNING_SIGNAL`` in this process when it runs inside a SLURM job; True if it did.
+
+    Called by the Snakefile. ``sbatch --signal=USR1@N`` signals every process of the job's steps, and the SLURM
+    executor runs Snakemake itself in the step beside the stage: USR1's default action would kill it, and with it
+    the job. Ignored dispositions are inherited across fork/exec, so the shell and stages between Snakemake and a
+    training stage ignore it too, until ``stop_on_signals`` installs the stage's handler. (``--signal=B:USR1``
+    is no alternative: it reaches only the batch shell, which dies of it.)
+    """
+    env = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" not in env or threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(WARNING_SIGNAL, signal.SIG_IGN)
+    return True
 
 
 class StopRequest:
