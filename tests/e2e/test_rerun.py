@@ -195,21 +195,31 @@ def test_raw_content_change_reruns_the_dependent_chain_only(demo: Path) -> None:
     assert mtimes(demo, "results/ingest/demo-mesh/*") | mtimes(demo, "results/splits/demo-scan/*") == others
 
 
-def test_truncated_or_foreign_shard_is_moved_aside_and_rebuilt(demo: Path) -> None:
-    """A damaged shard is never trusted: the next invocation moves it aside and rebuilds it."""
+def test_truncated_shard_is_named_moved_aside_by_its_reader_and_rebuilt_by_the_next_run(demo: Path) -> None:
+    """A damaged shard is never trusted, and a dry run touches nothing: the stage that reads the shards
+    (index_cache) names it and moves it aside, and the next invocation rebuilds only that shard and what reads it."""
     from pipeline3d.io.shards import validate_shard
 
     shard = demo / "results" / "cache" / "demo-mesh" / "shard-0000.h5"
     good = shard.read_bytes()
     shard.write_bytes(good[: len(good) // 3])  # as if a copy was cut short
+    truncated = shard.read_bytes()
+    plan = run_snakemake(demo, "-n", "all")
+    assert plan.returncode == 0, plan.tail()
+    assert shard.read_bytes() == truncated and not (shard.parent / "shard-0000.h5.invalid").exists()
+
+    failed = run_snakemake(demo, "--cores", "2", "all", timeout=900)
+    assert failed.returncode != 0
+    log = (demo / "results" / "logs" / "index_cache" / "demo-mesh.log").read_text()
+    assert "shard-0000.h5: invalid cache shard" in log and "run the workflow again to rebuild it" in log, log
+    assert not shard.exists() and (shard.parent / "shard-0000.h5.invalid").exists()
+
     result = run_snakemake(demo, "--cores", "2", "all", timeout=900)
     assert result.returncode == 0, result.tail(8000)
-    assert "shard-0000.h5 is invalid" in result.output, result.tail()
     ran = job_counts(result.output)
     assert ran.get("build_cache_shard") == 1 and ran.get("index_cache") == 1, result.tail()
     assert "make_demo_data" not in ran and "ingest_dataset" not in ran
     assert validate_shard(shard, dataset="demo-mesh", shard=0, deep=True) is None
-    assert (shard.parent / "shard-0000.h5.invalid").exists()
     assert_up_to_date(demo)
 
 

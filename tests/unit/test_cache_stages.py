@@ -139,9 +139,13 @@ def test_index_rejects_a_truncated_shard(built, tmp_path):
         fh.truncate(bad.stat().st_size // 2)
     with pytest.raises(ValueError, match=str(bad).replace(".", r"\.")):
         build_index([built[0], bad], "toy", CACHE)
+    good = built[0].read_bytes()
     rc = index_cache.main(["--params", params(), "--shards", str(built[0]), str(bad), "--out",
                            str(tmp_path / "i.parquet"), "--rejects", str(tmp_path / "r.parquet")])
     assert rc == 1 and not (tmp_path / "i.parquet").exists()
+    # the damaged shard is moved aside so the workflow's next run rebuilds it; the good one is left alone
+    assert not bad.exists() and bad.with_name(bad.name + ".invalid").exists()
+    assert built[0].read_bytes() == good
 
 
 def test_index_rejects_a_foreign_file(built, tmp_path):

@@ -3,7 +3,8 @@
 ``index.parquet``: shape_id, shard (int), shard_file (file name), row; sorted by shape_id.
 ``rejects.parquet``: the shapes the shard jobs could not cache (source = shape id, stage "cache", reason, detail).
 Any invalid shard (truncated, unfinished, foreign, other profile/dataset/shard count, misplaced ids) is an error
-naming the file and the reason (exit 1); the workflow also quarantines such files when it parses.
+naming the file and the reason (exit 1), and the file is moved aside (``.invalid``) so that the next run of the
+workflow rebuilds it; nothing is checked or moved while Snakemake merely parses (``-n`` has no side effects).
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     params, logger = start(STAGE, args)
 
-    from ..data.cache.index import build_index
+    from ..data.cache.index import InvalidShards, build_index
     from ..io.atomic import write_parquet
+    from ..io.shards import quarantine
 
     try:
         index, rejects = build_index(args.shards, params["dataset"], params["cache"])
-    except ValueError as exc:
+    except InvalidShards as exc:
         logger.error("%s", exc)
+        for path in exc.damaged:
+            logger.error("moved %s to %s: run the workflow again to rebuild it", path, quarantine(path))
         return 1
     write_parquet(args.out, index)
     write_parquet(args.rejects, rejects)

@@ -16,6 +16,15 @@ INDEX_COLUMNS = ("shape_id", "shard", "shard_file", "row")
 REJECT_COLUMNS = ("source", "stage", "reason", "detail")
 
 
+class InvalidShards(ValueError):
+    """Some shards cannot be indexed; ``damaged`` lists the files that must be rebuilt (the others name problems of
+    the file list itself)."""
+
+    def __init__(self, message: str, damaged: list[Path]) -> None:
+        super().__init__(message)
+        self.damaged = damaged
+
+
 def _read_ids(path: Path) -> tuple[list[str], int]:
     with h5py.File(path, "r") as h5:
         ids = [s.decode() if isinstance(s, bytes) else str(s) for s in h5["shape_id"][:]]
@@ -23,7 +32,7 @@ def _read_ids(path: Path) -> tuple[list[str], int]:
 
 
 def build_index(shard_paths: list[str | Path], dataset: str, cache_cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(index, rejects) of one dataset's shards; ValueError naming every bad file and why.
+    """(index, rejects) of one dataset's shards; ``InvalidShards`` naming every bad file and why.
 
     Each shard must be complete, uncorrupted (deep check), of this dataset and cache profile, numbered as its file
     name says, built for ``cache.shards`` shards, and hold only ids that hash to it; shard numbers 0..n-1 must each
@@ -32,6 +41,7 @@ def build_index(shard_paths: list[str | Path], dataset: str, cache_cfg: dict) ->
     profile = profile_of(cache_cfg)
     n_shards = int(cache_cfg["shards"])
     problems: list[str] = []
+    damaged: list[Path] = []
     seen: dict[int, Path] = {}
     rows: list[tuple[str, int, str, int]] = []
     rejects: list[tuple[str, str, str, str]] = []
@@ -46,16 +56,16 @@ def build_index(shard_paths: list[str | Path], dataset: str, cache_cfg: dict) ->
             continue
         seen[number] = path
         reason = validate_shard(path, dataset=dataset, shard=number, profile=profile, deep=True)
+        if not reason:
+            ids, built_for = _read_ids(path)
+            strays = [sid for sid in ids if shard_of(sid, n_shards) != number]
+            if built_for != n_shards:
+                reason = f"built for {built_for} shards, but cache.shards is {n_shards}"
+            elif strays:
+                reason = f"{len(strays)} shape ids belong to other shards (first: {strays[0]})"
         if reason:
             problems.append(f"{path}: invalid cache shard: {reason}")
-            continue
-        ids, built_for = _read_ids(path)
-        if built_for != n_shards:
-            problems.append(f"{path}: built for {built_for} shards, but cache.shards is {n_shards}")
-            continue
-        strays = [sid for sid in ids if shard_of(sid, n_shards) != number]
-        if strays:
-            problems.append(f"{path}: {len(strays)} shape ids belong to other shards (first: {strays[0]})")
+            damaged.append(path)
             continue
         rows += [(sid, number, path.name, row) for row, sid in enumerate(ids)]
         rejects += [(sid, "cache", reason, detail) for sid, reason, detail in shard_failures(path)]
@@ -67,7 +77,7 @@ def build_index(shard_paths: list[str | Path], dataset: str, cache_cfg: dict) ->
     if duplicated:
         problems.append(f"{len(duplicated)} shape ids are in more than one shard (first: {duplicated[0]})")
     if problems:
-        raise ValueError("cache index not written:\n  " + "\n  ".join(problems))
+        raise InvalidShards("cache index not written:\n  " + "\n  ".join(problems), damaged)
     index = index.sort_values("shape_id", kind="stable").reset_index(drop=True)
     index = index.astype({"shape_id": "string", "shard": "int64", "shard_file": "string", "row": "int64"})
     reject_table = pd.DataFrame(sorted(rejects), columns=list(REJECT_COLUMNS)).astype("string")
