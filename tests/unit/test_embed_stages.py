@@ -189,6 +189,15 @@ def test_embed_shape_every_cached_shape_reproducibly(tmp_path, mesh_ds, no_netwo
     assert (tok["n_point"], tok["n_ray"], tok["layout_n_point"], tok["layout_n_ray"]) == (16, 8, 24, 12)
 
 
+def test_embed_shape_tokenizes_in_workers_with_the_same_bytes(tmp_path, mesh_ds, no_network):
+    """--threads 3: one torch thread and two DataLoader workers building the 4 batches (5 shapes x 2 draws, 3 pairs
+    per batch); the file is byte for byte the single-process one."""
+    one, three = tmp_path / "one.parquet", tmp_path / "three.parquet"
+    assert _run(embed_shape, _shape_params(), mesh_ds, "--out", one, "--threads", 1) == 0
+    assert _run(embed_shape, _shape_params(), mesh_ds, "--out", three, "--threads", 3) == 0
+    assert one.read_bytes() == three.read_bytes()
+
+
 def test_embed_shape_draws_and_pool_change_the_vectors(tmp_path, mesh_ds, no_network):
     base, one, eos = tmp_path / "base.parquet", tmp_path / "one.parquet", tmp_path / "eos.parquet"
     for path, params in ((base, _shape_params()), (one, _shape_params(mc_draws=1)), (eos, _shape_params(pool="eos"))):

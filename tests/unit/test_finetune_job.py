@@ -132,7 +132,7 @@ def test_validation_selection_breaks_accuracy_ties_by_the_lower_loss(monkeypatch
     reads = iter([np.array([[[0.6, 0.4]], [[0.4, 0.6]]]),   # step 10: acc 1.0, unsure
                   np.array([[[5.0, -5.0]], [[-5.0, 5.0]]]),  # step 20: acc 1.0, confident -> wins the tie
                   np.array([[[0.0, 9.0]], [[-9.0, 9.0]]])])  # step 30: acc 0.5 -> never wins
-    monkeypatch.setattr(finetune, "predict", lambda objective, dataset, batch_size: next(reads))
+    monkeypatch.setattr(finetune, "predict", lambda objective, dataset, batch_size, num_workers=0: next(reads))
     hook = finetune.BestOnValidation(Labels(), every=10, batch_size=2, log=logging.getLogger("test"))
     model = Model()
     for step in (10, 20, 30):

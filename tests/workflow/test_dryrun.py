@@ -184,9 +184,12 @@ def test_paper_config_plans_the_seed_tables(workdir: Path) -> None:
     assert ucpr["max_files"] == 1000 and ucpr["query_seed"] != ucpr["gallery_seed"]
     # --cpus-per-task covers the DataLoader workers the config asks for, beside torch's threads
     planned = {(job.rule, job.threads) for job in planned_jobs(result.output)
-               if job.rule in ("pretrain_encoder", "finetune_classifier") and "/descriptor/" not in job.fields["output"]}
+               if job.rule in ("pretrain_encoder", "finetune_classifier", "eval_ucpr")
+               and "/descriptor/" not in job.fields["output"]}
     assert planned == {("pretrain_encoder", 2 + config["pretrain"]["num_workers"]),
-                       ("finetune_classifier", 1 + config["finetune"]["num_workers"])}
+                       ("finetune_classifier", 1 + config["finetune"]["num_workers"]),
+                       ("eval_ucpr", 1 + ucpr["num_workers"])}
+    assert ucpr["num_workers"] > 0
 
 
 def test_episode_settings_schedule_the_episode_jobs_and_table(workdir: Path) -> None:

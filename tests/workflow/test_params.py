@@ -16,8 +16,8 @@ def reversed_keys(value):
     return value
 
 
-def shell_commands(workdir: Path) -> list[str]:
-    result = run_snakemake(workdir, "-n", "-p", "all")
+def shell_commands(workdir: Path, *args: str) -> list[str]:
+    result = run_snakemake(workdir, "-n", "-p", *args, "all")
     assert result.returncode == 0, result.tail()
     commands = re.findall(r"^Shell command: (.*)$", result.output, flags=re.M)
     assert commands
@@ -33,3 +33,19 @@ def test_reordered_config_gives_identical_stage_commands(workdir: Path) -> None:
 
     assert shell_commands(workdir) == before
     assert any("--params '{" in command for command in before)  # the params are in the commands compared
+
+
+def test_tokenizing_workers_change_only_the_cpus_of_embedding_and_retrieval_jobs(workdir: Path) -> None:
+    """embed.shape / eval.ucpr num_workers: more CPUs for those jobs, identical params (so nothing reruns)."""
+    before = shell_commands(workdir, "--cores", "64")  # a dry run caps threads at --cores
+    config = repo_config()
+    config["embed"]["shape"]["num_workers"] = config["eval"]["ucpr"]["num_workers"] = 2
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    after = shell_commands(workdir, "--cores", "64")
+
+    def without_threads(commands: list[str]) -> list[str]:
+        return sorted(re.sub(r" --threads \d+", "", command) for command in commands)
+
+    assert without_threads(after) == without_threads(before)
+    changed = sorted(set(after) - set(before))
+    assert changed and all(re.search(r"pipeline3d\.stages\.(embed_shape|eval_ucpr) .* --threads 3", c) for c in changed)

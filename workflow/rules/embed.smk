@@ -59,7 +59,7 @@ rule embed_shape:
     params:
         cfg=embed_shape_cfg,
         inputs=input_json,
-    threads: 1  # one thread: vectors stay byte-identical whatever --cores caps threads to
+    threads: embed_shape_threads  # 1 torch thread (byte-identical vectors) + embed.shape.num_workers
     resources:
         mem_mb=6000,
         runtime=scaled_runtime(120),

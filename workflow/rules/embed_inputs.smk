@@ -69,10 +69,16 @@ def embed_shape_inputs(wildcards):
             "encoder_json": f"{RESULTS}/models/{wildcards.method}/encoder.json"}
 
 
+def embed_shape_threads(wildcards):
+    """One torch thread (byte-identical vectors) + the tokenizing workers: the stage reads them off --threads, so
+    the worker count stays out of params and changing it reruns nothing."""
+    return 1 + int(EMBED["shape"]["num_workers"])
+
+
 def embed_shape_cfg(wildcards):
     return stage_params("embed_shape", {
         "seed": config["seed"], "dataset": wildcards.dataset, "method": wildcards.method,
-        "shape": _without(EMBED["shape"], "datasets", "methods"), "tokens": config["tokens"],
+        "shape": _without(EMBED["shape"], "datasets", "methods", "num_workers"), "tokens": config["tokens"],
         "eval_seed": config["tokens"]["eval_seed"],
     })
 

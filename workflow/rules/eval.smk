@@ -14,7 +14,7 @@ rule eval_ucpr:
     params:
         cfg=ucpr_cfg,
         inputs=input_json,
-    threads: 1  # one thread: results stay byte-identical whatever --cores caps threads to
+    threads: ucpr_threads  # 1 torch thread (byte-identical results) + eval.ucpr.num_workers
     resources:
         mem_mb=6000,
         runtime=scaled_runtime(120),

@@ -20,11 +20,16 @@ def eval_inputs(wildcards):
             "encoder_json": f"{RESULTS}/models/{wildcards.method}/encoder.json"}
 
 
+def ucpr_threads(wildcards):
+    """One torch thread + the tokenizing workers (see embed_shape_threads)."""
+    return 1 + int(UCPR["num_workers"])
+
+
 def ucpr_cfg(wildcards):
     return stage_params("eval_ucpr", {
         "seed": config["seed"], "dataset": wildcards.dataset, "method": wildcards.method,
         "query": wildcards.query, "gallery": wildcards.gallery,
-        "ucpr": _without(UCPR, "datasets", "methods", "pairs"), "tokens": config["tokens"],
+        "ucpr": _without(UCPR, "datasets", "methods", "pairs", "num_workers"), "tokens": config["tokens"],
     })
 
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..device import model_device, to_device, to_host
 from ..log import Progress
-from ..tokens.collate import collate
+from ..tokens.eval_batches import eval_batches
 from ..tokens.dataset import ShapeTokenDataset
 from ..tokens.layout import PAD, TokenConfig, max_tokens
 
@@ -115,12 +115,13 @@ def pad_batch(batch: dict[str, torch.Tensor], rows: int, length: int) -> dict[st
 @torch.no_grad()
 def embed_shapes(encoder: nn.Module, dataset: ShapeTokenDataset, *, batch_size: int, pool: str,
                  causal: bool, transform: Callable[[dict], dict] | None = None,
-                 normalize_draws: bool = False) -> np.ndarray:
+                 normalize_draws: bool = False, num_workers: int = 0) -> np.ndarray:
     """Float32 (N, d) L2-normalised vectors of every shape of an eval-mode dataset (mean over its draws).
 
-    ``transform``: optional pure function applied to each collated batch before padding (e.g. a feature ablation);
+    ``transform``: optional function applied to each collated batch before padding (e.g. a feature ablation);
     it must act per token, so vectors stay independent of batch composition. ``normalize_draws``: L2-normalise
     each draw's pooled vector before averaging (so no draw dominates by its norm; the UCPR protocol).
+    ``num_workers``: DataLoader workers that tokenize while the encoder runs (the vectors do not depend on them).
     """
     if dataset.mode != "eval":
         raise ValueError("shape embeddings need an eval-mode token dataset (deterministic draws)")
@@ -135,11 +136,9 @@ def embed_shapes(encoder: nn.Module, dataset: ShapeTokenDataset, *, batch_size: 
     # encoder may skip the mask when nothing is padded, which could round differently).
     length = (dataset.patch.n_tokens if dataset.patch is not None else max_tokens(dataset.cfg)) + 1
     sums: np.ndarray | None = None
-    pairs = [(i, d) for i in range(n) for d in range(draws)]
     progress = Progress(log, n * draws, "encoded shape draws", every=max(batch_size, 1000))
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        batch = collate([dataset.item(i, 0, d) for i, d in chunk])
+    for chunk, batch in eval_batches(dataset, batch_size, num_workers=num_workers):
+        # the transform runs here, not in the workers: it may count what it does (eval_ucpr's ablations)
         batch = pad_batch(transform(batch) if transform is not None else batch, batch_size, length)
         batch = to_device(batch, device)
         out = encoder(batch["feat"], batch["type_id"], batch["pos"], batch["valid"], causal=causal)

@@ -26,12 +26,14 @@ import pandas as pd
 import torch
 
 from ..data.selection import cached_rows, fewshot_labels, ttv_labels
+from ..device import model_device, to_device, to_host
 from ..eval.classification import average_draws, classification_report
 from ..objectives import build_objective
 from ..rng import stable_hash
 from ..tokens.collate import collate
 from ..tokens.corpus import EpochView, MixedCorpus
 from ..tokens.dataset import ShapeTokenDataset
+from ..tokens.eval_batches import eval_batches
 from ..tokens.patches import token_kind
 from ..train.export import load_encoder
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
@@ -56,21 +58,18 @@ def class_names(manifest_path: str | Path) -> list[str]:
 
 
 @torch.no_grad()
-def predict(objective, dataset: ShapeTokenDataset, *, batch_size: int) -> np.ndarray:
-    """(N, draws, C) logits: every shape of an eval-mode dataset on each of its deterministic draws."""
+def predict(objective, dataset: ShapeTokenDataset, *, batch_size: int, num_workers: int = 0) -> np.ndarray:
+    """(N, draws, C) logits: every shape of an eval-mode dataset on each of its deterministic draws (tokenized by
+    ``num_workers`` DataLoader workers; the logits do not depend on them)."""
     was_training = objective.training
     objective.eval()
-    n, draws = len(dataset), dataset.mc_draws
+    device = model_device(objective)
     out = None
-    pairs = [(i, d) for i in range(n) for d in range(draws)]
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        batch = collate([dataset.item(i, 0, d) for i, d in chunk])
-        device = next(objective.parameters()).device
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        logits = objective.predict_logits(batch).float().cpu().numpy()
+    for chunk, batch in eval_batches(dataset, batch_size, num_workers=num_workers,
+                                     pin_memory=device.type == "cuda"):
+        logits = to_host(objective.predict_logits(to_device(batch, device)).float(), np.float32)
         if out is None:
-            out = np.zeros((n, draws, logits.shape[1]), dtype=np.float64)
+            out = np.zeros((len(dataset), dataset.mc_draws, logits.shape[1]), dtype=np.float64)
         for (i, d), row in zip(chunk, logits):
             out[i, d] = row
     objective.train(was_training)
@@ -83,12 +82,14 @@ class BestOnValidation:
     small K), so accuracy alone ties often, and a tie kept the earliest, least trained weights; the loss tells them
     apart. Its state (best accuracy, loss, step, weights) goes into the checkpoint."""
 
-    def __init__(self, dataset: ShapeTokenDataset, *, every: int, batch_size: int, log: logging.Logger):
+    def __init__(self, dataset: ShapeTokenDataset, *, every: int, batch_size: int, log: logging.Logger,
+                 num_workers: int = 0):
         self.dataset, self.every, self.batch_size, self.log = dataset, every, batch_size, log
+        self.num_workers = num_workers
         self.best_acc, self.best_loss, self.best_step, self.best_state = -1.0, float("inf"), -1, None
 
     def __call__(self, step: int, objective) -> dict[str, float]:
-        logits = predict(objective, self.dataset, batch_size=self.batch_size)
+        logits = predict(objective, self.dataset, batch_size=self.batch_size, num_workers=self.num_workers)
         labels = self.dataset.labels
         probs = softmax(average_draws(logits))  # the draws' mean logits, as the test reads them
         acc = float((probs.argmax(axis=1) == labels).mean())
@@ -171,12 +172,13 @@ def run_with_split(params: Mapping[str, Any], files: Mapping[str, Any], labels: 
                       warmup_steps=int(round(ft["warmup_frac"] * steps)), min_lr_ratio=0.01, clip_grad=1.0,
                       checkpoint_every=every, log_every=max(1, min(steps_per_epoch, every)),
                       seed=seed, num_workers=ft["num_workers"])
+    workers = int(ft["num_workers"])  # the rule's CPUs cover them; evaluation tokenizes in them as training does
     # reshuffled every epoch (a seeded permutation, no replacement)
     corpus = MixedCorpus([(train_ds, 1.0)], n_train, seed, replacement=False)
     hooks = []
     select = ft["selection"] == "val" and "val" in eval_sets
     if select:
-        hooks.append(BestOnValidation(eval_sets["val"], every=every, batch_size=64, log=log))
+        hooks.append(BestOnValidation(eval_sets["val"], every=every, batch_size=64, log=log, num_workers=workers))
     result = train(objective, EpochData(lambda epoch: EpochView(corpus, epoch), collate), cfg, state_dir,
                    config_hash=run_fingerprint(params, files), log=log,
                    metrics_path=Path(state_dir) / "train_log.jsonl", hooks=hooks,
@@ -186,7 +188,7 @@ def run_with_split(params: Mapping[str, Any], files: Mapping[str, Any], labels: 
     # how well the weights fit their own training shapes (one un-augmented eval draw each), last and selected: an
     # underfitting run shows here, not only as a low test accuracy
     fit = ShapeTokenDataset(entries_of(split["train"]), backend, tok, seed=seed, mode="eval", mc_draws=1)
-    fit_last = fit_accuracy(objective, fit)
+    fit_last = fit_accuracy(objective, fit, workers)
     selected_step = result.steps
     if select and hooks[0].best_state is not None:
         objective.load_state_dict(hooks[0].best_state)
@@ -195,19 +197,20 @@ def run_with_split(params: Mapping[str, Any], files: Mapping[str, Any], labels: 
         "dataset": params["dataset"], "method": method, "k": k, "seed": seed, "backend": backend,
         "class_names": names, "selection": ft["selection"] if select else "last", "selected_step": selected_step,
         "steps": result.steps, "train_shapes": len(split["train"]), "val_shapes": len(split["val"]),
-        "test": classification_report(predict(objective, eval_sets["test"], batch_size=64),
+        "test": classification_report(predict(objective, eval_sets["test"], batch_size=64, num_workers=workers),
                                        eval_sets["test"].labels, names),
     }
     if select:
         metrics["val_best_accuracy"] = hooks[0].best_acc
-    metrics["train_accuracy"] = fit_accuracy(objective, fit)
+    metrics["train_accuracy"] = fit_accuracy(objective, fit, workers)
     metrics["train_accuracy_last"] = fit_last
     return metrics, result
 
 
-def fit_accuracy(objective, dataset: ShapeTokenDataset) -> float:
+def fit_accuracy(objective, dataset: ShapeTokenDataset, num_workers: int = 0) -> float:
     """Accuracy on a (training) set's first eval draw."""
-    return float((predict(objective, dataset, batch_size=64)[:, 0].argmax(1) == dataset.labels).mean())
+    logits = predict(objective, dataset, batch_size=64, num_workers=num_workers)
+    return float((logits[:, 0].argmax(1) == dataset.labels).mean())
 
 
 def frozen(params: Mapping[str, Any]) -> bool:

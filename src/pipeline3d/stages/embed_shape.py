@@ -25,7 +25,7 @@ from ..train.export import load_encoder
 from ._cli import parser, start
 
 
-def run(params: dict, files: dict, out: str, log) -> int:
+def run(params: dict, files: dict, out: str, log, workers: int = 0) -> int:
     shape = params["shape"]
     encoder_info = encoder_files(files["weights"], files["encoder_json"])
     pretrained = encoder_info.pretrained_tokens or params["tokens"]
@@ -53,7 +53,7 @@ def run(params: dict, files: dict, out: str, log) -> int:
              "causal" if encoder_info.causal else "bidirectional", shape["backend"], json.dumps(tok, sort_keys=True))
     try:
         vectors = embed_shapes(encoder, dataset, batch_size=int(shape["batch_size"]), pool=shape["pool"],
-                               causal=encoder_info.causal)
+                               causal=encoder_info.causal, num_workers=workers)
     finally:
         dataset.close()
     metadata = {"model": encoder_info.registry_name, "weights_sha256": file_sha256(encoder_info.weights),
@@ -70,13 +70,14 @@ def run(params: dict, files: dict, out: str, log) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = parser("embed_shape", __doc__)
     p.add_argument("--inputs", required=True, help="JSON: manifest, ttv, index, shards, weights, encoder_json")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPUs of the job: one for torch (byte-identical results), the rest tokenize in workers")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     params, log = start("embed_shape", args)
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(1)
     try:
-        return run(params, json.loads(args.inputs), args.out, log)
+        return run(params, json.loads(args.inputs), args.out, log, workers=max(0, args.threads - 1))
     except (ValueError, KeyError) as exc:
         log.error("%s", exc if not isinstance(exc, KeyError) else f"missing params/inputs key {exc}")
         return 1

@@ -45,7 +45,7 @@ class _Ablation:
         return ablate(batch, self.name)
 
 
-def run(params: dict, files: dict, out: str, log) -> int:
+def run(params: dict, files: dict, out: str, log, workers: int = 0) -> int:
     started = time.time()
     cfg = params["ucpr"]
     query_seed, gallery_seed = int(cfg["query_seed"]), int(cfg["gallery_seed"])
@@ -75,7 +75,7 @@ def run(params: dict, files: dict, out: str, log) -> int:
     datasets = {side: ShapeTokenDataset(entries, params[side], toks[side], seed=int(params["seed"]), mode="eval",
                                         mc_draws=mc_draws) for side in ("query", "gallery")}
     encoder = load_encoder(encoder_info.weights, encoder_info.sidecar, device=job_device())
-    embed = partial(embed_shapes, encoder, batch_size=int(cfg["batch_size"]), pool=cfg["pool"],
+    embed = partial(embed_shapes, encoder, batch_size=int(cfg["batch_size"]), pool=cfg["pool"], num_workers=workers,
                     causal=encoder_info.causal, normalize_draws=True)
 
     shape_labels = [e.label for e in entries]
@@ -114,13 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(STAGE, __doc__)
     p.add_argument("--inputs", required=True,
                    help="JSON: manifest, unpaired, ttv, index, shards, weights, encoder_json")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPUs of the job: one for torch (byte-identical results), the rest tokenize in workers")
     p.add_argument("--metrics", required=True, help="output metrics JSON")
     args = p.parse_args(argv)
     params, log = start(STAGE, args)
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(1)
     try:
-        return run(params, json.loads(args.inputs), args.metrics, log)
+        return run(params, json.loads(args.inputs), args.metrics, log, workers=max(0, args.threads - 1))
     except (ValueError, KeyError) as exc:
         log.error("%s", exc if not isinstance(exc, KeyError) else f"missing params/inputs key {exc}")
         return 1
