@@ -117,6 +117,20 @@ def test_every_command_rule_sets_threads_explicitly() -> None:
     assert not missing, f"rules without threads: {missing}"
 
 
+def test_every_path_in_a_shell_command_is_quoted() -> None:
+    """A checkout under a folder with a space must work: every value a command gets (the interpreter included)
+    is `:q`-quoted; only the thread count and wildcards (constrained to safe characters) are left bare."""
+    bare = {}
+    for name, text in rule_blocks().items():
+        shell = re.search(r"^    shell:\n((?:        .*\n)+)", text, re.M)
+        if shell:
+            fields = set(re.findall(r"(?<!\{)\{([^{}]+)\}(?!\})", shell.group(1)))
+            unsafe = {f for f in fields if not f.endswith(":q") and f != "threads" and not f.startswith("wildcards.")}
+            if unsafe:
+                bare[name] = sorted(unsafe)
+    assert not bare, f"unquoted values in shell commands: {bare}"
+
+
 @pytest.mark.parametrize(
     "section, typo",
     [

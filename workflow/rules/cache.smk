@@ -21,7 +21,7 @@ rule build_cache_shard:
         mem_mb=1500,
         runtime=scaled_runtime(240),
     shell:
-        "{PY} -m pipeline3d.stages.build_cache_shard --params {params.cfg:q} --shard {wildcards.shard}"
+        "{PY:q} -m pipeline3d.stages.build_cache_shard --params {params.cfg:q} --shard {wildcards.shard}"
         " --manifest {input.manifest:q} --items {input.store:q} --out {output.shard:q} > {log:q} 2>&1"
 
 
@@ -42,5 +42,5 @@ rule index_cache:
         mem_mb=1000,
         runtime=scaled_runtime(10),
     shell:
-        "{PY} -m pipeline3d.stages.index_cache --params {params.cfg:q} --shards {input.shards:q}"
+        "{PY:q} -m pipeline3d.stages.index_cache --params {params.cfg:q} --shards {input.shards:q}"
         " --out {output.index:q} --rejects {output.rejects:q} > {log:q} 2>&1"

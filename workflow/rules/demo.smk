@@ -26,6 +26,6 @@ if config["demo"]["enabled"]:
             mem_mb=2000,
             runtime=scaled_runtime(20),
         shell:
-            "{PY} -m pipeline3d.stages.make_demo_data --params {params.cfg:q}"
+            "{PY:q} -m pipeline3d.stages.make_demo_data --params {params.cfg:q}"
             " --meshes {output.meshes:q} --scans-train {output.scans_train:q} --scans-test {output.scans_test:q}"
             " --images {output.images:q} > {log:q} 2>&1"

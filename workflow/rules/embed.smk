@@ -20,7 +20,7 @@ rule embed_image:
         runtime=scaled_runtime(120),
         gpu=1,
     shell:
-        "{PY} -m pipeline3d.stages.embed_image --params {params.cfg:q} --inputs {params.inputs:q}"
+        "{PY:q} -m pipeline3d.stages.embed_image --params {params.cfg:q} --inputs {params.inputs:q}"
         " --out {output.vectors:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -43,7 +43,7 @@ rule embed_text:
         runtime=scaled_runtime(120),
         gpu=1,
     shell:
-        "{PY} -m pipeline3d.stages.embed_text --params {params.cfg:q} --inputs {params.inputs:q}"
+        "{PY:q} -m pipeline3d.stages.embed_text --params {params.cfg:q} --inputs {params.inputs:q}"
         " --out {output.vectors:q} --cache-dir {params.cache:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -65,7 +65,7 @@ rule embed_shape:
         runtime=scaled_runtime(120),
         gpu=1,
     shell:
-        "{PY} -m pipeline3d.stages.embed_shape --params {params.cfg:q} --inputs {params.inputs:q}"
+        "{PY:q} -m pipeline3d.stages.embed_shape --params {params.cfg:q} --inputs {params.inputs:q}"
         " --out {output.vectors:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -86,5 +86,5 @@ rule difficulty_bands:
         mem_mb=8000,
         runtime=scaled_runtime(60),
     shell:
-        "{PY} -m pipeline3d.stages.difficulty_bands --params {params.cfg:q} --inputs {params.inputs:q}"
+        "{PY:q} -m pipeline3d.stages.difficulty_bands --params {params.cfg:q} --inputs {params.inputs:q}"
         " --out {output.bands:q} --threads {threads} > {log:q} 2>&1"

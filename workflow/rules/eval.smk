@@ -20,7 +20,7 @@ rule eval_ucpr:
         runtime=scaled_runtime(120),
         gpu=1,
     shell:
-        "{PY} -m pipeline3d.stages.eval_ucpr --params {params.cfg:q} --inputs {params.inputs:q}"
+        "{PY:q} -m pipeline3d.stages.eval_ucpr --params {params.cfg:q} --inputs {params.inputs:q}"
         " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -42,5 +42,5 @@ rule eval_cpac:
         runtime=scaled_runtime(120),
         gpu=1,
     shell:
-        "{PY} -m pipeline3d.stages.eval_cpac --params {params.cfg:q} --inputs {params.inputs:q}"
+        "{PY:q} -m pipeline3d.stages.eval_cpac --params {params.cfg:q} --inputs {params.inputs:q}"
         " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"

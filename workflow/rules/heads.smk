@@ -22,7 +22,7 @@ rule tune_metric_head:
         runtime=scaled_runtime(240),
         gpu=1,
     shell:
-        "{PY} -m pipeline3d.stages.tune_metric_head --params {params.cfg:q} --inputs {params.inputs:q}"
+        "{PY:q} -m pipeline3d.stages.tune_metric_head --params {params.cfg:q} --inputs {params.inputs:q}"
         " --study {params.study:q} --best {output.best:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -48,7 +48,7 @@ rule train_metric_head:
         runtime=scaled_runtime(120),
         gpu=1,
     shell:
-        "{PY} -m pipeline3d.stages.train_metric_head"
+        "{PY:q} -m pipeline3d.stages.train_metric_head"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
         " --state-dir {params.state:q} --head {output.head:q} --head-json {output.head_json:q}"
         " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
@@ -76,7 +76,7 @@ rule align_text3d:
         runtime=scaled_runtime(240),
         gpu=1,
     shell:
-        "{PY} -m pipeline3d.stages.align_text3d"
+        "{PY:q} -m pipeline3d.stages.align_text3d"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
         " --state-dir {params.state:q} --projection {output.projection:q} --text-tower {output.text_tower:q}"
         " --head-json {output.head_json:q} --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
@@ -102,7 +102,7 @@ rule submit_text3d:
         runtime=scaled_runtime(60),
         gpu=1,
     shell:
-        "{PY} -m pipeline3d.stages.submit_text3d --params {params.cfg:q} --inputs {params.inputs:q}"
+        "{PY:q} -m pipeline3d.stages.submit_text3d --params {params.cfg:q} --inputs {params.inputs:q}"
         " --text2mesh {output.text2mesh:q} --mesh2text {output.mesh2text:q} --metrics {output.metrics:q}"
         " > {log:q} 2>&1"
 
@@ -128,7 +128,7 @@ rule train_retrieval_head:
         runtime=scaled_runtime(120),
         gpu=1,
     shell:
-        "{PY} -m pipeline3d.stages.train_retrieval_head"
+        "{PY:q} -m pipeline3d.stages.train_retrieval_head"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
         " --state-dir {params.state:q} --head {output.head:q} --head-json {output.head_json:q}"
         " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"

@@ -22,5 +22,5 @@ rule ingest_dataset:
         mem_mb=4000,
         runtime=scaled_runtime(120),
     shell:
-        "{PY} -m pipeline3d.stages.ingest_dataset --params {params.cfg:q}"
+        "{PY:q} -m pipeline3d.stages.ingest_dataset --params {params.cfg:q}"
         " --manifest {output.manifest:q} --rejects {output.rejects:q} --items {output.store:q} > {log:q} 2>&1"

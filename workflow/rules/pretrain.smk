@@ -29,7 +29,7 @@ rule pretrain_encoder:
         runtime=scaled_runtime(24 * 60),
         gpu=1,
     shell:
-        "{PY} -m pipeline3d.stages.pretrain_encoder"
+        "{PY:q} -m pipeline3d.stages.pretrain_encoder"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
         " --state-dir {params.state:q} --weights {output.weights:q} --encoder-json {output.encoder_json:q}"
         " --train-log {output.train_log:q} --threads {threads} > {log:q} 2>&1"
@@ -54,7 +54,7 @@ rule finetune_classifier:
         runtime=scaled_runtime(6 * 60),
         gpu=row_gpu,
     shell:
-        "{PY} -m pipeline3d.stages.finetune_classifier"
+        "{PY:q} -m pipeline3d.stages.finetune_classifier"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
         " --state-dir {params.state:q} --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
 
@@ -76,7 +76,7 @@ rule tabulate_fewshot:
         mem_mb=1000,
         runtime=scaled_runtime(10),
     shell:
-        "{PY} -m pipeline3d.stages.tabulate_fewshot --params {params.cfg:q} --metrics {input.metrics:q}"
+        "{PY:q} -m pipeline3d.stages.tabulate_fewshot --params {params.cfg:q} --metrics {input.metrics:q}"
         " --table {output.table:q} --csv {output.csv:q} > {log:q} 2>&1"
 
 
@@ -99,7 +99,7 @@ rule finetune_episode:
         runtime=scaled_runtime(6 * 60),
         gpu=row_gpu,
     shell:
-        "{PY} -m pipeline3d.stages.finetune_episode"
+        "{PY:q} -m pipeline3d.stages.finetune_episode"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
         " --state-dir {params.state:q} --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
 
@@ -122,5 +122,5 @@ rule tabulate_episodes:
         mem_mb=1000,
         runtime=scaled_runtime(10),
     shell:
-        "{PY} -m pipeline3d.stages.tabulate_episodes --params {params.cfg:q} --metrics {input.metrics:q}"
+        "{PY:q} -m pipeline3d.stages.tabulate_episodes --params {params.cfg:q} --metrics {input.metrics:q}"
         " --table {output.table:q} --csv {output.csv:q} > {log:q} 2>&1"

@@ -24,5 +24,5 @@ rule report:
         mem_mb=2000,
         runtime=scaled_runtime(20),
     shell:
-        "{PY} -m pipeline3d.stages.report --params {params.cfg:q} --inputs {params.inputs:q}"
+        "{PY:q} -m pipeline3d.stages.report --params {params.cfg:q} --inputs {params.inputs:q}"
         " --out-dir {params.tables:q} --plots-dir {params.plots:q} > {log:q} 2>&1"

@@ -25,7 +25,7 @@ rule fingerprint_dataset:
         mem_mb=2000,
         runtime=scaled_runtime(60),
     shell:
-        "{PY} -m pipeline3d.stages.fingerprint_dataset --params {params.cfg:q} --manifest {input.manifest:q}"
+        "{PY:q} -m pipeline3d.stages.fingerprint_dataset --params {params.cfg:q} --manifest {input.manifest:q}"
         " --cache-dir {params.cache_dir:q} --items-dir {params.items_dir:q}"
         " --fingerprints {output.fingerprints:q} --duplicates {output.duplicates:q} > {log:q} 2>&1"
 
@@ -48,7 +48,7 @@ rule make_splits:
         mem_mb=2000,
         runtime=scaled_runtime(20),
     shell:
-        "{PY} -m pipeline3d.stages.make_splits --params {params.cfg:q} --manifest {input.manifest:q}"
+        "{PY:q} -m pipeline3d.stages.make_splits --params {params.cfg:q} --manifest {input.manifest:q}"
         " --duplicates {input.duplicates:q} --out-dir {params.out_dir:q} --families {wildcards.family}"
         " > {log:q} 2>&1"
 
@@ -71,6 +71,6 @@ rule materialize_unpaired:
         mem_mb=1500,
         runtime=scaled_runtime(60),
     shell:
-        "{PY} -m pipeline3d.stages.materialize_unpaired --params {params.cfg:q} --split {wildcards.usplit}"
+        "{PY:q} -m pipeline3d.stages.materialize_unpaired --params {params.cfg:q} --split {wildcards.usplit}"
         " --unpaired {input.unpaired:q} --index {input.index:q} --shards {input.shards:q}"
         " --out {output.store:q} > {log:q} 2>&1"
