@@ -85,3 +85,21 @@ def test_validate_does_not_depend_on_input_mutation():
     cfgmod.validate(cfg)
     cfgmod.validate(snapshot)
     assert cfg == snapshot
+
+
+def test_every_optional_section_has_a_default():
+    """An empty section (`splits: {}`) must fill every sub-section, or a rule meets a KeyError at parse time."""
+    missing = []
+
+    def walk(node: dict, path: str) -> None:
+        for key, sub in (node.get("properties") or {}).items():
+            if sub.get("type") == "object" and "default" not in sub and key not in node.get("required", []):
+                missing.append(f"{path}{key}")
+            walk(sub, f"{path}{key}.")
+
+    walk(cfgmod.load_schema(), "")
+    assert not missing, f"object keys without a default: {missing}"
+    config = {"seed": 0, "demo": {"enabled": False}, "ingest": {}, "cache": {}, "fingerprints": {}, "splits": {},
+              "datasets": {"shapes": {"kind": "mesh", "format": "modelnet", "path": "/data/ModelNet40"}}}
+    cfgmod.validate(config)
+    assert config["splits"]["unpaired"] == {"train_mesh": 0.34, "train_pc": 0.33, "train_udf": 0.33}

@@ -1,4 +1,5 @@
-"""A raw *folder* dataset: editing a file inside it must rerun its ingest (Snakemake alone would not notice)."""
+"""A raw *folder* dataset: editing a file inside it must rerun its ingest (Snakemake alone would not notice); a path
+that went missing is an error before anything runs, a changed path reruns the chain."""
 
 from __future__ import annotations
 
@@ -30,3 +31,15 @@ def test_editing_a_file_inside_a_raw_folder_reruns_ingest(tmp_path: Path) -> Non
     (raw / "tet" / "train" / "tet_2.off").write_text(TETRA)
     changed = run_snakemake(workdir, "-n", target)
     assert job_counts(changed.output).get("ingest_dataset") == 1, changed.tail()
+
+    # the dataset's path moved away after that build: an error naming dataset and path before anything runs,
+    # not a quiet reuse of the old manifest
+    raw.rename(workdir / "raw" / "elsewhere")
+    for args in (("-n", target), ("--cores", "1", "data_all")):
+        gone = run_snakemake(workdir, *args)
+        assert gone.returncode != 0 and "datasets.shapes.path: raw/shapes does not exist" in gone.output, gone.tail()
+    # pointing the config at the new place reruns the dataset's chain (the path is part of ingest's params)
+    config["datasets"]["shapes"]["path"] = "raw/elsewhere"
+    write_config(workdir, config)
+    moved = run_snakemake(workdir, "-n", target)
+    assert job_counts(moved.output).get("ingest_dataset") == 1, moved.tail()

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from pipeline3d.config import ConfigError, stage_params as _stage_params, validate as _validate  # noqa: E402
 from pipeline3d.finetune_rows import all_row_names, row_architecture, row_kind  # noqa: E402
-from pipeline3d.io.h5clouds import scanobjectnn_files  # noqa: E402
+from pipeline3d.io.rawpaths import raw_input_problems, raw_inputs, raw_paths  # noqa: E402
 from pipeline3d.io.rawdigest import listing_digest  # noqa: E402
 from pipeline3d.train.logging_env import export_logging  # noqa: E402
 from pipeline3d.train.signals import ignore_warning_signal_in_slurm_job  # noqa: E402
@@ -69,11 +69,6 @@ def dataset_params(stage, wildcards, extra):
     return stage_params(stage, {"seed": config["seed"], "dataset": wildcards.dataset, "source": ds, **extra})
 
 
-def raw_paths(ds):
-    """A dataset entry's `path` as a list (the config allows one path or a list of them)."""
-    return [ds["path"]] if isinstance(ds["path"], str) else list(ds["path"])
-
-
 def ingest_params(wildcards):
     """Ingest's params also carry a digest of a raw folder's listing: Snakemake ignores changes inside folders."""
     digests = [listing_digest(path) for path in raw_paths(DATASETS[wildcards.dataset])]
@@ -118,10 +113,7 @@ def parent_of_input(name):
 
 def get_raw_inputs(wildcards):
     """The raw files (or directory) a dataset is ingested from; paths only, no globbing."""
-    ds = DATASETS[wildcards.dataset]
-    if ds["kind"] == "pointcloud" and ds["format"] == "scanobjectnn":
-        return [f for root in raw_paths(ds) for f in scanobjectnn_files(root, ds["variant"])]
-    return [str(Path(root)) for root in raw_paths(ds)]
+    return raw_inputs(DATASETS[wildcards.dataset])
 
 
 def shards_of(dataset):

@@ -3,6 +3,12 @@
 #          results/ingest/{dataset}/rejects.parquet    one row per refused item or archive (source, stage, reason, detail)
 #          results/ingest/{dataset}/items.h5           the validated payloads, in manifest order (pipeline3d.io.itemstore)
 
+# A raw path that is missing or unreadable is a config error before anything runs (after a first build Snakemake
+# would otherwise keep the old manifest). The demo generator's outputs are made by the workflow itself.
+_problems = raw_input_problems(DATASETS, rules.make_demo_data.output if config["demo"]["enabled"] else [])
+if _problems:
+    raise WorkflowError("raw inputs missing or unreadable:\n  " + "\n  ".join(_problems))
+
 
 rule ingest_dataset:
     input:
