@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smk import ROOT, job_counts, run_snakemake
+from smk import ROOT, job_counts, planned_jobs, run_snakemake
 
 from pipeline3d.config import validate
 from pipeline3d.io.rawpaths import raw_inputs, raw_paths
@@ -77,3 +77,6 @@ def test_profile_overlay_example_dry_runs(workdir: Path, doc: str, line: int, bl
     result = run_snakemake(workdir, "--profile", "slurm", "--profile", str(overlay), "-n", "all")
     assert result.returncode == 0, f"{doc}:{line}\n{result.tail()}"
     assert job_counts(result.output)["all"] == 1
+    # the example keeps what the shared profile gives training jobs (an overlay's set-resources would replace it)
+    pretrain = [job for job in planned_jobs(result.output) if job.rule == "pretrain_encoder"]
+    assert pretrain and all(job.resources.get("slurm_extra") == "--signal=USR1@180" for job in pretrain), pretrain
