@@ -139,6 +139,7 @@ def test_pca_normals_on_a_plane():
     (np.array([[0, 0, 0], [1, 0, 0], [np.nan, 1, 0]]), np.array([[0, 1, 2]]), "nonfinite"),
     (np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]]), np.array([[0, 1, 2]]), "degenerate"),
     (np.eye(3), np.zeros((0, 3), dtype=np.int64), "empty"),
+    (np.eye(3) * 1e30, np.array([[0, 1, 2]]), "bad_scale"),
 ])
 def test_bad_meshes_raise_shape_errors(vertices, faces, reason):
     with pytest.raises(ShapeError) as info:

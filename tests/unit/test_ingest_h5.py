@@ -106,17 +106,18 @@ def test_unreadable_h5_file(tmp_path):
 
 
 def test_bad_clouds_are_rejected_one_by_one(tmp_path):
-    data = clouds(5, 8)
+    data = clouds(6, 8)
     data[1, 3, 0] = np.nan
     data[2, 0, 2] = np.inf
     data[3] = 0.25  # every point the same
-    label = np.array([0, 0, 1, 1, 7])
+    data[5] *= 1e30  # finite in float32, but squared norms overflow it
+    label = np.array([0, 0, 1, 1, 7, 0])
     write_h5(tmp_path / "in" / "scans_train.h5", data=data, label=label)
     manifest, rejects = ingest(tmp_path, tmp_path / "in" / "scans_train.h5", kind="pointcloud",
                                source_extra={"class_names": ["a", "b"]})
     assert manifest["shape_id"].tolist() == ["ds/a/scans_train-000000"]
     got = dict(zip(rejects["source"].str.rsplit("::", n=1).str[1], rejects["reason"]))
-    assert got == {"1": "nonfinite", "2": "nonfinite", "3": "degenerate", "4": "bad_label"}
+    assert got == {"1": "nonfinite", "2": "nonfinite", "3": "degenerate", "4": "bad_label", "5": "bad_scale"}
 
 
 def test_empty_clouds(tmp_path):

@@ -95,6 +95,8 @@ def test_fan_triangulation_of_ragged_polygons():
     (b"4OFF\n4 4 0\n", "unsupported_format"),
     (nan_off(), "nonfinite"),
     (b"OFF\n4 1 0\n0 0 0\n1 0 0\ninf 1 0\n0 0 1\n3 0 1 2\n", "nonfinite"),
+    (b"OFF\n3 1 0\n0 0 0\n1e30 0 0\n0 1e30 0\n3 0 1 2\n", "bad_scale"),  # squared norms overflow float32
+    (b"OFF\n3 1 0\n1e9 0 0\n1e9 1e-3 0\n1e9 0 1e-3\n3 0 1 2\n", "bad_scale"),  # tiny and far: precision lost
     (empty_off(), "empty"),
     (bad_index_off(), "bad_index"),
     (off_text(TETRA_V, [(0, 1, -1)]), "bad_index"),

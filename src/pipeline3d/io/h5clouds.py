@@ -18,6 +18,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
+from .coords import scale_problem
 from .rejects import ItemError
 
 # variant -> (folder under the ScanObjectNN root, file stem after "training_" / "test_")
@@ -143,5 +144,8 @@ def check_cloud(points: np.ndarray) -> None:
     bad = ~np.isfinite(points).all(axis=1)
     if bool(bad.any()):
         raise ItemError("nonfinite", f"{int(bad.sum())} of {len(points)} points have NaN/inf coordinates")
+    problem = scale_problem(points)
+    if problem:
+        raise ItemError("bad_scale", problem)
     if float((points.max(axis=0) - points.min(axis=0)).max()) == 0.0:
         raise ItemError("degenerate", "all points coincide (zero extent)")

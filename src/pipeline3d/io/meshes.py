@@ -6,6 +6,7 @@ through trimesh. Every problem raises ``ItemError`` with a reason code:
 - ``parse_error``: malformed header / counts / tokens, too few lines, trailing garbage, polygon with < 3 corners
 - ``unsupported_format``: binary OFF, 4D / nD OFF, an extension we do not read
 - ``empty``: no vertices or no faces;  ``nonfinite``: NaN / inf coordinates;  ``bad_index``: face index out of range
+- ``bad_scale``: coordinates too large or too far from the origin for their extent (``pipeline3d.io.coords``)
 - ``too_large``: more (triangulated) faces than ``max_faces``
 - ``degenerate``: nothing left after dropping zero-area faces (includes zero extent)
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .coords import scale_problem
 from .rejects import ItemError
 
 MESH_FORMATS = {".off": "off", ".obj": "obj", ".ply": "ply", ".stl": "stl"}
@@ -413,6 +415,9 @@ def validate_mesh(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> Me
     bad = ~np.isfinite(vertices).all(axis=1)
     if bool(bad.any()):
         raise ItemError("nonfinite", f"{int(bad.sum())} of {len(vertices)} vertices have NaN/inf coordinates")
+    problem = scale_problem(vertices)
+    if problem:
+        raise ItemError("bad_scale", problem)
     lo, hi = int(faces.min()), int(faces.max())
     if lo < 0 or hi >= len(vertices):
         raise ItemError("bad_index", f"face index {lo if lo < 0 else hi} outside 0..{len(vertices) - 1}")

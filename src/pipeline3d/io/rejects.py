@@ -33,6 +33,7 @@ REASONS: dict[str, str] = {
     "unsupported_format": "a file format (or format variant) ingest does not read",
     "empty": "no vertices, no faces or no points",
     "nonfinite": "NaN or infinite coordinates",
+    "bad_scale": "coordinates too large (above 1e18) or too far from the origin for the shape's extent to normalise",
     "bad_index": "a face refers to a vertex that does not exist",
     "degenerate": "no face with positive area / zero extent",
     "too_large": "more faces than ingest.max_faces, or more image pixels than the decoder cap",

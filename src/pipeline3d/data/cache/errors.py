@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-# Reason codes of cache rejects (the first four share ingest's vocabulary, pipeline3d.io.rejects.REASONS).
+# Reason codes of cache rejects (the first five share ingest's vocabulary, pipeline3d.io.rejects.REASONS).
 REASONS: dict[str, str] = {
     "empty": "no vertices, no faces or no points",
     "nonfinite": "NaN or infinite coordinates",
+    "bad_scale": "coordinates too large or too far from the origin for the shape's extent to normalise",
     "bad_index": "a face refers to a vertex that does not exist",
     "degenerate": "no face with positive area / zero extent",
     "too_few_points": "a point cloud with fewer points than PCA normals need",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...io.coords import scale_problem
 from .errors import ShapeError
 
 
@@ -18,6 +19,9 @@ def normalize_points(points: np.ndarray) -> np.ndarray:
         raise ShapeError("empty", f"expected a non-empty (N,3) array, got shape {pts.shape}")
     if not np.isfinite(pts).all():
         raise ShapeError("nonfinite", f"{int((~np.isfinite(pts)).any(axis=1).sum())} points have NaN/inf coordinates")
+    problem = scale_problem(pts)  # ingest refuses these; a cache built from other stores must too
+    if problem:
+        raise ShapeError("bad_scale", problem)
     centre = (pts.min(axis=0) + pts.max(axis=0)) / 2.0
     centred = pts - centre
     scale = float(np.sqrt((centred * centred).sum(axis=1).max()))
