@@ -232,3 +232,21 @@ def test_cli_refuses_a_format_that_does_not_fit_the_kind(tmp_path, monkeypatch):
     params = {"seed": 0, "dataset": "d", "source": {"kind": "mesh", "format": "image_tar", "path": "x"},
               "ingest": {}, "stage_version": 1}
     assert main(["--params", json.dumps(params), "--manifest", "m", "--rejects", "r", "--items", "i"]) == 2
+
+
+def test_reject_warnings_are_capped_per_reason_with_a_summary(caplog):
+    """200k bad members must not mean 200k log lines: the first few per reason, then a count."""
+    import logging
+
+    from pipeline3d.data.ingest import REJECTS_LOGGED_PER_REASON, log_rejects
+    from pipeline3d.io.rejects import Reject
+
+    many = REJECTS_LOGGED_PER_REASON + 30
+    rejects = sorted([Reject(f"a/{i:03d}.off", "parse_error", "bad header") for i in range(many)]
+                     + [Reject(f"b/{i}.off", "link", "symlink") for i in range(3)])
+    with caplog.at_level(logging.WARNING):
+        log_rejects(rejects, logging.getLogger("test"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == REJECTS_LOGGED_PER_REASON + 3 + 1
+    assert lines[-1] == "... and 30 more parse_error rejects (every reject is in rejects.parquet)"
+    assert sum("rejected a/" in line for line in lines) == REJECTS_LOGGED_PER_REASON

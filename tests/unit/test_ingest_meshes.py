@@ -166,6 +166,8 @@ def test_obj_negative_index_counts_only_vertices_defined_before_the_face():
     (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 99999999999999999999\n", "parse_error"),  # would overflow int64
     (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 999999999999\n", "bad_index"),
     (b"v 0 0 0\nv 1 0 0\nv 0 1 0\n", "empty"),  # a point cloud
+    (bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8)), "unreadable"),  # random bytes
+    (b"# only comments, no geometry\n" * 3, "empty"),
     (b"v nan 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "nonfinite"),
     (b"v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n", "degenerate"),
 ])

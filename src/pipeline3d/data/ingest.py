@@ -4,7 +4,7 @@
 synset, a data set may be a folder plus an archive of more items). Every path is scanned and planned on its own,
 with one layout for all of them (``auto`` looks at the members of every path together); the planned items are
 then pooled, so labels, duplicates and ``max_items`` are decided over the whole dataset. An id found in two
-sources is a ``duplicate_id`` naming both (never merged). A refused archive rejects that source alone; a path
+sources is never merged: the first copy is kept and the other is a ``duplicate_id`` reject naming both. A refused archive rejects that source alone; a path
 that does not exist stops the ingest (a configuration error). Point clouds: the h5 files of every path, in order.
 
 Layouts (``source.format``; ``auto`` guesses from the paths). Any leading folders are allowed (e.g. the one
@@ -719,9 +719,24 @@ def ingest_dataset(spec: IngestSpec, items_path: str | os.PathLike,
         logger.info("clean-up: %d meshes changed; dropped %d degenerate faces, %d duplicate faces, "
                     "%d unreferenced vertices", counts["meshes_cleaned"], counts["degenerate_faces"],
                     counts["duplicate_faces"], counts["unreferenced_vertices"])
-    for r in sorted(rejects):
-        logger.warning("rejected %s: %s: %s", r.source, r.reason, r.detail)
+    log_rejects(sorted(rejects), logger)
     return IngestResult(rows, sorted(rejects), class_names, layout, dict(counts))
+
+
+REJECTS_LOGGED_PER_REASON = 20
+
+
+def log_rejects(rejects: list[Reject], logger: logging.Logger, per_reason: int = REJECTS_LOGGED_PER_REASON) -> None:
+    """A WARNING line for the first ``per_reason`` rejects of each reason and one summary line for the rest: a
+    hostile archive of 200k bad members must not write a 40 MB log (rejects.parquet has every one)."""
+    shown: collections.Counter = collections.Counter()
+    for r in rejects:
+        shown[r.reason] += 1
+        if shown[r.reason] <= per_reason:
+            logger.warning("rejected %s: %s: %s", r.source, r.reason, r.detail)
+    for reason, n in sorted(shown.items()):
+        if n > per_reason:
+            logger.warning("... and %d more %s rejects (every reject is in rejects.parquet)", n - per_reason, reason)
 
 
 MANIFEST_DTYPES = {"shape_id": "str", "dataset": "str", "kind": "str", "label": "int64", "label_name": "str",

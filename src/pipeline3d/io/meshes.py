@@ -5,6 +5,7 @@ through trimesh. Every problem raises ``ItemError`` with a reason code:
 
 - ``parse_error``: malformed header / counts / tokens, too few lines, trailing garbage, polygon with < 3 corners
 - ``unsupported_format``: binary OFF, 4D / nD OFF, an extension we do not read
+- ``unreadable``: binary bytes where a text format (OBJ) was expected
 - ``empty``: no vertices or no faces;  ``nonfinite``: NaN / inf coordinates;  ``bad_index``: face index out of range
 - ``bad_scale``: coordinates too large or too far from the origin for their extent (``pipeline3d.io.coords``)
 - ``too_large``: more (triangulated) faces than ``max_faces``
@@ -287,12 +288,25 @@ _OBJ_V = re.compile(rb"^[ \t]*v(?![^ \t\n])([^\n]*)", re.M)
 _OBJ_F = re.compile(rb"^[ \t]*f(?![^ \t\n])([^\n]*)", re.M)
 
 
+def _looks_binary(data: bytes, sample: int = 4096) -> bool:
+    """NUL bytes or mostly non-printable bytes in the first ``sample`` bytes: not a text file."""
+    head = data[:sample]
+    if not head:
+        return False
+    if b"\0" in head:
+        return True
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    return printable < 0.9 * len(head)
+
+
 def parse_obj(data: bytes, max_faces: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Vertices (V,3) float64 and triangles (T,3) int64 (0-based, unvalidated) of a Wavefront OBJ file."""
     text = _normalise_text(data, continuations=True)
     v_rows = _OBJ_V.findall(text)
     f_rows = _OBJ_F.findall(text)
     if not v_rows or not f_rows:
+        if _looks_binary(data):
+            raise ItemError("unreadable", "binary data, not a text OBJ file")
         raise ItemError("empty", f"{len(v_rows)} vertices, {len(f_rows)} faces")
     v_block = b"\n".join(v_rows)
     v_counts, _ = _line_layout(v_block)

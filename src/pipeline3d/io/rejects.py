@@ -38,7 +38,7 @@ REASONS: dict[str, str] = {
     "degenerate": "no face with positive area / zero extent",
     "too_large": "more faces than ingest.max_faces, or more image pixels than the decoder cap",
     # point-cloud h5
-    "unreadable": "the h5 file cannot be opened",
+    "unreadable": "the file cannot be read as its format (an h5 file HDF5 cannot open, binary bytes in a text OBJ)",
     "missing_keys": "the h5 file lacks 'data' or 'label'",
     "bad_shape": "'data' is not [N,P,3] or 'label' is not [N] / [N,1]",
     "bad_dtype": "'data' or 'label' is not numeric",
