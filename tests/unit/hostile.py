@@ -187,17 +187,20 @@ def write_zip(path: Path, entries: list[Entry], compression: int = zipfile.ZIP_D
     return path
 
 
-def patch_zip_sizes(path: Path, name: str, file_size: int) -> None:
-    """Make the zip lie: rewrite the declared uncompressed size of ``name`` in both headers."""
+def patch_zip_sizes(path: Path, name: str, file_size: int, compress_size: int | None = None) -> None:
+    """Make the zip lie: rewrite the declared uncompressed (and optionally compressed) size of ``name`` in both
+    headers."""
     blob = bytearray(path.read_bytes())
     encoded = name.encode()
-    # local header: signature, then size fields at offset 22; central header: size at offset 24
+    # local header: signature, then compressed / uncompressed sizes at offsets 18 / 22; central header: 20 / 24
     for sig, size_off, name_len_off, name_off in ((b"PK\x03\x04", 22, 26, 30), (b"PK\x01\x02", 24, 28, 46)):
         pos = 0
         while (pos := blob.find(sig, pos)) >= 0:
             n = struct.unpack("<H", blob[pos + name_len_off: pos + name_len_off + 2])[0]
             if bytes(blob[pos + name_off: pos + name_off + n]) == encoded:
                 blob[pos + size_off: pos + size_off + 4] = struct.pack("<I", file_size)
+                if compress_size is not None:
+                    blob[pos + size_off - 4: pos + size_off] = struct.pack("<I", compress_size)
             pos += 4
     path.write_bytes(bytes(blob))
 

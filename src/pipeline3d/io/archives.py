@@ -10,8 +10,11 @@ a hostile member name cannot reach the file system. ``open_raw`` scans the input
 - single member refused (a ``Reject`` in ``RawSource.rejects``, the rest goes on): ``unsafe_path`` (absolute,
   drive letter, ``..``, NUL), ``link`` (every symlink / hardlink in an archive; in a directory only links that
   leave the root or dangle), ``special_file`` (device, fifo, socket), ``encrypted``, ``too_big``
-  (> max_member_bytes, checked on the declared size and again on the bytes read), ``ratio`` (zip member), and
-  ``read_error`` when the data cannot be read.
+  (> max_member_bytes, checked on the declared size and again on the bytes read), ``ratio`` (zip member: judged
+  on its declared sizes, and its read stops at the ratio whatever the header says), and ``read_error`` when the
+  data cannot be read. A zip is refused whole only when the members that pass their own checks together break a
+  limit (or overlap: an overlapping-entry bomb); a tar stream has to be decompressed through a bomb to reach what
+  follows, so there the whole archive is refused.
 
 Ratios are judged only once the uncompressed size passes ``RATIO_FLOOR_BYTES``: tiny archives have large ratios
 from tar padding alone and are harmless. Directories are trusted for member count and total size (they were
@@ -330,6 +333,30 @@ def _zip_member_problem(info: zipfile.ZipInfo) -> tuple[str, str] | None:
     return None
 
 
+def _ratio_cap(compressed: int, limits: Limits) -> int:
+    """The most bytes a member of ``compressed`` bytes may decompress to."""
+    return max(RATIO_FLOOR_BYTES, int(limits.max_ratio * max(compressed, 1)))
+
+
+def _check_zip_totals(infos: list[zipfile.ZipInfo], archive_bytes: int, limits: Limits) -> None:
+    """Refuse the zip when its accepted members together break a whole-archive limit.
+
+    Members that claim more compressed bytes than the file holds overlap one another (one compressed blob read by
+    many entries: the overlapping zip bomb), which no honest zip does.
+    """
+    total = sum(i.file_size for i in infos)
+    compressed = sum(i.compress_size for i in infos)
+    if compressed > archive_bytes:
+        raise ArchiveRefused("ratio", f"members claim {compressed} compressed bytes from a {archive_bytes}-byte "
+                                      f"archive: overlapping entries (a zip bomb)")
+    if total > limits.max_total_bytes:
+        raise ArchiveRefused("too_many_bytes", f"members add up to {total} bytes, more than max_total_bytes="
+                                               f"{limits.max_total_bytes}")
+    if total > RATIO_FLOOR_BYTES and total > limits.max_ratio * max(archive_bytes, 1):
+        raise ArchiveRefused("ratio", f"{total} uncompressed bytes from {archive_bytes} archive bytes "
+                                      f"(ratio {total / max(archive_bytes, 1):.0f} > max_ratio={limits.max_ratio:g})")
+
+
 def _scan_zip(path: Path, label: str, limits: Limits, prefetch, prefetch_max_bytes: int) -> RawSource:
     src = RawSource(label=label, kind="zip", random_access=True)
     archive_bytes = path.stat().st_size
@@ -347,15 +374,6 @@ def _scan_zip(path: Path, label: str, limits: Limits, prefetch, prefetch_max_byt
     if len(infos) > limits.max_members:
         zf.close()
         raise ArchiveRefused("too_many_members", f"{len(infos)} members, more than max_members={limits.max_members}")
-    total = sum(i.file_size for i in infos if not i.is_dir())
-    if total > limits.max_total_bytes:
-        zf.close()
-        raise ArchiveRefused("too_many_bytes", f"members add up to {total} bytes, more than max_total_bytes="
-                                               f"{limits.max_total_bytes}")
-    if total > RATIO_FLOOR_BYTES and total > limits.max_ratio * max(archive_bytes, 1):
-        zf.close()
-        raise ArchiveRefused("ratio", f"{total} uncompressed bytes from {archive_bytes} archive bytes "
-                                      f"(ratio {total / max(archive_bytes, 1):.0f} > max_ratio={limits.max_ratio:g})")
     by_index: dict[int, zipfile.ZipInfo] = {}
     for info in infos:
         raw_name = info.filename
@@ -381,19 +399,27 @@ def _scan_zip(path: Path, label: str, limits: Limits, prefetch, prefetch_max_byt
         member = Member(index=len(src.members), name=name, size=info.file_size, source=source)
         src.members.append(member)
         by_index[member.index] = info
+    # Whole-archive limits on the members that passed their own checks: a zip is read member by member, so one
+    # over-compressed member is refused alone and the rest is kept.
+    try:
+        _check_zip_totals(list(by_index.values()), archive_bytes, limits)
+    except ArchiveRefused:
+        zf.close()
+        raise
 
     def read_one(member: Member) -> bytes | Reject:
         info = by_index[member.index]
         try:
-            with zf.open(info) as fh:
-                data = _bounded_read(fh, limits.max_member_bytes)
+            with zf.open(info) as fh:  # never more than the member's own ratio allows, whatever its header says
+                data = _bounded_read(fh, min(limits.max_member_bytes, _ratio_cap(info.compress_size, limits)))
         except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, NotImplementedError,
                 RuntimeError, ValueError) as exc:
             return Reject(member.source, "read_error", f"{type(exc).__name__}: {exc}")
         if len(data) > limits.max_member_bytes:
             return _too_big(member.source, len(data), limits)
-        if len(data) > RATIO_FLOOR_BYTES and len(data) > limits.max_ratio * max(info.compress_size, 1):
-            return Reject(member.source, "ratio", f"{len(data)} bytes from {info.compress_size} compressed")
+        if len(data) > _ratio_cap(info.compress_size, limits):
+            return Reject(member.source, "ratio", f"more than {len(data) - 1} bytes from {info.compress_size} "
+                                                  f"compressed (ratio > max_ratio={limits.max_ratio:g})")
         return data
 
     return _random_access(src, read_one, prefetch, prefetch_max_bytes)
