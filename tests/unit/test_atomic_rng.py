@@ -46,3 +46,25 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     atomic.write_text(tmp_path / "a.txt", "x")
     mode = (tmp_path / "a.txt").stat().st_mode & 0o777
     assert mode == 0o666 & ~atomic._UMASK
+
+
+def test_a_writer_killed_with_sigkill_leaves_a_temp_the_next_write_removes(tmp_path):
+    """SIGKILL cannot be cleaned up after: the temp stays (never the final name) until the output is written again;
+    temps of other outputs in the folder are not touched."""
+    import subprocess
+    import sys
+
+    out, other = tmp_path / "shard-0001.h5", tmp_path / "shard-0001.h5.x"
+    script = ("import os, signal, sys\n"
+              "from pipeline3d.io.atomic import atomic_path\n"
+              "with atomic_path(sys.argv[1]) as tmp:\n"
+              "    tmp.write_bytes(b'half')\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    for path in (out, other):
+        killed = subprocess.run([sys.executable, "-c", script, str(path)], timeout=60)
+        assert killed.returncode == -9
+    assert not out.exists() and len(atomic.stale_temps(out)) == 1 and len(atomic.stale_temps(other)) == 1
+
+    atomic.write_bytes(out, b"whole")
+    assert out.read_bytes() == b"whole" and atomic.stale_temps(out) == []
+    assert len(atomic.stale_temps(other)) == 1  # another output's leftovers wait for that output's own rerun

@@ -1,7 +1,9 @@
 """Atomic file writes.
 
 A file is written to a temporary name in the same directory and moved into place with ``os.replace`` only after
-the writer finished, so a killed job never leaves a file that looks complete.
+the writer finished, so a killed job never leaves a file that looks complete. A job killed with SIGKILL cannot
+delete its temporary file; the next write of the same output removes it (one writer per output, as Snakemake
+schedules them).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -17,11 +20,23 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Temporary files ``atomic_path`` left beside ``path`` (``.<name>.<random chars>.tmp<suffix>``)."""
+    final = Path(path)
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.[A-Za-z0-9_]+\.tmp.*")
+    if not final.parent.is_dir():
+        return []
+    return sorted(p for p in final.parent.iterdir() if pattern.fullmatch(p.name))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_temps(final):  # left by a killed writer of this output
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, stale_temps
 
 CKPT_NAME = "last.ckpt"
 FORMAT_VERSION = 1
@@ -42,10 +42,9 @@ def load(path: Path) -> dict[str, Any]:
 
 def remove_stale_temps(state_dir: Path) -> list[Path]:
     """Delete temp files left by a writer that was SIGKILLed mid-write (never a finished checkpoint)."""
-    removed = []
-    for tmp in Path(state_dir).glob(f".{CKPT_NAME}.*.tmp.ckpt"):
+    removed = stale_temps(ckpt_path(state_dir))
+    for tmp in removed:
         tmp.unlink(missing_ok=True)
-        removed.append(tmp)
     return removed
 
 
