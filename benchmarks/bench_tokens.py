@@ -85,6 +85,24 @@ def rewrite_with_codec(shard: Path, codec: str, out: Path) -> Path:
     return out
 
 
+def rewrite_without_checksums(shard: Path, out: Path) -> Path:
+    """The same file as shards were written before integrity checks: same chunks and filters, no Fletcher-32, the
+    default (v1) metadata format, no ids / attribute digests. The read-cost baseline of the checksums."""
+    import h5py
+
+    with h5py.File(shard, "r") as src, h5py.File(out, "w") as dst:
+        for name, ds in src.items():
+            if ds.chunks is None:
+                dst.create_dataset(name, data=ds[()], dtype=ds.dtype)
+            else:
+                new = dst.create_dataset(name, shape=ds.shape, maxshape=ds.maxshape, dtype=ds.dtype, chunks=ds.chunks,
+                                         compression=ds.compression, compression_opts=ds.compression_opts)
+                for sel in ds.iter_chunks():
+                    new[sel] = ds[sel]
+        dst.attrs.update({k: v for k, v in src.attrs.items() if k not in ("ids_sha256", "attrs_sha256")})
+    return out
+
+
 def write_reference_npz(shard: Path, out_dir: Path) -> list[Path]:
     """One compressed npz per shape with the reference's 18 keys and dtypes (hit flags float32)."""
     import numpy as np
@@ -222,6 +240,8 @@ def main() -> int:
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     p.add_argument("--compare-codecs", nargs="*", default=["lzf", "none"],
                    help="also read the same rows from shards written with these cache.compression codecs (cold)")
+    p.add_argument("--no-unchecked", dest="unchecked", action="store_false",
+                   help="skip the baseline without checksums (read as 'ours_cold_unchecked', the same rows)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tokens.json")
     args = p.parse_args()
 
@@ -244,6 +264,8 @@ def main() -> int:
         npz_paths = write_reference_npz(shard, workdir / "npz")
         codec_shards = {codec: rewrite_with_codec(shard, codec, workdir / f"shard-{codec}.h5")
                         for codec in args.compare_codecs}
+        if args.unchecked:  # the configured codec without the integrity checks: what verification costs on reads
+            codec_shards["unchecked"] = rewrite_without_checksums(shard, workdir / "shard-unchecked.h5")
         result["bytes_per_shape_codec"] = {codec: path.stat().st_size / len(ids)
                                            for codec, path in codec_shards.items()}
         npz_bytes = sum(p.stat().st_size for p in npz_paths)

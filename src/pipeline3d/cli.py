@@ -2,6 +2,7 @@
 
   pipeline3d check-config config/config.yaml     validate a config (errors name the key)
   pipeline3d check-cache results/cache/<ds> [--fix]   deep-validate cache shards; --fix moves bad ones aside
+  pipeline3d verify [results] [--move-aside]    read every output back against its checksums; list the damaged
   pipeline3d status [target] [--directory D] [--configfile F] [--profile P] [--json]   jobs per rule by state
 """
 
@@ -46,6 +47,23 @@ def _check_cache(args: argparse.Namespace) -> int:
     return 1 if bad and not args.fix else 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from .io.shards import quarantine
+    from .verify import verify
+
+    results = Path(args.results)
+    if not results.is_dir():
+        print(f"{results}: no such results folder", file=sys.stderr)
+        return 2
+    report = verify(results)
+    for path, problem in sorted(report.damaged.items()):
+        moved = f" -> moved to {quarantine(path).name}" if args.move_aside else ""
+        print(f"DAMAGED {path}: {problem}{moved}")
+    print(f"checked {len(report.checked)} files under {results}: {len(report.damaged)} damaged"
+          + ("; the next run of the workflow rebuilds them" if report.damaged and args.move_aside else ""))
+    return 1 if report.damaged else 0
+
+
 def _status(args: argparse.Namespace) -> int:
     import json
     import os
@@ -75,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cache_dir")
     p.add_argument("--fix", action="store_true", help="move invalid shards aside so the workflow rebuilds them")
     p.set_defaults(func=_check_cache)
+    p = sub.add_parser("verify", help="read every output of a results tree back against its checksums")
+    p.add_argument("results", nargs="?", default="results")
+    p.add_argument("--move-aside", action="store_true",
+                   help="rename damaged files to <name>.invalid so the workflow's next run rebuilds them")
+    p.set_defaults(func=_verify)
     p = sub.add_parser("status", help="per rule: jobs done / running / queued / failed / pending "
                                       "(see pipeline3d.status)")
     p.add_argument("target", nargs="?", default="all", help="Snakemake target rule or file (default: all)")

@@ -7,12 +7,12 @@ that stage and its dependents. Kept import-cheap: common.smk reads it at parse t
 
 STAGE_VERSIONS: dict[str, int] = {
     "make_demo_data": 2,
-    "ingest_dataset": 1,
-    "build_cache_shard": 3,
+    "ingest_dataset": 2,
+    "build_cache_shard": 4,
     "index_cache": 1,
     "fingerprint_dataset": 1,
     "make_splits": 2,
-    "materialize_unpaired": 1,
+    "materialize_unpaired": 2,
     "pretrain_encoder": 1,
     "finetune_classifier": 3,
     "tabulate_fewshot": 2,

@@ -195,23 +195,30 @@ def test_raw_content_change_reruns_the_dependent_chain_only(demo: Path) -> None:
     assert mtimes(demo, "results/ingest/demo-mesh/*") | mtimes(demo, "results/splits/demo-scan/*") == others
 
 
-def test_truncated_shard_is_named_moved_aside_by_its_reader_and_rebuilt_by_the_next_run(demo: Path) -> None:
+def test_flipped_byte_in_a_shard_is_named_moved_aside_by_its_reader_and_rebuilt_byte_for_byte(demo: Path) -> None:
     """A damaged shard is never trusted, and a dry run touches nothing: the stage that reads the shards
-    (index_cache) names it and moves it aside, and the next invocation rebuilds only that shard and what reads it."""
+    (index_cache) names the file and the array that fails its checksum and moves the file aside; the next
+    invocation rebuilds only that shard and what reads it, byte for byte as before."""
+    import h5py
+
     from pipeline3d.io.shards import validate_shard
 
     shard = demo / "results" / "cache" / "demo-mesh" / "shard-0000.h5"
     good = shard.read_bytes()
-    shard.write_bytes(good[: len(good) // 3])  # as if a copy was cut short
-    truncated = shard.read_bytes()
+    with h5py.File(shard, "r") as h5:  # the middle of one row's exact distances, as in the issue's experiment
+        info = h5["pool_dist_mesh"].id.get_chunk_info_by_coord((1, 0))
+    damaged = bytearray(good)
+    damaged[info.byte_offset + info.size // 2] ^= 0x5A
+    shard.write_bytes(bytes(damaged))
     plan = run_snakemake(demo, "-n", "all")
     assert plan.returncode == 0, plan.tail()
-    assert shard.read_bytes() == truncated and not (shard.parent / "shard-0000.h5.invalid").exists()
+    assert shard.read_bytes() == bytes(damaged) and not (shard.parent / "shard-0000.h5.invalid").exists()
 
     failed = run_snakemake(demo, "--cores", "2", "all", timeout=900)
     assert failed.returncode != 0
     log = (demo / "results" / "logs" / "index_cache" / "demo-mesh.log").read_text()
-    assert "shard-0000.h5: invalid cache shard" in log and "run the workflow again to rebuild it" in log, log
+    assert "shard-0000.h5: invalid cache shard: damaged: array pool_dist_mesh" in log, log
+    assert "run the workflow again to rebuild it" in log
     assert not shard.exists() and (shard.parent / "shard-0000.h5.invalid").exists()
 
     result = run_snakemake(demo, "--cores", "2", "all", timeout=900)
@@ -220,6 +227,7 @@ def test_truncated_shard_is_named_moved_aside_by_its_reader_and_rebuilt_by_the_n
     assert ran.get("build_cache_shard") == 1 and ran.get("index_cache") == 1, result.tail()
     assert "make_demo_data" not in ran and "ingest_dataset" not in ran
     assert validate_shard(shard, dataset="demo-mesh", shard=0, deep=True) is None
+    assert shard.read_bytes() == good
     assert_up_to_date(demo)
 
 

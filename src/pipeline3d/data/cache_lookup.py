@@ -11,15 +11,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
-import pandas as pd
 
 from ..io.shards import validate_shard
+from ..io.tables import read_parquet
 
 
 def read_index_ids(index_path: str | Path) -> list[str]:
     index_path = Path(index_path)
     try:
-        index = pd.read_parquet(index_path, columns=["shape_id"])
+        index = read_parquet(index_path, columns=["shape_id"])
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"{index_path}: cannot read the cache index (need a shape_id column): {exc}") from exc
     ids = index["shape_id"].astype(str).tolist()

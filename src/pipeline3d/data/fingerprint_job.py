@@ -23,6 +23,7 @@ from .cache_lookup import locate_rows
 from .fingerprints import (GEOMETRY_BITS, GEOMETRY_GRID, GEOMETRY_SIGMA, SYM_BITS, bits_to_hex, geometry_hashes,
                            image_hash_bits, pack_codes, soft_occupancy, symmetry_inverses, view_hash_bits)
 from .near_duplicates import DuplicateRule, GeometryCodes, duplicates_table, find_near_duplicates, link_same_source
+from ..io.tables import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Hashes:
 def manifest_ids(manifest_path: str | Path, kind: str) -> list[str]:
     manifest_path = Path(manifest_path)
     try:
-        manifest = pd.read_parquet(manifest_path)
+        manifest = read_parquet(manifest_path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{manifest_path}: cannot read the manifest: {exc}") from exc
     missing = {"shape_id", "kind"} - set(manifest.columns)
@@ -56,7 +57,7 @@ def manifest_ids(manifest_path: str | Path, kind: str) -> list[str]:
 
 def image_source_keys(manifest_path: str | Path, ids: list[str]) -> list[str | None]:
     """The object each image shows (metadata ``shape``), so views of one object share a group."""
-    table = pd.read_parquet(manifest_path)
+    table = read_parquet(manifest_path)
     if "meta" not in table.columns:
         return [None] * len(ids)
     manifest = table.set_index("shape_id")["meta"]

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..io.shards import validate_shard
 from .cache_lookup import locate_rows
+from ..io.tables import read_parquet
 
 TTV_SPLITS = ("train", "val", "test", "all")
 
@@ -34,7 +35,7 @@ class CacheRow:
 def _read_table(path: str | Path, columns: set[str]) -> pd.DataFrame:
     path = Path(path)
     try:
-        table = pd.read_parquet(path)
+        table = read_parquet(path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read the split table: {exc}") from exc
     missing = columns - set(table.columns)

@@ -16,21 +16,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
-import pandas as pd
 
 from ..io.atomic import atomic_path
+from ..io.h5integrity import seal_attrs
 from ..io.shards import ShardReader, ShardWriter, array_codecs, profile_hash
 from ..log import Progress
 from .cache_lookup import locate_rows
 from .cache_schema import PRIMITIVE_ARRAYS
 from .splits.unpaired import SPLIT_PRIMITIVE
+from ..io.tables import read_parquet
 
 log = logging.getLogger(__name__)
 
 
 def split_ids(unpaired_path: str | Path, split: str) -> list[str]:
     unpaired_path = Path(unpaired_path)
-    table = pd.read_parquet(unpaired_path)
+    table = read_parquet(unpaired_path)
     missing = {"shape_id", "split", "primitive"} - set(table.columns)
     if missing:
         raise ValueError(f"{unpaired_path}: lacks columns {sorted(missing)}")
@@ -80,6 +81,7 @@ def materialize(split: str, unpaired_path: str | Path, index_path: str | Path, s
             with h5py.File(tmp, "r+") as h5:
                 h5.attrs.update(unpaired_split=split, primitive=primitive,
                                 source_shards=json.dumps([str(p) for p in shard_paths]))
+                seal_attrs(h5)  # the attributes changed after the writer sealed them
     finally:
         for reader in readers.values():
             reader.close()

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .text import prompt_texts
+from ..io.tables import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def manifest_captions(manifest_path: str | Path, *, field: str, shape_field: str
     mesh shapes and their labels). Captions of unknown shapes are dropped and counted in the log; rows without the
     caption or shape field are skipped with a warning, and an error when no row has them (a wrong ``field``
     must not silently give no pairs)."""
-    table = pd.read_parquet(manifest_path, columns=["shape_id", "meta"])
+    table = read_parquet(manifest_path, columns=["shape_id", "meta"])
     ids, texts, shapes, missing, unknown = [], [], [], [], 0
     for caption_id, meta_json in zip(table["shape_id"].astype(str), table["meta"]):
         try:

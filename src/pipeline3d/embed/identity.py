@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from .vectors import Embeddings
+from ..io.tables import read_parquet
 
 IDENTITIES = ("label", "group", "none")
 
@@ -53,7 +54,7 @@ def _group_table(ttv: str | Path, duplicates: str | Path | None) -> pd.DataFrame
             continue
         try:
             if {"shape_id", "group"} <= set(pq.read_schema(path).names):
-                return pd.read_parquet(path, columns=["shape_id", "group"])
+                return read_parquet(path, columns=["shape_id", "group"])
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path}: cannot read near-duplicate groups: {exc}") from exc
     raise ValueError(f"difficulty.identity = group needs near-duplicate groups: {ttv} has no 'group' column"
@@ -75,7 +76,7 @@ def row_identity(emb: Embeddings, how: str, *, manifest: str | Path, ttv: str | 
         if "label" in emb.columns and all(v is not None for v in emb.columns["label"]):
             labels = emb.columns["label"]
         else:
-            table = pd.read_parquet(manifest, columns=["shape_id", "label"])
+            table = read_parquet(manifest, columns=["shape_id", "label"])
             labels = _lookup(dict(zip(table["shape_id"].astype(str), table["label"].astype(int))), emb.ids, keys,
                              "label", str(manifest))
         return [f"label:{int(v)}" for v in labels]

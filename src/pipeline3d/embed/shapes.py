@@ -161,11 +161,11 @@ def embed_shapes(encoder: nn.Module, dataset: ShapeTokenDataset, *, batch_size: 
 
 def split_column(ids: Sequence[str], ttv_path: str | Path) -> list[str]:
     """Each shape's ttv split (train/val/test), '' for cached shapes the split table does not list."""
-    import pandas as pd
+    from ..io.tables import read_parquet
 
     ttv_path = Path(ttv_path)
     try:
-        table = pd.read_parquet(ttv_path, columns=["shape_id", "split"])
+        table = read_parquet(ttv_path, columns=["shape_id", "split"])
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"{ttv_path}: cannot read the split table (need shape_id, split): {exc}") from exc
     split = dict(zip(table["shape_id"].astype(str), table["split"].astype(str)))

@@ -29,6 +29,7 @@ from ..io.itemstore import ItemStore
 from ..io.shards import ShardReader
 from ..log import Progress
 from .text import prompt_texts
+from ..io.tables import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     """The ingest manifest, checked for the columns the embedding stages use, indexed by shape id."""
     path = Path(path)
     try:
-        table = pd.read_parquet(path)
+        table = read_parquet(path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read the manifest: {exc}") from exc
     missing = sorted(set(MANIFEST_COLUMNS) - set(table.columns))

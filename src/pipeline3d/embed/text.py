@@ -54,7 +54,7 @@ class TextEmbeddingCache:
 
     def lookup(self, namespace: str, texts: Iterable[str]) -> dict[str, np.ndarray]:
         """The cached vectors of those ``texts`` that are in the cache."""
-        import pyarrow.parquet as pq
+        from ..io.tables import read_table
 
         wanted = set(texts)
         found: dict[str, np.ndarray] = {}
@@ -64,7 +64,7 @@ class TextEmbeddingCache:
         for part in sorted(folder.glob("part-*.parquet")):
             if len(found) == len(wanted):
                 break
-            table = pq.read_table(part)
+            table = read_table(part)
             meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
             if meta.get("namespace") != namespace or meta.get("format") != _CACHE_FORMAT:
                 raise ValueError(f"text cache part {part} belongs to {meta.get('namespace')!r} "

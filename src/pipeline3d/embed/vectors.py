@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..io.atomic import write_parquet
+from ..io.tables import read_table
 
 FORMAT = "pipeline3d-embeddings/1"
 VECTOR_COLUMN = "vector"
@@ -102,7 +103,7 @@ def read_vectors(path: str | os.PathLike) -> Embeddings:
     import pyarrow.parquet as pq
 
     path = Path(path)
-    table = pq.read_table(path)
+    table = read_table(path)
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not an embeddings file (format {meta.get('format')!r}, expected {FORMAT!r})")

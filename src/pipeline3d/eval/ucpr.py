@@ -259,13 +259,13 @@ def eval_set(unpaired_path: str | None, ttv_path: str) -> tuple[dict[str, int], 
     The unpaired split's "eval" shapes; a dataset without an unpaired split (an empty table: point-cloud datasets
     have none) uses its ttv "test" shapes. An unpaired table with rows but no "eval" shape is an error.
     """
-    import pandas as pd
+    from ..io.tables import read_parquet
 
     from ..data.selection import ttv_labels
 
     if unpaired_path:
         try:
-            table = pd.read_parquet(unpaired_path)
+            table = read_parquet(unpaired_path)
         except (OSError, ValueError) as exc:
             raise ValueError(f"input 'unpaired': {unpaired_path}: cannot read the unpaired split: {exc}") from exc
         missing = {"shape_id", "label", "split"} - set(table.columns)

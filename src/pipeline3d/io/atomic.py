@@ -81,4 +81,4 @@ def write_parquet(path: str | os.PathLike, table, metadata: dict[str, str] | Non
         merged.update({k.encode(): v.encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(merged)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=65536)
+        pq.write_table(table, tmp, row_group_size=65536, write_page_checksum=True)  # read_table verifies

@@ -8,6 +8,9 @@ compressed archive. Layout (attrs: format, version, dataset, kind):
 - mesh:        ``vertices`` (ΣV,3) float64, ``faces`` (ΣF,3) int64, ``vertex_offsets``/``face_offsets`` (N+1,)
 - pointcloud:  ``points`` (ΣP,3) float32, ``point_offsets`` (N+1,)
 - image:       ``image_bytes`` (ΣB,) uint8 (the PNG/JPEG file), ``byte_offsets`` (N+1,)
+
+Every chunk and the file's metadata carry checksums (``pipeline3d.io.h5integrity``); a read that fails one raises
+an ``IntegrityError`` naming the file, the item and the field.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_path
+from .h5integrity import CHECKSUM, LIBVER, IntegrityError, check_attrs, ids_digest, read_ids, reading, seal_attrs
 
 FORMAT = "pipeline3d-items"
 VERSION = 1
@@ -48,10 +52,10 @@ class ItemStoreWriter:
     def __enter__(self) -> "ItemStoreWriter":
         self._ctx = atomic_path(self.path)
         tmp = self._ctx.__enter__()
-        self._h5 = h5py.File(tmp, "w")
+        self._h5 = h5py.File(tmp, "w", libver=LIBVER)
         for name, _, trailing, dtype in FIELDS[self.kind]:
             self._h5.create_dataset(name, shape=(0, *trailing), maxshape=(None, *trailing), dtype=dtype,
-                                    chunks=(65536, *trailing) if trailing else (1 << 20,))
+                                    chunks=(65536, *trailing) if trailing else (1 << 20,), **CHECKSUM)
         return self
 
     def add(self, shape_id: str, **arrays: np.ndarray) -> None:
@@ -85,11 +89,13 @@ class ItemStoreWriter:
             if exc_type is None:
                 self._flush()
                 for name, offsets, *_ in FIELDS[self.kind]:
-                    self._h5.create_dataset(offsets, data=np.asarray(self._counts[name], dtype=np.int64))
+                    counts = np.asarray(self._counts[name], dtype=np.int64)
+                    self._h5.create_dataset(offsets, data=counts, chunks=(min(len(counts), 1 << 16),), **CHECKSUM)
                 self._h5.create_dataset("shape_id", data=np.array(self._ids, dtype=object),
                                         dtype=h5py.string_dtype("utf-8"))
                 self._h5.attrs.update(format=FORMAT, version=VERSION, dataset=self.dataset, kind=self.kind,
-                                      n_items=len(self._ids))
+                                      n_items=len(self._ids), ids_sha256=ids_digest(self._ids))
+                seal_attrs(self._h5)
         finally:
             self._h5.close()
             self._ctx.__exit__(exc_type, exc, tb)
@@ -101,15 +107,25 @@ class ItemStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._h5 = h5py.File(self.path, "r")
+        try:
+            check_attrs(self._h5, self.path)
+        except IntegrityError:
+            self._h5.close()
+            raise
         attrs = self._h5.attrs
         if attrs.get("format") != FORMAT or int(attrs.get("version", -1)) != VERSION:
             self._h5.close()
             raise ValueError(f"{self.path}: not a pipeline3d item store (version {VERSION})")
         self.kind = str(attrs["kind"])
         self.dataset = str(attrs["dataset"])
-        self.shape_ids = [s.decode() if isinstance(s, bytes) else s for s in self._h5["shape_id"][:]]
+        try:
+            self.shape_ids = read_ids(self._h5, self.path)
+            with reading(self.path, "the item offsets"):
+                self._offsets = {name: self._h5[off][:] for name, off, *_ in FIELDS[self.kind]}
+        except IntegrityError:
+            self._h5.close()
+            raise
         self._row = {sid: i for i, sid in enumerate(self.shape_ids)}
-        self._offsets = {name: self._h5[off][:] for name, off, *_ in FIELDS[self.kind]}
 
     def __len__(self) -> int:
         return len(self.shape_ids)
@@ -119,7 +135,8 @@ class ItemStore:
 
     def _field(self, name: str, row: int) -> np.ndarray:
         off = self._offsets[name]
-        return self._h5[name][off[row] : off[row + 1]]
+        with reading(self.path, f"item {self.shape_ids[row]} (row {row}): field {name}"):
+            return self._h5[name][off[row] : off[row + 1]]
 
     def mesh(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """(vertices float64 (V,3), faces int64 (F,3)) of item ``row``."""

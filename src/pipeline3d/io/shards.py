@@ -1,8 +1,11 @@
 """Cache shards: HDF5 files of fixed-shape per-shape arrays, one shape per chunk, for random access.
 
 A shard is written to a temporary file and renamed into place only when complete; its attributes carry the
-schema version, dataset, shard number and cache profile (with a hash). ``validate_shard`` detects truncated,
-incomplete and foreign files; readers refuse them, and the workflow moves them aside so they are rebuilt.
+schema version, dataset, shard number and cache profile (with a hash). Every array chunk and the file's metadata
+carry checksums (``pipeline3d.io.h5integrity``). ``validate_shard`` detects truncated, incomplete and foreign files
+(``deep``: also any stored byte that fails its checksum); readers refuse them. A reader that meets damaged data moves
+the shard aside (``.invalid``) and raises an error naming the file, the shape and the array, so the next run of the
+workflow rebuilds it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import numpy as np
 from ..data.cache_schema import ARRAYS, PRIMITIVE_ARRAYS, array_spec, kind_arrays
 from ..versions import CACHE_SCHEMA_VERSION
 from .atomic import atomic_path
+from .h5integrity import (CHECKSUM, LIBVER, IntegrityError, check_attrs, damaged_datasets, ids_digest, read_ids,
+                          reading, seal_attrs)
 
 FORMAT = "pipeline3d-cache"
 # cache.compression -> h5py (filter, level). gzip at level 1: as small as lzf's output or smaller and as fast to read
@@ -65,7 +70,7 @@ class ShardWriter:
 
     def __enter__(self) -> "ShardWriter":
         self._ctx = atomic_path(self.path)
-        self._h5 = h5py.File(self._ctx.__enter__(), "w")
+        self._h5 = h5py.File(self._ctx.__enter__(), "w", libver=LIBVER)
         # handles stay open: re-opening a dataset per row costs more than the write itself (~3x with lzf)
         self._datasets = {}
         for key in self.keys:
@@ -74,7 +79,8 @@ class ShardWriter:
             compression, level = CODECS[codec]
             self._datasets[key] = self._h5.create_dataset(key, shape=(0, *shape), maxshape=(None, *shape),
                                                           dtype=dtype, chunks=(1, *shape),
-                                                          compression=compression, compression_opts=level)
+                                                          compression=compression, compression_opts=level,
+                                                          **CHECKSUM)
         return self
 
     def append(self, shape_id: str, arrays: dict[str, np.ndarray]) -> None:
@@ -107,10 +113,11 @@ class ShardWriter:
                     format=FORMAT, schema_version=CACHE_SCHEMA_VERSION, dataset=self.dataset, shard=self.shard,
                     n_shards=self.n_shards, kind=self.kind, profile=json.dumps(self.profile, sort_keys=True),
                     profile_hash=profile_hash(self.profile), n_rows=len(self._ids), arrays=json.dumps(list(self.keys)),
-                    failed=json.dumps(self.failed),
+                    failed=json.dumps(self.failed), ids_sha256=ids_digest(self._ids),
                 )
                 # Written last: a file without it was never finished.
                 self._h5.attrs["complete"] = 1
+                seal_attrs(self._h5)
         finally:
             self._h5.close()
             self._ctx.__exit__(exc_type, exc, tb)
@@ -125,6 +132,7 @@ def validate_shard(path, *, dataset: str | None = None, shard: int | None = None
     try:
         with h5py.File(path, "r") as h5:
             a = h5.attrs
+            check_attrs(h5, path)
             if a.get("format") != FORMAT:
                 return "foreign file (not a pipeline3d cache shard)"
             if int(a.get("schema_version", -1)) != CACHE_SCHEMA_VERSION:
@@ -144,10 +152,14 @@ def validate_shard(path, *, dataset: str | None = None, shard: int | None = None
             for key in keys:
                 if key not in h5 or h5[key].shape[0] != n:
                     return f"array {key} missing or has the wrong row count"
-            if deep and n:
-                for key in keys:  # touches the last chunk of every array: catches truncation
-                    h5[key][n - 1]
-    except (OSError, KeyError, ValueError) as exc:
+            if deep:  # every chunk of every array read back against its checksum, and the ids against theirs
+                damaged = damaged_datasets(h5, path)
+                if damaged:
+                    return "damaged: " + "; ".join(d.split(": ", 1)[1] for d in damaged)
+                read_ids(h5, path)
+    except IntegrityError as exc:
+        return f"damaged: {str(exc).split(': ', 1)[1]}"
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
         return f"unreadable ({type(exc).__name__}: {exc})"
     return None
 
@@ -165,7 +177,11 @@ class ShardReader:
         self.profile = json.loads(self.attrs["profile"])
         present = json.loads(self.attrs["arrays"])
         self.allowed = tuple(k for k in PRIMITIVE_ARRAYS[primitive] if k in present)
-        self.shape_ids = [s.decode() if isinstance(s, bytes) else s for s in self._h5["shape_id"][:]]
+        try:
+            self.shape_ids = read_ids(self._h5, self.path)
+        except IntegrityError as exc:
+            self._h5.close()
+            raise self._damaged(exc) from exc
         # handles opened once: an h5py group lookup (~90 us) costs more than reading a row (measured)
         self._datasets = {key: self._h5[key] for key in self.allowed}
 
@@ -179,7 +195,22 @@ class ShardReader:
                 if key in ARRAYS:
                     raise PermissionError(f"array {key!r} is not visible to this reader ({self.path.name})")
                 raise KeyError(f"unknown cache array {key!r}")
-        return {key: self._datasets[key][row] for key in keys}
+        out = {}
+        for key in keys:
+            try:
+                with reading(self.path, f"shape {self.shape_ids[row]} (row {row}): array {key}"):
+                    out[key] = self._datasets[key][row]
+            except IntegrityError as exc:
+                raise self._damaged(exc) from exc
+        return out
+
+    def _damaged(self, exc: IntegrityError) -> IntegrityError:
+        """Move the damaged file aside (never trusted again; the workflow's next run rebuilds it) and say so."""
+        try:
+            moved = f"moved to {quarantine(self.path)}"
+        except FileNotFoundError:  # another reader (a DataLoader worker) got there first
+            moved = "moved aside"
+        return IntegrityError(f"{exc}; {moved}: run the workflow again to rebuild it")
 
     def close(self) -> None:
         self._h5.close()

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .atomic import write_bytes
+from .integrity import IntegrityError
 
 HEADER_KEY = "pipeline3d"
 
@@ -65,8 +66,8 @@ def read_sidecar(json_path: str | Path, *, fmt: str, version: int | None, what: 
 def check_sha256(path: str | Path, expected: Any, described_by: str | Path) -> None:
     actual = file_sha256(path)
     if actual != expected:
-        raise ValueError(f"{path}: sha256 {actual[:12]} does not match {described_by} ({str(expected)[:12]}); "
-                         "the weights do not belong to this description")
+        raise IntegrityError(f"{path}: sha256 {actual[:12]} does not match {described_by} ({str(expected)[:12]}); "
+                             "the weights are damaged or do not belong to this description")
 
 
 def load_verified(path: str | Path, expected_sha256: Any, described_by: str | Path, *,

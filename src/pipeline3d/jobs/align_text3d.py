@@ -48,6 +48,7 @@ from ..rng import rng_for, stable_hash
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
 from ..train.checkpoint import run_fingerprint
 from ..train.wandb_sink import metrics_sinks
+from ..io.tables import read_parquet
 
 STAGE = "align_text3d"
 VAL_KS = (1, 5, 10)
@@ -86,14 +87,14 @@ def shape_set(embeddings_path: str | Path, table: pd.DataFrame) -> ShapeSet:
 
 
 def _class_names(manifest_path: str | Path) -> list[str]:
-    table = pd.read_parquet(manifest_path, columns=["label", "label_name"]).drop_duplicates()
+    table = read_parquet(manifest_path, columns=["label", "label_name"]).drop_duplicates()
     names = dict(zip(table["label"].astype(int), table["label_name"].astype(str)))
     return [names.get(i, f"class_{i}") for i in range(max(names) + 1)] if names else []
 
 
 def load_captions(params: Mapping[str, Any], files: Mapping[str, Any]) -> CaptionTable:
     """Captions (align.captions set) or class prompts (embed.text.templates) for the mesh dataset's shapes."""
-    manifest = pd.read_parquet(files["manifest"], columns=["shape_id", "label"])
+    manifest = read_parquet(files["manifest"], columns=["shape_id", "label"])
     labels = dict(zip(manifest["shape_id"].astype(str), manifest["label"].astype(int)))
     spec = params["align"].get("captions")
     if spec:
@@ -274,7 +275,7 @@ class AlignmentRun:
 
 
 def fold_split(kfold_path: str | Path, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    table = pd.read_parquet(kfold_path, columns=["shape_id", "label", "fold"])
+    table = read_parquet(kfold_path, columns=["shape_id", "label", "fold"])
     folds = sorted(int(f) for f in table["fold"].unique())
     if fold not in folds:
         raise ValueError(f"{kfold_path}: no fold {fold} (folds {folds})")
@@ -413,7 +414,7 @@ def submit(params: Mapping[str, Any], files: Mapping[str, Any], *, log: logging.
     log.info("fold %d has the best validation score (%s); ranking the test split with it", fold,
              {int(m["fold"]): round(float(m["val"]["score"]), 4) for m in fold_metrics})
 
-    ttv = pd.read_parquet(files["ttv"], columns=["shape_id", "label", "split"])
+    ttv = read_parquet(files["ttv"], columns=["shape_id", "label", "split"])
     test = shape_set(files["shape_embeddings"], ttv[ttv["split"] == "test"])
     if not len(test):
         raise ValueError(f"{files['ttv']}: the test split is empty")

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..data.selection import cached_rows, fewshot_labels, ttv_labels
@@ -41,6 +40,7 @@ from ..train.checkpoint import run_fingerprint
 from ..train.wandb_sink import metrics_sinks
 from .data import entries_of
 from .pretrain import build_encoder, check_encoder_tokens
+from ..io.tables import read_parquet
 
 
 def token_config(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def token_config(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def class_names(manifest_path: str | Path) -> list[str]:
     """Label names indexed by label, from the ingest manifest."""
-    table = pd.read_parquet(manifest_path, columns=["label", "label_name"]).drop_duplicates()
+    table = read_parquet(manifest_path, columns=["label", "label_name"]).drop_duplicates()
     names = dict(zip(table["label"].astype(int), table["label_name"].astype(str)))
     return [names.get(i, f"class_{i}") for i in range(max(names) + 1)] if names else []
 

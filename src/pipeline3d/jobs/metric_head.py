@@ -50,6 +50,7 @@ from ..rng import rng_for, stable_hash
 from ..train.bandit import UCB1Bandit
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
 from ..train.wandb_sink import metrics_sinks
+from ..io.tables import read_parquet
 
 STAGE = "train_metric_head"
 FORMAT = "pipeline3d-metric-head"
@@ -95,7 +96,7 @@ def _file_digest(paths: Sequence[str | Path]) -> str:
 
 def _read_table(path: str | Path, columns: set[str], what: str) -> pd.DataFrame:
     try:
-        table = pd.read_parquet(path)
+        table = read_parquet(path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read the {what}: {exc}") from exc
     missing = columns - set(table.columns)

@@ -62,6 +62,7 @@ from ..train.loop import TrainConfig, TrainResult, train
 from ..train.checkpoint import run_fingerprint
 from ..train.wandb_sink import metrics_sinks
 from .finetune import class_names
+from ..io.tables import read_parquet
 
 FORMAT = "pipeline3d-retrieval-head"
 FORMAT_VERSION = 1
@@ -237,7 +238,7 @@ def _rows(emb: Embeddings, ids: Sequence[str], path: str, what: str,
 
 def _read_qg(path: str) -> pd.DataFrame:
     try:
-        qg = pd.read_parquet(path)
+        qg = read_parquet(path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read the query/gallery table: {exc}") from exc
     missing = {"split_id", "shape_id", "label", "role"} - set(qg.columns)

@@ -39,13 +39,14 @@ from ..tokens import layout as L
 from ..tokens.backends import get_backend
 from ..train.export import load_encoder
 from ._cli import parser, start
+from ..io.tables import read_parquet
 
 HEAD_MODES = ("non_transductive", "transductive")
 
 
 def _split_table(path: str, what: str) -> pd.DataFrame:
     try:
-        table = pd.read_parquet(path, columns=["shape_id", "label", "split"])
+        table = read_parquet(path, columns=["shape_id", "label", "split"])
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"{path}: cannot read the {what} split table (need shape_id, label, split): {exc}") from exc
     return table.assign(shape_id=table["shape_id"].astype(str), label=table["label"].astype("int64"),

@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 
+from ...io.h5integrity import read_ids
 from ...io.shards import shard_failures, shard_of, validate_shard
 from ..cache_schema import profile_of
 
@@ -27,8 +28,7 @@ class InvalidShards(ValueError):
 
 def _read_ids(path: Path) -> tuple[list[str], int]:
     with h5py.File(path, "r") as h5:
-        ids = [s.decode() if isinstance(s, bytes) else str(s) for s in h5["shape_id"][:]]
-        return ids, int(h5.attrs["n_shards"])
+        return read_ids(h5, path), int(h5.attrs["n_shards"])
 
 
 def build_index(shard_paths: list[str | Path], dataset: str, cache_cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:

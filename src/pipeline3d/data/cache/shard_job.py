@@ -6,7 +6,6 @@ import logging
 import time
 from pathlib import Path
 
-import pandas as pd
 
 from ...io.itemstore import ItemStore
 from ...io.shards import ShardWriter, array_codecs, shard_of
@@ -14,6 +13,7 @@ from ...log import Progress
 from ..cache_schema import profile_of
 from .build import CacheProfile, StageTimer, cache_mesh, cache_pointcloud
 from .errors import ShapeError
+from ...io.tables import read_parquet
 
 CACHEABLE_KINDS = ("mesh", "pointcloud")
 class ShardJobError(ValueError):
@@ -23,7 +23,7 @@ class ShardJobError(ValueError):
 def shard_ids(manifest_path: str | Path, store: ItemStore, shard: int, n_shards: int) -> list[str]:
     """The shape ids of ``shard``, in manifest order; the manifest and the item store must list the same ids."""
     try:
-        ids = pd.read_parquet(manifest_path, columns=["shape_id"])["shape_id"].astype(str).tolist()
+        ids = read_parquet(manifest_path, columns=["shape_id"])["shape_id"].astype(str).tolist()
     except (OSError, ValueError, KeyError) as exc:
         raise ShardJobError(f"{manifest_path}: cannot read the manifest's shape_id column: {exc}") from exc
     if ids != store.shape_ids:

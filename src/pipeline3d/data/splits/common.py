@@ -25,6 +25,7 @@ import pandas as pd
 
 from ...io.atomic import write_parquet
 from ...rng import rng_for, stable_hash
+from ...io.tables import read_parquet
 
 log = logging.getLogger("pipeline3d.make_splits")
 
@@ -37,7 +38,7 @@ SOURCE_SPLITS = ("train", "val", "test", "")
 def _read(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFrame:
     path = Path(path)
     try:
-        frame = pd.read_parquet(path)
+        frame = read_parquet(path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read the {what}: {exc}") from exc
     missing = [c for c in columns if c not in frame.columns]
