@@ -59,8 +59,12 @@ def _verify(args: argparse.Namespace) -> int:
     for path, problem in sorted(report.damaged.items()):
         moved = f" -> moved to {quarantine(path).name}" if args.move_aside else ""
         print(f"DAMAGED {path}: {problem}{moved}")
-    print(f"checked {len(report.checked)} files under {results}: {len(report.damaged)} damaged"
-          + ("; the next run of the workflow rebuilds them" if report.damaged and args.move_aside else ""))
+    print(f"checked {len(report.checked)} files under {results}: {len(report.damaged)} damaged")
+    if report.damaged and args.move_aside:
+        # Snakemake rebuilds a missing output only when something asks for it: name them all as targets.
+        names = " ".join(str(path) for path in sorted(report.damaged))
+        print(f"rebuild them (and what depends on them) with your usual command plus these targets, e.g.\n"
+              f"  snakemake --cores all all {names}")
     return 1 if report.damaged else 0
 
 

@@ -7,11 +7,13 @@ which jobs Snakemake plans (and, for some, runs). Every test leaves the copy up 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from smk import (
+    VENV_BIN,
     copy_repo,
     embedding_jobs,
     eval_jobs,
@@ -228,6 +230,39 @@ def test_flipped_byte_in_a_shard_is_named_moved_aside_by_its_reader_and_rebuilt_
     assert "make_demo_data" not in ran and "ingest_dataset" not in ran
     assert validate_shard(shard, dataset="demo-mesh", shard=0, deep=True) is None
     assert shard.read_bytes() == good
+    assert_up_to_date(demo)
+
+
+def test_verify_finds_damaged_outputs_and_the_rerun_restores_them_byte_for_byte(demo: Path) -> None:
+    """An item store, an embeddings table and a trained head, each with one flipped byte: `pipeline3d verify` names
+    exactly those, `--move-aside` hands them to the next run, which rebuilds each one as it was."""
+    results = demo / "results"
+    targets = [results / "ingest" / "demo-img" / "items.h5",
+               sorted((results / "embeddings" / "shape").rglob("*.parquet"))[0],
+               sorted((results / "heads" / "metric").rglob("head.safetensors"))[0]]
+    before = {path: result_content(path) for path in run_results(demo)}
+    for path in targets:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x5A
+        path.write_bytes(bytes(data))
+    verify = [str(VENV_BIN / "pipeline3d"), "verify", "results"]
+    found = subprocess.run(verify, cwd=demo, capture_output=True, text=True, timeout=600)
+    assert found.returncode == 1, found.stdout + found.stderr
+    named = sorted(line.split(": ")[0].removeprefix("DAMAGED ") for line in found.stdout.splitlines()
+                   if line.startswith("DAMAGED"))
+    assert named == sorted(str(p.relative_to(demo)) for p in targets), found.stdout
+    moved = subprocess.run([*verify, "--move-aside"], cwd=demo, capture_output=True, text=True, timeout=600)
+    assert moved.returncode == 1 and not any(p.exists() for p in targets)
+    # the command it prints: `all` plus the moved files (an output no job reads is rebuilt only when asked for)
+    command = moved.stdout.strip().splitlines()[-1].split()
+    assert command[:4] == ["snakemake", "--cores", "all", "all"], moved.stdout
+    assert sorted(command[4:]) == sorted(str(p.relative_to(demo)) for p in targets)
+
+    result = run_snakemake(demo, "--cores", "2", *command[3:], timeout=900)
+    assert result.returncode == 0, result.tail(8000)
+    assert subprocess.run(verify, cwd=demo, capture_output=True, timeout=600).returncode == 0
+    changed = [str(p.relative_to(demo)) for p, data in before.items() if p.exists() and result_content(p) != data]
+    assert not changed and all(result_content(p) == before[p] for p in targets), changed
     assert_up_to_date(demo)
 
 
