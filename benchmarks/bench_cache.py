@@ -224,7 +224,7 @@ def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
     from pipeline3d.data.cache.sampling import SurfaceSampler, query_pool
     from pipeline3d.io.shards import array_codecs
     from pipeline3d.data.cache.voxel_walk import dilate, voxelize
-    from pipeline3d.data.cache_schema import profile_of
+    from pipeline3d.io.cache_schema import profile_of
     from pipeline3d.io.itemstore import ItemStore
     from pipeline3d.io.shards import ShardWriter
 

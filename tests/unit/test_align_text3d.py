@@ -21,7 +21,7 @@ from pipeline3d.embed.backbones import build_text_backbone
 from pipeline3d.embed.captions import class_prompts, manifest_captions
 from pipeline3d.embed.vectors import write_vectors
 from pipeline3d.jobs import align_text3d
-from pipeline3d.models.text3d_alignment import load_alignment
+from pipeline3d.embed.text3d_alignment import load_alignment
 from pipeline3d.objectives.infonce import info_nce
 from pipeline3d.models.text_tower import PartiallyFrozenTextTower, UnsupportedTextTower, text_layout
 from pipeline3d.stages import align_text3d as align_stage

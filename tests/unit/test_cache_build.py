@@ -12,7 +12,7 @@ from pipeline3d.data.cache.grids import trilinear
 from pipeline3d.data.cache.pointcloud import estimate_normals
 from pipeline3d.data.cache.sampling import SurfaceSampler, pool_sizes
 from pipeline3d.data.cache.voxel_walk import dilate, voxelize
-from pipeline3d.data.cache_schema import KIND_ARRAYS, array_spec
+from pipeline3d.io.cache_schema import KIND_ARRAYS, array_spec
 
 SMALL = CacheProfile(pc_points=256, pt_pool=500, pt_surface_ratio=0.5, pt_surface_sigma=0.02, n_views=4,
                      rays_per_view=16, camera_radius=2.2, pc_grid=16, pc_dilate=1, df_grid=16, df_dilate=1,

@@ -10,7 +10,7 @@ import pytest
 import trimesh
 
 from pipeline3d.data.cache.index import build_index
-from pipeline3d.data.cache_schema import profile_of
+from pipeline3d.io.cache_schema import profile_of
 from pipeline3d.io.itemstore import ItemStoreWriter
 from pipeline3d.io.shards import ShardReader, shard_failures, shard_of, validate_shard
 from pipeline3d.stages import build_cache_shard, index_cache

@@ -16,7 +16,7 @@ import torch
 from sklearn.linear_model import Ridge
 
 from pipeline3d.data.cache_lookup import locate_rows
-from pipeline3d.data.cache_schema import PRIMITIVE_ARRAYS
+from pipeline3d.io.cache_schema import PRIMITIVE_ARRAYS
 from pipeline3d.eval import cpac as C
 from pipeline3d.io.shards import ShardReader
 from pipeline3d.models.registry import create_encoder

@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline3d.data.cache_schema import PRIMITIVE_ARRAYS, array_spec, kind_arrays
+from pipeline3d.io.cache_schema import PRIMITIVE_ARRAYS, array_spec, kind_arrays
 from pipeline3d.io.itemstore import ItemStore, ItemStoreWriter
 from pipeline3d.io.shards import ShardReader, ShardWriter, quarantine, shard_of, validate_shard
 

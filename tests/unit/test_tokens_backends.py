@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 from scipy.interpolate import RegularGridInterpolator
 
-from pipeline3d.data.cache_schema import ARRAYS, PRIMITIVE_ARRAYS
+from pipeline3d.io.cache_schema import ARRAYS, PRIMITIVE_ARRAYS
 from pipeline3d.data.unpaired_store import materialize
 from pipeline3d.data.cache import cache_mesh
 from pipeline3d.io.shards import ShardReader, ShardWriter

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline3d.data.cache_schema import ARRAYS, PRIMITIVE_ARRAYS, array_spec, kind_arrays, profile_of
+from pipeline3d.io.cache_schema import ARRAYS, PRIMITIVE_ARRAYS, array_spec, kind_arrays, profile_of
 from pipeline3d.data.unpaired_store import materialize, open_unpaired
 from pipeline3d.io.shards import ShardReader, ShardWriter, validate_shard
 from pipeline3d.stages import materialize_unpaired

@@ -1,4 +1,4 @@
-# Cache: every shape -> sampled training arrays (pipeline3d.data.cache_schema), sharded by a stable hash of the id.
+# Cache: every shape -> sampled training arrays (pipeline3d.io.cache_schema), sharded by a stable hash of the id.
 # Outputs: results/cache/{dataset}/shard-{shard}.h5   one Snakemake job per shard (config cache.shards)
 #          results/cache/{dataset}/index.parquet      shape_id -> (shard, row), validated against every shard
 #          results/cache/{dataset}/rejects.parquet    shapes a shard job could not cache (source, stage, reason, detail)

@@ -22,7 +22,7 @@ from ..io.h5integrity import seal_attrs
 from ..io.shards import ShardReader, ShardWriter, array_codecs, profile_hash
 from ..log import Progress
 from .cache_lookup import locate_rows
-from .cache_schema import PRIMITIVE_ARRAYS
+from ..io.cache_schema import PRIMITIVE_ARRAYS
 from .splits.unpaired import SPLIT_PRIMITIVE
 from ..io.tables import read_parquet
 

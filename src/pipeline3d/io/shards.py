@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..data.cache_schema import ARRAYS, PRIMITIVE_ARRAYS, array_spec, kind_arrays
+from .cache_schema import ARRAYS, PRIMITIVE_ARRAYS, array_spec, kind_arrays
 from ..versions import CACHE_SCHEMA_VERSION
 from .atomic import atomic_path
 from .h5integrity import (CHECKSUM, LIBVER, IntegrityError, check_attrs, damaged_datasets, ids_digest, read_ids,

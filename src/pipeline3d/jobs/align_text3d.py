@@ -41,7 +41,8 @@ from ..embed.captions import CaptionTable, class_prompts, manifest_captions
 from ..embed.vectors import read_vectors
 from ..eval.retrieval import recall_at_k
 from ..models.heads import ProjectionHead
-from ..models.text3d_alignment import TextShapeAlignment, load_alignment
+from ..embed.text3d_alignment import load_alignment
+from ..objectives.text3d_alignment import TextShapeAlignment
 from ..models.text_tower import PartiallyFrozenTextTower
 from ..objectives.infonce import SymmetricInfoNCE
 from ..rng import rng_for, stable_hash

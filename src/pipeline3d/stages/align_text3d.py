@@ -19,7 +19,7 @@ import torch
 from ..io.atomic import write_json
 from ..jobs import align_text3d
 from ..log import git_describe
-from ..models.text3d_alignment import save_alignment
+from ..embed.text3d_alignment import save_alignment
 from ._cli import start, training_parser
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from ..data.cache_schema import profile_of
+from ..io.cache_schema import profile_of
 from ..data.unpaired_store import materialize
 from ._cli import parser, start
 

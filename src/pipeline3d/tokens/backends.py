@@ -40,7 +40,7 @@ import numpy as np
 from ..data.cache import grids
 from ..data.cache.bvh import PointTree
 from ..data.cache.voxel_walk import dilate, voxelize
-from ..data.cache_schema import ARRAYS, PRIMITIVE_ARRAYS
+from ..io.cache_schema import ARRAYS, PRIMITIVE_ARRAYS
 from ..io.shards import ShardReader
 
 POOL_KEYS = ("pool_xyz",)

@@ -1,4 +1,4 @@
-"""One shape -> one cache row (the arrays of ``pipeline3d.data.cache_schema``).
+"""One shape -> one cache row (the arrays of ``pipeline3d.io.cache_schema``).
 
 Every random draw comes from ``seed_sequence(seed, "build_cache_shard", shape_id)``, split into one child stream
 per purpose (``PURPOSES``, append-only), so a shape's arrays depend only on (seed, shape id, profile): not on its
@@ -20,7 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ...rng import seed_sequence
-from ..cache_schema import PROFILE_KEYS, array_spec, kind_arrays
+from ...io.cache_schema import PROFILE_KEYS, array_spec, kind_arrays
 from . import grids
 from .distances import MeshDistance, NearestPoint, morton_order
 from .errors import ShapeError

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ...io.h5integrity import read_ids
 from ...io.shards import shard_failures, shard_of, validate_shard
-from ..cache_schema import profile_of
+from ...io.cache_schema import profile_of
 
 SHARD_NAME = re.compile(r"shard-(\d+)\.h5")
 INDEX_COLUMNS = ("shape_id", "shard", "shard_file", "row")

@@ -10,7 +10,7 @@ from pathlib import Path
 from ...io.itemstore import ItemStore
 from ...io.shards import ShardWriter, array_codecs, shard_of
 from ...log import Progress
-from ..cache_schema import profile_of
+from ...io.cache_schema import profile_of
 from .build import CacheProfile, StageTimer, cache_mesh, cache_pointcloud
 from .errors import ShapeError
 from ...io.tables import read_parquet
