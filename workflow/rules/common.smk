@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from pipeline3d.config import ConfigError, stage_params as _stage_params, validate as _validate  # noqa: E402
+from pipeline3d.contract import BACKENDS, SPLIT_FAMILIES, UNPAIRED_SPLITS  # noqa: E402
 from pipeline3d.finetune_rows import all_row_names, row_architecture, row_kind  # noqa: E402
 from pipeline3d.io.rawpaths import raw_input_problems, raw_inputs, raw_paths  # noqa: E402
 from pipeline3d.io.rawdigest import listing_digest  # noqa: E402
@@ -35,8 +36,7 @@ MESH_LIKE = [d for d, c in DATASETS.items() if c["kind"] in ("mesh", "pointcloud
 MESH_DATASETS = [d for d, c in DATASETS.items() if c["kind"] == "mesh"]
 N_SHARDS = config["cache"]["shards"]
 SHARDS = [f"{i:04d}" for i in range(N_SHARDS)]
-SPLIT_FILES = ["ttv", "kfold", "unpaired", "fewshot", "qg", "episodes"]
-UNPAIRED_SPLITS = ["train_mesh", "train_pc", "train_udf", "eval"]
+SPLIT_FILES = list(SPLIT_FAMILIES)
 PRETRAIN = config["pretrain"]
 METHODS = PRETRAIN["methods"]
 FINETUNE = config["finetune"]
@@ -67,6 +67,11 @@ def stage_params(stage, config_slice):
 def dataset_params(stage, wildcards, extra):
     ds = DATASETS[wildcards.dataset]
     return stage_params(stage, {"seed": config["seed"], "dataset": wildcards.dataset, "source": ds, **extra})
+
+
+def _without(section, *keys):
+    """A config section without ``keys`` (targets lists and knobs kept out of a stage's params)."""
+    return {key: value for key, value in section.items() if key not in keys}
 
 
 def ingest_params(wildcards):

@@ -15,10 +15,6 @@ wildcard_constraints:
     fold=r"\d+",
 
 
-def _without(section, *keys):
-    return {key: value for key, value in section.items() if key not in keys}
-
-
 def _text_cfg():
     return _without(EMBED["text"], "datasets", "name")
 

@@ -1,7 +1,6 @@
 # Inputs, params and targets of the evaluation and report rules (eval.smk, report.smk).
 UCPR = config["eval"]["ucpr"]
 CPAC = config["eval"]["cpac"]
-BACKENDS = ["mesh", "pointcloud", "pointcloud_noray", "udfgrid", "voxel"]
 TABLES = ["fewshot", "ucpr", "cpac", "retrieval", "text3d"]
 PLOTS = ["fewshot_accuracy", "recall_at_k"]
 

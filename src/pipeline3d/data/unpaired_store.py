@@ -17,13 +17,13 @@ from pathlib import Path
 
 import h5py
 
+from ..contract import SPLIT_PRIMITIVE
 from ..io.atomic import atomic_path
 from ..io.h5integrity import seal_attrs
 from ..io.shards import ShardReader, ShardWriter, array_codecs, profile_hash
 from ..log import Progress
 from .cache_lookup import locate_rows
 from ..io.cache_schema import PRIMITIVE_ARRAYS
-from .splits.unpaired import SPLIT_PRIMITIVE
 from ..io.tables import read_parquet
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..contract import UNPAIRED_BUCKETS
 from ..data.selection import CacheRow, cached_rows, store_rows, ttv_labels
 from ..tokens.dataset import CacheEntry, ShapeTokenDataset
 
-UNPAIRED = ("train_mesh", "train_pc", "train_udf")
+UNPAIRED = UNPAIRED_BUCKETS
 
 
 def entries_of(rows: Sequence[CacheRow]) -> list[CacheEntry]:

@@ -12,13 +12,14 @@ from .common import load_items, log_counts, write_split
 from .episodes import make_episodes
 from .fewshot import make_fewshot
 from .kfold import make_kfold
+from ...contract import SPLIT_FAMILIES
 from .qg import make_qg
 from .ttv import make_ttv
 from .unpaired import NOT_MESH_NOTE, empty_unpaired, make_unpaired
 
 log = logging.getLogger("pipeline3d.make_splits")
 
-FAMILIES = ("ttv", "kfold", "unpaired", "fewshot", "qg", "episodes")
+FAMILIES = SPLIT_FAMILIES
 # The splits keys each family depends on (every family is carved from ttv, hence train/val). The workflow runs one
 # job per family with only these keys in its params, so e.g. a new fold count never touches the few-shot subsets
 # (nor retrains the models that read them).

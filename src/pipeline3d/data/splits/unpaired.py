@@ -11,11 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ...contract import SPLIT_PRIMITIVE, UNPAIRED_BUCKETS
 from .common import assign_groups, family_salt
 
-BUCKETS = ("train_mesh", "train_pc", "train_udf")
-# unpaired split -> the cache primitive its records may see (a key of cache_schema.PRIMITIVE_ARRAYS)
-SPLIT_PRIMITIVE = {"train_mesh": "mesh", "train_pc": "pc", "train_udf": "udf", "eval": "all"}
+BUCKETS = UNPAIRED_BUCKETS
 COLUMNS = ("shape_id", "label", "split", "primitive")
 NOT_MESH_NOTE = ("unpaired splits need the mesh-derived arrays (one shape per primitive); a {kind} dataset has no "
                  "mesh, so this table is intentionally empty")
