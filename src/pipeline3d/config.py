@@ -1,6 +1,6 @@
 """Configuration: load, validate against the JSON schema, and canonical per-stage slices.
 
-The schema (workflow/schemas/config.schema.yaml) is the single source of truth for keys and defaults; Snakemake
+The schema (src/pipeline3d/schemas/config.schema.yaml, linked from workflow/schemas/) is the single source of truth for keys and defaults; Snakemake
 validates with it at parse time and the stages validate again when run by hand. Errors name the offending key.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ import yaml
 from .config_refs import reference_problems
 from .versions import STAGE_VERSIONS
 
-ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+# Shipped inside the package (an installed pipeline3d validates without a checkout); workflow/schemas/ links to it.
+SCHEMA_PATH = Path(str(resources.files("pipeline3d") / "schemas" / "config.schema.yaml"))
 
 
 class ConfigError(ValueError):

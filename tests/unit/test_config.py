@@ -103,3 +103,19 @@ def test_every_optional_section_has_a_default():
               "datasets": {"shapes": {"kind": "mesh", "format": "modelnet", "path": "/data/ModelNet40"}}}
     cfgmod.validate(config)
     assert config["splits"]["unpaired"] == {"train_mesh": 0.34, "train_pc": 0.33, "train_udf": 0.33}
+
+
+def test_the_schema_ships_inside_the_package():
+    """An installed pipeline3d validates configs without a checkout: the schema is package data, and the path
+    the workflow documents (workflow/schemas/) links to that very file."""
+    import tomllib
+    from pathlib import Path
+
+    import pipeline3d
+
+    package = Path(pipeline3d.__file__).parent
+    assert cfgmod.SCHEMA_PATH == package / "schemas" / "config.schema.yaml" and cfgmod.SCHEMA_PATH.is_file()
+    project = tomllib.loads((package.parents[1] / "pyproject.toml").read_text())
+    assert "schemas/*.yaml" in project["tool"]["setuptools"]["package-data"]["pipeline3d"]
+    linked = package.parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    assert linked.resolve() == cfgmod.SCHEMA_PATH.resolve()

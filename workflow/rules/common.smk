@@ -6,7 +6,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# The package is the installed one (ci/setup.sh installs this checkout in editable mode): the code that parses the
+# workflow is the code that runs its jobs.
 
 from pipeline3d.config import ConfigError, stage_params as _stage_params, validate as _validate  # noqa: E402
 from pipeline3d.contract import BACKENDS, SPLIT_FAMILIES, UNPAIRED_SPLITS  # noqa: E402
