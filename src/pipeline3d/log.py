@@ -8,9 +8,10 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from . import __version__
-from .config import ROOT, cfg_hash
+from .config import cfg_hash
 
 FORMAT = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"
 
@@ -19,9 +20,13 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format=FORMAT, stream=sys.stderr, force=True)
 
 
+# The checkout this code runs from (an editable install); in an installed package git finds nothing: "unknown".
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
 def git_describe() -> str:
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=ROOT,
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=CHECKOUT,
                              capture_output=True, text=True, timeout=10)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):

@@ -7,7 +7,8 @@ import copy
 import pytest
 import yaml
 
-from pipeline3d.config import ROOT, ConfigError, validate
+from pipeline3d.config import ConfigError, validate
+from smk import ROOT
 
 
 @pytest.fixture()
