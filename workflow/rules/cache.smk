@@ -14,12 +14,12 @@ rule build_cache_shard:
         f"{RESULTS}/logs/build_cache_shard/{{dataset}}/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/build_cache_shard/{{dataset}}/{{shard}}.tsv"
-    params:
-        cfg=dataset_cfg("build_cache_shard", "cache"),
     threads: config["cache"]["threads"]
     resources:
         mem_mb=1500,
         runtime=scaled_runtime(240),
+    params:
+        cfg=dataset_cfg("build_cache_shard", "cache"),
     shell:
         "{PY:q} -m pipeline3d.stages.build_cache_shard --params {params.cfg:q} --shard {wildcards.shard}"
         " --manifest {input.manifest:q} --items {input.store:q} --out {output.shard:q} > {log:q} 2>&1"
@@ -35,12 +35,12 @@ rule index_cache:
         f"{RESULTS}/logs/index_cache/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/index_cache/{{dataset}}.tsv"
-    params:
-        cfg=dataset_cfg("index_cache", "cache"),
     threads: 1
     resources:
         mem_mb=1000,
         runtime=scaled_runtime(10),
+    params:
+        cfg=dataset_cfg("index_cache", "cache"),
     shell:
         "{PY:q} -m pipeline3d.stages.index_cache --params {params.cfg:q} --shards {input.shards:q}"
         " --out {output.index:q} --rejects {output.rejects:q} > {log:q} 2>&1"

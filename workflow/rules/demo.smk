@@ -19,12 +19,12 @@ if config["demo"]["enabled"]:
             f"{RESULTS}/logs/make_demo_data/make_demo_data.log",
         benchmark:
             f"{RESULTS}/benchmarks/make_demo_data/make_demo_data.tsv"
-        params:
-            cfg=stage_params("make_demo_data", {"seed": config["seed"], **config["demo"]}),
         threads: 1
         resources:
             mem_mb=2000,
             runtime=scaled_runtime(20),
+        params:
+            cfg=stage_params("make_demo_data", {"seed": config["seed"], **config["demo"]}),
         shell:
             "{PY:q} -m pipeline3d.stages.make_demo_data --params {params.cfg:q}"
             " --meshes {output.meshes:q} --scans-train {output.scans_train:q} --scans-test {output.scans_test:q}"

@@ -11,14 +11,14 @@ rule embed_image:
         f"{RESULTS}/logs/embed_image/{{dataset}}/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed_image/{{dataset}}/{{model}}.tsv"
-    params:
-        cfg=embed_image_cfg,
-        inputs=input_json,
     threads: 1  # one thread: vectors stay byte-identical whatever --cores caps threads to
     resources:
         mem_mb=6000,
         runtime=scaled_runtime(120),
         gpu=1,
+    params:
+        cfg=embed_image_cfg,
+        inputs=input_json,
     shell:
         "{PY:q} -m pipeline3d.stages.embed_image --params {params.cfg:q} --inputs {params.inputs:q}"
         " --out {output.vectors:q} --threads {threads} > {log:q} 2>&1"
@@ -33,15 +33,15 @@ rule embed_text:
         f"{RESULTS}/logs/embed_text/{{dataset}}/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed_text/{{dataset}}/{{model}}.tsv"
-    params:
-        cfg=embed_text_cfg,
-        inputs=input_json,
-        cache=f"{RESULTS}/_cache/text",  # caption vectors, shared by every job (undeclared: survives reruns)
     threads: 1  # one thread: vectors stay byte-identical whatever --cores caps threads to
     resources:
         mem_mb=8000,
         runtime=scaled_runtime(120),
         gpu=1,
+    params:
+        cfg=embed_text_cfg,
+        inputs=input_json,
+        cache=f"{RESULTS}/_cache/text",  # caption vectors, shared by every job (undeclared: survives reruns)
     shell:
         "{PY:q} -m pipeline3d.stages.embed_text --params {params.cfg:q} --inputs {params.inputs:q}"
         " --out {output.vectors:q} --cache-dir {params.cache:q} --threads {threads} > {log:q} 2>&1"
@@ -56,14 +56,14 @@ rule embed_shape:
         f"{RESULTS}/logs/embed_shape/{{dataset}}/{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed_shape/{{dataset}}/{{method}}.tsv"
-    params:
-        cfg=embed_shape_cfg,
-        inputs=input_json,
     threads: embed_shape_threads  # 1 torch thread (byte-identical vectors) + embed.shape.num_workers
     resources:
         mem_mb=6000,
         runtime=scaled_runtime(120),
         gpu=1,
+    params:
+        cfg=embed_shape_cfg,
+        inputs=input_json,
     shell:
         "{PY:q} -m pipeline3d.stages.embed_shape --params {params.cfg:q} --inputs {params.inputs:q}"
         " --out {output.vectors:q} --threads {threads} > {log:q} 2>&1"
@@ -78,13 +78,13 @@ rule difficulty_bands:
         f"{RESULTS}/logs/difficulty_bands/{{modality}}/{{dataset}}/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/difficulty_bands/{{modality}}/{{dataset}}/{{model}}.tsv"
-    params:
-        cfg=difficulty_cfg,
-        inputs=input_json,
     threads: 1  # one thread: vectors stay byte-identical whatever --cores caps threads to
     resources:
         mem_mb=8000,
         runtime=scaled_runtime(60),
+    params:
+        cfg=difficulty_cfg,
+        inputs=input_json,
     shell:
         "{PY:q} -m pipeline3d.stages.difficulty_bands --params {params.cfg:q} --inputs {params.inputs:q}"
         " --out {output.bands:q} --threads {threads} > {log:q} 2>&1"

@@ -48,10 +48,15 @@ def embed_image_inputs(wildcards):
 
 
 def embed_image_cfg(wildcards):
-    return stage_params("embed_image", {
-        "seed": config["seed"], "dataset": wildcards.dataset, "kind": _image_kind(wildcards.dataset),
-        "image": _without(EMBED["image"], "datasets", "depth_views", "name"),
-    })
+    return stage_params(
+        "embed_image",
+        {
+            "seed": config["seed"],
+            "dataset": wildcards.dataset,
+            "kind": _image_kind(wildcards.dataset),
+            "image": _without(EMBED["image"], "datasets", "depth_views", "name"),
+        },
+    )
 
 
 def embed_text_cfg(wildcards):
@@ -59,10 +64,13 @@ def embed_text_cfg(wildcards):
 
 
 def embed_shape_inputs(wildcards):
-    return {**ingest_files(wildcards.dataset), "ttv": split_file(wildcards.dataset, "ttv"),
-            **cache_inputs(wildcards.dataset),
-            "weights": f"{RESULTS}/models/{wildcards.method}/encoder.safetensors",
-            "encoder_json": f"{RESULTS}/models/{wildcards.method}/encoder.json"}
+    return {
+        **ingest_files(wildcards.dataset),
+        "ttv": split_file(wildcards.dataset, "ttv"),
+        **cache_inputs(wildcards.dataset),
+        "weights": f"{RESULTS}/models/{wildcards.method}/encoder.safetensors",
+        "encoder_json": f"{RESULTS}/models/{wildcards.method}/encoder.json",
+    }
 
 
 def embed_shape_threads(wildcards):
@@ -72,11 +80,17 @@ def embed_shape_threads(wildcards):
 
 
 def embed_shape_cfg(wildcards):
-    return stage_params("embed_shape", {
-        "seed": config["seed"], "dataset": wildcards.dataset, "method": wildcards.method,
-        "shape": _without(EMBED["shape"], "datasets", "methods", "num_workers"), "tokens": config["tokens"],
-        "eval_seed": config["tokens"]["eval_seed"],
-    })
+    return stage_params(
+        "embed_shape",
+        {
+            "seed": config["seed"],
+            "dataset": wildcards.dataset,
+            "method": wildcards.method,
+            "shape": _without(EMBED["shape"], "datasets", "methods", "num_workers"),
+            "tokens": config["tokens"],
+            "eval_seed": config["tokens"]["eval_seed"],
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------- difficulty
@@ -85,24 +99,32 @@ def _space(wildcards):
 
 
 def difficulty_inputs(wildcards):
-    files = {"embeddings": embedding_path(wildcards.modality, wildcards.dataset, wildcards.model),
-             **ingest_files(wildcards.dataset), "ttv": split_file(wildcards.dataset, "ttv")}
+    files = {
+        "embeddings": embedding_path(wildcards.modality, wildcards.dataset, wildcards.model),
+        **ingest_files(wildcards.dataset),
+        "ttv": split_file(wildcards.dataset, "ttv"),
+    }
     if DIFFICULTY["identity"] == "group":
         files["duplicates"] = f"{RESULTS}/fingerprints/{wildcards.dataset}/duplicates.parquet"
     return files
 
 
 def difficulty_cfg(wildcards):
-    return stage_params("difficulty_bands", {"seed": config["seed"], "space": _space(wildcards),
-                                             "difficulty": _without(DIFFICULTY, "spaces")})
+    return stage_params(
+        "difficulty_bands",
+        {"seed": config["seed"], "space": _space(wildcards), "difficulty": _without(DIFFICULTY, "spaces")},
+    )
 
 
 # ---------------------------------------------------------------------------------------------- metric head
 def metric_head_inputs(wildcards):
-    return {"embeddings": embedding_path(wildcards.modality, wildcards.dataset, wildcards.model),
-            "difficulty": f"{RESULTS}/difficulty/{_space(wildcards)}.parquet",
-            **ingest_files(wildcards.dataset), "ttv": split_file(wildcards.dataset, "ttv"),
-            "qg": split_file(wildcards.dataset, "qg")}
+    return {
+        "embeddings": embedding_path(wildcards.modality, wildcards.dataset, wildcards.model),
+        "difficulty": f"{RESULTS}/difficulty/{_space(wildcards)}.parquet",
+        **ingest_files(wildcards.dataset),
+        "ttv": split_file(wildcards.dataset, "ttv"),
+        "qg": split_file(wildcards.dataset, "qg"),
+    }
 
 
 def metric_head_best(wildcards):
@@ -116,13 +138,22 @@ def _head_cfg():
 
 
 def tune_metric_head_cfg(wildcards):
-    return stage_params("tune_metric_head", {"seed": config["seed"], "space": _space(wildcards),
-                                             "head": _head_cfg(), "optuna": METRIC_HEAD["optuna"]})
+    return stage_params(
+        "tune_metric_head",
+        {"seed": config["seed"], "space": _space(wildcards), "head": _head_cfg(), "optuna": METRIC_HEAD["optuna"]},
+    )
 
 
 def train_metric_head_cfg(wildcards):
-    return stage_params("train_metric_head", {"seed": config["seed"], "space": _space(wildcards),
-                                              "head": _head_cfg(), "tuned": METRIC_HEAD["optuna"]["enabled"]})
+    return stage_params(
+        "train_metric_head",
+        {
+            "seed": config["seed"],
+            "space": _space(wildcards),
+            "head": _head_cfg(),
+            "tuned": METRIC_HEAD["optuna"]["enabled"],
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------- text-3D
@@ -132,8 +163,12 @@ def _caption_files():
 
 
 def align_inputs(wildcards):
-    return {"shape_embeddings": shape_embedding(wildcards.dataset, wildcards.method),
-            "kfold": split_file(wildcards.dataset, "kfold"), **ingest_files(wildcards.dataset), **_caption_files()}
+    return {
+        "shape_embeddings": shape_embedding(wildcards.dataset, wildcards.method),
+        "kfold": split_file(wildcards.dataset, "kfold"),
+        **ingest_files(wildcards.dataset),
+        **_caption_files(),
+    }
 
 
 def _align_cfg():
@@ -141,43 +176,75 @@ def _align_cfg():
 
 
 def align_cfg(wildcards):
-    return stage_params("align_text3d", {"seed": config["seed"], "dataset": wildcards.dataset,
-                                         "method": wildcards.method, "fold": int(wildcards.fold),
-                                         "align": _align_cfg(), "text": _text_cfg()})
+    return stage_params(
+        "align_text3d",
+        {
+            "seed": config["seed"],
+            "dataset": wildcards.dataset,
+            "method": wildcards.method,
+            "fold": int(wildcards.fold),
+            "align": _align_cfg(),
+            "text": _text_cfg(),
+        },
+    )
 
 
 def _fold_files(wildcards, name):
-    return expand(f"{RESULTS}/align_text3d/{wildcards.dataset}/{wildcards.method}/fold{{fold}}/{name}",
-                  fold=ALIGN["folds"])
+    return expand(
+        f"{RESULTS}/align_text3d/{wildcards.dataset}/{wildcards.method}/fold{{fold}}/{name}", fold=ALIGN["folds"]
+    )
 
 
 def submit_inputs(wildcards):
-    return {"shape_embeddings": shape_embedding(wildcards.dataset, wildcards.method),
-            "ttv": split_file(wildcards.dataset, "ttv"), **ingest_files(wildcards.dataset), **_caption_files(),
-            "heads": _fold_files(wildcards, "head.json"), "projections": _fold_files(wildcards, "projection.safetensors"),
-            "text_towers": _fold_files(wildcards, "text_tower.safetensors"),
-            "fold_metrics": _fold_files(wildcards, "metrics.json")}
+    return {
+        "shape_embeddings": shape_embedding(wildcards.dataset, wildcards.method),
+        "ttv": split_file(wildcards.dataset, "ttv"),
+        **ingest_files(wildcards.dataset),
+        **_caption_files(),
+        "heads": _fold_files(wildcards, "head.json"),
+        "projections": _fold_files(wildcards, "projection.safetensors"),
+        "text_towers": _fold_files(wildcards, "text_tower.safetensors"),
+        "fold_metrics": _fold_files(wildcards, "metrics.json"),
+    }
 
 
 def submit_cfg(wildcards):
-    return stage_params("submit_text3d", {"seed": config["seed"], "dataset": wildcards.dataset,
-                                          "method": wildcards.method, "align": _align_cfg(), "text": _text_cfg(),
-                                          "folds": ALIGN["folds"]})
+    return stage_params(
+        "submit_text3d",
+        {
+            "seed": config["seed"],
+            "dataset": wildcards.dataset,
+            "method": wildcards.method,
+            "align": _align_cfg(),
+            "text": _text_cfg(),
+            "folds": ALIGN["folds"],
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------- retrieval head
 def retrieval_head_inputs(wildcards):
     # the cache (index + shards) feeds the hand-crafted descriptor floor evaluated beside the head
-    return {"shape_embeddings": shape_embedding(wildcards.dataset, wildcards.method),
-            **ingest_files(wildcards.dataset), "ttv": split_file(wildcards.dataset, "ttv"),
-            "qg": split_file(wildcards.dataset, "qg"), **cache_inputs(wildcards.dataset)}
+    return {
+        "shape_embeddings": shape_embedding(wildcards.dataset, wildcards.method),
+        **ingest_files(wildcards.dataset),
+        "ttv": split_file(wildcards.dataset, "ttv"),
+        "qg": split_file(wildcards.dataset, "qg"),
+        **cache_inputs(wildcards.dataset),
+    }
 
 
 def retrieval_head_cfg(wildcards):
-    return stage_params("train_retrieval_head", {
-        "seed": config["seed"], "dataset": wildcards.dataset, "method": wildcards.method,
-        "head": _without(RETRIEVAL, "datasets", "method"), "text": _text_cfg(),
-    })
+    return stage_params(
+        "train_retrieval_head",
+        {
+            "seed": config["seed"],
+            "dataset": wildcards.dataset,
+            "method": wildcards.method,
+            "head": _without(RETRIEVAL, "datasets", "method"),
+            "text": _text_cfg(),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------- targets
@@ -197,6 +264,10 @@ def head_targets():
         targets.append(f"{RESULTS}/heads/metric/{METRIC_HEAD['space']}/metrics.json")
     for ds in ALIGN["datasets"]:
         folder = f"{RESULTS}/align_text3d/{ds}/{ALIGN['method']}"
-        targets += [f"{folder}/submission_text2mesh.csv", f"{folder}/submission_mesh2text.csv", f"{folder}/metrics.json"]
+        targets += [
+            f"{folder}/submission_text2mesh.csv",
+            f"{folder}/submission_mesh2text.csv",
+            f"{folder}/metrics.json",
+        ]
     targets += [f"{RESULTS}/heads/retrieval/{ds}/{RETRIEVAL['method']}/metrics.json" for ds in RETRIEVAL["datasets"]]
     return targets

@@ -11,14 +11,14 @@ rule eval_ucpr:
         f"{RESULTS}/logs/eval_ucpr/{{dataset}}/{{method}}/{{query}}--{{gallery}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/eval_ucpr/{{dataset}}/{{method}}/{{query}}--{{gallery}}.tsv"
-    params:
-        cfg=ucpr_cfg,
-        inputs=input_json,
     threads: ucpr_threads  # 1 torch thread (byte-identical results) + eval.ucpr.num_workers
     resources:
         mem_mb=6000,
         runtime=scaled_runtime(120),
         gpu=1,
+    params:
+        cfg=ucpr_cfg,
+        inputs=input_json,
     shell:
         "{PY:q} -m pipeline3d.stages.eval_ucpr --params {params.cfg:q} --inputs {params.inputs:q}"
         " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
@@ -33,14 +33,14 @@ rule eval_cpac:
         f"{RESULTS}/logs/eval_cpac/{{dataset}}/{{method}}/{{context}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/eval_cpac/{{dataset}}/{{method}}/{{context}}.tsv"
-    params:
-        cfg=cpac_cfg,
-        inputs=input_json,
     threads: 1
     resources:
         mem_mb=8000,
         runtime=scaled_runtime(120),
         gpu=1,
+    params:
+        cfg=cpac_cfg,
+        inputs=input_json,
     shell:
         "{PY:q} -m pipeline3d.stages.eval_cpac --params {params.cfg:q} --inputs {params.inputs:q}"
         " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"

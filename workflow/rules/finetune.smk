@@ -16,15 +16,15 @@ rule finetune_classifier:
         f"{RESULTS}/logs/finetune_classifier/{{dataset}}/{{method}}/k{{k}}/s{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/finetune_classifier/{{dataset}}/{{method}}/k{{k}}/s{{seed}}.tsv"
-    params:
-        cfg=finetune_cfg,
-        inputs=input_json,
-        state=f"{STATE}/finetune/{{dataset}}/{{method}}/k{{k}}/s{{seed}}",
     threads: finetune_threads  # 1 for torch + one per DataLoader worker
     resources:
         mem_mb=4000,
         runtime=scaled_runtime(6 * 60),
         gpu=row_gpu,
+    params:
+        cfg=finetune_cfg,
+        inputs=input_json,
+        state=f"{STATE}/finetune/{{dataset}}/{{method}}/k{{k}}/s{{seed}}",
     shell:
         "{PY:q} -m pipeline3d.stages.finetune_classifier"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
@@ -41,12 +41,14 @@ rule tabulate_fewshot:
         f"{RESULTS}/logs/tabulate_fewshot/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tabulate_fewshot/{{dataset}}.tsv"
-    params:
-        cfg=lambda wildcards: stage_params("tabulate_fewshot", {"dataset": wildcards.dataset, "methods": FINETUNE["methods"]}),
     threads: 1
     resources:
         mem_mb=1000,
         runtime=scaled_runtime(10),
+    params:
+        cfg=lambda wildcards: stage_params(
+            "tabulate_fewshot", {"dataset": wildcards.dataset, "methods": FINETUNE["methods"]}
+        ),
     shell:
         "{PY:q} -m pipeline3d.stages.tabulate_fewshot --params {params.cfg:q} --metrics {input.metrics:q}"
         " --table {output.table:q} --csv {output.csv:q} > {log:q} 2>&1"
@@ -61,15 +63,15 @@ rule finetune_episode:
         f"{RESULTS}/logs/finetune_episode/{{dataset}}/{{method}}/{{setting}}/f{{fold}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/finetune_episode/{{dataset}}/{{method}}/{{setting}}/f{{fold}}.tsv"
-    params:
-        cfg=episode_cfg,
-        inputs=input_json,
-        state=f"{STATE}/finetune_episodes/{{dataset}}/{{method}}/{{setting}}/f{{fold}}",
     threads: finetune_threads  # 1 for torch + one per DataLoader worker
     resources:
         mem_mb=4000,
         runtime=scaled_runtime(6 * 60),
         gpu=row_gpu,
+    params:
+        cfg=episode_cfg,
+        inputs=input_json,
+        state=f"{STATE}/finetune_episodes/{{dataset}}/{{method}}/{{setting}}/f{{fold}}",
     shell:
         "{PY:q} -m pipeline3d.stages.finetune_episode"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
@@ -86,13 +88,14 @@ rule tabulate_episodes:
         f"{RESULTS}/logs/tabulate_episodes/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tabulate_episodes/{{dataset}}.tsv"
-    params:
-        cfg=lambda wildcards: stage_params("tabulate_episodes", {"dataset": wildcards.dataset,
-                                                                 "methods": FINETUNE["methods"]}),
     threads: 1
     resources:
         mem_mb=1000,
         runtime=scaled_runtime(10),
+    params:
+        cfg=lambda wildcards: stage_params(
+            "tabulate_episodes", {"dataset": wildcards.dataset, "methods": FINETUNE["methods"]}
+        ),
     shell:
         "{PY:q} -m pipeline3d.stages.tabulate_episodes --params {params.cfg:q} --metrics {input.metrics:q}"
         " --table {output.table:q} --csv {output.csv:q} > {log:q} 2>&1"

@@ -11,16 +11,16 @@ rule tune_metric_head:
         f"{RESULTS}/logs/tune_metric_head/{{modality}}/{{dataset}}/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tune_metric_head/{{modality}}/{{dataset}}/{{model}}.tsv"
-    params:
-        cfg=tune_metric_head_cfg,
-        inputs=input_json,
-        # the study lives beside best.json, undeclared, so a rerun resumes it instead of starting over
-        study=f"{RESULTS}/optuna/metric_head/{{modality}}/{{dataset}}/{{model}}/study.sqlite",
     threads: 1
     resources:
         mem_mb=4000,
         runtime=scaled_runtime(240),
         gpu=1,
+    params:
+        cfg=tune_metric_head_cfg,
+        inputs=input_json,
+        # the study lives beside best.json, undeclared, so a rerun resumes it instead of starting over
+        study=f"{RESULTS}/optuna/metric_head/{{modality}}/{{dataset}}/{{model}}/study.sqlite",
     shell:
         "{PY:q} -m pipeline3d.stages.tune_metric_head --params {params.cfg:q} --inputs {params.inputs:q}"
         " --study {params.study:q} --best {output.best:q} --threads {threads} > {log:q} 2>&1"
@@ -38,15 +38,15 @@ rule train_metric_head:
         f"{RESULTS}/logs/train_metric_head/{{modality}}/{{dataset}}/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_metric_head/{{modality}}/{{dataset}}/{{model}}.tsv"
-    params:
-        cfg=train_metric_head_cfg,
-        inputs=input_json,
-        state=f"{STATE}/metric_head/{{modality}}/{{dataset}}/{{model}}",
     threads: 1
     resources:
         mem_mb=4000,
         runtime=scaled_runtime(120),
         gpu=1,
+    params:
+        cfg=train_metric_head_cfg,
+        inputs=input_json,
+        state=f"{STATE}/metric_head/{{modality}}/{{dataset}}/{{model}}",
     shell:
         "{PY:q} -m pipeline3d.stages.train_metric_head"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
@@ -66,15 +66,15 @@ rule align_text3d:
         f"{RESULTS}/logs/align_text3d/{{dataset}}/{{method}}/fold{{fold}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/align_text3d/{{dataset}}/{{method}}/fold{{fold}}.tsv"
-    params:
-        cfg=align_cfg,
-        inputs=input_json,
-        state=f"{STATE}/align_text3d/{{dataset}}/{{method}}/fold{{fold}}",
     threads: 1
     resources:
         mem_mb=8000,
         runtime=scaled_runtime(240),
         gpu=1,
+    params:
+        cfg=align_cfg,
+        inputs=input_json,
+        state=f"{STATE}/align_text3d/{{dataset}}/{{method}}/fold{{fold}}",
     shell:
         "{PY:q} -m pipeline3d.stages.align_text3d"
         " --params {params.cfg:q} --inputs {params.inputs:q}"
@@ -93,14 +93,14 @@ rule submit_text3d:
         f"{RESULTS}/logs/submit_text3d/{{dataset}}/{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/submit_text3d/{{dataset}}/{{method}}.tsv"
-    params:
-        cfg=submit_cfg,
-        inputs=input_json,
     threads: 1
     resources:
         mem_mb=8000,
         runtime=scaled_runtime(60),
         gpu=1,
+    params:
+        cfg=submit_cfg,
+        inputs=input_json,
     shell:
         "{PY:q} -m pipeline3d.stages.submit_text3d --params {params.cfg:q} --inputs {params.inputs:q}"
         " --text2mesh {output.text2mesh:q} --mesh2text {output.mesh2text:q} --metrics {output.metrics:q}"
@@ -118,15 +118,15 @@ rule train_retrieval_head:
         f"{RESULTS}/logs/train_retrieval_head/{{dataset}}/{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_retrieval_head/{{dataset}}/{{method}}.tsv"
-    params:
-        cfg=retrieval_head_cfg,
-        inputs=input_json,
-        state=f"{STATE}/retrieval_head/{{dataset}}/{{method}}",
     threads: 1
     resources:
         mem_mb=4000,
         runtime=scaled_runtime(120),
         gpu=1,
+    params:
+        cfg=retrieval_head_cfg,
+        inputs=input_json,
+        state=f"{STATE}/retrieval_head/{{dataset}}/{{method}}",
     shell:
         "{PY:q} -m pipeline3d.stages.train_retrieval_head"
         " --params {params.cfg:q} --inputs {params.inputs:q}"

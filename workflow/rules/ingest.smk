@@ -21,12 +21,12 @@ rule ingest_dataset:
         f"{RESULTS}/logs/ingest_dataset/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/ingest_dataset/{{dataset}}.tsv"
-    params:
-        cfg=ingest_params,
     threads: config["ingest"]["workers"]
     resources:
         mem_mb=4000,
         runtime=scaled_runtime(120),
+    params:
+        cfg=ingest_params,
     shell:
         "{PY:q} -m pipeline3d.stages.ingest_dataset --params {params.cfg:q}"
         " --manifest {output.manifest:q} --rejects {output.rejects:q} --items {output.store:q} > {log:q} 2>&1"

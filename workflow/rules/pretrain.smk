@@ -15,15 +15,15 @@ rule pretrain_encoder:
         f"{RESULTS}/logs/pretrain_encoder/{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/pretrain_encoder/{{method}}.tsv"
-    params:
-        cfg=pretrain_cfg,
-        inputs=input_json,
-        state=f"{STATE}/pretrain/{{method}}",
     threads: pretrain_threads  # 2 for torch + one per DataLoader worker (SLURM --cpus-per-task)
     resources:
         mem_mb=8000,
         runtime=scaled_runtime(24 * 60),
         gpu=1,
+    params:
+        cfg=pretrain_cfg,
+        inputs=input_json,
+        state=f"{STATE}/pretrain/{{method}}",
     shell:
         "{PY:q} -m pipeline3d.stages.pretrain_encoder"
         " --params {params.cfg:q} --inputs {params.inputs:q}"

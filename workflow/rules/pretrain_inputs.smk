@@ -21,11 +21,17 @@ def pretrain_cfg(wildcards):
     """Only what changes this method's weights: its entry, the shared optimiser knobs, tokens, model, objective."""
     method = METHODS[wildcards.method]
     shared = {key: value for key, value in PRETRAIN.items() if key != "methods"}
-    return stage_params("pretrain_encoder", {
-        "seed": config["seed"], "method": wildcards.method, "entry": method, "train": shared,
-        **row_architecture(wildcards.method, config),
-        "objective": config["objectives"].get(method["objective"], {}),
-    })
+    return stage_params(
+        "pretrain_encoder",
+        {
+            "seed": config["seed"],
+            "method": wildcards.method,
+            "entry": method,
+            "train": shared,
+            **row_architecture(wildcards.method, config),
+            "objective": config["objectives"].get(method["objective"], {}),
+        },
+    )
 
 
 def pretrain_threads(wildcards):

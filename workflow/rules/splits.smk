@@ -16,14 +16,14 @@ rule fingerprint_dataset:
         f"{RESULTS}/logs/fingerprint_dataset/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/fingerprint_dataset/{{dataset}}.tsv"
-    params:
-        cfg=dataset_cfg("fingerprint_dataset", "fingerprints", "cache"),
-        cache_dir=f"{RESULTS}/cache/{{dataset}}",
-        items_dir=parent_of_input("manifest"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=scaled_runtime(60),
+    params:
+        cfg=dataset_cfg("fingerprint_dataset", "fingerprints", "cache"),
+        cache_dir=f"{RESULTS}/cache/{{dataset}}",
+        items_dir=parent_of_input("manifest"),
     shell:
         "{PY:q} -m pipeline3d.stages.fingerprint_dataset --params {params.cfg:q} --manifest {input.manifest:q}"
         " --cache-dir {params.cache_dir:q} --items-dir {params.items_dir:q}"
@@ -40,13 +40,13 @@ rule make_splits:
         f"{RESULTS}/logs/make_splits/{{dataset}}/{{family}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/make_splits/{{dataset}}/{{family}}.tsv"
-    params:
-        cfg=split_family_cfg,
-        out_dir=parent_of("table"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=scaled_runtime(20),
+    params:
+        cfg=split_family_cfg,
+        out_dir=parent_of("table"),
     shell:
         "{PY:q} -m pipeline3d.stages.make_splits --params {params.cfg:q} --manifest {input.manifest:q}"
         " --duplicates {input.duplicates:q} --out-dir {params.out_dir:q} --families {wildcards.family}"
@@ -64,12 +64,12 @@ rule materialize_unpaired:
         f"{RESULTS}/logs/materialize_unpaired/{{dataset}}/{{usplit}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/materialize_unpaired/{{dataset}}/{{usplit}}.tsv"
-    params:
-        cfg=dataset_cfg("materialize_unpaired", "cache"),
     threads: 1
     resources:
         mem_mb=1500,
         runtime=scaled_runtime(60),
+    params:
+        cfg=dataset_cfg("materialize_unpaired", "cache"),
     shell:
         "{PY:q} -m pipeline3d.stages.materialize_unpaired --params {params.cfg:q} --split {wildcards.usplit}"
         " --unpaired {input.unpaired:q} --index {input.index:q} --shards {input.shards:q}"
