@@ -100,7 +100,6 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 def read_vectors(path: str | os.PathLike) -> Embeddings:
     """Read and check an embeddings parquet written by ``write_vectors``."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = Path(path)
     table = read_table(path)
