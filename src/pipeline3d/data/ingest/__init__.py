@@ -5,7 +5,8 @@ synset, a data set may be a folder plus an archive of more items). Every path is
 with one layout for all of them (``auto`` looks at the members of every path together); the planned items are
 then pooled, so labels, duplicates and ``max_items`` are decided over the whole dataset. An id found in two
 sources is never merged: the first copy is kept and the other is a ``duplicate_id`` reject naming both. A
-refused archive rejects that source alone; a path that does not exist stops the ingest (a configuration error). Point clouds: the h5 files of every path, in order.
+refused archive rejects that source alone; a path that does not exist stops the ingest (a configuration error).
+Point clouds: the h5 files of every path, in order.
 
 Layouts (``source.format``; ``auto`` guesses from the paths). Any leading folders are allowed (e.g. the one
 top-level folder of an archive), because layouts are matched on the end of each member path:
@@ -51,5 +52,5 @@ from .layouts import detect_mesh_layout
 from .choices import stratified_subset
 from .stage import REJECTS_LOGGED_PER_REASON, ingest_dataset, log_rejects, plan_archives, run_ingest
 
-__all__ = ["IngestConfigError", "IngestResult", "IngestSpec", "Planned", "REJECTS_LOGGED_PER_REASON", "SHAPENET_SYNSETS",
-           "detect_mesh_layout", "ingest_dataset", "log_rejects", "plan_archives", "run_ingest", "stratified_subset"]
+__all__ = ["IngestConfigError", "IngestResult", "IngestSpec", "Planned", "REJECTS_LOGGED_PER_REASON",
+           "SHAPENET_SYNSETS", "detect_mesh_layout", "ingest_dataset", "log_rejects", "plan_archives", "run_ingest", "stratified_subset"]
