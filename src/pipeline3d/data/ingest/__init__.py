@@ -53,4 +53,5 @@ from .choices import stratified_subset
 from .stage import REJECTS_LOGGED_PER_REASON, ingest_dataset, log_rejects, plan_archives, run_ingest
 
 __all__ = ["IngestConfigError", "IngestResult", "IngestSpec", "Planned", "REJECTS_LOGGED_PER_REASON",
-           "SHAPENET_SYNSETS", "detect_mesh_layout", "ingest_dataset", "log_rejects", "plan_archives", "run_ingest", "stratified_subset"]
+           "SHAPENET_SYNSETS", "detect_mesh_layout", "ingest_dataset", "log_rejects", "plan_archives", "run_ingest",
+           "stratified_subset"]
