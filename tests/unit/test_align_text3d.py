@@ -20,7 +20,7 @@ from torch import nn
 from pipeline3d.embed.backbones import build_text_backbone
 from pipeline3d.embed.captions import class_prompts, manifest_captions
 from pipeline3d.embed.vectors import write_vectors
-from pipeline3d.jobs import align_text3d
+from pipeline3d.jobs import align_text3d, submit_text3d
 from pipeline3d.embed.text3d_alignment import load_alignment
 from pipeline3d.objectives.infonce import info_nce
 from pipeline3d.models.text_tower import PartiallyFrozenTextTower, UnsupportedTextTower, text_layout
@@ -344,7 +344,7 @@ def test_submission_ranks_every_test_item_once_with_the_best_fold(folds, data, c
     assert code == 0
     scores = {f: json.loads((folds[f] / "metrics.json").read_text())["val"]["score"] for f in (0, 1)}
     metrics = json.loads(outs["metrics"].read_text())
-    assert metrics["fold"] == align_text3d.choose_fold([{"fold": f, "val": {"score": s}} for f, s in scores.items()])
+    assert metrics["fold"] == submit_text3d.choose_fold([{"fold": f, "val": {"score": s}} for f, s in scores.items()])
 
     ttv = pd.read_parquet(data["ttv"])
     test_ids = set(ttv.loc[ttv["split"] == "test", "shape_id"])
@@ -370,8 +370,8 @@ def test_submission_ranks_every_test_item_once_with_the_best_fold(folds, data, c
 
 def test_submission_depth_shrinks_to_small_galleries():
     sim = np.array([[0.1, 0.9, 0.5], [0.3, 0.3, 0.2]])
-    assert align_text3d.rankings(sim, ["a", "b", "c"], 3) == [["b", "c", "a"], ["a", "b", "c"]]  # ties: id order
-    assert align_text3d.choose_fold([{"fold": 2, "val": {"score": 0.5}}, {"fold": 1, "val": {"score": 0.5}},
+    assert submit_text3d.rankings(sim, ["a", "b", "c"], 3) == [["b", "c", "a"], ["a", "b", "c"]]  # ties: id order
+    assert submit_text3d.choose_fold([{"fold": 2, "val": {"score": 0.5}}, {"fold": 1, "val": {"score": 0.5}},
                                      {"fold": 0, "val": {"score": 0.25}}]) == 1
 
 

@@ -1,4 +1,4 @@
-"""Text-3D alignment jobs (HSE text-to-3D style): one K-fold training job, and the test-set submission.
+"""The text-3D alignment job (HSE text-to-3D style): one K-fold training job (the submission is ``submit_text3d``).
 
 Training (``run``), for (dataset, method, fold f):
 - Shapes: the frozen encoder's precomputed vectors (embed_shape's parquet). Train on every K-fold fold but f,
@@ -12,10 +12,6 @@ Training (``run``), for (dataset, method, fold f):
 - Selection: every ``eval_every`` steps (and before the first), text->mesh and mesh->text Recall@1/5/10 on the
   validation fold; the best mean(t2m R@5, m2t R@5) wins (strictly better, so ties keep the earlier step). The
   loop is the resumable one; the best-so-far state is part of its checkpoint.
-
-Submission (``submit``): the fold with the best validation score (ties: lowest fold), rebuilt with
-``load_alignment``, ranks the test split: each caption against the test shapes and each test shape against the test
-captions.
 
 Optional align_text3d keys (defaults): layers (2) and dropout (0.0) of the projection MLP, weight_decay (0.01),
 warmup_frac (0.05), max_scale (100: the temperature's floor is 1 / max_scale), checkpoint_every (eval_every).
@@ -35,15 +31,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..device import job_device, model_device, to_host
+from ..device import model_device, to_host
 from ..embed.backbones import TextBackbone, build_text_backbone
 from ..embed.captions import CaptionTable, class_prompts, manifest_captions
 from ..embed.vectors import read_vectors
 from ..eval.retrieval import recall_at_k
 from ..models.heads import ProjectionHead
-from ..embed.text3d_alignment import load_alignment
-from ..objectives.text3d_alignment import TextShapeAlignment
 from ..models.text_tower import PartiallyFrozenTextTower
+from ..objectives.text3d_alignment import TextShapeAlignment
 from ..objectives.infonce import SymmetricInfoNCE
 from ..rng import rng_for, stable_hash
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
@@ -55,7 +50,6 @@ STAGE = "align_text3d"
 VAL_KS = (1, 5, 10)
 TEST_KS = (1, 3, 5, 10)
 SELECT_K = 5  # selection score: mean of text->mesh and mesh->text Recall@5
-SUBMISSION_DEPTH = 10
 EVAL_BATCH = 64
 
 
@@ -354,97 +348,3 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
                  "trainable_blocks": model.text_tower.trainable_blocks, "n_blocks": model.text_tower.layout.n_blocks},
     }
     return AlignmentRun(model, backbone, proj_config, metrics), result
-
-
-# ---- submission -----------------------------------------------------------------------------------------------
-
-def choose_fold(fold_metrics: Sequence[Mapping[str, Any]]) -> int:
-    """The fold with the best validation score; ties (and equal scores) go to the lowest fold."""
-    scored = [(float(m["val"]["score"]), int(m["fold"])) for m in fold_metrics
-              if not math.isnan(float(m["val"]["score"]))]
-    if not scored:
-        raise ValueError(f"none of the {len(fold_metrics)} fold metrics has a validation score")
-    best = max(s for s, _ in scored)
-    return min(f for s, f in scored if s == best)
-
-
-def _pick_by_sha(paths: Sequence[str], sha: str, what: str) -> str:
-    from ..io.weights import file_sha256
-
-    for path in paths:
-        if file_sha256(path) == sha:
-            return path
-    raise ValueError(f"none of the {len(paths)} {what} files has the sha256 recorded in the chosen head.json "
-                     f"({sha[:16]}...)")
-
-
-def rankings(sim: np.ndarray, gallery_ids: Sequence[str], depth: int) -> list[list[str]]:
-    """Top-``depth`` gallery ids per query by decreasing similarity (ties: gallery order)."""
-    order = np.argsort(-sim, axis=1, kind="stable")[:, :depth]
-    ids = np.asarray(gallery_ids, dtype=object)
-    return [list(ids[row]) for row in order]
-
-
-def _as_list(value: Any) -> list[str]:
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-
-
-@dataclass
-class Submission:
-    text2mesh: pd.DataFrame
-    mesh2text: pd.DataFrame
-    metrics: dict[str, Any]
-
-
-def submit(params: Mapping[str, Any], files: Mapping[str, Any], *, log: logging.Logger) -> Submission:
-    """Rank the test split with the best fold's model."""
-    metrics_files = _as_list(files["fold_metrics"])
-    fold_metrics = [json.loads(Path(p).read_text()) for p in metrics_files]
-    expected = sorted(int(f) for f in params.get("folds", [m["fold"] for m in fold_metrics]))
-    got = sorted(int(m["fold"]) for m in fold_metrics)
-    if got != expected:
-        raise ValueError(f"fold metrics cover folds {got}, the config lists {expected}: {metrics_files}")
-    fold = choose_fold(fold_metrics)
-    heads = {int(json.loads(Path(p).read_text())["fold"]): p for p in _as_list(files["heads"])}
-    if fold not in heads:
-        raise ValueError(f"no head.json of fold {fold} among {list(files['heads'])}")
-    head = json.loads(Path(heads[fold]).read_text())
-    projection = _pick_by_sha(_as_list(files["projections"]), head["projection"]["sha256"], "projection")
-    text_weights = _pick_by_sha(_as_list(files["text_towers"]), head["text"]["sha256"], "text tower")
-    loaded = load_alignment(heads[fold], projection, text_weights, params["text"], device=job_device())
-    log.info("fold %d has the best validation score (%s); ranking the test split with it", fold,
-             {int(m["fold"]): round(float(m["val"]["score"]), 4) for m in fold_metrics})
-
-    ttv = read_parquet(files["ttv"], columns=["shape_id", "label", "split"])
-    test = shape_set(files["shape_embeddings"], ttv[ttv["split"] == "test"])
-    if not len(test):
-        raise ValueError(f"{files['ttv']}: the test split is empty")
-    captions = load_captions(params, files).for_shapes(test.ids, test.labels)
-    if not len(captions):
-        raise ValueError(f"no caption describes a test shape of {params['dataset']} ({len(test)} shapes)")
-    tokens, row = tokenize(loaded.backbone, captions.texts)
-    text = encode_texts(loaded.tower, tokens)[row]
-    shapes = project_shapes(loaded.projection, test.vectors)
-    relevant = captions.relevance(test.ids, test.labels)
-    scores = retrieval_scores(text, shapes, relevant, TEST_KS)
-    sim = text.astype(np.float64) @ shapes.astype(np.float64).T
-
-    k_shapes, k_captions = min(SUBMISSION_DEPTH, len(test)), min(SUBMISSION_DEPTH, len(captions))
-    t2m = pd.DataFrame(rankings(sim, test.ids, k_shapes), columns=[f"rank_{i + 1}" for i in range(k_shapes)])
-    t2m.insert(0, "query_text", captions.texts)
-    t2m.insert(0, "query_id", captions.caption_ids)
-    m2t = pd.DataFrame(rankings(sim.T, captions.caption_ids, k_captions),
-                       columns=[f"rank_{i + 1}" for i in range(k_captions)])
-    m2t.insert(0, "query_id", test.ids)
-    metrics = {
-        "dataset": params["dataset"], "method": params["method"], "fold": fold,
-        "fold_val_scores": {str(int(m["fold"])): float(m["val"]["score"]) for m in fold_metrics},
-        "caption_source": captions.source, "test_shapes": len(test), "test_captions": len(captions),
-        "test": scores,
-        "queries_without_relevant": {"t2m": int((~relevant.any(axis=1)).sum()),
-                                     "m2t": int((~relevant.any(axis=0)).sum())},
-        "temperature": head["temperature"],
-        "text": {"model": head["text"]["model"], "base_weights_sha256": head["text"]["base_weights_sha256"],
-                 "trainable_blocks": head["text"]["trainable_blocks"]},
-    }
-    return Submission(t2m, m2t, metrics)

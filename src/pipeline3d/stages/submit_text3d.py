@@ -15,7 +15,7 @@ import time
 import torch
 
 from ..io.atomic import atomic_path, write_json
-from ..jobs import align_text3d
+from ..jobs import submit_text3d
 from ..log import git_describe
 from ._cli import parser, start
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     started = time.time()
     try:
-        result = align_text3d.submit(params, json.loads(args.inputs), log=log)
+        result = submit_text3d.submit(params, json.loads(args.inputs), log=log)
     except ValueError as exc:
         log.error("%s", exc)
         return 1
