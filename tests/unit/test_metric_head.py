@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline3d.embed import metric_head as head_files
 from pipeline3d.embed.difficulty import difficulty_bands, parse_bands, write_difficulty
 from pipeline3d.embed.negatives import build_band_negatives
 from pipeline3d.embed.vectors import write_vectors
@@ -213,30 +214,30 @@ def test_interrupted_run_resumes_to_identical_head_weights(space, reference, tmp
 def test_export_round_trip_and_refusals(space, reference, tmp_path):
     ref_dir, _, objective = reference
     data = metric_head.load_data(space, LOG)
-    head = metric_head.load_metric_head(ref_dir / "head.safetensors", ref_dir / "head.json")
+    head = head_files.load_metric_head(ref_dir / "head.safetensors", ref_dir / "head.json")
     sidecar = json.loads((ref_dir / "head.json").read_text())
     assert (sidecar["in_dim"], sidecar["out_dim"], sidecar["hidden"]) == (SIGNAL_DIMS + NOISE_DIMS, 8, 32)
     assert sidecar["source"]["model"] == "toy-backbone" and sidecar["source"]["weights_sha256"] == "ab" * 32
     new = data.embeddings.vectors[:10]
-    np.testing.assert_array_equal(metric_head.project(new, head), metric_head.project(new, objective.head))
-    metric_head.check_source(sidecar, data.embeddings.metadata)
+    np.testing.assert_array_equal(head_files.project(new, head), head_files.project(new, objective.head))
+    head_files.check_source(sidecar, data.embeddings.metadata)
     with pytest.raises(ValueError, match="model"):
-        metric_head.check_source(sidecar, {**data.embeddings.metadata, "model": "other"})
+        head_files.check_source(sidecar, {**data.embeddings.metadata, "model": "other"})
     with pytest.raises(ValueError, match=r"expected \(N, 16\)"):
-        metric_head.project(new[:, :8], head)
+        head_files.project(new[:, :8], head)
 
     # weights of another head next to this JSON: refused by the sha256
     other = metric_head.build_head(metric_head.head_config({**HEAD, "out_dim": 4}, 16), seed=1)
-    metric_head.save_metric_head(other, tmp_path / "other.safetensors", tmp_path / "other.json",
+    head_files.save_metric_head(other, tmp_path / "other.safetensors", tmp_path / "other.json",
                                  {"config": metric_head.head_config({**HEAD, "out_dim": 4}, 16),
                                   "source": sidecar["source"]})
     with pytest.raises(ValueError, match="do not belong"):
-        metric_head.load_metric_head(tmp_path / "other.safetensors", ref_dir / "head.json")
+        head_files.load_metric_head(tmp_path / "other.safetensors", ref_dir / "head.json")
     # a JSON edited to another shape (sha256 still matching): refused with the shapes named
     edited = {**json.loads((tmp_path / "other.json").read_text()), "out_dim": 8}
     (tmp_path / "edited.json").write_text(json.dumps(edited))
     with pytest.raises(ValueError, match="do not fit"):
-        metric_head.load_metric_head(tmp_path / "other.safetensors", tmp_path / "edited.json")
+        head_files.load_metric_head(tmp_path / "other.safetensors", tmp_path / "edited.json")
 
 
 def _tune(space, tmp_path, trials: int) -> int:
