@@ -30,6 +30,34 @@ def start(stage: str, args: argparse.Namespace) -> tuple[dict, logging.Logger]:
     return params, logger
 
 
+def arg(flag: str, help: str, **kwargs) -> tuple[str, dict]:  # noqa: A002 - argparse's own name
+    """One command-line option of a stage (required unless ``default`` or ``required=False`` is given)."""
+    kwargs.setdefault("required", "default" not in kwargs)
+    return flag, {"help": help, **kwargs}
+
+
+def run_stage(stage: str, doc: str | None, options: list[tuple[str, dict]], body, *,
+              errors: tuple[type[BaseException], ...] = (ValueError,), error_code: int = 1,
+              argv: list[str] | None = None) -> int:
+    """The whole ``main()`` of a stage: parse ``--params`` and ``options`` (``arg(...)`` tuples), set up logging and
+    the stage header, then ``body(params, args, log)``, which returns the exit code (None: 0).
+
+    An expected error (``errors``: bad input, a message naming the file / key / problem) is logged and exits with
+    ``error_code``, having written nothing; anything else is a bug and keeps its traceback.
+    """
+    p = parser(stage, doc)
+    for flag, kwargs in options:
+        p.add_argument(flag, **kwargs)
+    args = p.parse_args(argv)
+    params, log = start(stage, args)
+    try:
+        code = body(params, args, log)
+    except errors as exc:
+        log.error("%s", f"missing params/inputs key {exc}" if isinstance(exc, KeyError) else exc)
+        return error_code
+    return 0 if code is None else int(code)
+
+
 def training_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
     """The parser of a training stage: --inputs (the rule's named inputs as JSON), --state-dir, --threads."""
     p = parser(stage, doc)

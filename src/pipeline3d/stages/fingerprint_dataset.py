@@ -10,28 +10,24 @@ from __future__ import annotations
 import sys
 
 from ..data import fingerprint_job
-from ._cli import parser, start
+from ._cli import arg, run_stage
 
 STAGE = "fingerprint_dataset"
+OPTIONS = [arg("--manifest", "ingest manifest.parquet"),
+           arg("--cache-dir", "results/cache/<dataset> (index.parquet + shards)"),
+           arg("--items-dir", "results/ingest/<dataset> (items.h5, used for images)"),
+           arg("--fingerprints", "output fingerprints.parquet"),
+           arg("--duplicates", "output duplicates.parquet")]
+
+
+def fingerprint(params: dict, args, log) -> None:
+    table = fingerprint_job.run(params, args.manifest, args.cache_dir, args.items_dir, args.fingerprints,
+                                args.duplicates)
+    log.info("wrote %s and %s (%d items)", args.fingerprints, args.duplicates, len(table))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(STAGE, __doc__)
-    p.add_argument("--manifest", required=True, help="ingest manifest.parquet")
-    p.add_argument("--cache-dir", required=True, help="results/cache/<dataset> (index.parquet + shards)")
-    p.add_argument("--items-dir", required=True, help="results/ingest/<dataset> (items.h5, used for images)")
-    p.add_argument("--fingerprints", required=True, help="output fingerprints.parquet")
-    p.add_argument("--duplicates", required=True, help="output duplicates.parquet")
-    args = p.parse_args(argv)
-    params, logger = start(STAGE, args)
-    try:
-        table = fingerprint_job.run(params, args.manifest, args.cache_dir, args.items_dir, args.fingerprints,
-                                    args.duplicates)
-    except (ValueError, OSError) as exc:
-        logger.error("%s", exc)
-        return 1
-    logger.info("wrote %s and %s (%d items)", args.fingerprints, args.duplicates, len(table))
-    return 0
+    return run_stage(STAGE, __doc__, OPTIONS, fingerprint, errors=(ValueError, OSError), argv=argv)
 
 
 if __name__ == "__main__":

@@ -9,29 +9,30 @@ from __future__ import annotations
 
 import sys
 
-from ._cli import parser, start
+from ._cli import arg, run_stage
 
 STAGE = "ingest_dataset"
+OPTIONS = [arg("--manifest", "output manifest.parquet"), arg("--rejects", "output rejects.parquet"),
+           arg("--items", "output items.h5 (pipeline3d.io.itemstore)")]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser(STAGE, __doc__)
-    p.add_argument("--manifest", required=True, help="output manifest.parquet")
-    p.add_argument("--rejects", required=True, help="output rejects.parquet")
-    p.add_argument("--items", required=True, help="output items.h5 (pipeline3d.io.itemstore)")
-    args = p.parse_args(argv)
-    params, logger = start(STAGE, args)
-
+def ingest(params: dict, args, log) -> None:
     from ..data.ingest import IngestConfigError, run_ingest
 
     try:
-        result = run_ingest(params, args.manifest, args.rejects, args.items, logger)
+        result = run_ingest(params, args.manifest, args.rejects, args.items, log)
     except (IngestConfigError, FileNotFoundError) as exc:
-        logger.error("ingest of %r failed: %s", params.get("dataset"), exc)
-        return 2
-    logger.info("done: %d items in %s, %d rejects in %s", len(result.rows), args.manifest, len(result.rejects),
-                args.rejects)
-    return 0
+        raise _ConfigProblem(f"ingest of {params.get('dataset')!r} failed: {exc}") from exc
+    log.info("done: %d items in %s, %d rejects in %s", len(result.rows), args.manifest, len(result.rejects),
+             args.rejects)
+
+
+class _ConfigProblem(Exception):
+    """A configuration problem (exit 2), as opposed to bad data (which becomes rejects)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(STAGE, __doc__, OPTIONS, ingest, errors=(_ConfigProblem,), error_code=2, argv=argv)
 
 
 if __name__ == "__main__":

@@ -6,27 +6,23 @@ import sys
 import time
 
 from ..data.demo import STAGE, DemoConfig, write_demo
-from ._cli import parser, start
+from ._cli import arg, run_stage
+
+OPTIONS = [arg("--meshes", "output .tar.gz in ShapeNetCore.v2 layout"),
+           arg("--scans-train", "output ScanObjectNN-style training h5"),
+           arg("--scans-test", "output ScanObjectNN-style test h5"),
+           arg("--images", "output tar of <key>.png + <key>.json depth views")]
+
+
+def make_demo(params: dict, args, log) -> None:
+    cfg = DemoConfig.from_params(params)  # a ValueError names the bad key
+    began = time.monotonic()
+    counts = write_demo(cfg, args.meshes, args.scans_train, args.scans_test, args.images, log)
+    log.info("done in %.1fs | %s", time.monotonic() - began, " | ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(STAGE, __doc__)
-    p.add_argument("--meshes", required=True, help="output .tar.gz in ShapeNetCore.v2 layout")
-    p.add_argument("--scans-train", required=True, help="output ScanObjectNN-style training h5")
-    p.add_argument("--scans-test", required=True, help="output ScanObjectNN-style test h5")
-    p.add_argument("--images", required=True, help="output tar of <key>.png + <key>.json depth views")
-    args = p.parse_args(argv)
-    params, logger = start(STAGE, args)
-    try:
-        cfg = DemoConfig.from_params(params)
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 1
-    began = time.monotonic()
-    counts = write_demo(cfg, args.meshes, args.scans_train, args.scans_test, args.images, logger)
-    logger.info("done in %.1fs | %s", time.monotonic() - began,
-                " | ".join(f"{key} {value}" for key, value in counts.items()))
-    return 0
+    return run_stage(STAGE, __doc__, OPTIONS, make_demo, argv=argv)
 
 
 if __name__ == "__main__":

@@ -9,26 +9,22 @@ from __future__ import annotations
 import sys
 
 from ..data import splits
-from ._cli import parser, start
+from ._cli import arg, run_stage
 
 STAGE = "make_splits"
+OPTIONS = [arg("--manifest", "ingest manifest.parquet"),
+           arg("--duplicates", "fingerprint duplicates.parquet"),
+           arg("--out-dir", "results/splits/<dataset>"),
+           arg("--families", "which split families to write (default: every family whose keys --params holds)",
+               nargs="+", default=None, choices=splits.FAMILIES)]
+
+
+def make_splits(params: dict, args, log) -> None:
+    splits.run(params, args.manifest, args.duplicates, args.out_dir, args.families)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(STAGE, __doc__)
-    p.add_argument("--manifest", required=True, help="ingest manifest.parquet")
-    p.add_argument("--duplicates", required=True, help="fingerprint duplicates.parquet")
-    p.add_argument("--out-dir", required=True, help="results/splits/<dataset>")
-    p.add_argument("--families", nargs="+", default=None, choices=splits.FAMILIES,
-                   help="which split families to write (default: every family whose keys --params holds)")
-    args = p.parse_args(argv)
-    params, logger = start(STAGE, args)
-    try:
-        splits.run(params, args.manifest, args.duplicates, args.out_dir, args.families)
-    except (ValueError, OSError) as exc:
-        logger.error("%s", exc)
-        return 1
-    return 0
+    return run_stage(STAGE, __doc__, OPTIONS, make_splits, errors=(ValueError, OSError), argv=argv)
 
 
 if __name__ == "__main__":
