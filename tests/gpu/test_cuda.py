@@ -36,7 +36,9 @@ from pipeline3d.device import to_device  # noqa: E402
 from pipeline3d.embed.vectors import read_vectors  # noqa: E402
 from pipeline3d.jobs import finetune  # noqa: E402
 from pipeline3d.objectives import OBJECTIVES, build_objective  # noqa: E402
-from pipeline3d.stages import embed_image, embed_shape, embed_text, eval_cpac  # noqa: E402
+from pipeline3d.jobs import embed_image as jobs_embed_image, embed_shape as jobs_embed_shape  # noqa: E402
+from pipeline3d.jobs import embed_text as jobs_embed_text  # noqa: E402
+from pipeline3d.stages import eval_cpac  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 DEVICE = torch.device(os.environ.get("PIPELINE3D_GPU_SUITE_DEVICE", "cuda"))
@@ -100,11 +102,11 @@ def test_finetune_job_on_the_device(tmp_path, files, ran_on_the_device):
 def test_embedding_stages_on_the_device_match_the_cpu(tmp_path, image_ds, mesh_ds, clip_dir, monkeypatch,
                                                        ran_on_the_device):
     jobs = {
-        "image": lambda out: embed_image.run({"seed": 0, "dataset": "img", "kind": "image", "image": IMAGE_CFG,
+        "image": lambda out: jobs_embed_image.run({"seed": 0, "dataset": "img", "kind": "image", "image": IMAGE_CFG,
                                               "stage_version": 1}, image_ds, out, LOG),
-        "text": lambda out: embed_text.run(_text_params(clip_dir, "img"), {"manifest": image_ds["manifest"]}, out,
+        "text": lambda out: jobs_embed_text.run(_text_params(clip_dir, "img"), {"manifest": image_ds["manifest"]}, out,
                                            str(tmp_path / f"cache-{Path(out).stem}"), LOG),
-        "shape": lambda out: embed_shape.run(_shape_params(), mesh_ds, out, LOG),
+        "shape": lambda out: jobs_embed_shape.run(_shape_params(), mesh_ds, out, LOG),
     }
     for name, job in jobs.items():
         cpu_out, dev_out = str(tmp_path / f"{name}-cpu.parquet"), str(tmp_path / f"{name}-dev.parquet")

@@ -21,6 +21,8 @@ from PIL import Image
 from pipeline3d.embed.difficulty import read_difficulty_metadata
 from pipeline3d.embed.vectors import read_vectors, write_vectors
 from pipeline3d.io.itemstore import ItemStoreWriter
+from pipeline3d.jobs import embed_image as jobs_embed_image, embed_shape as jobs_embed_shape
+from pipeline3d.jobs import embed_text as jobs_embed_text
 from pipeline3d.stages import difficulty_bands, embed_image, embed_shape, embed_text
 
 from test_embed_text import TINY_CFG
@@ -332,10 +334,10 @@ def test_embed_stages_send_every_input_to_the_models_device(tmp_path, image_ds, 
     log = logging.getLogger("test")
     image = {"seed": 0, "dataset": "img", "kind": "image", "image": IMAGE_CFG, "stage_version": 1}
     with pytest.raises(NotImplementedError, match=REACHED_HOST):
-        embed_image.run(image, image_ds, str(tmp_path / "i.parquet"), log)
+        jobs_embed_image.run(image, image_ds, str(tmp_path / "i.parquet"), log)
     with pytest.raises(NotImplementedError, match=REACHED_HOST):
-        embed_text.run(_text_params(clip_dir, "img"), {"manifest": image_ds["manifest"]}, str(tmp_path / "t.parquet"),
+        jobs_embed_text.run(_text_params(clip_dir, "img"), {"manifest": image_ds["manifest"]}, str(tmp_path / "t.parquet"),
                        str(tmp_path / "cache"), log)
     with pytest.raises(NotImplementedError, match=REACHED_HOST):
-        embed_shape.run(_shape_params(), mesh_ds, str(tmp_path / "s.parquet"), log)
+        jobs_embed_shape.run(_shape_params(), mesh_ds, str(tmp_path / "s.parquet"), log)
     assert not list(tmp_path.glob("*.parquet"))  # nothing written by a job that failed

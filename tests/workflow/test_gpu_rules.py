@@ -77,7 +77,7 @@ def test_a_rule_declares_a_gpu_exactly_when_its_job_uses_a_device():
 
 
 def test_the_static_listing_sees_both_ways_a_job_picks_its_device():
-    assert "pipeline3d.stages.embed_image" in _device_users("embed_image")        # job_device() in the stage
+    assert "pipeline3d.jobs.embed_image" in _device_users("embed_image")          # job_device() in its job
     assert "pipeline3d.jobs.finetune" in _device_users("finetune_episode")        # the training loop, two hops
     assert _device_users("report") == [] and _device_users("build_cache_shard") == []
 

@@ -1,65 +1,28 @@
-"""Stage difficulty_bands: every item's nearest neighbours in one embedding space, cut into difficulty bands.
-
-``space`` = ``<modality>/<dataset>/<model>`` names the embeddings file (--inputs embeddings). Items sharing an
-identity (``difficulty.identity``: label, near-duplicate group or none; views of one shape always share it) are
-never neighbours. Output columns: anchor_id, band, neighbour_id, rank, similarity (cosine) or distance; the band
-spec, metric, k, space and identity are in the parquet metadata.
-"""
+"""Stage difficulty_bands: the command line of ``pipeline3d.jobs.difficulty_bands`` (its docstring says what it computes)."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-import numpy as np
 import torch
 
-from ..embed.difficulty import difficulty_bands, parse_bands, write_difficulty
-from ..embed.identity import row_identity
-from ..embed.knn import METRICS
-from ..embed.vectors import read_vectors
-from ._cli import parser, start
+from ..jobs import difficulty_bands as job
+from ._cli import arg, run_stage
+
+STAGE = "difficulty_bands"
+OPTIONS = [arg("--inputs", "JSON: embeddings, manifest, ttv (+ duplicates)"),
+           arg("--threads", "CPUs of the job (torch threads)", type=int, default=1),
+           arg("--out", "output bands parquet")]
 
 
-def run(params: dict, files: dict, out: str, log) -> int:
-    cfg = params["difficulty"]
-    spec = parse_bands(cfg)
-    metric = cfg.get("metric", "cosine")
-    if metric not in METRICS:
-        raise ValueError(f"difficulty.metric must be one of {METRICS}, got {metric!r}")
-    k = int(cfg["k"]) if cfg.get("k") is not None else (spec.max_rank if spec.by == "rank" else None)
-    if k is None:
-        raise ValueError("difficulty: quantile bands need difficulty.k (neighbours per anchor)")
-    try:
-        emb = read_vectors(files["embeddings"])
-    except (OSError, KeyError) as exc:
-        raise ValueError(f"{files['embeddings']}: cannot read the embeddings: {type(exc).__name__}: {exc}") from exc
-    how = cfg.get("identity", "label")
-    identity = row_identity(emb, how, manifest=files["manifest"], ttv=files["ttv"], duplicates=files.get("duplicates"))
-    log.info("%s: %d items (dim %d), identity %s (%d distinct), k %d, metric %s", params["space"], len(emb.ids),
-             emb.dim, how, len(set(identity)), k, metric)
-    table = difficulty_bands(emb.vectors, np.asarray(emb.ids, dtype=object), spec, k=k, identity=identity,
-                             metric=metric)
-    write_difficulty(out, table, spec, metric, k, extra={
-        "space": params["space"], "identity": how, "n_items": len(emb.ids),
-        "embeddings": {key: emb.metadata.get(key) for key in ("model", "weights_sha256", "dataset")}})
-    log.info("wrote %d anchor-neighbour pairs to %s", len(table), out)
-    return 0
+def body(params: dict, args, log) -> int:
+    torch.set_num_threads(max(1, args.threads))
+    return job.run(params, json.loads(args.inputs), args.out, log)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser("difficulty_bands", __doc__)
-    p.add_argument("--inputs", required=True, help="JSON: embeddings, manifest, ttv (+ duplicates)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    params, log = start("difficulty_bands", args)
-    torch.set_num_threads(max(1, args.threads))
-    try:
-        return run(params, json.loads(args.inputs), args.out, log)
-    except (ValueError, KeyError) as exc:
-        log.error("%s", exc if not isinstance(exc, KeyError) else f"missing params/inputs key {exc}")
-        return 1
+    return run_stage(STAGE, job.__doc__, OPTIONS, body, errors=(ValueError, KeyError), argv=argv)
 
 
 if __name__ == "__main__":

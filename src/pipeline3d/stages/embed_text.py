@@ -1,10 +1,4 @@
-"""Stage embed_text: captions and class prompts of a dataset -> L2-normalised vectors (open_clip text tower).
-
-Image items with a caption (manifest meta ``caption``) give one row each (id = the item id, ``shape_id`` = the
-object it shows); every class that has an item without a caption (all classes of mesh / point-cloud datasets)
-gives one prompt per template (id = ``class:<label name>#t<i>``). Columns: text, kind (caption | prompt),
-shape_id, label, label_name, template. Vectors are cached across jobs under --cache-dir.
-"""
+"""Stage embed_text: the command line of ``pipeline3d.jobs.embed_text`` (its docstring says what it computes)."""
 
 from __future__ import annotations
 
@@ -13,45 +7,24 @@ import sys
 
 import torch
 
-from ..device import job_device
-from ..embed.backbones import MissingWeightsError, WeightsLoadError, build_text_backbone
-from ..embed.sources import text_items
-from ..embed.text import TextEmbeddingCache, embed_texts
-from ..embed.vectors import write_vectors
-from ._cli import parser, start
+from ..embed.backbones import MissingWeightsError, WeightsLoadError
+from ..jobs import embed_text as job
+from ._cli import arg, run_stage
+
+STAGE = "embed_text"
+OPTIONS = [arg("--inputs", "JSON: {manifest}"),
+           arg("--threads", "CPUs of the job (torch threads)", type=int, default=1),
+           arg("--out", "output embeddings parquet"),
+           arg("--cache-dir", "text-vector cache shared by jobs (undeclared in the rule)")]
 
 
-def run(params: dict, files: dict, out: str, cache_dir: str, log) -> int:
-    cfg = params["text"]
-    rows = text_items(files["manifest"], list(cfg["templates"]))
-    if not rows.ids:
-        raise ValueError(f"{files['manifest']}: no items, so no captions or class prompts to embed")
-    backbone = build_text_backbone(cfg["model"], cfg.get("weights"), config_key="embed.text.weights",
-                                   allow_random_init=bool(cfg.get("random_init")), seed=int(params["seed"]))
-    backbone.model.to(job_device())
-    vectors = embed_texts(backbone, rows.texts, batch_size=int(cfg["batch_size"]),
-                          cache=TextEmbeddingCache(cache_dir))
-    metadata = {k: v for k, v in backbone.describe().items() if k != "dim"}  # write_vectors sets 'dim' itself
-    metadata |= {"dataset": params["dataset"], "templates": json.dumps(list(cfg["templates"]))}
-    write_vectors(out, rows.ids, vectors, metadata, id_column="id", columns=rows.columns)
-    log.info("wrote %d x %d vectors to %s", *vectors.shape, out)
-    return 0
+def body(params: dict, args, log) -> int:
+    torch.set_num_threads(max(1, args.threads))
+    return job.run(params, json.loads(args.inputs), args.out, args.cache_dir, log)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser("embed_text", __doc__)
-    p.add_argument("--inputs", required=True, help="JSON: {manifest}")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", required=True)
-    p.add_argument("--cache-dir", required=True, help="text-vector cache shared by jobs (undeclared in the rule)")
-    args = p.parse_args(argv)
-    params, log = start("embed_text", args)
-    torch.set_num_threads(max(1, args.threads))
-    try:
-        return run(params, json.loads(args.inputs), args.out, args.cache_dir, log)
-    except (ValueError, KeyError, MissingWeightsError, WeightsLoadError) as exc:
-        log.error("%s", exc if not isinstance(exc, KeyError) else f"missing params/inputs key {exc}")
-        return 1
+    return run_stage(STAGE, job.__doc__, OPTIONS, body, errors=(ValueError, KeyError, MissingWeightsError, WeightsLoadError), argv=argv)
 
 
 if __name__ == "__main__":
