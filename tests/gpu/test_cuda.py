@@ -38,7 +38,7 @@ from pipeline3d.jobs import finetune  # noqa: E402
 from pipeline3d.objectives import OBJECTIVES, build_objective  # noqa: E402
 from pipeline3d.jobs import embed_image as jobs_embed_image, embed_shape as jobs_embed_shape  # noqa: E402
 from pipeline3d.jobs import embed_text as jobs_embed_text  # noqa: E402
-from pipeline3d.stages import eval_cpac  # noqa: E402
+from pipeline3d.jobs import eval_cpac as jobs_eval_cpac  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 DEVICE = torch.device(os.environ.get("PIPELINE3D_GPU_SUITE_DEVICE", "cuda"))
@@ -122,8 +122,8 @@ def test_cpac_on_the_device_matches_the_cpu(cpac_ds, monkeypatch, ran_on_the_dev
     params_ = {"seed": 0, "dataset": "ds", "method": "nepa", "context_backend": "pointcloud_noray", "cpac": CPAC,
                "tokens": PRETRAIN, "stage_version": 1}
     inputs = {k: cpac_ds[k] for k in ("manifest", "unpaired", "ttv", "index", "shards")} | cpac_ds["qa"]
-    cpu = _on_cpu(monkeypatch, lambda: eval_cpac.run(params_, inputs, LOG))
-    dev = eval_cpac.run(params_, inputs, LOG)
+    cpu = _on_cpu(monkeypatch, lambda: jobs_eval_cpac.run(params_, inputs, LOG))
+    dev = jobs_eval_cpac.run(params_, inputs, LOG)
     a, b = cpu["metrics"]["probe"]["pooled"], dev["metrics"]["probe"]["pooled"]
     assert b["mae"] == pytest.approx(a["mae"], rel=2e-2) and b["n_points"] == a["n_points"]
 

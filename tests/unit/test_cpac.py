@@ -20,6 +20,7 @@ from pipeline3d.io.cache_schema import PRIMITIVE_ARRAYS
 from pipeline3d.eval import cpac as C
 from pipeline3d.io.shards import ShardReader
 from pipeline3d.models.registry import create_encoder
+from pipeline3d.jobs import eval_cpac as jobs_eval_cpac
 from pipeline3d.stages import eval_cpac
 from pipeline3d.tokens import layout as L
 from pipeline3d.tokens.backends import get_backend
@@ -325,4 +326,4 @@ def test_stage_sends_every_input_to_the_encoders_device(tmp_path, cpac_ds, monke
               "tokens": PRETRAIN, "stage_version": 1}
     inputs = {k: cpac_ds[k] for k in ("manifest", "unpaired", "ttv", "index", "shards")} | cpac_ds["qa"]
     with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):
-        eval_cpac.run(params, inputs, logging.getLogger("test"))
+        jobs_eval_cpac.run(params, inputs, logging.getLogger("test"))
