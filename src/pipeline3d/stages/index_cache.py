@@ -11,35 +11,31 @@ from __future__ import annotations
 
 import sys
 
-from ._cli import parser, start
+from ._cli import arg, run_stage
 
 STAGE = "index_cache"
+OPTIONS = [arg("--shards", "every shard-NNNN.h5 of the dataset", nargs="+"),
+           arg("--out", "output index.parquet"), arg("--rejects", "output rejects.parquet")]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser(STAGE, __doc__)
-    p.add_argument("--shards", nargs="+", required=True, help="every shard-NNNN.h5 of the dataset")
-    p.add_argument("--out", required=True, help="output index.parquet")
-    p.add_argument("--rejects", required=True, help="output rejects.parquet")
-    args = p.parse_args(argv)
-    params, logger = start(STAGE, args)
-
+def index_shards(params: dict, args, log) -> None:
     from ..data.cache.index import InvalidShards, build_index
     from ..io.atomic import write_parquet
     from ..io.shards import quarantine
 
     try:
         index, rejects = build_index(args.shards, params["dataset"], params["cache"])
-    except InvalidShards as exc:
-        logger.error("%s", exc)
-        for path in exc.damaged:
-            logger.error("moved %s to %s: run the workflow again to rebuild it", path, quarantine(path))
-        return 1
+    except InvalidShards as exc:  # damaged files go aside, so the next run rebuilds them
+        moved = [f"moved {path} to {quarantine(path)}: run the workflow again to rebuild it" for path in exc.damaged]
+        raise ValueError("\n".join([str(exc), *moved])) from exc
     write_parquet(args.out, index)
     write_parquet(args.rejects, rejects)
-    logger.info("done: %d shapes in %d shards -> %s; %d rejects -> %s", len(index), len(args.shards), args.out,
-                len(rejects), args.rejects)
-    return 0
+    log.info("done: %d shapes in %d shards -> %s; %d rejects -> %s", len(index), len(args.shards), args.out,
+             len(rejects), args.rejects)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(STAGE, __doc__, OPTIONS, index_shards, argv=argv)
 
 
 if __name__ == "__main__":

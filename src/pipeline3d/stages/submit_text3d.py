@@ -17,25 +17,19 @@ import torch
 from ..io.atomic import atomic_path, write_json
 from ..jobs import submit_text3d
 from ..log import git_describe
-from ._cli import parser, start
+from ._cli import arg, run_stage
+
+STAGE = "submit_text3d"
+OPTIONS = [arg("--inputs", "JSON: the rule's named inputs (name -> path or paths)"),
+           arg("--threads", "torch intra-op threads (the rule's threads)", type=int, default=1),
+           arg("--text2mesh", "text->mesh ranking (.csv)"), arg("--mesh2text", "mesh->text ranking (.csv)"),
+           arg("--metrics", "test metrics (.json)")]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser("submit_text3d", __doc__)
-    p.add_argument("--inputs", required=True, help="JSON: the rule's named inputs (name -> path or paths)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the rule's threads)")
-    p.add_argument("--text2mesh", required=True, help="text->mesh ranking (.csv)")
-    p.add_argument("--mesh2text", required=True, help="mesh->text ranking (.csv)")
-    p.add_argument("--metrics", required=True, help="test metrics (.json)")
-    args = p.parse_args(argv)
-    params, log = start("submit_text3d", args)
+def submit(params: dict, args, log) -> None:
     torch.set_num_threads(max(1, args.threads))
     started = time.time()
-    try:
-        result = submit_text3d.submit(params, json.loads(args.inputs), log=log)
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 1
+    result = submit_text3d.submit(params, json.loads(args.inputs), log=log)
     for frame, path in ((result.text2mesh, args.text2mesh), (result.mesh2text, args.mesh2text)):
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False, lineterminator="\n")
@@ -45,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     log.info("fold %d | test t2m R@1/5/10 %.4f/%.4f/%.4f | m2t %.4f/%.4f/%.4f | %d captions x %d shapes",
              metrics["fold"], test["t2m"]["R@1"], test["t2m"]["R@5"], test["t2m"]["R@10"], test["m2t"]["R@1"],
              test["m2t"]["R@5"], test["m2t"]["R@10"], metrics["test_captions"], metrics["test_shapes"])
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(STAGE, __doc__, OPTIONS, submit, argv=argv)
 
 
 if __name__ == "__main__":
