@@ -29,6 +29,7 @@ import h5py
 from .integrity import IntegrityError
 
 LIBVER = ("v110", "latest")
+READ_ERRORS = (OSError, RuntimeError)  # h5py raises either for a failed check, depending on where it failed
 CHECKSUM = {"fletcher32": True}
 
 
@@ -81,8 +82,12 @@ def reading(path: Path | str, what: str) -> Iterator[None]:
     """Turn HDF5's read failures (a failed checksum, a broken filter) into an error naming ``path`` and ``what``."""
     try:
         yield
-    except (OSError, RuntimeError) as exc:  # h5py raises either, depending on where the check failed
-        raise IntegrityError(f"{path}: {what}: stored data fails its checksum or cannot be read ({exc})") from exc
+    except READ_ERRORS as exc:
+        raise read_failure(path, what, exc) from exc
+
+
+def read_failure(path: Path | str, what: str, exc: BaseException) -> IntegrityError:
+    return IntegrityError(f"{path}: {what}: stored data fails its checksum or cannot be read ({exc})")
 
 
 def damaged_datasets(h5: h5py.File, path: Path | str) -> list[str]:

@@ -21,8 +21,8 @@ import numpy as np
 from .cache_schema import ARRAYS, PRIMITIVE_ARRAYS, array_spec, kind_arrays
 from ..versions import CACHE_SCHEMA_VERSION
 from .atomic import atomic_path
-from .h5integrity import (CHECKSUM, LIBVER, IntegrityError, check_attrs, damaged_datasets, ids_digest, read_ids,
-                          reading, seal_attrs)
+from .h5integrity import (CHECKSUM, LIBVER, READ_ERRORS, IntegrityError, check_attrs, damaged_datasets, ids_digest,
+                          read_failure, read_ids, seal_attrs)
 
 FORMAT = "pipeline3d-cache"
 # cache.compression -> h5py (filter, level). gzip at level 1: as small as lzf's output or smaller and as fast to read
@@ -195,13 +195,13 @@ class ShardReader:
                 if key in ARRAYS:
                     raise PermissionError(f"array {key!r} is not visible to this reader ({self.path.name})")
                 raise KeyError(f"unknown cache array {key!r}")
-        out = {}
-        for key in keys:
-            try:
-                with reading(self.path, f"shape {self.shape_ids[row]} (row {row}): array {key}"):
-                    out[key] = self._datasets[key][row]
-            except IntegrityError as exc:
-                raise self._damaged(exc) from exc
+        out, key = {}, None
+        try:  # one handler per row, and the message built only on a failure: this is the loaders' hot path
+            for key in keys:
+                out[key] = self._datasets[key][row]
+        except READ_ERRORS as exc:
+            what = f"shape {self.shape_ids[row]} (row {row}): array {key}"
+            raise self._damaged(read_failure(self.path, what, exc)) from exc
         return out
 
     def _damaged(self, exc: IntegrityError) -> IntegrityError:
