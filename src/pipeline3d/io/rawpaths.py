@@ -30,15 +30,12 @@ def raw_input_problems(datasets: Mapping[str, Mapping[str, Any]], produced: Coll
 
     ``produced``: paths the workflow itself writes (the demo generator's outputs), which need not exist yet.
     """
-    made = {os.path.normpath(p) for p in produced}
-
-    def made_here(path: str) -> bool:
-        path = os.path.normpath(path)
-        return path in made or any(p.startswith(path + os.sep) for p in made)
-
     def within(path: str, root: str) -> bool:
         path, root = os.path.normpath(path), os.path.normpath(root)
         return path == root or path.startswith(root + os.sep)
+
+    def made_here(path: str) -> bool:  # the workflow writes it, or writes something inside it
+        return any(within(p, path) for p in produced)
 
     problems = []
     for name, ds in datasets.items():
