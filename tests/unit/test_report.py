@@ -276,7 +276,7 @@ def test_nan_split_values_are_left_out(tmp_path: Path) -> None:
 
 
 def test_metrics_jsonl_has_every_file_once_without_timings(tmp_path):
-    from pipeline3d.stages.report import metrics_lines
+    from pipeline3d.report.collect import metrics_lines
 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps({"seconds": 3.2, "test": {"accuracy": 0.5}}))

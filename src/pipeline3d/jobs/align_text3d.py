@@ -34,6 +34,7 @@ import torch
 from ..device import model_device, to_host
 from ..embed.backbones import TextBackbone, build_text_backbone
 from ..embed.captions import CaptionTable, class_prompts, manifest_captions
+from ..embed.text3d_alignment import save_alignment
 from ..embed.vectors import read_vectors
 from ..eval.retrieval import recall_at_k
 from ..models.heads import ProjectionHead
@@ -45,6 +46,7 @@ from ..train.loop import EpochData, TrainConfig, TrainResult, train
 from ..train.checkpoint import run_fingerprint
 from ..train.wandb_sink import metrics_sinks
 from ..io.tables import read_parquet
+from ..log import git_describe
 
 STAGE = "align_text3d"
 VAL_KS = (1, 5, 10)
@@ -348,3 +350,23 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
                  "trainable_blocks": model.text_tower.trainable_blocks, "n_blocks": model.text_tower.layout.n_blocks},
     }
     return AlignmentRun(model, backbone, proj_config, metrics), result
+
+
+def stage(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, out: Mapping[str, str],
+          log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult]:
+    """The align_text3d job: train one fold and publish the alignment (``out``: projection, text_tower, head_json,
+    metrics)."""
+    run_, result = run(params, files, state_dir, log=log)
+    if run_ is None:
+        return None, result
+    save_alignment(run_.model, run_.backbone, out["projection"], out["text_tower"], out["head_json"],
+                   projection_config=run_.projection_config, text_config=params["text"], seed=int(params["seed"]),
+                   extra={"dataset": params["dataset"], "method": params["method"], "fold": int(params["fold"]),
+                          "best_step": run_.metrics["best_step"], "val": run_.metrics["val"], "git": git_describe()})
+    return run_.metrics, result
+
+
+def summary(metrics: Mapping[str, Any]) -> str:
+    val = metrics["val"]
+    return (f"fold {metrics['fold']}: best step {metrics['best_step']} | val t2m R@5 {val['t2m']['R@5']:.4f} | "
+            f"m2t R@5 {val['m2t']['R@5']:.4f} | temperature {metrics['temperature']:.4f}")

@@ -103,3 +103,17 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     if metrics is None:
         return None, result
     return {**metrics, **fields}, result
+
+
+def stage(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, out: Mapping[str, str],
+          log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult | None]:
+    """The finetune_episode job (the metrics JSON is its only output)."""
+    return run(params, files, state_dir, log=log)
+
+
+def summary(metrics: Mapping[str, Any]) -> str:
+    if "test" not in metrics:
+        return f"{metrics['setting']} fold {metrics['fold']}: skipped ({metrics.get('skipped')})"
+    test = metrics["test"]
+    return (f"{metrics['setting']} fold {metrics['fold']}: test accuracy {test['accuracy']:.4f} (mean class accuracy "
+            f"{test['mean_class_accuracy']:.4f}) over {test['n']} query shapes")

@@ -27,6 +27,7 @@ import torch
 from ..data.selection import cached_rows, fewshot_labels, ttv_labels
 from ..device import model_device, to_device, to_host
 from ..eval.classification import average_draws, classification_report
+from ..finetune_rows import DESCRIPTOR
 from ..objectives import build_objective
 from ..rng import stable_hash
 from ..tokens.collate import collate
@@ -255,3 +256,24 @@ def job_encoder(params: Mapping[str, Any], files: Mapping[str, Any], *, seed: in
 
 def _sidecar(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def stage(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, out: Mapping[str, str],
+          log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult | None]:
+    """The finetune_classifier job: a fine-tune, or the descriptor floor (no training loop, nothing to resume)."""
+    if params.get("row_kind") == DESCRIPTOR:
+        from . import descriptor  # imported here: the floor's dependencies are not the network's
+
+        return descriptor.run(params, files, log=log), None
+    return run(params, files, state_dir, log=log)
+
+
+def loader_workers(params: Mapping[str, Any]) -> int:
+    """DataLoader workers of a fine-tune job (its CPUs beyond torch's compute threads)."""
+    return int(params.get("finetune", {}).get("num_workers", 0))
+
+
+def summary(metrics: Mapping[str, Any]) -> str:
+    test = metrics["test"]
+    return (f"test accuracy {test['accuracy']:.4f} (mean class accuracy {test['mean_class_accuracy']:.4f}) over "
+            f"{test['n']} shapes")

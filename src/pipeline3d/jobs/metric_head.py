@@ -45,6 +45,7 @@ from ..embed.vectors import Embeddings, read_vectors
 from ..eval.retrieval import average_precision, qg_rank_map, recall_at_k
 from ..io.tables import read_parquet
 from ..io.weights import file_sha256
+from ..log import git_describe
 from ..objectives.triplet import triplet_loss
 from ..rng import rng_for
 from ..train.bandit import UCB1Bandit
@@ -393,3 +394,22 @@ def export(objective: MetricHeadObjective, data: HeadData, head_cfg: Mapping[str
         "config": head_config(head_cfg, data.embeddings.dim),
         "source": {k: v for k, v in data.embeddings.metadata.items() if k not in ("id_column",)},
         **extra})
+
+
+def stage(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, out: Mapping[str, str],
+          log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult]:
+    """The train_metric_head job: train, evaluate and publish the head (``out``: head, head_json, metrics)."""
+    metrics, objective, result, data = run(params, files, state_dir, log=log)
+    if metrics is not None:
+        export(objective, data, metrics["head"], out["head"], out["head_json"],
+               {"space": params["space"], "seed": int(params["seed"]), "steps": result.steps,
+                "tuned": metrics["tuned"], "git": git_describe()})
+    return metrics, result
+
+
+def summary(metrics: Mapping[str, Any]) -> str:
+    if "test_qg" not in metrics:
+        return f"head for {metrics['space']} trained ({metrics['steps']} steps)"
+    proj, raw = metrics["test_qg"]["projected"], metrics["test_qg"]["raw"]
+    return (f"test qg mAP {proj['mAP']:.4f} (raw {raw['mAP']:.4f}) | Rank@1 {proj['rank@1']:.4f} "
+            f"(raw {raw['rank@1']:.4f})")

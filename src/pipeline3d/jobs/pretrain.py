@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from ..config import cfg_hash, canonical_json
+from ..io.atomic import atomic_path
 from ..log import git_describe
 from ..models.point_patch import PATCH_ENCODERS, uses_patches
 from ..models.registry import create_encoder
@@ -103,3 +105,21 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
         "git": git_describe(),
     })
     return result
+
+
+def stage(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, out: Mapping[str, str],
+          log: logging.Logger) -> tuple[None, TrainResult]:
+    """The pretrain_encoder job (``out``: weights, encoder_json, train_log). The train log grows in the state dir
+    (a resume appends to it) and is published once the run finished; only rank 0 writes."""
+    train_log = Path(state_dir) / "train_log.jsonl"
+    result = run(params, files, state_dir, weights=out["weights"], encoder_json=out["encoder_json"],
+                 metrics_path=train_log, log=log)
+    if not result.interrupted and result.is_main:
+        with atomic_path(out["train_log"]) as tmp:
+            shutil.copyfile(train_log, tmp)
+        log.info("done: %d steps, final loss %.5f", result.steps, result.final_loss or float("nan"))
+    return None, result
+
+
+def loader_workers(params: Mapping[str, Any]) -> int:
+    return int(method_train_knobs(params)["num_workers"])

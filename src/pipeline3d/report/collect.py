@@ -46,6 +46,16 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def metrics_lines(inputs: Mapping[str, Iterable[str | Path] | None]) -> str:
+    """One JSON line per metrics file (kind, file, content), sorted; timings dropped so reruns give the same bytes."""
+    lines = []
+    for kind in sorted(inputs):
+        for path in sorted(inputs[kind] or []):
+            content = {k: v for k, v in read_metrics(path).items() if k != "seconds"}
+            lines.append(json.dumps({"kind": kind, "file": str(path), "metrics": content}, sort_keys=True))
+    return "".join(line + "\n" for line in lines)
+
+
 def dig(obj: Any, path: str | Path, *keys: str, default: Any = _MISSING) -> Any:
     """obj[k1][k2]...; a missing key is a ValueError naming the file and the key path (unless a default)."""
     cur = obj

@@ -78,13 +78,19 @@ def set_compute_threads(cpus: int, workers: int) -> int:
     return threads
 
 
-def run_metrics_job(stage: str, doc: str | None, job, summary, argv: list[str] | None = None) -> int:
-    """The whole main() of a training stage that ends in one metrics JSON (the fine-tune and episode jobs).
+def run_training_stage(stage: str, doc: str | None, outputs: list[tuple[str, dict]], job, *, summary=None,
+                       workers=lambda params: 0, errors: tuple[type[BaseException], ...] = (ValueError, PermissionError),
+                       argv: list[str] | None = None) -> int:
+    """The whole ``main()`` of a resumable training stage.
 
-    ``job(params, files, state_dir, log) -> (metrics | None, result | None)``: metrics None means interrupted
-    (``result`` says how; exit 75 after a checkpoint). A ValueError (bad input, named) or a PermissionError (a backend
-    refusing an array) is logged and exits 1, writing nothing. The metrics get the protocol (the params), the code
-    version and the wall time, and are written atomically; ``summary(metrics)`` is logged.
+    Options: --params, --inputs (JSON), --state-dir, --threads and ``outputs`` (``arg(...)`` tuples; their values
+    reach the job as ``out``, a dict keyed by option dest). Torch gets ``threads - workers(params)`` intra-op threads.
+    ``job(params, files, state_dir, out, log) -> (metrics | None, result | None)``: the job writes its own artefacts
+    (weights, descriptions). Metrics None means the job ends without a metrics JSON: ``result.exit_code`` is the
+    exit (75 after SIGTERM/SIGUSR1 with a checkpoint written, logged). Otherwise the metrics get the protocol (the
+    params), the code version and the wall time, are written atomically to ``out["metrics"]``, and
+    ``summary(metrics)`` is logged. An expected error (``errors``: bad input, named; a backend refusing an array) is
+    logged and exits 1, the metrics unwritten.
     """
     import time
     from pathlib import Path
@@ -93,14 +99,16 @@ def run_metrics_job(stage: str, doc: str | None, job, summary, argv: list[str] |
     from ..log import git_describe
 
     p = training_parser(stage, doc)
-    p.add_argument("--metrics", required=True)
+    for flag, kwargs in outputs:
+        p.add_argument(flag, **kwargs)
     args = p.parse_args(argv)
     params, log = start(stage, args)
-    set_compute_threads(args.threads, params.get("finetune", {}).get("num_workers", 0))
+    set_compute_threads(args.threads, workers(params))
+    out = {dest: getattr(args, dest) for dest in (flag.lstrip("-").replace("-", "_") for flag, _ in outputs)}
     started = time.time()
     try:
-        metrics, result = job(params, json.loads(args.inputs), Path(args.state_dir), log)
-    except (ValueError, PermissionError) as exc:
+        metrics, result = job(params, json.loads(args.inputs), Path(args.state_dir), out, log)
+    except errors as exc:
         log.error("%s", exc)
         return 1
     if metrics is None:
@@ -108,6 +116,7 @@ def run_metrics_job(stage: str, doc: str | None, job, summary, argv: list[str] |
             log.warning("interrupted at step %d; checkpoint saved, rerun to resume", result.steps)
         return result.exit_code
     metrics |= {"protocol": params, "git": git_describe(), "seconds": round(time.time() - started, 1)}
-    write_json(args.metrics, metrics)
-    log.info("%s", summary(metrics))
+    write_json(out["metrics"], metrics)
+    if summary is not None:
+        log.info("%s", summary(metrics))
     return 0

@@ -15,39 +15,30 @@ from __future__ import annotations
 import os
 import sys
 
-from ._cli import parser, start
+from ._cli import arg, run_stage
 
 STAGE = "build_cache_shard"
+OPTIONS = [arg("--shard", "shard number, e.g. 0003"), arg("--manifest", "the dataset's manifest.parquet"),
+           arg("--items", "the dataset's items.h5 (pipeline3d.io.itemstore)"), arg("--out", "output shard .h5")]
+
+
+def body(params: dict, args, log) -> None:
+    from ..data.cache.threads import thread_env  # numpy-free: the limits must be in place before numpy loads
+
+    if "numpy" not in sys.modules:  # only effective before numpy loads (always so when run as a job)
+        os.environ.update(thread_env(int(params.get("cache", {}).get("threads", 1))))
+
+    from ..data.cache.shard_job import build_shard  # its ShardJobError (bad inputs) is a ValueError
+
+    n_ok, failures, seconds = build_shard(params, int(args.shard), args.manifest, args.items, args.out, log)
+    n_total = n_ok + len(failures)
+    per_shape = {k: 1000.0 * v / max(n_total, 1) for k, v in sorted(seconds.items())}
+    log.info("time per shape (ms): %s", ", ".join(f"{k} {v:.1f}" for k, v in per_shape.items()))
+    log.info("done: %d cached, %d failed -> %s", n_ok, len(failures), args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(STAGE, __doc__)
-    p.add_argument("--shard", required=True, help="shard number, e.g. 0003")
-    p.add_argument("--manifest", required=True, help="the dataset's manifest.parquet")
-    p.add_argument("--items", required=True, help="the dataset's items.h5 (pipeline3d.io.itemstore)")
-    p.add_argument("--out", required=True, help="output shard .h5")
-    args = p.parse_args(argv)
-    params, logger = start(STAGE, args)
-
-    from ..data.cache.threads import thread_env  # numpy-free: the limits must be in place before numpy loads
-
-    threads = int(params.get("cache", {}).get("threads", 1))
-    if "numpy" not in sys.modules:  # only effective before numpy loads (always so when run as a job)
-        os.environ.update(thread_env(threads))
-
-    from ..data.cache.shard_job import ShardJobError, build_shard
-
-    try:
-        shard = int(args.shard)
-        n_ok, failures, seconds = build_shard(params, shard, args.manifest, args.items, args.out, logger)
-    except (ShardJobError, ValueError, KeyError, OSError) as exc:
-        logger.error("build_cache_shard %s of %r failed: %s", args.shard, params.get("dataset"), exc)
-        return 2
-    n_total = n_ok + len(failures)
-    per_shape = {k: 1000.0 * v / max(n_total, 1) for k, v in sorted(seconds.items())}
-    logger.info("time per shape (ms): %s", ", ".join(f"{k} {v:.1f}" for k, v in per_shape.items()))
-    logger.info("done: %d cached, %d failed -> %s", n_ok, len(failures), args.out)
-    return 0
+    return run_stage(STAGE, __doc__, OPTIONS, body, errors=(ValueError, KeyError, OSError), error_code=2, argv=argv)
 
 
 if __name__ == "__main__":

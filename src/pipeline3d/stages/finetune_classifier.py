@@ -10,25 +10,13 @@ from __future__ import annotations
 
 import sys
 
-from ..finetune_rows import DESCRIPTOR
-from ..jobs import descriptor, finetune
-from ._cli import run_metrics_job
-
-
-def job(params, files, state_dir, log):
-    if params.get("row_kind") == DESCRIPTOR:  # the hand-crafted floor: no training loop
-        return descriptor.run(params, files, log=log), None
-    return finetune.run(params, files, state_dir, log=log)
-
-
-def summary(metrics: dict) -> str:
-    test = metrics["test"]
-    return (f"test accuracy {test['accuracy']:.4f} (mean class accuracy {test['mean_class_accuracy']:.4f}) over "
-            f"{test['n']} shapes")
+from ..jobs import finetune as job
+from ._cli import arg, run_training_stage
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_metrics_job("finetune_classifier", __doc__, job, summary, argv)
+    return run_training_stage("finetune_classifier", __doc__, [arg("--metrics", "output: metrics JSON")], job.stage,
+                              summary=job.summary, workers=job.loader_workers, argv=argv)
 
 
 if __name__ == "__main__":

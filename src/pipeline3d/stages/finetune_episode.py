@@ -10,24 +10,14 @@ from __future__ import annotations
 
 import sys
 
-from ..jobs import episodes
-from ._cli import run_metrics_job
-
-
-def job(params, files, state_dir, log):
-    return episodes.run(params, files, state_dir, log=log)
-
-
-def summary(metrics: dict) -> str:
-    if "test" not in metrics:
-        return f"{metrics['setting']} fold {metrics['fold']}: skipped ({metrics.get('skipped')})"
-    test = metrics["test"]
-    return (f"{metrics['setting']} fold {metrics['fold']}: test accuracy {test['accuracy']:.4f} (mean class accuracy "
-            f"{test['mean_class_accuracy']:.4f}) over {test['n']} query shapes")
+from ..jobs import episodes as job
+from ..jobs.finetune import loader_workers
+from ._cli import arg, run_training_stage
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_metrics_job("finetune_episode", __doc__, job, summary, argv)
+    return run_training_stage("finetune_episode", __doc__, [arg("--metrics", "output: metrics JSON")], job.stage,
+                              summary=job.summary, workers=loader_workers, argv=argv)
 
 
 if __name__ == "__main__":
