@@ -18,6 +18,9 @@ from sklearn.linear_model import Ridge
 from pipeline3d.data.cache_lookup import locate_rows
 from pipeline3d.io.cache_schema import PRIMITIVE_ARRAYS
 from pipeline3d.eval import cpac as C
+from pipeline3d.eval import cpac_features as CF
+from pipeline3d.eval import cpac_sequence as CS
+from pipeline3d.eval import cpac_shapes as CSh
 from pipeline3d.io.shards import ShardReader
 from pipeline3d.models.registry import create_encoder
 from pipeline3d.jobs import eval_cpac as jobs_eval_cpac
@@ -146,12 +149,12 @@ def cpac_ds(tmp_path_factory):
 
 def _shapes(files, ids):
     where = locate_rows(files["index"], files["shards"])
-    return C.shapes_from(where, LABELS, ids)
+    return CSh.shapes_from(where, LABELS, ids)
 
 
 def _pools(files, sid, backend="pointcloud_noray"):
     shape = _shapes(files, [sid])[0]
-    source = C.ShapeSource(backend)
+    source = CSh.ShapeSource(backend)
     try:
         return source.load(shape)
     finally:
@@ -160,8 +163,8 @@ def _pools(files, sid, backend="pointcloud_noray"):
 
 def test_query_tokens_carry_no_answer_and_are_disjoint_from_the_context(cpac_ds):
     pools, _ = _pools(cpac_ds, "ds/solid/box")
-    tok = C.context_token_config(PRETRAIN, 16)
-    seq = C.build_sequence(pools, tok, 16, C.draw_rng(0, "test", "ds/solid/box"))
+    tok = CS.context_token_config(PRETRAIN, 16)
+    seq = CS.build_sequence(pools, tok, 16, CS.draw_rng(0, "test", "ds/solid/box"))
     types = seq.type_id
     assert len(types) == 1 + 2 * 16 + 16 + 1 and types[0] == L.BOS and types[-1] == L.EOS
     assert (types == L.A_POINT).sum() == 16 and (types == L.Q_POINT).sum() == 32
@@ -180,15 +183,15 @@ def test_query_tokens_carry_no_answer_and_are_disjoint_from_the_context(cpac_ds)
     assert np.array_equal(seq.pos[1:33], np.arange(1, 33)) and (seq.pos[q] == 33).all()
     assert seq.pos[-1] == 1 + 2 * 24 + 2 * 12
     # draws are keyed by role and shape id
-    again = C.build_sequence(pools, tok, 16, C.draw_rng(0, "test", "ds/solid/box"))
-    head = C.build_sequence(pools, tok, 16, C.draw_rng(0, "head", "ds/solid/box"))
+    again = CS.build_sequence(pools, tok, 16, CS.draw_rng(0, "test", "ds/solid/box"))
+    head = CS.build_sequence(pools, tok, 16, CS.draw_rng(0, "head", "ds/solid/box"))
     assert np.array_equal(again.feat, seq.feat) and not np.array_equal(head.context_index, seq.context_index)
 
 
 def test_legacy_queries_are_points_with_a_zero_distance(cpac_ds):
     pools, _ = _pools(cpac_ds, "ds/ring/torus", "udfgrid")
-    tok = C.context_token_config(PRETRAIN | {"qa_tokens": False}, 10)
-    seq = C.build_sequence(pools, tok, 5, C.draw_rng(0, "test", "ds/ring/torus"))
+    tok = CS.context_token_config(PRETRAIN | {"qa_tokens": False}, 10)
+    seq = CS.build_sequence(pools, tok, 5, CS.draw_rng(0, "test", "ds/ring/torus"))
     q = seq.query_slots
     assert (seq.type_id[q] == L.POINT).all() and not seq.feat[q, L.DIST].any() and (seq.pos[q] == 11).all()
     assert (seq.type_id == L.POINT).sum() == 15 and (seq.feat[1:11, L.DIST] > 0).any()
@@ -196,18 +199,18 @@ def test_legacy_queries_are_points_with_a_zero_distance(cpac_ds):
 
 def test_context_must_leave_a_query_slot():
     with pytest.raises(ValueError, match="n_context <= 23"):
-        C.context_token_config(PRETRAIN, 24)
+        CS.context_token_config(PRETRAIN, 24)
     with pytest.raises(ValueError, match="without overlap"):
-        C.draw_context_query(30, 20, 11, np.random.default_rng(0))
+        CS.draw_context_query(30, 20, 11, np.random.default_rng(0))
 
 
 def test_query_features_depend_on_context_and_the_query_only(cpac_ds):
     encoder = load_encoder(cpac_ds["qa"]["weights"], cpac_ds["qa"]["encoder_json"])
-    tok = C.context_token_config(PRETRAIN, 16)
-    seqs = [C.build_sequence(_pools(cpac_ds, sid)[0], tok, 16, C.draw_rng(0, "test", sid))
+    tok = CS.context_token_config(PRETRAIN, 16)
+    seqs = [CS.build_sequence(_pools(cpac_ds, sid)[0], tok, 16, CS.draw_rng(0, "test", sid))
             for sid in ("ds/solid/box", "ds/ring/torus", "ds/solid/ball")]
-    full = C.query_features(encoder, seqs, batch_size=3, causal=True)
-    one = C.query_features(encoder, seqs, batch_size=1, causal=True)
+    full = CF.query_features(encoder, seqs, batch_size=3, causal=True)
+    one = CF.query_features(encoder, seqs, batch_size=1, causal=True)
     assert all(np.array_equal(a, b) for a, b in zip(full, one))  # batch composition does not matter
     # drop half of the queries and reverse the rest: each remaining query keeps its features
     s = seqs[0]
@@ -216,13 +219,13 @@ def test_query_features_depend_on_context_and_the_query_only(cpac_ds):
     fewer = dataclasses.replace(s, feat=s.feat[rows], type_id=s.type_id[rows], pos=s.pos[rows],
                                 query_slots=np.arange(s.query_slots[0], s.query_slots[0] + 8))
     for causal in (True, False):
-        ref = C.query_features(encoder, [s], batch_size=1, causal=causal)[0]
-        got = C.query_features(encoder, [fewer], batch_size=1, causal=causal)[0]
+        ref = CF.query_features(encoder, [s], batch_size=1, causal=causal)[0]
+        got = CF.query_features(encoder, [fewer], batch_size=1, causal=causal)[0]
         assert np.allclose(got, ref[:8][::-1], atol=1e-5)
     # ... but they do depend on the context
     other = dataclasses.replace(s, feat=s.feat.copy())
     other.feat[1:33:2, L.XYZ] *= 0.5
-    assert not np.allclose(C.query_features(encoder, [other], batch_size=1, causal=True)[0], full[0], atol=1e-4)
+    assert not np.allclose(CF.query_features(encoder, [other], batch_size=1, causal=True)[0], full[0], atol=1e-4)
 
 
 def test_context_never_reads_another_primitives_arrays(cpac_ds, monkeypatch):
@@ -235,9 +238,9 @@ def test_context_never_reads_another_primitives_arrays(cpac_ds, monkeypatch):
 
     monkeypatch.setattr(ShardReader, "read", spy)
     encoder = load_encoder(cpac_ds["qa"]["weights"], cpac_ds["qa"]["encoder_json"])
-    tok = C.context_token_config(PRETRAIN, 16)
+    tok = CS.context_token_config(PRETRAIN, 16)
     shapes = _shapes(cpac_ds, ["ds/ring/annulus", "ds/solid/capsule"])
-    results = list(C.encode_shapes(encoder, shapes, "udfgrid", tok, n_query=16, seed=0, role="test",
+    results = list(CF.encode_shapes(encoder, shapes, "udfgrid", tok, n_query=16, seed=0, role="test",
                                    batch_size=2, causal=True))
     udf = set(PRIMITIVE_ARRAYS["udf"])
     context_reads = [keys for allowed, keys in reads if C.TARGET_KEY not in keys]
@@ -251,7 +254,7 @@ def test_context_never_reads_another_primitives_arrays(cpac_ds, monkeypatch):
     monkeypatch.setattr(ShardReader, "read", original)
     for shape, res in zip(shapes, results):
         pools, _ = _pools(cpac_ds, shape.shape_id, "udfgrid")
-        seq = C.build_sequence(pools, tok, 16, C.draw_rng(0, "test", shape.shape_id))
+        seq = CS.build_sequence(pools, tok, 16, CS.draw_rng(0, "test", shape.shape_id))
         with ShardReader(shape.shard_path, "all") as reader:
             exact = reader.read(shape.row, [C.TARGET_KEY])[C.TARGET_KEY]
         assert np.array_equal(res.target, exact[seq.query_index].astype(np.float64))

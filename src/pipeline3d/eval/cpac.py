@@ -7,23 +7,8 @@ context can never reach another primitive's arrays. The target is the EXACT mesh
 the query points, read by a separate mesh-restricted reader: ground truth for evaluation, never model input (the
 reference regressed the coarse, biased UDF grid; nepa3d-spec §1.6, §10 item 6).
 
-Sequence (see ``build_sequence``): the context is tokenized by the real tokenizer (Morton order, Q/A pairs or
-POINT tokens, fixed segment positions, EOS at its pretrained position); the queries, Morton-ordered, are inserted
-before the EOS as query-only tokens:
-
-* Q/A tokens: one ``Q_POINT`` (xyz only) per query and NO answer token. The query's representation is the hidden
-  state at its own ``Q_POINT``. (The reference appended fake ``dist = 0`` answers: queries posed as on-surface
-  points, and later queries attended to those fake answers.)
-* legacy tokens (no Q/A types): the only query form the model knows is a ``POINT`` token, so a query is a POINT
-  with its distance slot zeroed. The model reads that as an on-surface point; the metrics JSON records this caveat.
-
-Query positions and attention: every query token gets the position of the NEXT point slot after the context,
-``1 + k * n_context`` (k = 2 with Q/A tokens, 1 without): exactly where the pretrained model saw the first query
-that follows ``n_context`` answered points. Queries never attend to one another, and no other token attends to
-a query (an extra attention block; each query still attends to itself). So, under causal attention, a query's
-hidden state equals that of the pretraining prefix ``[BOS] + context + query``, batched; it does not depend on
-the other queries, their number or order, and bidirectional (MAE) encoders do not mix queries into the context.
-The next point slot must exist: ``n_context`` < the pretrained point capacity.
+This module: the probe's maths (ridge head, metrics, shape selection). The token sequence is
+``eval.cpac_sequence``, reading shapes ``eval.cpac_shapes``, the encoder pass ``eval.cpac_features``.
 
 Ridge head: closed form in float64 on the normal equations ``(AᵀA + λ·D) β = Aᵀy`` with ``A = [X, 1]`` and D the
 identity without the bias entry (the bias is not penalised; this is sklearn's ``Ridge(fit_intercept=True)``),
@@ -37,28 +22,15 @@ no IoU and is left out of the IoU mean, its count is reported).
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..device import model_device, to_device, to_host
-from ..io.shards import ShardReader
-from ..log import Progress
-from ..rng import rng_for, stable_hash
-from ..tokens import layout as L
-from ..tokens.backends import Backend, get_backend
-from ..tokens.layout import TokenConfig
-from ..tokens.ordering import morton_order
-from ..tokens.tokenizer import tokenize
+from ..rng import stable_hash
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .cpac_features import ShapeResult
 
 STAGE = "eval_cpac"
 TARGET_KEY = "pool_dist_mesh"
@@ -203,211 +175,9 @@ def stratified_subset(ids: Sequence[str], labels: Sequence[int], k: int | None, 
     return sorted(chosen)
 
 
-# -- draws and sequences -------------------------------------------------------------------------------------------
+# -- the probe over streamed shapes ---------------------------------------------------------------------------------
 
-def draw_rng(seed: int, role: str, shape_id: str) -> np.random.Generator:
-    """The generator of one shape's context/query draw for ``role`` (head fitting or testing)."""
-    if role not in ROLES:
-        raise ValueError(f"unknown CPAC role {role!r} (expected one of {ROLES})")
-    return rng_for(seed, STAGE, f"{role}|{shape_id}")
-
-
-def draw_context_query(pool_size: int, n_context: int, n_query: int,
-                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint (context, query) pool indices from one draw without replacement."""
-    if n_context < 1 or n_query < 1:
-        raise ValueError(f"n_context and n_query must be >= 1 (got {n_context}, {n_query})")
-    if pool_size < n_context + n_query:
-        raise ValueError(f"a pool of {pool_size} points cannot give {n_context} context + {n_query} query points "
-                         "without overlap")
-    idx = rng.choice(pool_size, size=n_context + n_query, replace=False)
-    return idx[:n_context], idx[n_context:]
-
-
-def context_token_config(pretrained: Mapping[str, Any], n_context: int) -> TokenConfig:
-    """The context's token config inside the pretrained layout (no rays; one free point slot left for queries)."""
-    cap_point = int(pretrained.get("layout_n_point") or pretrained["n_point"])
-    cap_ray = int(pretrained.get("layout_n_ray") or pretrained["n_ray"])
-    if n_context >= cap_point:
-        raise ValueError(f"cpac.n_context = {n_context} leaves no point slot for the queries in the pretrained "
-                         f"layout ({cap_point} points): use n_context <= {cap_point - 1}")
-    return TokenConfig(n_point=int(n_context), n_ray=0, qa_tokens=bool(pretrained.get("qa_tokens", False)),
-                       add_eos=bool(pretrained.get("add_eos", True)), drop_ray_prob=0.0,
-                       layout_n_point=cap_point, layout_n_ray=cap_ray)
-
-
-def query_position(cfg: TokenConfig) -> int:
-    """The position every query token takes: the point slot right after the context."""
-    return 1 + cfg.tokens_per_point * cfg.n_point
-
-
-@dataclass(frozen=True)
-class CpacSequence:
-    """One shape's CPAC token sequence and what the metrics need besides the features."""
-
-    feat: np.ndarray  # (T, 15) float32
-    type_id: np.ndarray  # (T,) int64
-    pos: np.ndarray  # (T,) int64
-    query_slots: np.ndarray  # (Q,) indices of the query tokens in the sequence, in query (Morton) order
-    query_index: np.ndarray  # (Q,) pool indices of the queries, in query order
-    context_index: np.ndarray  # (C,) pool indices of the context (draw order)
-    query_xyz: np.ndarray  # (Q, 3)
-    context_xyz: np.ndarray  # (C, 3)
-    context_dist: np.ndarray  # (C,) the context backend's distances
-
-
-def build_sequence(pools: Mapping[str, Any], cfg: TokenConfig, n_query: int,
-                   rng: np.random.Generator) -> CpacSequence:
-    """Draw context + queries from a backend's pools and lay out ``[BOS] + context + queries + [EOS]``.
-
-    The context goes through the real tokenizer (given only the drawn context points, it Morton-orders them and
-    lays them out as in pretraining); queries are query-only tokens at ``query_position(cfg)`` (module docstring).
-    """
-    pt_xyz = np.asarray(pools["pt_xyz"])
-    ctx, qry = draw_context_query(len(pt_xyz), cfg.n_point, n_query, rng)
-    dist_of = pools["pt_dist"]
-    ctx_dist = (dist_of(ctx) if callable(dist_of) else np.asarray(dist_of)[ctx]).astype(np.float32)
-    ctx_pools = {"pt_xyz": pt_xyz[ctx], "pt_dist": ctx_dist}  # no ray arrays: the context is points only
-    feat_c, type_c, pos_c = tokenize(ctx_pools, cfg, rng)
-
-    qry = qry[morton_order(pt_xyz[qry])]
-    q_feat = np.zeros((n_query, L.FEAT_DIM), dtype=np.float32)
-    q_feat[:, L.XYZ] = pt_xyz[qry]  # legacy POINT: the distance slot stays 0 (the only query form it knows)
-    q_type = np.full(n_query, L.Q_POINT if cfg.qa_tokens else L.POINT, dtype=np.int64)
-    q_pos = np.full(n_query, query_position(cfg), dtype=np.int64)
-
-    split = len(type_c) - int(cfg.add_eos)  # queries go before the EOS (causal attention: they never see it)
-    feat = np.concatenate([feat_c[:split], q_feat, feat_c[split:]])
-    type_id = np.concatenate([type_c[:split], q_type, type_c[split:]])
-    pos = np.concatenate([pos_c[:split], q_pos, pos_c[split:]])
-    return CpacSequence(feat=feat, type_id=type_id, pos=pos, query_slots=np.arange(split, split + n_query),
-                     query_index=qry, context_index=ctx, query_xyz=pt_xyz[qry].astype(np.float64),
-                     context_xyz=pt_xyz[ctx].astype(np.float64), context_dist=ctx_dist.astype(np.float64))
-
-
-@torch.no_grad()
-def query_features(encoder: nn.Module, sequences: Sequence[CpacSequence], *, batch_size: int,
-                   causal: bool) -> list[np.ndarray]:
-    """Float64 (Q, d) final hidden states at each sequence's query tokens.
-
-    Every pass has ``batch_size`` rows (short batches padded with all-masked rows) and all sequences have the same
-    length, so a shape's features do not depend on which shapes share its batch.
-    """
-    if not sequences:
-        return []
-    length = len(sequences[0].type_id)
-    if any(len(s.type_id) != length for s in sequences):
-        raise ValueError("CPAC sequences must all have the same length")
-    encoder.eval()
-    device = model_device(encoder)
-    out: list[np.ndarray] = []
-    for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start:start + batch_size]
-        feat = torch.zeros((batch_size, length, L.FEAT_DIM), dtype=torch.float32)
-        type_id = torch.full((batch_size, length), L.PAD, dtype=torch.int64)
-        pos = torch.zeros((batch_size, length), dtype=torch.int64)
-        valid = torch.zeros((batch_size, length), dtype=torch.bool)
-        block = torch.zeros((batch_size, length, length), dtype=torch.bool)
-        for b, s in enumerate(chunk):
-            feat[b], type_id[b] = torch.from_numpy(s.feat), torch.from_numpy(s.type_id)
-            pos[b], valid[b] = torch.from_numpy(s.pos), True
-            block[b, :, torch.from_numpy(s.query_slots)] = True  # nobody attends to a query (but itself)
-        h = encoder(*to_device((feat, type_id, pos, valid), device), causal=causal,
-                    extra_block=block.to(device)).h
-        for b, s in enumerate(chunk):
-            out.append(to_host(h[b, torch.from_numpy(s.query_slots).to(device)], np.float64))
-    return out
-
-
-# -- reading shapes ------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CpacShape:
-    shape_id: str
-    shard_path: str
-    row: int
-    label: int
-
-
-class ShapeSource:
-    """Context pools through a backend's own restricted readers, targets through separate mesh readers."""
-
-    def __init__(self, backend: str | Backend):
-        self.backend = get_backend(backend) if isinstance(backend, str) else backend
-        self._context: dict[str, ShardReader] = {}
-        self._target: dict[str, ShardReader] = {}
-
-    def _readers(self, path: str) -> tuple[ShardReader, ShardReader]:
-        if path not in self._context:
-            self._context[path] = self.backend.open(path)
-            target = ShardReader(path, TARGET_PRIMITIVE)
-            if TARGET_KEY not in target.allowed:
-                target.close()
-                raise ValueError(f"{path}: the cache holds no exact mesh distances ({TARGET_KEY}); CPAC needs the "
-                                 "cache of a mesh dataset")
-            self._target[path] = target
-        return self._context[path], self._target[path]
-
-    def load(self, shape: CpacShape) -> tuple[dict[str, Any], np.ndarray]:
-        """(the backend's pools, the exact distances over the pool) of one shape."""
-        context, target = self._readers(shape.shard_path)
-        if not 0 <= shape.row < len(context) or context.shape_ids[shape.row] != shape.shape_id:
-            raise ValueError(f"{shape.shard_path}: row {shape.row} does not hold {shape.shape_id} (stale index?)")
-        pools = self.backend.pools(context, shape.row)
-        exact = np.asarray(target.read(shape.row, [TARGET_KEY])[TARGET_KEY], dtype=np.float64)
-        return pools, exact
-
-    def close(self) -> None:
-        for reader in (*self._context.values(), *self._target.values()):
-            reader.close()
-        self._context, self._target = {}, {}
-
-
-@dataclass
-class ShapeResult:
-    """Per shape: features at the queries, exact targets, and the geometry-only baselines' predictions."""
-
-    shape: CpacShape
-    features: np.ndarray  # (Q, d)
-    target: np.ndarray  # (Q,)
-    context_nn: np.ndarray  # (Q,) distance from each query to its nearest context point
-    context_bound: np.ndarray  # (Q,) min over context of |q - c| + d(c): the 1-Lipschitz upper bound
-
-
-def baselines(seq: CpacSequence) -> tuple[np.ndarray, np.ndarray]:
-    gaps = np.linalg.norm(seq.query_xyz[:, None, :] - seq.context_xyz[None, :, :], axis=-1)
-    return gaps.min(axis=1), (gaps + seq.context_dist[None, :]).min(axis=1)
-
-
-def encode_shapes(encoder: nn.Module, shapes: Sequence[CpacShape], backend: str, cfg: TokenConfig, *,
-                  n_query: int, seed: int, role: str, batch_size: int, causal: bool) -> Iterator[ShapeResult]:
-    """ShapeResults of ``shapes`` (in order), batch by batch."""
-    if batch_size < 1:
-        raise ValueError(f"cpac.batch_size must be >= 1 (got {batch_size})")
-    source = ShapeSource(backend)
-    progress = Progress(log, len(shapes), f"{role} shapes ({backend} context)", every=max(batch_size, 500))
-    try:
-        for start in range(0, len(shapes), batch_size):
-            chunk = shapes[start:start + batch_size]
-            seqs, targets = [], []
-            for shape in chunk:
-                pools, exact = source.load(shape)
-                try:
-                    seq = build_sequence(pools, cfg, n_query, draw_rng(seed, role, shape.shape_id))
-                except ValueError as exc:
-                    raise ValueError(f"{shape.shape_id} ({shape.shard_path}): {exc}") from exc
-                seqs.append(seq)
-                targets.append(exact[seq.query_index])
-            feats = query_features(encoder, seqs, batch_size=batch_size, causal=causal)
-            for shape, seq, target, x in zip(chunk, seqs, targets, feats):
-                nn_dist, bound = baselines(seq)
-                yield ShapeResult(shape, x, target, nn_dist, bound)
-            progress.step(len(chunk))
-    finally:
-        source.close()
-
-
-def fit_head(results: Iterator[ShapeResult], lam: float) -> tuple[np.ndarray, float, float, int]:
+def fit_head(results: Iterable[ShapeResult], lam: float) -> tuple[np.ndarray, float, float, int]:
     """(weights, bias, target mean, n_shapes) of the ridge head on streamed results (shape order)."""
     acc: RidgeAccumulator | None = None
     n_shapes = 0
@@ -421,7 +191,7 @@ def fit_head(results: Iterator[ShapeResult], lam: float) -> tuple[np.ndarray, fl
     return weights, bias, acc.y_mean, n_shapes
 
 
-def evaluate(results: Iterator[ShapeResult], weights: np.ndarray, bias: float, y_mean: float,
+def evaluate(results: Iterable[ShapeResult], weights: np.ndarray, bias: float, y_mean: float,
              class_names: Mapping[int, str], tau: float) -> tuple[dict[str, Any], int]:
     """Metrics of the probe and of the baselines (constant = head-train mean, context_nn, context_bound)."""
     ys, preds, nns, bounds, labels = [], [], [], [], []
@@ -441,10 +211,3 @@ def evaluate(results: Iterator[ShapeResult], weights: np.ndarray, bias: float, y
     return out, len(ys)
 
 
-def shapes_from(where: Mapping[str, tuple[str | os.PathLike, int]], labels: Mapping[str, int],
-                ids: Sequence[str]) -> list[CpacShape]:
-    """CpacShapes of ``ids`` (sorted) from a cache lookup (shape id -> (shard, row)); every id must be cached."""
-    missing = sorted(set(ids) - set(where))
-    if missing:
-        raise ValueError(f"{len(missing)} CPAC shapes are not in the cache (first: {missing[:3]})")
-    return [CpacShape(sid, str(Path(where[sid][0])), int(where[sid][1]), int(labels[sid])) for sid in sorted(ids)]

@@ -1,8 +1,8 @@
 """The eval_cpac job: CPAC-UDF completion probe of one pretrained encoder with one context backend.
 
 From ``n_context`` pool points with the context backend's own distances, a ridge head on the encoder's hidden
-states at ``n_query`` query-only tokens predicts the EXACT mesh distance there (``pool_dist_mesh``). Sequence
-layout, query positions, draws and metrics: ``pipeline3d.eval.cpac``.
+states at ``n_query`` query-only tokens predicts the EXACT mesh distance there (``pool_dist_mesh``). Metrics and
+head: ``pipeline3d.eval.cpac``; sequence layout, query positions and draws: ``eval.cpac_sequence``.
 
 Head (``cpac.head``):
 * ``non_transductive`` (default): fit on the ``head_split`` shapes of the unpaired split (e.g. train_udf) with
@@ -29,6 +29,9 @@ from ..device import job_device
 from ..embed.shapes import encoder_files
 from ..embed.sources import read_manifest
 from ..eval import cpac as C
+from ..eval import cpac_features as CF
+from ..eval import cpac_sequence as CS
+from ..eval import cpac_shapes as CSh
 from ..io.atomic import write_json
 from ..io.tables import read_parquet
 from ..log import git_describe
@@ -111,14 +114,14 @@ def run(params: dict, files: dict, log) -> dict:
 
     encoder_info = encoder_files(files["weights"], files["encoder_json"])
     pretrained = encoder_info.pretrained_tokens or params["tokens"]
-    tok = C.context_token_config(pretrained, n_context)
+    tok = CS.context_token_config(pretrained, n_context)
 
     manifest = read_manifest(files["manifest"])
     class_names = {int(c): str(n) for c, n in zip(manifest["label"], manifest["label_name"])}
     head_labels, test_labels, eval_source = select_shapes(params, files, log)
     where = locate_rows(files["index"], files["shards"])
-    head_shapes = C.shapes_from(where, head_labels, list(head_labels))
-    test_shapes = C.shapes_from(where, test_labels, list(test_labels))
+    head_shapes = CSh.shapes_from(where, head_labels, list(head_labels))
+    test_shapes = CSh.shapes_from(where, test_labels, list(test_labels))
     log.info("%s/%s: head %s on %d shapes (%s context), test on %d shapes from %s (%s context) | %d context + %d "
              "query points | tokens %s", params["dataset"], params["method"], cpac["head"], len(head_shapes),
              head_backend, len(test_shapes), eval_source, context_backend, n_context, n_query,
@@ -127,10 +130,10 @@ def run(params: dict, files: dict, log) -> dict:
     encoder = load_encoder(encoder_info.weights, encoder_info.sidecar, device=job_device())
     common = dict(n_query=n_query, seed=seed, batch_size=batch_size, causal=encoder_info.causal)
     weights, bias, y_mean, n_head = C.fit_head(
-        C.encode_shapes(encoder, head_shapes, head_backend, tok, role="head", **common), lam)
+        CF.encode_shapes(encoder, head_shapes, head_backend, tok, role="head", **common), lam)
     log.info("ridge head: %d features, lambda %g, bias %.4f, head-train target mean %.4f", len(weights), lam, bias,
              y_mean)
-    metrics, n_eval = C.evaluate(C.encode_shapes(encoder, test_shapes, context_backend, tok, role="test", **common),
+    metrics, n_eval = C.evaluate(CF.encode_shapes(encoder, test_shapes, context_backend, tok, role="test", **common),
                                  weights, bias, y_mean, class_names, tau)
     pooled = metrics["probe"]["pooled"]
     log.info("CPAC %s: MAE %.4f RMSE %.4f IoU@%g %s | context-NN MAE %.4f", context_backend, pooled["mae"],
@@ -142,7 +145,7 @@ def run(params: dict, files: dict, log) -> dict:
                      "target_mean": y_mean},
             "eval_shapes_from": eval_source, "target": C.TARGET_KEY, "tau": tau,
             "queries": {"token": L.TYPE_NAMES[L.Q_POINT if tok.qa_tokens else L.POINT], "answer_tokens": False,
-                        "position": C.query_position(tok), "attends": "context and itself only",
+                        "position": CS.query_position(tok), "attends": "context and itself only",
                         "features": "final hidden state at the query token", "caveats": caveats},
             "tokens": {"n_context": n_context, "n_query": n_query, "qa_tokens": tok.qa_tokens,
                        "add_eos": tok.add_eos, "layout_n_point": tok.layout_n_point,
