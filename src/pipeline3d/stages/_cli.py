@@ -36,20 +36,33 @@ def arg(flag: str, help: str, **kwargs) -> tuple[str, dict]:  # noqa: A002 - arg
     return flag, {"help": help, **kwargs}
 
 
+# How a stage's --threads (the rule's threads) are spent: all on torch's intra-op pool, or one thread for torch
+# (byte-identical float results whatever the CPU count) and the rest on DataLoader workers (``args.workers``).
+THREAD_POLICIES = {"torch": "CPUs of the job (torch threads)",
+                   "workers": "CPUs of the job: one for torch (byte-identical results), the rest tokenize in workers"}
+
+
 def run_stage(stage: str, doc: str | None, options: list[tuple[str, dict]], body, *,
-              errors: tuple[type[BaseException], ...] = (ValueError,), error_code: int = 1,
+              errors: tuple[type[BaseException], ...] = (ValueError,), error_code: int = 1, threads: str | None = None,
               argv: list[str] | None = None) -> int:
     """The whole ``main()`` of a stage: parse ``--params`` and ``options`` (``arg(...)`` tuples), set up logging and
     the stage header, then ``body(params, args, log)``, which returns the exit code (None: 0).
+
+    ``threads`` (a ``THREAD_POLICIES`` key) adds ``--threads`` and sets torch's threads by that policy first.
 
     An expected error (``errors``: bad input, a message naming the file / key / problem) is logged and exits with
     ``error_code``, having written nothing; anything else is a bug and keeps its traceback.
     """
     p = parser(stage, doc)
+    if threads is not None:
+        options = [*options, arg("--threads", THREAD_POLICIES[threads], type=int, default=1)]
     for flag, kwargs in options:
         p.add_argument(flag, **kwargs)
     args = p.parse_args(argv)
     params, log = start(stage, args)
+    if threads is not None:
+        args.workers = max(0, args.threads - 1) if threads == "workers" else 0
+        set_compute_threads(args.threads, args.workers)
     try:
         code = body(params, args, log)
     except errors as exc:

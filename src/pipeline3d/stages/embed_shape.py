@@ -5,24 +5,20 @@ from __future__ import annotations
 import json
 import sys
 
-import torch
-
 from ..jobs import embed_shape as job
 from ._cli import arg, run_stage
 
 STAGE = "embed_shape"
 OPTIONS = [arg("--inputs", "JSON: manifest, ttv, index, shards, weights, encoder_json"),
-           arg("--threads", "CPUs of the job: one for torch (byte-identical results), the rest tokenize in workers", type=int, default=1),
            arg("--out", "output embeddings parquet")]
 
 
 def body(params: dict, args, log) -> int:
-    torch.set_num_threads(1)
-    return job.run(params, json.loads(args.inputs), args.out, log, workers=max(0, args.threads - 1))
+    return job.run(params, json.loads(args.inputs), args.out, log, workers=args.workers)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, job.__doc__, OPTIONS, body, errors=(ValueError, KeyError), argv=argv)
+    return run_stage(STAGE, job.__doc__, OPTIONS, body, errors=(ValueError, KeyError), threads="workers", argv=argv)
 
 
 if __name__ == "__main__":

@@ -5,24 +5,20 @@ from __future__ import annotations
 import json
 import sys
 
-import torch
-
 from ..jobs import eval_ucpr as job
 from ._cli import arg, run_stage
 
 STAGE = "eval_ucpr"
 OPTIONS = [arg("--inputs", "JSON: manifest, unpaired, ttv, index, shards, weights, encoder_json"),
-           arg("--threads", "CPUs of the job: one for torch (byte-identical results), the rest tokenize in workers", type=int, default=1),
            arg("--metrics", "output metrics JSON")]
 
 
 def body(params: dict, args, log) -> int:
-    torch.set_num_threads(1)
-    return job.run(params, json.loads(args.inputs), args.metrics, log, workers=max(0, args.threads - 1))
+    return job.run(params, json.loads(args.inputs), args.metrics, log, workers=args.workers)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, job.__doc__, OPTIONS, body, errors=(ValueError, KeyError), argv=argv)
+    return run_stage(STAGE, job.__doc__, OPTIONS, body, errors=(ValueError, KeyError), threads="workers", argv=argv)
 
 
 if __name__ == "__main__":

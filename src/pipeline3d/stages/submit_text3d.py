@@ -12,8 +12,6 @@ import json
 import sys
 import time
 
-import torch
-
 from ..io.atomic import atomic_path, write_json
 from ..jobs import submit_text3d
 from ..log import git_describe
@@ -21,13 +19,11 @@ from ._cli import arg, run_stage
 
 STAGE = "submit_text3d"
 OPTIONS = [arg("--inputs", "JSON: the rule's named inputs (name -> path or paths)"),
-           arg("--threads", "torch intra-op threads (the rule's threads)", type=int, default=1),
            arg("--text2mesh", "text->mesh ranking (.csv)"), arg("--mesh2text", "mesh->text ranking (.csv)"),
            arg("--metrics", "test metrics (.json)")]
 
 
 def submit(params: dict, args, log) -> None:
-    torch.set_num_threads(max(1, args.threads))
     started = time.time()
     result = submit_text3d.submit(params, json.loads(args.inputs), log=log)
     for frame, path in ((result.text2mesh, args.text2mesh), (result.mesh2text, args.mesh2text)):
@@ -42,7 +38,7 @@ def submit(params: dict, args, log) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, __doc__, OPTIONS, submit, argv=argv)
+    return run_stage(STAGE, __doc__, OPTIONS, submit, threads="torch", argv=argv)
 
 
 if __name__ == "__main__":
