@@ -3,7 +3,7 @@
 Input: the 114 SHREC'07 watertight meshes (``<repo>/../shared/data/shrec07_watertight``), parsed and cleaned by
 ingest's own loader (``pipeline3d.io.meshes.load_mesh``) into an item store. Each worker is a fresh process pinned
 to one CPU (``os.sched_setaffinity``) with BLAS/OpenMP capped at one thread, and runs the real shard job
-(``pipeline3d.data.cache.shard_job.build_shard``: item-store load + compute + shard write) over *all* shapes into
+(``pipeline3d.jobs.build_cache_shard.build_shard``: item-store load + compute + shard write) over *all* shapes into
 its own shard file, so 1 and 2 workers do the same work per worker and the ratio measures scaling, not load
 balance. Reported per mode: seconds per shape by stage (mean over shapes), shapes/s, peak RSS per worker
 (``resource.getrusage``) and the 2-worker/1-worker throughput ratio. ``--engines`` adds engine comparisons on a
@@ -106,7 +106,7 @@ def _worker(cpu: int, cache: dict, manifest: str, items: str, out: str, queue) -
     import numpy as np
 
     from pipeline3d.data.cache.build import CacheProfile, cache_mesh
-    from pipeline3d.data.cache.shard_job import build_shard
+    from pipeline3d.jobs.build_cache_shard import build_shard
 
     imported = time.perf_counter() - start
     # Once per process, not per shape: load the compiled kernels from numba's on-disk cache (a shard job of a real

@@ -1,7 +1,7 @@
 """Cache -> token batch throughput on real meshes, per core: our shards against the reference's storage.
 
 Input: the SHREC'07 watertight meshes (``<repo>/../shared/data/shrec07_watertight``), cached with the real shard
-job (``pipeline3d.data.cache.shard_job.build_shard``, the default cache profile: 2048 surface points, a 20k query
+job (``pipeline3d.jobs.build_cache_shard.build_shard``, the default cache profile: 2048 surface points, a 20k query
 pool, 20 x 400 rays, 64^3 grids, gzip where it shrinks) into one shard. The same rows are also written in the
 reference's storage: one ``np.savez_compressed`` npz per shape with its 18 keys (section 1.1 of the reference study).
 
@@ -58,7 +58,7 @@ OURS_TO_REFERENCE = {ours: ref for ref, ours in REFERENCE_KEYS.items()}
 
 
 def build_cache(workdir: Path, limit: int | None) -> tuple[Path, list[str], dict[str, float]]:
-    from pipeline3d.data.cache.shard_job import build_shard
+    from pipeline3d.jobs.build_cache_shard import build_shard
     from pipeline3d.io.shards import ShardReader
 
     manifest, items, n = build_inputs(workdir, limit, DATA)

@@ -51,6 +51,8 @@ from ..rng import rng_for
 GEOMETRY_GRID = 16  # side of the block-averaged field the signature is computed on
 GEOMETRY_BITS = 256  # signature length; geometry_threshold is in bits of this
 SYM_BITS = GEOMETRY_BITS  # the group-invariant filter signature (the mean of the 48 variant projections)
+# The ray arrays a dataset kind's depth views are read from (the cache's per-primitive ray hits).
+RAY_ARRAYS = {"mesh": ("ray_t_mesh", "ray_hit_mesh"), "pointcloud": ("ray_t_pc", "ray_hit_pc")}
 GEOMETRY_SIGMA = 0.06  # world units (about 2 voxels of a 64^3 grid): width of the soft occupancy
 _PROJECTION_KEY = "geometry-simhash-v1"  # changing the projection changes every hash: bump the stage version
 

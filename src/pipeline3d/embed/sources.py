@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.cache_lookup import locate_rows
-from ..data.fingerprint_job import RAY_ARRAYS
+from ..data.fingerprints import RAY_ARRAYS
 from ..data.fingerprints import depth_images
 from ..io.itemstore import ItemStore
 from ..io.shards import ShardReader

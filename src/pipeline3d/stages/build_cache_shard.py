@@ -28,7 +28,7 @@ def body(params: dict, args, log) -> None:
     if "numpy" not in sys.modules:  # only effective before numpy loads (always so when run as a job)
         os.environ.update(thread_env(int(params.get("cache", {}).get("threads", 1))))
 
-    from ..data.cache.shard_job import build_shard  # its ShardJobError (bad inputs) is a ValueError
+    from ..jobs.build_cache_shard import build_shard  # its ShardJobError (bad inputs) is a ValueError
 
     n_ok, failures, seconds = build_shard(params, int(args.shard), args.manifest, args.items, args.out, log)
     n_total = n_ok + len(failures)

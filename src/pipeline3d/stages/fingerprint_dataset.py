@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from ..data import fingerprint_job
+from ..jobs import fingerprint_dataset as job
 from ._cli import arg, run_stage
 
 STAGE = "fingerprint_dataset"
@@ -21,8 +21,7 @@ OPTIONS = [arg("--manifest", "ingest manifest.parquet"),
 
 
 def fingerprint(params: dict, args, log) -> None:
-    table = fingerprint_job.run(params, args.manifest, args.cache_dir, args.items_dir, args.fingerprints,
-                                args.duplicates)
+    table = job.run(params, args.manifest, args.cache_dir, args.items_dir, args.fingerprints, args.duplicates)
     log.info("wrote %s and %s (%d items)", args.fingerprints, args.duplicates, len(table))
 
 

@@ -19,15 +19,14 @@ from ..io.atomic import write_parquet
 from ..io.itemstore import ItemStore
 from ..io.shards import ShardReader
 from ..log import Progress
-from .cache_lookup import locate_rows
-from .fingerprints import (GEOMETRY_BITS, GEOMETRY_GRID, GEOMETRY_SIGMA, SYM_BITS, bits_to_hex, geometry_hashes,
+from ..data.cache_lookup import locate_rows
+from ..data.fingerprints import (RAY_ARRAYS, GEOMETRY_BITS, GEOMETRY_GRID, GEOMETRY_SIGMA, SYM_BITS, bits_to_hex, geometry_hashes,
                            image_hash_bits, pack_codes, soft_occupancy, symmetry_inverses, view_hash_bits)
-from .near_duplicates import DuplicateRule, GeometryCodes, duplicates_table, find_near_duplicates, link_same_source
+from ..data.near_duplicates import DuplicateRule, GeometryCodes, duplicates_table, find_near_duplicates, link_same_source
 from ..io.tables import read_parquet
 
 log = logging.getLogger(__name__)
 
-RAY_ARRAYS = {"mesh": ("ray_t_mesh", "ray_hit_mesh"), "pointcloud": ("ray_t_pc", "ray_hit_pc")}
 GEOMETRY_BATCH = 256
 
 

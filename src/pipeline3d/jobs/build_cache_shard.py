@@ -6,14 +6,13 @@ import logging
 import time
 from pathlib import Path
 
-
-from ...io.itemstore import ItemStore
-from ...io.shards import ShardWriter, array_codecs, shard_of
-from ...log import Progress
-from ...io.cache_schema import profile_of
-from .build import CacheProfile, StageTimer, cache_mesh, cache_pointcloud
-from .errors import ShapeError
-from ...io.tables import read_parquet
+from ..io.itemstore import ItemStore
+from ..io.shards import ShardWriter, array_codecs, shard_of
+from ..log import Progress
+from ..io.cache_schema import profile_of
+from ..data.cache.build import CacheProfile, StageTimer, cache_mesh, cache_pointcloud
+from ..data.cache.errors import ShapeError
+from ..io.tables import read_parquet
 
 CACHEABLE_KINDS = ("mesh", "pointcloud")
 class ShardJobError(ValueError):
