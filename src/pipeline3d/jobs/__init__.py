@@ -1,5 +1,5 @@
-"""What a training stage assembles: datasets from split tables and caches, an encoder, an objective, the loop.
+"""One stage's assembly: read the inputs, build (datasets, encoders, objectives, heads), run, write the outputs.
 
-Stage modules stay thin (argument parsing and exit codes); these modules hold the assembly so it can be tested
-without Snakemake.
+Stage modules (``pipeline3d.stages``) stay thin command lines over these; everything here can be tested without
+Snakemake.
 """
