@@ -1,0 +1,153 @@
+# Inputs, params and targets of the head rules (heads.smk): the metric-learning head, the text-3D alignment and its
+# submission, the retrieval head. Built on embed_inputs.smk (embedding paths, split files, the text config). Each
+# params function keeps only what changes that job's output (no sweep lists), as there.
+METRIC_HEAD = config["metric_head"]
+ALIGN = config["align_text3d"]
+RETRIEVAL = config["retrieval_head"]
+
+
+# ---------------------------------------------------------------------------------------------- metric head
+def metric_head_inputs(wildcards):
+    return {
+        "embeddings": embedding_path(wildcards.modality, wildcards.dataset, wildcards.model),
+        "difficulty": f"{RESULTS}/difficulty/{_space(wildcards)}.parquet",
+        **ingest_files(wildcards.dataset),
+        "ttv": split_file(wildcards.dataset, "ttv"),
+        "qg": split_file(wildcards.dataset, "qg"),
+    }
+
+
+def metric_head_best(wildcards):
+    if not METRIC_HEAD["optuna"]["enabled"]:
+        return {}
+    return {"best": f"{RESULTS}/optuna/metric_head/{_space(wildcards)}/best.json"}
+
+
+def _head_cfg():
+    return _without(METRIC_HEAD, "optuna", "space")
+
+
+def tune_metric_head_cfg(wildcards):
+    return stage_params(
+        "tune_metric_head",
+        {"seed": config["seed"], "space": _space(wildcards), "head": _head_cfg(), "optuna": METRIC_HEAD["optuna"]},
+    )
+
+
+def train_metric_head_cfg(wildcards):
+    return stage_params(
+        "train_metric_head",
+        {
+            "seed": config["seed"],
+            "space": _space(wildcards),
+            "head": _head_cfg(),
+            "tuned": METRIC_HEAD["optuna"]["enabled"],
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------- text-3D
+def _caption_files():
+    captions = ALIGN["captions"]
+    return {"captions_manifest": f"{RESULTS}/ingest/{captions['dataset']}/manifest.parquet"} if captions else {}
+
+
+def align_inputs(wildcards):
+    return {
+        "shape_embeddings": shape_embedding(wildcards.dataset, wildcards.method),
+        "kfold": split_file(wildcards.dataset, "kfold"),
+        **ingest_files(wildcards.dataset),
+        **_caption_files(),
+    }
+
+
+def _align_cfg():
+    return _without(ALIGN, "datasets", "folds")
+
+
+def align_cfg(wildcards):
+    return stage_params(
+        "align_text3d",
+        {
+            "seed": config["seed"],
+            "dataset": wildcards.dataset,
+            "method": wildcards.method,
+            "fold": int(wildcards.fold),
+            "align": _align_cfg(),
+            "text": _text_cfg(),
+        },
+    )
+
+
+def _fold_files(wildcards, name):
+    return expand(
+        f"{RESULTS}/align_text3d/{wildcards.dataset}/{wildcards.method}/fold{{fold}}/{name}", fold=ALIGN["folds"]
+    )
+
+
+def submit_inputs(wildcards):
+    return {
+        "shape_embeddings": shape_embedding(wildcards.dataset, wildcards.method),
+        "ttv": split_file(wildcards.dataset, "ttv"),
+        **ingest_files(wildcards.dataset),
+        **_caption_files(),
+        "heads": _fold_files(wildcards, "head.json"),
+        "projections": _fold_files(wildcards, "projection.safetensors"),
+        "text_towers": _fold_files(wildcards, "text_tower.safetensors"),
+        "fold_metrics": _fold_files(wildcards, "metrics.json"),
+    }
+
+
+def submit_cfg(wildcards):
+    return stage_params(
+        "submit_text3d",
+        {
+            "seed": config["seed"],
+            "dataset": wildcards.dataset,
+            "method": wildcards.method,
+            "align": _align_cfg(),
+            "text": _text_cfg(),
+            "folds": ALIGN["folds"],
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------- retrieval head
+def retrieval_head_inputs(wildcards):
+    # the cache (index + shards) feeds the hand-crafted descriptor floor evaluated beside the head
+    return {
+        "shape_embeddings": shape_embedding(wildcards.dataset, wildcards.method),
+        **ingest_files(wildcards.dataset),
+        "ttv": split_file(wildcards.dataset, "ttv"),
+        "qg": split_file(wildcards.dataset, "qg"),
+        **cache_inputs(wildcards.dataset),
+    }
+
+
+def retrieval_head_cfg(wildcards):
+    return stage_params(
+        "train_retrieval_head",
+        {
+            "seed": config["seed"],
+            "dataset": wildcards.dataset,
+            "method": wildcards.method,
+            "head": _without(RETRIEVAL, "datasets", "method"),
+            "text": _text_cfg(),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------- targets
+def head_targets():
+    targets = []
+    if METRIC_HEAD["space"]:
+        targets.append(f"{RESULTS}/heads/metric/{METRIC_HEAD['space']}/metrics.json")
+    for ds in ALIGN["datasets"]:
+        folder = f"{RESULTS}/align_text3d/{ds}/{ALIGN['method']}"
+        targets += [
+            f"{folder}/submission_text2mesh.csv",
+            f"{folder}/submission_mesh2text.csv",
+            f"{folder}/metrics.json",
+        ]
+    targets += [f"{RESULTS}/heads/retrieval/{ds}/{RETRIEVAL['method']}/metrics.json" for ds in RETRIEVAL["datasets"]]
+    return targets
