@@ -17,7 +17,8 @@ from pipeline3d.embed import backbones
 from pipeline3d.embed.backbones import build_text_backbone
 from pipeline3d.embed.vectors import write_vectors
 from pipeline3d.jobs import retrieval_head
-from pipeline3d.jobs.retrieval_head import RetrievalModel, RetrievalObjective, load_retrieval_head, pk_indices
+from pipeline3d.embed.retrieval_head import RetrievalModel, load_retrieval_head
+from pipeline3d.jobs.retrieval_head import RetrievalObjective, pk_indices
 from pipeline3d.models import pseudo_prompt
 from pipeline3d.models.pseudo_prompt import encode_with_pseudo_tokens, prepare_template, text_tower, word_embeddings
 from pipeline3d.stages import train_retrieval_head

@@ -1,6 +1,6 @@
 """PromptSG-style instance retrieval head over frozen shape embeddings: (dataset, method) -> head + metrics.
 
-Model (``RetrievalModel``): Linear(in_dim -> neck_dim) then a BNNeck (re-ID "bag of tricks"):
+Model (``embed.retrieval_head.RetrievalModel``): Linear(in_dim -> neck_dim) then a BNNeck (re-ID "bag of tricks"):
 - ArcFace over the post-BN feature (cross-entropy over the margin logits, all classes of the manifest);
 - batch-hard triplet loss on the pre-BN feature, cosine distance (scale-free, like the cosine retrieval; so the
   config's margin is in units of 1 - cos);
@@ -26,9 +26,9 @@ hand-crafted floor ``descriptor_raw``: shape-distribution descriptors (``eval.de
 cached ``pc_xyz`` read through the ``pointcloud_noray`` view, standardised with the mean/std of the train shapes'
 descriptors, cosine on the same splits: no embedding and no training.
 
-Export: ``head.safetensors`` (every trained tensor) + ``head.json`` (dims, class names, ArcFace parameters, the
-input embeddings' provenance, the text tower's name and weights sha256 when textual inversion is on);
-``load_retrieval_head(safetensors, json).embed(vectors)`` embeds new shapes' vectors with the published head.
+Export: ``head.safetensors`` + ``head.json``, written by ``stage`` with ``save_retrieval_head``; the model, the
+JSON's content and the loader are in ``pipeline3d.embed.retrieval_head`` (the library face:
+``pipeline3d.load_retrieval_head``).
 """
 
 from __future__ import annotations
@@ -42,18 +42,15 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.selection import cached_rows, ttv_labels
 from ..device import model_device, to_host
+from ..embed.retrieval_head import RetrievalModel, describe, save_retrieval_head
 from ..embed.vectors import Embeddings, read_vectors
 from ..eval import descriptor
 from ..eval.retrieval import qg_rank_map
-from ..io.atomic import write_json
-from ..io.weights import load_verified, read_sidecar, write_weights
-from ..models.heads import BNNeck, TextualInversion
-from ..objectives.arcface import ArcFace
+from ..log import git_describe
 from ..objectives.base import Logs, Objective
 from ..objectives.supcon import supcon_loss
 from ..objectives.triplet import batch_hard_triplet_loss
@@ -64,53 +61,12 @@ from ..train.wandb_sink import metrics_sinks
 from .finetune import class_names
 from ..io.tables import read_parquet
 
-FORMAT = "pipeline3d-retrieval-head"
-FORMAT_VERSION = 1
 DEFAULT_K = 4
 TRIPLET_METRIC = "cosine"
 DESCRIPTOR_BACKEND = "pointcloud_noray"  # the descriptor floor sees the cached surface points only
 # Defaults for knobs the config section may leave out (recorded in head.json / metrics.json as used).
 DEFAULTS = {"k": DEFAULT_K, "weight_decay": 5e-4, "warmup_frac": 0.1, "checkpoint_every": 100}
 LOSS_TERMS = ("ce", "triplet", "supcon")
-
-
-class RetrievalModel(nn.Module):
-    """Everything that is trained: Linear + BNNeck (the published embedding), ArcFace, and with textual inversion
-    the pseudo-token MLP and the shape -> text-width projection."""
-
-    def __init__(self, in_dim: int, neck_dim: int, n_classes: int, *, margin: float, scale: float,
-                 token_dim: int | None = None, text_dim: int | None = None, n_tokens: int = 1) -> None:
-        super().__init__()
-        self.config = {"in_dim": int(in_dim), "neck_dim": int(neck_dim), "n_classes": int(n_classes),
-                       "margin": float(margin), "scale": float(scale), "token_dim": token_dim, "text_dim": text_dim,
-                       "n_tokens": int(n_tokens)}
-        self.fc = nn.Linear(in_dim, neck_dim)
-        self.neck = BNNeck(neck_dim)
-        self.arcface = ArcFace(neck_dim, n_classes, margin=margin, scale=scale)
-        self.inversion = TextualInversion(neck_dim, token_dim, n_tokens) if token_dim else None
-        self.to_text = nn.Linear(neck_dim, text_dim) if text_dim else None
-
-    def forward(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, in_dim) -> (pre-BN, post-BN) features (N, neck_dim)."""
-        return self.neck(self.fc(vectors))
-
-    @torch.no_grad()
-    def embed(self, vectors: np.ndarray | torch.Tensor, *, batch_size: int = 4096) -> np.ndarray:
-        """Post-BN retrieval features (float32 numpy, BN in inference mode) of raw shape embeddings."""
-        was_training = self.training
-        self.eval()
-        device = self.fc.weight.device
-        x = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
-        if x.ndim != 2 or x.shape[1] != self.config["in_dim"]:
-            raise ValueError(f"expected (N, {self.config['in_dim']}) vectors, got {tuple(x.shape)}")
-        out = [self(x[i:i + batch_size].to(device))[1].cpu() for i in range(0, x.shape[0], batch_size)]
-        self.train(was_training)
-        return (torch.cat(out) if out else torch.zeros(0, self.config["neck_dim"])).numpy().astype(np.float32)
-
-
-def embed(head: RetrievalModel, vectors: np.ndarray) -> np.ndarray:
-    """Functional form of ``RetrievalModel.embed``."""
-    return head.embed(vectors)
 
 
 # ---- PK batches -------------------------------------------------------------------------------------------------
@@ -354,6 +310,21 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     return metrics, model, description, result
 
 
+REQUIRED_INPUTS = ("shape_embeddings", "manifest", "ttv", "qg")
+
+
+def stage(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, out: Mapping[str, str],
+          log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult]:
+    """The train_retrieval_head job: train, evaluate and publish the head (``out``: head, head_json, metrics)."""
+    missing = sorted(set(REQUIRED_INPUTS) - set(files))
+    if missing:
+        raise ValueError(f"--inputs lacks {missing}")
+    metrics, model, description, result = run(params, files, state_dir, log=log)
+    if metrics is not None:
+        save_retrieval_head(model, {**description, "git": git_describe()}, out["head"], out["head_json"])
+    return metrics, result
+
+
 def descriptor_floor(files: Mapping[str, Any], seed: int, train_labels: Mapping[str, int], qg: pd.DataFrame,
                      log: logging.Logger) -> dict[str, Any]:
     """``qg_rank_map`` of the standardised shape-distribution descriptors of the qg shapes (mean/std of the
@@ -381,44 +352,3 @@ class _EpochSlots:
 
     def collate(self, samples: list[int]) -> torch.Tensor:
         return _collate_slots(samples)
-
-
-# ---- export / load ----------------------------------------------------------------------------------------------
-
-def describe(model: RetrievalModel, names: list[str], emb: Embeddings, params: Mapping[str, Any],
-             head: Mapping[str, Any], text_info: dict[str, Any] | None, *, steps: int) -> dict[str, Any]:
-    """The JSON sidecar's content (without the weights' file name and sha256)."""
-    meta = emb.metadata
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "config": dict(model.config),
-        "class_names": names, "arcface": {"margin": model.config["margin"], "scale": model.config["scale"],
-                                          "n_classes": model.config["n_classes"]},
-        "embedding": {"feature": "post-BN", "dim": model.config["neck_dim"], "metric": "cosine"},
-        "input": {"dataset": params["dataset"], "method": params["method"], "dim": emb.dim,
-                  "model": meta.get("model"), "weights_sha256": meta.get("weights_sha256"),
-                  "preprocessing": meta.get("preprocessing")},
-        "text": text_info, "settings": dict(head), "seed": int(params["seed"]), "steps": int(steps),
-    }
-
-
-def save_retrieval_head(model: RetrievalModel, description: Mapping[str, Any], safetensors_path: str | Path,
-                        json_path: str | Path) -> dict[str, Any]:
-    """Write the weights (safetensors, deterministic bytes) then the JSON sidecar, both atomically."""
-    safetensors_path = Path(safetensors_path)
-    sha256 = write_weights(safetensors_path, model.state_dict(),
-                           {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config})
-    sidecar = {**description, "weights": safetensors_path.name, "sha256": sha256}
-    write_json(json_path, sidecar)
-    return sidecar
-
-
-def load_retrieval_head(safetensors_path: str | Path, json_path: str | Path, *,
-                        device: str | torch.device = "cpu") -> RetrievalModel:
-    """Rebuild a published head (sha256 checked against the JSON) in eval mode; ``.embed(vectors)`` embeds."""
-    sidecar = read_sidecar(json_path, fmt=FORMAT, version=FORMAT_VERSION, what="retrieval head")
-    tensors = load_verified(safetensors_path, sidecar.get("sha256"), json_path, device=device)
-    c = sidecar["config"]
-    model = RetrievalModel(c["in_dim"], c["neck_dim"], c["n_classes"], margin=c["margin"], scale=c["scale"],
-                           token_dim=c["token_dim"], text_dim=c["text_dim"], n_tokens=c["n_tokens"])
-    model.load_state_dict(tensors, strict=True)
-    return model.to(device).eval()
