@@ -34,10 +34,10 @@ from ..eval import cpac_sequence as CS
 from ..eval import cpac_shapes as CSh
 from ..io.atomic import write_json
 from ..io.tables import read_parquet
-from ..log import git_describe
 from ..tokens import layout as L
 from ..tokens.backends import get_backend
 from ..train.export import load_encoder
+from .provenance import provenance
 
 HEAD_MODES = ("non_transductive", "transductive")
 
@@ -156,6 +156,6 @@ def write_metrics(params: dict, files: dict, metrics_path: str | Path, log) -> N
     """``run`` and its metrics JSON (non-finite values as null), with the protocol, code version and wall time."""
     started = time.time()
     results = run(params, files, log)
-    out = _finite(results) | {"protocol": params, "git": git_describe(), "seconds": round(time.time() - started, 1)}
+    out = _finite(results) | provenance(params, started)
     write_json(Path(metrics_path), out)
     log.info("wrote %s", metrics_path)

@@ -22,9 +22,9 @@ from ..embed.sources import read_manifest
 from ..eval.ucpr import (ablate, chance_levels, check_ablations, check_seeds, eval_set, instance_metrics, n_zeroed,
                          stratified_subset)
 from ..io.atomic import write_json
-from ..log import git_describe
 from ..tokens.dataset import CacheEntry, ShapeTokenDataset
 from ..train.export import load_encoder
+from .provenance import provenance
 
 STAGE = "eval_ucpr"
 
@@ -91,7 +91,7 @@ def run(params: dict, files: dict, out: str, log, workers: int = 0) -> int:
         for ds in datasets.values():
             ds.close()
 
-    metrics = {"protocol": params, "git": git_describe(), "seconds": round(time.time() - started, 1),
+    metrics = {**provenance(params, started),
                "dataset": params["dataset"], "method": params["method"], "query": params["query"],
                "gallery": params["gallery"], "eval_set": source, "n_shapes": len(entries),
                "n_eval_available": len(labels), "per_class_counts": dict(sorted(counts.items())),

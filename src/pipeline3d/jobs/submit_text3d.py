@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,11 @@ import pandas as pd
 
 from ..device import job_device
 from ..embed.text3d_alignment import load_alignment
+from ..io.atomic import atomic_path, write_json
 from ..io.tables import read_parquet
 from .align_text3d import (TEST_KS, encode_texts, load_captions, project_shapes, retrieval_scores, shape_set,
                            tokenize)
+from .provenance import provenance
 
 SUBMISSION_DEPTH = 10
 
@@ -114,3 +117,19 @@ def submit(params: Mapping[str, Any], files: Mapping[str, Any], *, log: logging.
                  "trainable_blocks": head["text"]["trainable_blocks"]},
     }
     return Submission(t2m, m2t, metrics)
+
+
+def write_submission(params: Mapping[str, Any], files: Mapping[str, Any], text2mesh: str, mesh2text: str,
+                     metrics_path: str, log: logging.Logger) -> None:
+    """``submit`` and its outputs: the two rankings (CSV) and the test metrics (with the protocol and code version)."""
+    started = time.time()
+    result = submit(params, files, log=log)
+    for frame, path in ((result.text2mesh, text2mesh), (result.mesh2text, mesh2text)):
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False, lineterminator="\n")
+    metrics = result.metrics | provenance(params, started)
+    write_json(metrics_path, metrics)
+    test = metrics["test"]
+    log.info("fold %d | test t2m R@1/5/10 %.4f/%.4f/%.4f | m2t %.4f/%.4f/%.4f | %d captions x %d shapes",
+             metrics["fold"], test["t2m"]["R@1"], test["t2m"]["R@5"], test["t2m"]["R@10"], test["m2t"]["R@1"],
+             test["m2t"]["R@5"], test["m2t"]["R@10"], metrics["test_captions"], metrics["test_shapes"])

@@ -29,10 +29,10 @@ from typing import Any
 
 from ..config import canonical_json, cfg_hash
 from ..io.atomic import write_json
-from ..log import git_describe
 from ..rng import stable_hash
 from ..train.signals import EXIT_INTERRUPTED, stop_on_signals
 from . import metric_head
+from .provenance import provenance
 
 STAGE = "tune_metric_head"
 
@@ -154,7 +154,7 @@ def write_best(params: dict, files: dict, study: str, best_path: str, log) -> in
     content, code = tune(params, files, study, log)
     if content is None:
         return code
-    content |= {"protocol": params, "git": git_describe(), "seconds": round(time.time() - started, 1)}
+    content |= provenance(params, started)
     write_json(best_path, content)
     log.info("best trial %d: val mAP %.4f with %s (raw embeddings %.4f)", content["trial"], content["value"],
              content["params"], content["val_raw_mAP"])

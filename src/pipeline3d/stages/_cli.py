@@ -109,7 +109,7 @@ def run_training_stage(stage: str, doc: str | None, outputs: list[tuple[str, dic
     from pathlib import Path
 
     from ..io.atomic import write_json
-    from ..log import git_describe
+    from ..jobs.provenance import provenance
 
     p = training_parser(stage, doc)
     for flag, kwargs in outputs:
@@ -128,7 +128,7 @@ def run_training_stage(stage: str, doc: str | None, outputs: list[tuple[str, dic
         if result.interrupted:
             log.warning("interrupted at step %d; checkpoint saved, rerun to resume", result.steps)
         return result.exit_code
-    metrics |= {"protocol": params, "git": git_describe(), "seconds": round(time.time() - started, 1)}
+    metrics |= provenance(params, started)
     write_json(out["metrics"], metrics)
     if summary is not None:
         log.info("%s", summary(metrics))
