@@ -1,47 +1,66 @@
 """``pipeline3d status``: per rule, how many jobs of a target are done, running, queued, failed or pending.
 
-Everything comes from Snakemake's own view of the workflow plus the files it leaves behind; nothing is guessed from
-path conventions. Two read-only Snakemake calls (run concurrently, both safe while a run holds the lock):
+Only public interfaces are read, never Snakemake's own files under ``.snakemake/`` (their layout changes between
+Snakemake releases):
 
 - ``snakemake --dry-run --forceall <target>``: every job of the target's DAG as a job block (rule, outputs, declared
-  log files, wildcards). This is what groups output files into jobs and names the log of jobs that never ran.
+  log files, wildcards). This is what groups output files into jobs and names the log of each job.
 - ``snakemake --dry-run --summary <target>``: one row per output file with Snakemake's plan for its job ("update
-  pending" or "no update") and the file's status ("ok", "missing", "params changed", ...). It ignores incomplete
-  markers and the lock, so it also works during a run or after a kill.
+  pending" or "no update") and the file's status ("ok", "missing", "params changed", ...). Both calls are
+  read-only and work during a run (a dry run takes no lock) or after a kill.
+- the job's declared log file, which the pipeline writes itself (``pipeline3d.log``): a header when the stage
+  starts, naming its process (host, pid, SLURM job id), and an end line ``stage <name> end | exit <code>`` when it
+  returns. A stage killed by a signal (SLURM time limit, out of memory, SIGKILL) writes no end line.
+- ``squeue`` (where it runs): the SLURM jobs of this working directory (``%Z``) and their states. The SLURM
+  executor plugin submits every job with ``--comment rule_<rule>_wildcards_<values joined by _>`` and
+  ``-D <workdir>``, so a job that is submitted but has not started (no log yet) is found too.
+- ``/proc`` of this host: whether a stage's pid is still alive, and whether a Snakemake process (not a dry run)
+  works in this directory (``run_active``).
 
 A job's state, first match wins:
 
 1. **done**: no output of the job has plan "update pending" (outputs present and up to date for Snakemake).
-2. **running**: an output has an incomplete marker (``.snakemake/incomplete/``, written when Snakemake starts or
-   submits the job, removed when it ends) and is listed in a lock of a live run (``.snakemake/locks/*.output.lock``).
-   **queued** instead when the marker names a SLURM job that ``squeue`` reports as waiting (PENDING, REQUEUED ...):
-   submitted, not started.
-3. **failed**: the job must run and either (a) its output is among the "Error in rule" blocks of the newest
-   Snakemake run log (``.snakemake/log/*.snakemake.log``; covers a non-zero exit that wrote no log, e.g. SLURM
-   OOM), or (b) the tail of one of its declared log files shows a failure (a Python traceback, an ``ERROR`` or
-   ``CRITICAL`` line of the stage logger, ``Killed``), or (c) it has an incomplete marker but no run holds a lock
-   (the run was killed mid-job; Snakemake will rerun it, never trust it).
-4. **pending**: everything else that must run (never ran, upstream not ready, or outdated: params / code / input
-   changed; the reason is kept in ``--json``).
+2. **queued** / **running**: its newest SLURM job in this directory is waiting (PENDING, REQUEUED, ...) / live
+   (RUNNING, COMPLETING, ...) in ``squeue``; or its log has a start and no end and the process is alive: the
+   SLURM job named in the header is running (queued if requeued), or, outside SLURM, the pid is alive on this
+   host and is a pipeline3d process.
+3. **failed**: (a) the log has a start and no end and the process is gone (its SLURM job ended or is no longer
+   listed, or the pid is dead): killed mid-job, Snakemake will rerun it; (b) the end line has a non-zero exit
+   code; (c) the newest SLURM job of the job ended in a failure state (FAILED, TIMEOUT, OUT_OF_MEMORY,
+   NODE_FAIL, ...: covers jobs that died before the stage wrote anything); (d) the log has no usable end line
+   (an older log, a rule that is not a pipeline3d stage, or ``exit ?``) and its tail shows a failure (a Python
+   traceback, an ``ERROR`` or ``CRITICAL`` line of the stage logger, ``Killed``, a ``slurmstepd: error:``).
+4. **pending**: everything else that must run (never ran, upstream not ready, ended with exit 0 but outdated or
+   its outputs are gone: the reason, Snakemake's file statuses, is kept in ``--json``).
 
-Limits: queued and started SLURM jobs are told apart only where ``squeue`` runs (the submit host); elsewhere, or
-when it fails, a submitted job counts as running (its SLURM id is in ``--json`` as ``external_jobid``). A
-lock left by a run killed with SIGKILL looks like a live run until ``snakemake --unlock``, so its incomplete jobs
-show as running. A failure is only recognised in the job's log tail or the newest run log: a job whose earlier
-attempt failed in an older run and whose log was overwritten or deleted shows as pending. Only Snakemake's default
-file persistence backend is read for markers (``--persistence-backend db`` keeps them in SQLite: no job is shown
-running there). Rules without outputs (e.g. ``all``) are not jobs here.
+Limits: ``squeue`` is asked for the jobs of the user running ``status``, so run it as the user who submitted the
+run, on a host where ``squeue`` works (the submit host). Where it does not, a started SLURM job without an end line
+counts as running (its SLURM id is in ``--json`` as ``external_jobid``), a submitted job that has not started shows
+as pending, and (c) is not seen. SLURM forgets finished jobs after ``MinJobAge``: from then on (c) is not seen
+either. A job started on another host outside SLURM and without an end line counts as running (its pid cannot be
+checked from here). A recycled pid that again runs a pipeline3d process looks alive. Array jobs
+(``--slurm-array-jobs``) and group jobs carry one comment for several jobs: only the first is matched. The end line
+carries the real exit code where the stage calls ``pipeline3d.log.log_stage_end``; otherwise an exit hook writes
+``exit 1`` after an uncaught exception and ``exit ?`` (read as "ended", judged by the tail) after ``sys.exit``.
+A job that failed before its stage wrote its header (a bad command, a broken environment) is failed only through
+(c) or a failure line in its log; a failure whose log was overwritten or deleted shows as pending. ``run_active``
+("a Snakemake run holds the lock") means a Snakemake process, not a dry run, works in this directory on this host,
+or a job is running or queued; the lock itself is not read. Rules without outputs (e.g. ``all``) are not jobs here.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
+import getpass
+import itertools
+import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
+import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +68,14 @@ from pathlib import Path
 STATES = ("done", "running", "queued", "failed", "pending")
 # squeue's long state names of a job that was submitted but has not started (or was put back in the queue)
 SLURM_WAITING = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"})
+# ... of a job that holds its allocation (its processes may still run)
+SLURM_LIVE = frozenset({"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING"})
+# ... of a job that ended badly (COMPLETED and CANCELLED by Snakemake itself are not failures of the job)
+SLURM_FAILED = frozenset({"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
 PENDING_PLAN = "update pending"
+SQUEUE = ("squeue",)
+SQUEUE_TIMEOUT = 30.0  # seconds squeue may take where a job log names a SLURM job
+SQUEUE_GRACE = 5.0  # ... where none does (it runs beside the Snakemake calls in `collect`, which take longer)
 LOG_TAIL_LINES = 40
 # Failure signatures in the tail of a job log: Python's traceback header, the stage logger's error levels (see
 # pipeline3d.log.FORMAT), a kernel OOM kill reported by the shell, SLURM's own cancellation notice.
@@ -60,8 +86,14 @@ _FAILURE_PATTERNS = (
     re.compile(r"\bKilled\b"),
     re.compile(r"slurmstepd: error:"),
 )
-_EXECUTED = re.compile(r"^(Select jobs to execute|Execute \d+ jobs)", re.MULTILINE)
+# The lifecycle lines of pipeline3d.log (START_LINE, PROCESS_LINE, END_LINE) behind its FORMAT's "... | name | "
+_LOG_START = re.compile(r"\| stage (\S+) \| cfg_hash \S+ \| pipeline3d ")
+_LOG_PROCESS = re.compile(r"\| host (\S+) \| pid (\d+) \| slurm_job (\S+) \| python ")
+_LOG_END = re.compile(r"\| stage (\S+) end \| exit (\S+)\s*$")
 _BLOCK_HEAD = re.compile(r"^(?:local)?(?:rule|checkpoint) (\S+):$")
+# Arguments of a Snakemake call that only looks (status's own calls among them): not a run
+_LOOK_ONLY = frozenset({"-n", "--dry-run", "--dryrun", "--summary", "-S", "--detailed-summary", "-D", "--unlock",
+                        "--list", "-l", "--list-target-rules", "--lint", "--dag", "--rulegraph", "--version"})
 
 
 class StatusError(RuntimeError):
@@ -84,7 +116,7 @@ class Status:
     workdir: str
     target: str
     jobs: list[Job]
-    run_active: bool  # a Snakemake run holds the lock of this working directory
+    run_active: bool  # a Snakemake run works in this directory (see the module docstring)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -159,84 +191,56 @@ def parse_summary(text: str) -> dict[str, tuple[str, str]]:
     return rows
 
 
-# --------------------------------------------------------------------------------------------- .snakemake records
-def incomplete_markers(smk_dir: Path) -> dict[str, str | None]:
-    """``output path -> external job id`` of Snakemake's incomplete markers (file persistence backend).
+# --------------------------------------------------------------------------------------------- job logs
+@dataclass
+class JobLog:
+    """What a stage log says about its last attempt (see pipeline3d.log: header, end line)."""
 
-    A marker's path is the url-safe base64 of the output path, split into ``@``-prefixed folder chunks when longer
-    than a file name may be; its content is ``{"external_jobid": ...}``.
-    """
-    import json
+    path: Path
+    started: bool = False  # a pipeline3d stage header is in it
+    host: str | None = None
+    pid: int | None = None
+    slurm_job: str | None = None
+    exit: str | None = None  # the end line's code ("0", "1", "?"); None: no end line after the last start
+    tail: tuple[str, ...] = ()  # the last LOG_TAIL_LINES non-empty lines
 
-    root = smk_dir / "incomplete"
-    markers: dict[str, str | None] = {}
-    if not root.is_dir():
-        return markers
-    for path in root.rglob("*"):
-        if not path.is_file():
-            continue
-        parts = path.relative_to(root).parts
-        encoded = "".join(p.removeprefix("@") for p in parts[:-1]) + parts[-1]
-        try:
-            output = base64.urlsafe_b64decode(encoded.encode()).decode()
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            continue  # e.g. Snakemake's own "migration_underway" flag
-        try:
-            jobid = json.loads(path.read_text() or "{}").get("external_jobid")
-        except (OSError, json.JSONDecodeError):
-            jobid = None
-        markers[output] = jobid
-    return markers
+    @property
+    def running_or_killed(self) -> bool:
+        return self.started and self.exit is None
+
+    def failure(self) -> str | None:
+        return failure_line(self.tail)
 
 
-def locked_outputs(smk_dir: Path) -> set[str] | None:
-    """Outputs locked by live runs (``.snakemake/locks/<n>.output.lock``: one path a line); None when no lock."""
-    lock_dir = smk_dir / "locks"
-    files = sorted(lock_dir.glob("*.lock")) if lock_dir.is_dir() else []
-    if not files:
-        return None
-    locked: set[str] = set()
-    for path in files:
-        if path.name.endswith(".output.lock"):
-            locked.update(line.strip() for line in path.read_text().splitlines() if line.strip())
-    return locked
-
-
-def errors_in_last_run(smk_dir: Path) -> dict[str, str]:
-    """``output -> message`` of the "Error in rule" blocks of the newest Snakemake log that executed jobs.
-
-    Other invocations (``--summary`` without ``-n``, ``--unlock``, ``--list``) leave short logs too: skipped.
-    """
-    log_dir = smk_dir / "log"
-    for path in sorted(log_dir.glob("*.snakemake.log"), reverse=True) if log_dir.is_dir() else []:
-        text = path.read_text(errors="replace")
-        if _EXECUTED.search(text):
-            return _error_blocks(text, path.name)
-    return {}
-
-
-def _error_blocks(text: str, name: str) -> dict[str, str]:
-    errors: dict[str, str] = {}
-    in_block, rule = False, ""
-    for line in text.splitlines():
-        head = re.match(r"^Error in rule (\S+):$", line)
-        if head:
-            in_block, rule = True, head.group(1)
-        elif in_block and line.startswith("    output: "):
-            for output in _split_paths(line.split(": ", 1)[1]):
-                errors[output] = f"snakemake reported an error in rule {rule} (.snakemake/log/{name})"
-        elif in_block and line and not line.startswith(" "):
-            in_block = False
-    return errors
-
-
-def log_failure(path: Path) -> str | None:
-    """The failure line in the tail of a job log, or None (no log, or it ends without a failure signature)."""
+def read_job_log(path: Path) -> JobLog | None:
+    """The lifecycle of the last attempt in a job log (a log holds one attempt: the rule's ``> {log}`` truncates
+    it); None when there is no log."""
+    record = JobLog(path)
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     try:
-        lines = [ln.rstrip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        with open(path, errors="replace") as lines:
+            for line in lines:
+                line = line.rstrip()
+                if not line.strip():
+                    continue
+                tail.append(line)
+                if _LOG_START.search(line):
+                    record = JobLog(path, started=True)
+                elif record.started and record.pid is None and (m := _LOG_PROCESS.search(line)):
+                    record.host, record.pid = m.group(1), int(m.group(2))
+                    record.slurm_job = None if m.group(3) == "-" else m.group(3)
+                elif record.started and (m := _LOG_END.search(line)):
+                    record.exit = m.group(2)
     except OSError:
         return None
-    tail = lines[-LOG_TAIL_LINES:]
+    record.tail = tuple(tail)
+    return record
+
+
+def failure_line(lines: Sequence[str]) -> str | None:
+    """The failure line among the last lines of a log, or None (no failure signature)."""
+    tail = [ln.rstrip() for ln in lines if ln.strip()][-LOG_TAIL_LINES:]
+    tail = [ln for ln in tail if not _LOG_END.search(ln)]
     hits = [ln for ln in tail if any(p.search(ln) for p in _FAILURE_PATTERNS)]
     if not hits:
         return None
@@ -245,62 +249,219 @@ def log_failure(path: Path) -> str | None:
     return (errors[-1] if errors else tail[-1]).strip()[:300]
 
 
-def slurm_states(jobids: Iterable[str], squeue: Sequence[str] = ("squeue",)) -> dict[str, str]:
-    """``job id -> squeue state`` of the given SLURM jobs; {} when squeue is missing or fails (then nothing is
-    reported as queued). Jobs squeue no longer lists (finished) are absent."""
-    wanted = sorted({str(j) for j in jobids if j})
-    if not wanted or shutil.which(squeue[0]) is None:
-        return {}
+def log_failure(path: Path) -> str | None:
+    """The failure line in the tail of a job log, or None (no log, or it ends without a failure signature)."""
+    record = read_job_log(path)
+    return record.failure() if record else None
+
+
+def last_message(record: JobLog) -> str:
+    """The last line of a log before its end line (what the stage said last)."""
+    lines = [ln for ln in record.tail if not _LOG_END.search(ln)]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+# --------------------------------------------------------------------------------------------- processes
+def pid_alive(pid: int) -> bool:
+    """A process with this pid exists on this host and, where /proc tells, runs pipeline3d (a recycled pid of
+    some other program does not count)."""
     try:
-        proc = subprocess.run([*squeue, "--noheader", "--format=%i|%T", f"--jobs={','.join(wanted)}"],
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    states = {}
-    for line in proc.stdout.splitlines():
-        jobid, _, state = line.strip().partition("|")
-        if jobid in wanted:
-            states[jobid] = state.strip()
-    return states
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    except OSError:
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS) or not readable: existence is all we know
+    return b"pipeline3d" in argv
+
+
+def snakemake_runs_in(workdir: Path) -> bool:
+    """A Snakemake process on this host works in ``workdir`` and is not a dry run (nor another look-only call)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return False
+    target = os.path.realpath(workdir)
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.path.realpath(os.readlink(entry / "cwd")) != target:
+                continue
+            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if _is_snakemake_run(argv):
+            return True
+    return False
+
+
+def _is_snakemake_run(argv: Sequence[str]) -> bool:
+    names = [os.path.basename(a) for a in argv[:3]]
+    is_snakemake = "snakemake" in names or any(a == "-m" and b == "snakemake" for a, b in itertools.pairwise(argv))
+    return is_snakemake and not any(a in _LOOK_ONLY or a.startswith("--summary") for a in argv)
+
+
+# --------------------------------------------------------------------------------------------- SLURM
+@dataclass(frozen=True)
+class SlurmJob:
+    jobid: str
+    state: str
+    workdir: str
+    comment: str
+
+    def order(self) -> tuple[int, ...]:
+        """Submission order: ``123`` and array tasks ``123_4``."""
+        return tuple(int(p) for p in re.findall(r"\d+", self.jobid)[:2]) or (0,)
+
+
+class SlurmQuery:
+    """One ``squeue`` call for the jobs of ``user`` (default: this user), finished ones included while SLURM keeps
+    them (MinJobAge). It starts at once (``collect`` starts it beside the Snakemake calls) and is read with a
+    deadline: where squeue is installed but no controller answers it hangs for half a minute."""
+
+    def __init__(self, squeue: Sequence[str] = ("squeue",), user: str | None = None):
+        self.proc: subprocess.Popen | None = None
+        self.cmd = list(squeue)
+        self.started = time.monotonic()
+        if shutil.which(self.cmd[0]) is None:
+            return
+        try:
+            user = user or getpass.getuser()
+            self.proc = subprocess.Popen([*self.cmd, "--noheader", "--states=all", f"--user={user}",
+                                         "--format=%i\t%T\t%Z\t%k"], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except (KeyError, OSError):
+            self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+    def jobs(self, timeout: float) -> list[SlurmJob] | None:
+        """squeue's jobs; None when squeue is missing, fails or has not answered ``timeout`` seconds after it
+        started (then SLURM tells nothing)."""
+        if self.proc is None:
+            return None
+        try:
+            out, _ = self.proc.communicate(timeout=max(0.1, self.started + timeout - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.close()
+            return None
+        if self.proc.returncode != 0:
+            return None
+        jobs = []
+        for line in out.splitlines():
+            cells = line.split("\t", 3)
+            if len(cells) == 4:
+                jobs.append(SlurmJob(*(c.strip() for c in cells)))
+        return jobs
+
+
+def slurm_jobs(squeue: Sequence[str] = ("squeue",), user: str | None = None,
+               timeout: float = SQUEUE_TIMEOUT) -> list[SlurmJob] | None:
+    """The jobs of ``user`` that ``squeue`` knows (see SlurmQuery); None when it tells nothing."""
+    return SlurmQuery(squeue, user).jobs(timeout)
+
+
+def slurm_comment(job: Job) -> str:
+    """The ``--comment`` the SLURM executor plugin gives this job: ``rule_<rule>[_wildcards_<v1>_<v2>...]`` (the
+    wildcard values in order, ``/`` replaced by ``_``)."""
+    values = [part.partition("=")[2] for part in job.wildcards.split(", ") if "=" in part]
+    if not values:
+        return f"rule_{job.rule}"
+    return f"rule_{job.rule}_wildcards_{'_'.join(values).replace('/', '_')}"
+
+
+def _latest_by_comment(jobs: Iterable[SlurmJob], workdir: Path) -> dict[str, SlurmJob]:
+    target = os.path.realpath(workdir)
+    latest: dict[str, SlurmJob] = {}
+    for sj in jobs:
+        if sj.workdir and os.path.realpath(sj.workdir) != target:
+            continue
+        if sj.comment not in latest or sj.order() > latest[sj.comment].order():
+            latest[sj.comment] = sj
+    return latest
 
 
 # --------------------------------------------------------------------------------------------- classification
 def classify(jobs: Sequence[Job], summary: dict[str, tuple[str, str]], workdir: Path,
-             squeue: Sequence[str] = ("squeue",)) -> tuple[list[Job], bool]:
-    """Set each job's state (see the module docstring); returns the jobs and whether a run holds the lock."""
-    smk_dir = workdir / ".snakemake"
-    markers = incomplete_markers(smk_dir)
-    locked = locked_outputs(smk_dir)
-    last_errors = errors_in_last_run(smk_dir)
+             squeue: Sequence[str] | SlurmQuery | None = None, *, host: str | None = None) -> tuple[list[Job], bool]:
+    """Set each job's state (see the module docstring); returns the jobs and whether a run is active.
+
+    ``squeue``: the command (default SQUEUE) or a SlurmQuery already started. It gets SQUEUE_TIMEOUT seconds from
+    its start where a job log names a SLURM job, else SQUEUE_GRACE (no SLURM job seen: squeue is only asked for
+    jobs that are submitted but have not started, and a squeue with no controller behind it must not stall status).
+    """
+    host = host or platform.node()
+    todo = []
     for job in jobs:
         rows = [summary[o] for o in job.outputs if o in summary]
-        pending = any(plan == PENDING_PLAN for _, plan in rows) or len(rows) < len(job.outputs)
-        marked = [o for o in job.outputs if o in markers]
-        job.external_jobid = next((markers[o] for o in marked if markers[o]), None)
-        if not pending:
-            job.state, job.detail = "done", ""
-        elif marked and locked is not None and any(o in locked for o in marked):
-            job.state, job.detail = "running", "incomplete marker + lock of a live run"
-        elif marked:
-            job.state, job.detail = "failed", "interrupted: incomplete output and no run holds the lock"
-        elif (error := next((last_errors[o] for o in job.outputs if o in last_errors), None)) is not None:
-            job.state, job.detail = "failed", _with_log_line(job, workdir, error)
-        elif (line := next(filter(None, (log_failure(workdir / p) for p in job.logs)), None)) is not None:
-            job.state, job.detail = "failed", line
+        job.external_jobid = None
+        if any(plan == PENDING_PLAN for _, plan in rows) or len(rows) < len(job.outputs):
+            todo.append((job, rows))
         else:
-            statuses = sorted({status for status, _ in rows if status != "ok"})
-            job.state, job.detail = "pending", ", ".join(statuses)
-    submitted = [job for job in jobs if job.state == "running" and job.external_jobid]
-    states = slurm_states((job.external_jobid for job in submitted), squeue) if submitted else {}
-    for job in submitted:
-        if states.get(str(job.external_jobid)) in SLURM_WAITING:
-            job.state, job.detail = "queued", f"SLURM job {job.external_jobid} is {states[str(job.external_jobid)]}"
-    return list(jobs), locked is not None
+            job.state, job.detail = "done", ""
+    logs = {id(job): [r for r in (read_job_log(workdir / p) for p in job.logs) if r is not None] for job, _ in todo}
+    query = squeue if isinstance(squeue, SlurmQuery) else SlurmQuery(squeue or SQUEUE) if todo else None
+    in_slurm = any(r.slurm_job for records in logs.values() for r in records)
+    slurm = query.jobs(SQUEUE_TIMEOUT if in_slurm else SQUEUE_GRACE) if query is not None and todo else None
+    by_id = {sj.jobid: sj for sj in slurm or ()}
+    latest = _latest_by_comment(slurm or (), workdir)
+    for job, rows in todo:
+        records = logs[id(job)]
+        log = next((r for r in records if r.started), records[0] if records else None)
+        job.state, job.detail, job.external_jobid = _state(job, rows, log, latest.get(slurm_comment(job)),
+                                                           by_id, slurm is not None, host)
+    active = any(job.state in ("running", "queued") for job in jobs) or snakemake_runs_in(workdir)
+    return list(jobs), active
 
 
-def _with_log_line(job: Job, workdir: Path, message: str) -> str:
-    line = next(filter(None, (log_failure(workdir / p) for p in job.logs)), None)
-    return f"{message}: {line}" if line else message
+def _state(job: Job, rows: list[tuple[str, str]], log: JobLog | None, newest: SlurmJob | None,
+           by_id: dict[str, SlurmJob], squeue_works: bool, host: str) -> tuple[str, str, str | None]:
+    """(state, detail, SLURM job id) of a job that must run; the order of the module docstring."""
+    if newest is not None and newest.state in SLURM_WAITING:
+        return "queued", f"SLURM job {newest.jobid} is {newest.state}", newest.jobid
+    if newest is not None and newest.state in SLURM_LIVE:
+        return "running", f"SLURM job {newest.jobid} is {newest.state}", newest.jobid
+    if log is not None and log.running_or_killed:
+        where = f"{log.path.name}: started"
+        if log.slurm_job:
+            sj = by_id.get(log.slurm_job)
+            if not squeue_works:
+                return "running", f"{where} in SLURM job {log.slurm_job} (squeue does not answer here)", log.slurm_job
+            if sj is not None and sj.state in SLURM_WAITING:
+                return "queued", f"SLURM job {sj.jobid} is {sj.state}", sj.jobid
+            if sj is not None and sj.state in SLURM_LIVE:
+                return "running", f"SLURM job {sj.jobid} is {sj.state}", sj.jobid
+            gone = f"ended {sj.state}" if sj is not None else "is gone"
+            return "failed", _failed(f"interrupted: SLURM job {log.slurm_job} {gone} and the stage wrote no end line",
+                                     log), log.slurm_job
+        if log.pid is not None and log.host == host:
+            if pid_alive(log.pid):
+                return "running", f"{where} as pid {log.pid}, alive", None
+            return "failed", _failed(f"interrupted: pid {log.pid} is gone and the stage wrote no end line", log), None
+        if log.pid is not None:
+            return "running", f"{where} on host {log.host} as pid {log.pid} (not checkable from here)", None
+    if log is not None and log.exit not in (None, "0", "?"):
+        return "failed", _failed(f"exit {log.exit}", log, last=True), log.slurm_job
+    if newest is not None and newest.state in SLURM_FAILED:
+        return "failed", _failed(f"SLURM job {newest.jobid} {newest.state}", log), newest.jobid
+    if log is not None and log.exit in (None, "?") and (line := log.failure()) is not None:
+        return "failed", line, log.slurm_job
+    statuses = sorted({status for status, _ in rows if status != "ok"})
+    return "pending", ", ".join(statuses), None
+
+
+def _failed(reason: str, log: JobLog | None, *, last: bool = False) -> str:
+    """The reason plus the log's failure line (or, with ``last``, its last line when it shows no failure)."""
+    line = (log.failure() or (last_message(log) if last else None)) if log is not None else None
+    return f"{reason}: {line}" if line else reason
 
 
 # --------------------------------------------------------------------------------------------- running Snakemake
@@ -320,7 +481,7 @@ def snakemake_args(target: str, configfiles: Iterable[str] = (), profiles: Itera
 
 def collect(workdir: str | Path = ".", target: str = "all", *, configfiles: Sequence[str] = (),
             profiles: Sequence[str] = (), snakemake: Sequence[str] | None = None,
-            squeue: Sequence[str] = ("squeue",)) -> Status:
+            squeue: Sequence[str] | None = None) -> Status:
     """Ask Snakemake about ``target`` in ``workdir`` and classify every job (see the module docstring)."""
     workdir = Path(workdir).resolve()
     base = list(snakemake or [sys.executable, "-m", "snakemake"])
@@ -331,18 +492,20 @@ def collect(workdir: str | Path = ".", target: str = "all", *, configfiles: Sequ
         # --dry-run with --summary: same table, but no .snakemake/log file is left behind for every status call
         "summary": [*base, "--dry-run", "--summary", "--nocolor", *common],
     }
+    slurm = SlurmQuery(squeue or SQUEUE)  # answers while Snakemake builds the DAG
     procs = {name: subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True) for name, cmd in calls.items()}
     outputs = {}
     for name, proc in procs.items():
         out, err = proc.communicate()
         if proc.returncode != 0:
+            slurm.close()
             raise StatusError(f"`{' '.join(calls[name][len(base):])}` failed in {workdir} "
                               f"(exit {proc.returncode}):\n{(out + err)[-3000:]}")
         outputs[name] = (out, err)
     jobs = parse_job_blocks(outputs["jobs"][1] + "\n" + outputs["jobs"][0])
     summary = parse_summary(outputs["summary"][0])
-    jobs, active = classify(jobs, summary, workdir, squeue)
+    jobs, active = classify(jobs, summary, workdir, slurm)
     return Status(str(workdir), target, jobs, active)
 
 

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from ..log import log_stage_start, setup_logging
+from ..log import log_stage_end, log_stage_start, setup_logging
 
 
 def parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
@@ -67,8 +67,8 @@ def run_stage(stage: str, doc: str | None, options: list[tuple[str, dict]], body
         code = body(params, args, log)
     except errors as exc:
         log.error("%s", f"missing params/inputs key {exc}" if isinstance(exc, KeyError) else exc)
-        return error_code
-    return 0 if code is None else int(code)
+        code = error_code
+    return log_stage_end(log, stage, code)
 
 
 def training_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
@@ -123,13 +123,13 @@ def run_training_stage(stage: str, doc: str | None, outputs: list[tuple[str, dic
         metrics, result = job(params, json.loads(args.inputs), Path(args.state_dir), out, log)
     except errors as exc:
         log.error("%s", exc)
-        return 1
+        return log_stage_end(log, stage, 1)
     if metrics is None:
         if result.interrupted:
             log.warning("interrupted at step %d; checkpoint saved, rerun to resume", result.steps)
-        return result.exit_code
+        return log_stage_end(log, stage, result.exit_code)
     metrics |= provenance(params, started)
     write_json(out["metrics"], metrics)
     if summary is not None:
         log.info("%s", summary(metrics))
-    return 0
+    return log_stage_end(log, stage, 0)
