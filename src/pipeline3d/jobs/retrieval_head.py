@@ -180,7 +180,7 @@ class RetrievalObjective(Objective):
 
 # ---- inputs -----------------------------------------------------------------------------------------------------
 
-def _rows(emb: Embeddings, ids: Sequence[str], path: str, what: str,
+def vectors_of(emb: Embeddings, ids: Sequence[str], path: str, what: str,
           log: logging.Logger) -> tuple[list[str], np.ndarray]:
     """The ids (in the given order) that have a vector, and their vectors; warns about the rest."""
     row = {sid: i for i, sid in enumerate(emb.ids)}
@@ -192,7 +192,7 @@ def _rows(emb: Embeddings, ids: Sequence[str], path: str, what: str,
     return have, emb.vectors[[row[s] for s in have]] if have else np.zeros((0, emb.dim), np.float32)
 
 
-def _read_qg(path: str) -> pd.DataFrame:
+def read_qg(path: str) -> pd.DataFrame:
     try:
         qg = read_parquet(path)
     except (OSError, ValueError) as exc:
@@ -238,7 +238,7 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     emb = read_vectors(emb_path)
     names = class_names(files["manifest"])
     train_labels = ttv_labels(files["ttv"], "train")
-    train_ids, train_x = _rows(emb, sorted(train_labels), emb_path, "train", log)
+    train_ids, train_x = vectors_of(emb, sorted(train_labels), emb_path, "train", log)
     if not train_ids:
         raise ValueError(f"{emb_path}: none of the {len(train_labels)} ttv train shapes has a vector")
     y = [train_labels[s] for s in train_ids]
@@ -282,8 +282,8 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     if result.interrupted or not result.is_main:
         return None, model, description, result
 
-    qg = _read_qg(files["qg"])
-    test_ids, test_x = _rows(emb, sorted(set(qg["shape_id"].astype(str))), emb_path, "qg", log)
+    qg = read_qg(files["qg"])
+    test_ids, test_x = vectors_of(emb, sorted(set(qg["shape_id"].astype(str))), emb_path, "qg", log)
     if not test_ids:
         raise ValueError(f"{emb_path}: none of the qg shapes of {files['qg']} has a vector")
     qg = qg[qg["shape_id"].astype(str).isin(set(test_ids))]
