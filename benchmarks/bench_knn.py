@@ -17,11 +17,21 @@ when the differing neighbours' scores are equal within 1e-12 in float64.
 
     .venv/bin/python benchmarks/bench_knn.py [--n 50000] [--dim 768] [--k 50] [--queries 500] [--no-brute]
                                              [--out benchmarks/results/knn.json]
+
+``--engines`` (issue 14): the candidate engines side by side in one process, on the same data: faiss (today's
+``pipeline3d.embed.knn``) and the torch engine it replaced (``knn.py`` at TORCH_ENGINE_COMMIT, read with
+``git show``), interleaved over ``--repeats``, per case N:identity (``self``, or G classes: row % G). Both must
+give bit-identical rows and scores; the median times give the ratio. faiss alone (its own top k + 1, no float64
+certification) is timed too, with how many of its neighbour sets equal the exact ones.
+
+    .venv/bin/python benchmarks/bench_knn.py --engines [--cases 20000:self,50000:self,20000:200,20000:50]
+                                             [--repeats 5] [--threads 2] [--out benchmarks/results/knn_engines.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -44,6 +54,8 @@ from pipeline3d.rng import rng_for  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 20.0
 TIE_TOL = 1e-12
+# knn.py before issue 14 (torch float32 candidates): the engine faiss replaced, for --engines
+TORCH_ENGINE_COMMIT = "623bc95385aaf4f86d9478471e707905e220a124"
 
 
 def embeddings(n: int, dim: int, seed: int) -> np.ndarray:
@@ -161,6 +173,100 @@ def compare(ours_rows, ours_scores, ref_rows, ref_scores) -> dict:
             "max_abs_score_diff_on_identical_rows": max_score_diff}
 
 
+# -- side by side: the kNN engine of issue 14 (faiss) against the torch engine it replaced -----------------------
+
+
+def load_torch_engine(workdir: Path, commit: str = TORCH_ENGINE_COMMIT):
+    """``pipeline3d.embed.knn`` as of ``commit`` (torch float32 candidates), imported from ``git show``."""
+    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:src/pipeline3d/embed/knn.py"],
+                          capture_output=True, text=True, check=True).stdout
+    path = workdir / "knn_torch_engine.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("pipeline3d.embed._knn_torch_engine", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
+def same_sets(a: np.ndarray, b: np.ndarray) -> int:
+    """Rows whose neighbour sets are equal."""
+    return int((np.sort(a, axis=1) == np.sort(b, axis=1)).all(axis=1).sum())
+
+
+def faiss_alone(x: np.ndarray, k: int) -> np.ndarray:
+    """faiss's own answer (IndexFlatIP on unit float32 rows, k + 1, the item itself dropped): the issue's figure."""
+    import faiss
+
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(unit)
+    _, idx = index.search(unit, k + 1)
+    keep = idx != np.arange(len(x))[:, None]
+    keep[keep.all(axis=1), -1] = False  # the item itself was not returned (float32 ties): drop the last
+    return idx[keep].reshape(len(x), k)
+
+
+def engines(args: argparse.Namespace) -> dict:
+    """Both engines in this process on the same data, interleaved (torch first on even repeats, faiss first on odd
+    ones) so that load on the shared machine hits both alike; faiss alone once per repeat as a reference."""
+    import faiss
+    import torch
+
+    from pipeline3d.embed import knn as faiss_engine
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)  # for faiss_alone; knn() sets it from torch's count itself
+    cases = []
+    with tempfile.TemporaryDirectory(prefix="bench_knn_") as tmp:
+        torch_engine = load_torch_engine(Path(tmp), args.torch_commit)
+        warm = embeddings(2000, args.dim, args.seed + 1)
+        for module in (torch_engine, faiss_engine):
+            module.knn(warm, args.k)
+        for case in args.cases.split(","):
+            n_text, _, groups = case.partition(":")
+            n, identity = int(n_text), None
+            if groups and groups != "self":
+                identity = np.arange(int(n_text)) % int(groups)
+            x = embeddings(n, args.dim, args.seed)
+            times: dict[str, list[float]] = {"torch": [], "faiss": [], "faiss_alone": []}
+            cpu: dict[str, list[float]] = {name: [] for name in times}
+            load: list[float] = []
+            results = {}
+            for rep in range(args.repeats):
+                order = ["torch", "faiss"] if rep % 2 == 0 else ["faiss", "torch"]
+                for name in order + (["faiss_alone"] if identity is None else []):
+                    load.append(os.getloadavg()[0])
+                    start, cpu0 = time.perf_counter(), time.process_time()
+                    if name == "faiss_alone":
+                        results[name] = faiss_alone(x, args.k)
+                    else:
+                        module = torch_engine if name == "torch" else faiss_engine
+                        results[name] = module.knn(x, args.k, identity=identity)
+                    times[name].append(time.perf_counter() - start)
+                    cpu[name].append(time.process_time() - cpu0)
+                    logging.info("n=%d identity=%s %s: %.2f s, CPU %.2f s (load %.2f)", n, groups or "self", name,
+                                 times[name][-1], cpu[name][-1], load[-1])
+            t, f = results["torch"], results["faiss"]
+            row = {"n": n, "dim": args.dim, "k": args.k, "identity": groups or "self", "threads": args.threads,
+                   "repeats": args.repeats, "times_s": {name: v for name, v in times.items() if v},
+                   "median_s": {name: float(np.median(v)) for name, v in times.items() if v},
+                   "cpu_s": {name: v for name, v in cpu.items() if v},
+                   "median_cpu_s": {name: float(np.median(v)) for name, v in cpu.items() if v},
+                   "ratio_torch_over_faiss_median": float(np.median(times["torch"]) / np.median(times["faiss"])),
+                   "ratio_torch_over_faiss_cpu_median": float(np.median(cpu["torch"]) / np.median(cpu["faiss"])),
+                   "bitwise_identical": bool(np.array_equal(t.rows, f.rows) and np.array_equal(t.scores, f.scores)),
+                   "same_neighbour_sets": same_sets(t.rows, f.rows), "rows": n,
+                   "rescanned": {"torch": t.n_rescanned, "faiss": f.n_rescanned},
+                   "loadavg_1min_during": [min(load), max(load)]}
+            if "faiss_alone" in results:
+                row["faiss_alone_same_sets_as_exact"] = same_sets(results["faiss_alone"], f.rows)
+            logging.info("%s", json.dumps(row))
+            cases.append(row)
+    return {"faiss": faiss.__version__, "torch": torch.__version__, "torch_engine_commit": args.torch_commit,
+            "cases": cases}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=50000)
@@ -174,7 +280,13 @@ def main(argv=None) -> int:
     ap.add_argument("--leaf-size", type=int, default=40, help="BallTree leaf size (scikit-learn's default)")
     ap.add_argument("--no-brute", action="store_true", help="skip scikit-learn brute force on all rows")
     ap.add_argument("--no-single-thread", action="store_true", help="skip ours on all rows with one thread")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "knn.json")
+    ap.add_argument("--engines", action="store_true",
+                    help="only the side-by-side of the faiss and torch candidate engines, in this process")
+    ap.add_argument("--cases", default="20000:self,50000:self,20000:200,20000:50",
+                    help="--engines: N:identity, identity 'self' or G (row %% G: G classes)")
+    ap.add_argument("--repeats", type=int, default=5, help="--engines: runs of each engine per case")
+    ap.add_argument("--torch-commit", default=TORCH_ENGINE_COMMIT, help="--engines: knn.py of the torch engine")
+    ap.add_argument("--out", type=Path, help="default benchmarks/results/knn.json (knn_engines.json for --engines)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--tag", help=argparse.SUPPRESS)
@@ -184,6 +296,14 @@ def main(argv=None) -> int:
         return 0
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(message)s")
+    results_dir = ROOT / "benchmarks" / "results"
+    if args.engines:
+        uptime = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+        record = {"machine": machine(), "uptime_start": uptime} | engines(args)
+        record["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+        write_json(args.out or results_dir / "knn_engines.json", record)
+        logging.info("wrote %s", args.out or results_dir / "knn_engines.json")
+        return 0
     record = {"machine": machine(), "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "config": {"n": args.n, "dim": args.dim, "k": args.k, "metric": "cosine",
                                                "balltree_queries": args.queries, "seed": args.seed,
@@ -251,10 +371,11 @@ def main(argv=None) -> int:
         speed["sklearn_brute_all_rows_s"] = runs["sklearn_brute_all"]["wall_s"]
         speed["ratio_sklearn_brute_over_ours"] = runs["sklearn_brute_all"]["wall_s"] / ours_all
     record |= {"runs": runs, "speed": speed, "checks": checks, "machine_end_loadavg": os.getloadavg()}
-    write_json(args.out, record)
+    out = args.out or results_dir / "knn.json"
+    write_json(out, record)
     logging.info("speed: %s", json.dumps(speed, indent=1))
     logging.info("checks: %s", json.dumps(checks, indent=1))
-    logging.info("wrote %s", args.out)
+    logging.info("wrote %s", out)
     return 0
 
 

@@ -10,6 +10,7 @@ from sklearn.neighbors import BallTree
 
 from pipeline3d.embed.difficulty import (band_table, difficulty_bands, parse_bands, read_difficulty_metadata,
                                          write_difficulty)
+from pipeline3d.embed import knn as knn_module
 from pipeline3d.embed.knn import Neighbours, knn, search
 from pipeline3d.rng import rng_for
 
@@ -80,7 +81,8 @@ def test_identity_exclusion_and_exact_order():
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_block_size_does_not_change_the_result(metric):
+def test_block_size_does_not_change_the_result(metric, monkeypatch):
+    monkeypatch.setattr(knn_module, "_FAISS_QUERIES", 1)  # faiss calls of block_size queries, however few
     x = _embeddings(300, 20, "blocks" + metric)
     identity = rng_for(0, "test_knn", "ids").integers(0, 120, size=300)
     small = knn(x, 11, metric=metric, identity=identity, block_size=7, db_block_size=61)
@@ -128,6 +130,63 @@ def test_search_queries_against_a_separate_database():
     np.testing.assert_allclose(ours.scores, scores, atol=1e-12)
     plain = search(queries, db, 6, metric="euclidean")
     assert np.array_equal(plain.rows, _brute(db, 6, "euclidean", queries=queries)[0])
+
+
+def _tied(n: int, d: int, key: str, distinct: int) -> np.ndarray:
+    """Small integers, each of ``distinct`` vectors repeated: many exactly tied scores, and float64 scores that are
+    exact (the brute-force reference and the search compute the same bits)."""
+    base = rng_for(0, "test_knn", key).integers(-2, 3, size=(distinct, d)).astype(np.float32)
+    base[np.abs(base).sum(axis=1) == 0, 0] = 1.0  # no zero rows (cosine)
+    return base[rng_for(0, "test_knn", key + "picks").integers(0, distinct, size=n)]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_faiss_candidates_give_the_brute_force_float64_answer_with_ties_and_identities(metric, monkeypatch):
+    monkeypatch.setattr(knn_module, "_FAISS_QUERIES", 1)  # several blocks of 64 queries on both paths
+    x = _tied(720, 12, "faiss" + metric, distinct=120)
+    pick = rng_for(0, "test_knn", "faiss-ids")
+    # one identity larger than the over-fetch limit (faiss searches around its rows; its queries are reordered),
+    # scattered among small groups of 1-5 rows (extra candidates, then dropped)
+    identity = np.where(pick.random(720) < 0.45, -1, pick.integers(0, 150, size=720))
+    assert (identity == -1).sum() > knn_module._OVERFETCH_MAX
+    ours = knn(x, 20, metric=metric, identity=identity, block_size=64)
+    rows, scores = _brute(x, 20, metric, (identity, identity))
+    assert 0 < ours.n_rescanned < 720  # the ties defeat the margin for some queries, not all
+    np.testing.assert_array_equal(ours.rows, rows)  # ties by row, exactly as brute force
+    np.testing.assert_array_equal(ours.scores, scores if metric == "cosine" else -scores)  # bit for bit
+    assert (identity[ours.rows] != identity[:, None]).all()
+    # a subset of queries, in any order, gets those rows of the answer
+    subset = np.array([719, 3, 3, 400])
+    part = knn(x, 20, metric=metric, identity=identity, rows=subset)
+    assert np.array_equal(part.rows, rows[subset]) and np.array_equal(part.scores, ours.scores[subset])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_search_excludes_a_large_identity_exactly(metric):
+    db, queries = _tied(600, 10, "around-db", distinct=150), _tied(90, 10, "around-q", distinct=30)
+    db_ids = np.where(np.arange(600) % 2 == 0, "big", np.arange(600).astype(str))  # 300 rows of one identity
+    q_ids = np.where(np.arange(90) % 3 == 0, "big", (np.arange(90) * 7).astype(str))  # and some absent ones
+    ours = search(queries, db, 15, metric=metric, query_identity=q_ids, database_identity=db_ids, block_size=16)
+    rows, scores = _brute(db, 15, metric, (q_ids, db_ids), queries=queries)
+    np.testing.assert_array_equal(ours.rows, rows)
+    np.testing.assert_array_equal(ours.scores, scores if metric == "cosine" else -scores)
+    assert (db_ids[ours.rows[::3]] != "big").all()
+
+
+def test_faiss_uses_the_jobs_thread_count(monkeypatch):
+    import faiss
+    import torch
+
+    seen, real_knn = [], faiss.knn
+    monkeypatch.setattr(faiss, "knn", lambda *a, **kw: (seen.append(faiss.omp_get_max_threads()), real_knn(*a, **kw))[1])
+    before, previous = faiss.omp_get_max_threads(), torch.get_num_threads()
+    torch.set_num_threads(1)  # what a stage does with its --threads
+    try:
+        knn(_embeddings(200, 8, "threads"), 5)
+    finally:
+        torch.set_num_threads(previous)
+    assert seen and set(seen) == {1}
+    assert faiss.omp_get_max_threads() == before  # restored afterwards
 
 
 def test_bad_inputs_are_named():

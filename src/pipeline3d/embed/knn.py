@@ -1,17 +1,19 @@
 """Exact k-nearest neighbours over embeddings (cosine or euclidean), never N x N in memory.
 
-How: queries and database are cut into tiles; each tile is one float32 matrix product (torch / MKL) followed by a
-top-C selection (C = k + a margin) merged into a running top-C per query. The float32 candidates are then re-scored
-in float64 and ranked by (score, database row), so ties are broken by the lower row. A query's result is certified
-exact when the worst float32 candidate, plus a rigorous bound on the float32 rounding error, is still strictly
-worse than the float64 k-th score: then no item outside the candidates can reach the top k. Rows that cannot be
-certified (near-duplicates crowding the margin) are rescanned fully in float64. The result is therefore the exact
-top-k of the float64 scores, identical for every tile size and thread count. Memory: one tile of scores plus the
-candidates (N x C), never N x N. A self-search over all items computes each symmetric tile once and uses it for both
-its rows and its columns (half the products).
+How: faiss's exact flat search (the kernel of ``IndexFlatIP`` / ``IndexFlatL2``: BLAS float32 products and a
+per-query heap) proposes C = k + margin float32 candidates per query. The candidates are then re-scored in float64
+and ranked by (score, database row), so ties are broken by the lower row. A query's result is certified exact when
+the worst float32 candidate, plus a rigorous bound on the float32 rounding error, is still strictly worse than the
+float64 k-th score: then no item outside the candidates can reach the top k. Rows that cannot be certified
+(near-duplicates crowding the margin) are rescanned fully in float64. The result is therefore the exact top-k of
+the float64 scores, identical for every block size, thread count and candidate engine (issue 14 replaced a torch
+float32 stage with faiss: same bits, 1.1-1.3x faster; BENCHMARKS.md). Memory: one block of queries x candidates
+plus faiss's own tiles, never N x N.
 
 Exclusions: an ``identity`` per item; an item never counts as a neighbour of a query with the same identity (the
-query itself included, by default every item is its own identity).
+query itself included, by default every item is its own identity). faiss cannot mask per query, so the candidate
+stage fetches extra rows for small identity groups and drops them, and searches around a large group's rows
+(the database is kept grouped by identity, so they are one contiguous range).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import logging
 from dataclasses import dataclass
 from typing import Iterator, Literal, Sequence
 
+import faiss
 import numpy as np
-import torch
+import torch  # only for the job's thread count (the stages set torch's)
 
 from ..log import Progress
 
@@ -33,6 +36,12 @@ METRICS: tuple[str, ...] = ("cosine", "euclidean")
 _U32 = 2.0**-24  # unit roundoff of float32
 _U64 = 2.0**-53
 _REFINE_ROWS = 32  # queries re-scored together in float64 (memory: rows x C x D x 8 bytes)
+# A query whose identity covers at most this many database rows gets that many extra faiss candidates (cheap: faiss
+# costs about the same for 62 and 300 candidates); larger identities are searched around instead.
+_OVERFETCH_MAX = 256
+# Queries per faiss call, at least: fewer, larger OpenMP regions. On an overloaded CPU, calls of 1024 queries spent
+# half again as much CPU time (threads waiting on each other) as calls of 4096; on a quiet one they are equal.
+_FAISS_QUERIES = 4096
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,8 @@ def knn(x: np.ndarray, k: int, *, metric: Metric = "cosine", identity: Sequence 
     """The k nearest neighbours of ``x[rows]`` (default: every row) among all rows of ``x``.
 
     An item is never its own neighbour, nor a neighbour of any item with an equal ``identity`` (e.g. a shape id
-    shared by several views). ``block_size`` queries x ``db_block_size`` database rows bound the working memory.
+    shared by several views). ``block_size`` queries at a time (4096 at least) bound the candidates' memory (faiss
+    tiles its products itself); ``db_block_size`` database rows bound the float64 rescan of an uncertified query.
     """
     _check_search_args(k, block_size, db_block_size, margin)
     x = _check_matrix(x, "embeddings")
@@ -76,7 +86,7 @@ def knn(x: np.ndarray, k: int, *, metric: Metric = "cosine", identity: Sequence 
     query_rows = np.arange(n, dtype=np.int64) if rows is None else _check_rows(rows, n)
     index = _Database(x, metric, codes)
     queries = _Queries(x, metric, query_rows, norms=index.norms[query_rows])
-    result = index.search(queries, codes[query_rows], k, block_size, db_block_size, margin, symmetric=rows is None)
+    result = index.search(queries, codes[query_rows], k, block_size, db_block_size, margin)
     return Neighbours(result.rows, result.scores, metric, query_rows, result.n_rescanned)
 
 
@@ -171,24 +181,28 @@ class _Queries:
     """Query vectors: float32 working copy (unit length for cosine) and float64 norms."""
 
     def __init__(self, x: np.ndarray, metric: str, rows: np.ndarray, norms: np.ndarray | None = None):
-        self.x, self.rows = x, rows
+        self.x, self.metric, self.rows = x, metric, rows
         self.norms = _row_norms(x, rows) if norms is None else norms
         if metric == "cosine":
             _refuse_zero(self.norms, rows, "query")
 
-    def block32(self, lo: int, hi: int, metric: str) -> torch.Tensor:
-        rows = self.rows[lo:hi]
-        v = self.x[rows].astype(np.float64)
-        if metric == "cosine":
+    def take(self, order: np.ndarray) -> _Queries:
+        """The same queries in another order."""
+        return _Queries(self.x, self.metric, self.rows[order], self.norms[order])
+
+    def block32(self, lo: int, hi: int) -> np.ndarray:
+        v = self.x[self.rows[lo:hi]].astype(np.float64)
+        if self.metric == "cosine":
             v /= self.norms[lo:hi, None]
-        return torch.from_numpy(v.astype(np.float32))
+        return v.astype(np.float32)
 
     def block64(self, lo: int, hi: int) -> np.ndarray:
         return self.x[self.rows[lo:hi]].astype(np.float64)
 
 
 class _Database:
-    """Database vectors prepared once: a float32 matrix for the products and float64 norms for the re-rank."""
+    """Database vectors prepared once: float64 norms for the re-rank, and for faiss a float32 matrix (unit rows for
+    cosine) whose rows are grouped by identity (``code_order``), so one identity's rows are one contiguous range."""
 
     def __init__(self, x: np.ndarray, metric: str, codes: np.ndarray):
         if metric not in METRICS:
@@ -196,126 +210,117 @@ class _Database:
         self.x, self.metric, self.codes = x, metric, codes
         n = x.shape[0]
         self.norms = _row_norms(x, np.arange(n))
-        if metric == "cosine":  # unit rows, built in slices so no float64 copy of the whole matrix exists
-            _refuse_zero(self.norms, np.arange(n), "database")
-            self.x32 = np.empty(x.shape, dtype=np.float32)
-            for lo in range(0, n, 8192):
-                self.x32[lo:lo + 8192] = x[lo:lo + 8192].astype(np.float64) / self.norms[lo:lo + 8192, None]
-        else:
-            self.x32 = np.ascontiguousarray(x, dtype=np.float32)  # no copy for C-ordered float32 input
-        self.t32 = torch.from_numpy(self.x32)
-        self.sq32 = torch.from_numpy((self.norms**2).astype(np.float32))
-        self.t_codes = torch.from_numpy(codes)
-        self.code_order = np.argsort(codes, kind="stable")  # rows grouped by identity, for sparse masking
+        self.code_order = np.argsort(codes, kind="stable")
         self.sorted_codes = codes[self.code_order]
+        if metric == "cosine":
+            _refuse_zero(self.norms, np.arange(n), "database")
+        self.x32 = self._float32_rows()
         self.max_norm = float(self.norms.max())
 
+    def _float32_rows(self) -> np.ndarray:
+        """x[code_order] as float32 (unit rows for cosine), built in slices so no float64 copy of x exists."""
+        order, n = self.code_order, self.x.shape[0]
+        if self.metric == "euclidean" and (order == np.arange(n)).all():
+            return np.ascontiguousarray(self.x, dtype=np.float32)  # no copy for C-ordered float32 input
+        out = np.empty(self.x.shape, dtype=np.float32)
+        for lo in range(0, n, 8192):
+            rows = order[lo:lo + 8192]
+            v = self.x[rows].astype(np.float64)
+            out[lo:lo + 8192] = v / self.norms[rows, None] if self.metric == "cosine" else v
+        return out
+
+    def group_sizes(self, q_codes: np.ndarray) -> np.ndarray:
+        """Number of database rows sharing each query's identity (all excluded for that query)."""
+        return (np.searchsorted(self.sorted_codes, q_codes, side="right")
+                - np.searchsorted(self.sorted_codes, q_codes, side="left"))
+
     def search(self, queries: _Queries, q_codes: np.ndarray, k: int, block_size: int, db_block_size: int,
-               margin: int | None, symmetric: bool = False) -> _Result:
-        """Exact top-k of every query. ``symmetric``: the queries are all database rows in order (self-search)."""
+               margin: int | None) -> _Result:
+        """Exact top-k of every query."""
         k = int(k)
         n_db, dim = self.x.shape
         n_cand = min(k + (max(8, k // 4) if margin is None else int(margin)), n_db)
         nq = queries.rows.shape[0]
-        out_rows = np.full((nq, k), -1, dtype=np.int64)
-        out_scores = np.full((nq, k), np.nan, dtype=np.float64)
+        order, blocks = self._plan(q_codes, max(block_size, _FAISS_QUERIES))
+        queries, q_codes = queries.take(order), q_codes[order]
+        rows = np.full((nq, k), -1, dtype=np.int64)
+        scores = np.full((nq, k), np.nan, dtype=np.float64)
         n_rescanned = 0
         progress = Progress(LOG, nq, "knn queries", every=max(nq, 1), seconds=60.0)
-        with _highest_float32_precision(), torch.no_grad():
-            if symmetric:
-                blocks = self._candidates_symmetric(n_cand, block_size, db_block_size)
-            else:
-                blocks = ((lo, min(lo + block_size, nq),
-                           *self._candidates(queries.block32(lo, min(lo + block_size, nq), self.metric),
-                                             q_codes[lo:lo + block_size], n_cand, db_block_size))
-                          for lo in range(0, nq, block_size))
-            for lo, hi, cand_s32, cand_rows in blocks:
+        with _faiss_threads(torch.get_num_threads()):
+            for lo, hi in blocks:
+                cand_s32, cand_rows = self._candidates(queries, q_codes, lo, hi, n_cand)
                 for r0 in range(lo, hi, _REFINE_ROWS):
                     r1 = min(r0 + _REFINE_ROWS, hi)
                     rescan = self._refine(queries, q_codes, r0, r1, cand_s32[r0 - lo:r1 - lo],
-                                          cand_rows[r0 - lo:r1 - lo], k, dim, out_rows, out_scores)
+                                          cand_rows[r0 - lo:r1 - lo], k, dim, rows, scores)
                     for i in rescan:
-                        self._rescan_row(queries, q_codes, i, k, db_block_size, out_rows, out_scores)
+                        self._rescan_row(queries, q_codes, i, k, db_block_size, rows, scores)
                     n_rescanned += len(rescan)
                 progress.step(hi - lo)
         if self.metric == "euclidean":
-            np.sqrt(out_scores, out=out_scores)
+            np.sqrt(scores, out=scores)
         LOG.info("knn (%s): %d queries x %d items, dim %d, k=%d, %d candidates per query; %d queries rescanned in "
                  "float64", self.metric, nq, n_db, dim, k, n_cand, n_rescanned)
+        out_rows, out_scores = np.empty_like(rows), np.empty_like(scores)
+        out_rows[order], out_scores[order] = rows, scores
         return _Result(out_rows, out_scores, n_rescanned)
 
-    def _candidates(self, q32: torch.Tensor, q_codes: np.ndarray, n_cand: int,
-                    db_block_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Running float32 top-``n_cand`` per query over database tiles (-inf marks excluded items)."""
-        excluded = self._excluded_pairs(q_codes)
-        best_s, best_i = _empty_candidates(q32.shape[0], n_cand)
-        n_db = self.x32.shape[0]
-        for d0 in range(0, n_db, db_block_size):
-            d1 = min(d0 + db_block_size, n_db)
-            s = q32 @ self.t32[d0:d1].T
-            if self.metric == "euclidean":  # ranks like -|q - y|^2 up to the per-query constant |q|^2
-                s.mul_(2.0).sub_(self.sq32[d0:d1])
-            self._mask(s, excluded, q_codes, d0, d1)
-            _fold(best_s, best_i, 0, q32.shape[0], s, d0)
-        return best_s.numpy().astype(np.float64), best_i.numpy()
+    # -- float32 candidates (faiss) --
 
-    def _candidates_symmetric(self, n_cand: int, block: int,
-                              db_block: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-        """Self-search: the same float32 top-``n_cand`` candidates as ``_candidates`` at half the products.
+    def _plan(self, q_codes: np.ndarray, block_size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Query order and blocks for the candidate stage.
 
-        The score matrix is symmetric, so row block [a0, a1) is multiplied only with the items from a0 on. A tile
-        feeds its rows' running candidates and, transposed, those of its columns beyond a1 (columns inside the block
-        see these rows in their own row pass). Rows before a0 reached block a0 earlier as columns, so the block is
-        final after its pass and is yielded. Held: the running candidates (N x n_cand) and one tile of scores.
+        Queries whose identity covers at most ``_OVERFETCH_MAX`` database rows keep their order and are searched in
+        blocks with that many extra candidates. The others are grouped by identity: each block holds one identity
+        and searches the database around its rows. The order only changes which float32 candidates are found
+        together, never the certified result.
         """
-        n = self.x32.shape[0]
-        best_s, best_i = _empty_candidates(n, n_cand)
-        for a0 in range(0, n, block):
-            a1 = min(a0 + block, n)
-            excluded = self._excluded_pairs(self.codes[a0:a1])
-            for b0 in range(a0, n, db_block):
-                b1 = min(b0 + db_block, n)
-                g = self.t32[a0:a1] @ self.t32[b0:b1].T
-                self._mask(g, excluded, self.codes[a0:a1], b0, b1)
-                rows_view = g if self.metric == "cosine" else (2.0 * g).sub_(self.sq32[b0:b1])
-                _fold(best_s, best_i, a0, a1, rows_view, b0)
-                c0 = max(b0, a1)
-                if c0 < b1:  # the same products seen from the columns' side
-                    cols_view = g[:, c0 - b0:].T.contiguous()
-                    if self.metric == "euclidean":
-                        cols_view.mul_(2.0).sub_(self.sq32[a0:a1])
-                    _fold(best_s, best_i, c0, b1, cols_view, a0)
-            yield a0, a1, best_s[a0:a1].numpy().astype(np.float64), best_i[a0:a1].numpy().copy()
+        big = self.group_sizes(q_codes) > _OVERFETCH_MAX
+        key = np.where(big, q_codes, -1)  # small groups first (in order), then one run per large identity
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        runs = list(zip(starts, np.r_[starts[1:], key.size])) if big.any() else [(0, key.size)]
+        blocks = [(int(lo), int(min(lo + block_size, hi))) for a, hi in runs for lo in range(a, hi, block_size)]
+        return order, blocks
 
-    def _mask(self, s: torch.Tensor, excluded: tuple[np.ndarray, np.ndarray] | None, q_codes: np.ndarray, d0: int,
-              d1: int) -> None:
-        """Set same-identity entries of a (queries x database rows d0..d1) tile to -inf."""
-        if excluded is None:
-            qc = torch.from_numpy(np.ascontiguousarray(q_codes))[:, None]
-            s.masked_fill_(qc == self.t_codes[d0:d1][None, :], float("-inf"))
-        else:
-            q_pos, rows = excluded
-            inside = (rows >= d0) & (rows < d1)
-            s[torch.from_numpy(q_pos[inside]), torch.from_numpy(rows[inside] - d0)] = float("-inf")
+    def _candidates(self, queries: _Queries, q_codes: np.ndarray, lo: int, hi: int,
+                    n_cand: int) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 scores (float64 array, -inf = no candidate) and database rows of the ``n_cand`` best admissible
+        items of queries lo..hi. Scores are 'larger is better': cosine, or 2 q.y - |y|^2 for euclidean."""
+        q32, codes = queries.block32(lo, hi), q_codes[lo:hi]
+        sizes = self.group_sizes(codes)
+        if codes[0] == codes[-1] and sizes[0] > _OVERFETCH_MAX:  # one large identity: search around its rows
+            a = int(np.searchsorted(self.sorted_codes, codes[0], side="left"))
+            parts = [self._faiss_top(q32, start, stop, n_cand) for start, stop in ((0, a), (a + sizes[0], None))]
+            s, pos = np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
+        else:  # enough extra candidates to cover every excluded row, which are then dropped
+            s, pos = self._faiss_top(q32, 0, None, n_cand + int(sizes.max()))
+        if self.metric == "euclidean":  # faiss gives |q - y|^2; |q|^2 minus that ranks like 2 q.y - |y|^2
+            s = queries.norms[lo:hi, None] ** 2 - s
+        rows = self.code_order[np.maximum(pos, 0)]
+        s[(pos < 0) | (self.codes[rows] == codes[:, None])] = -np.inf
+        return _best_columns(s, rows, n_cand)
 
-    def _excluded_pairs(self, q_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(query position, database row) of every same-identity pair, or None when identity groups are so large
-        that comparing codes over the whole tile is cheaper than scattering the pairs."""
-        lo = np.searchsorted(self.sorted_codes, q_codes, side="left")
-        counts = np.searchsorted(self.sorted_codes, q_codes, side="right") - lo
-        total = int(counts.sum())
-        if total > 64 * q_codes.shape[0]:
-            return None
-        q_pos = np.repeat(np.arange(q_codes.shape[0], dtype=np.int64), counts)
-        offsets = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-        return q_pos, self.code_order[np.repeat(lo, counts) + offsets]
+    def _faiss_top(self, q32: np.ndarray, start: int, stop: int | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's exact top-``n`` among database positions start..stop (grouped order): float64 scores (cosine
+        similarity or squared distance; -inf/+inf where none) and positions (-1 where none)."""
+        xb = self.x32[start:stop]
+        n = min(n, xb.shape[0])
+        if n == 0:
+            return np.empty((q32.shape[0], 0)), np.empty((q32.shape[0], 0), dtype=np.int64)
+        metric = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
+        s, pos = faiss.knn(q32, xb, n, metric=metric)
+        return s.astype(np.float64), np.where(pos >= 0, pos + start, -1)
 
     def _tolerance(self, q_norms: np.ndarray, dim: int) -> np.ndarray:
         """Upper bound on |float32 score - float64 score| per query (rounding of inputs, products and sums)."""
         gamma = (dim + 4) * _U32 / (1 - (dim + 4) * _U32)
         if self.metric == "cosine":  # unit vectors: |sum a_i b_i| error <= gamma * |a| |b|, plus input rounding
             bound32, scale = gamma + 4 * _U32, np.ones_like(q_norms)
-        else:  # 2 q.y - |y|^2 with |q| <= q_norm and |y| <= max_norm
+        else:  # faiss: float32 |q|^2 + |y|^2 - 2 q.y (or the sum of (q_i - y_i)^2 for a few queries); the
+            # products within gamma, input rounding and the additions within 6 u, all of (|q| + |y|)^2 at most
             scale = 2 * q_norms * self.max_norm + self.max_norm**2 + q_norms**2
             bound32 = gamma + 6 * _U32
         return 1.05 * (bound32 + 4 * (dim + 4) * _U64) * scale
@@ -395,18 +400,13 @@ class _Database:
         return s64 if self.metric == "cosine" else -s64
 
 
-def _empty_candidates(n: int, n_cand: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Running candidates: float32 scores (-inf = none yet) and database rows (-1 = none yet)."""
-    return torch.full((n, n_cand), float("-inf")), torch.full((n, n_cand), -1, dtype=torch.int64)
-
-
-def _fold(best_s: torch.Tensor, best_i: torch.Tensor, r0: int, r1: int, s: torch.Tensor, offset: int) -> None:
-    """Merge a tile's per-row top candidates (column ``j`` is item ``offset + j``) into rows r0..r1 in place."""
-    n_cand = best_s.shape[1]
-    ts, ti = torch.topk(s, min(n_cand, s.shape[1]), dim=1, sorted=False)
-    ts, ti = torch.cat([best_s[r0:r1], ts], dim=1), torch.cat([best_i[r0:r1], ti + offset], dim=1)
-    ts, pos = torch.topk(ts, n_cand, dim=1, sorted=False)
-    best_s[r0:r1], best_i[r0:r1] = ts, torch.gather(ti, 1, pos)
+def _best_columns(s: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` best-scoring columns of each row, in any order; padded with -inf / -1 when there are fewer."""
+    if s.shape[1] > n:
+        keep = np.argpartition(-s, n - 1, axis=1)[:, :n]
+        return np.take_along_axis(s, keep, axis=1), np.take_along_axis(rows, keep, axis=1)
+    pad = ((0, 0), (0, n - s.shape[1]))
+    return np.pad(s, pad, constant_values=-np.inf), np.pad(rows, pad, constant_values=-1)
 
 
 def _row_norms(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -424,11 +424,12 @@ def _refuse_zero(norms: np.ndarray, rows: np.ndarray, what: str) -> None:
 
 
 @contextlib.contextmanager
-def _highest_float32_precision() -> Iterator[None]:
-    """The error bound assumes true float32 products: refuse reduced-precision (bf16/tf32) matmul for the search."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+def _faiss_threads(n: int) -> Iterator[None]:
+    """faiss (its OpenMP and the OpenBLAS it bundles) on the job's thread count: the stages set torch's
+    (``torch.set_num_threads``), and faiss would otherwise take every core of the node."""
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, int(n)))
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(previous)
+        faiss.omp_set_num_threads(previous)
