@@ -62,6 +62,7 @@ TINY_OVERRIDES: dict = {
     "metric_head": {"steps": 6, "checkpoint_every": 3, "optuna": {"trials": 2, "steps": 3}},
     "align_text3d": {"steps": 4, "eval_every": 2},
     "retrieval_head": {"steps": 4, "checkpoint_every": 2},
+    "promptsg": {"steps": 4, "checkpoint_every": 2, "bnneck_dim": 16, "interaction_layers": 1, "n_point": 16},
     "eval": {"ucpr": {"methods": ["nepa"], "pairs": [["mesh", "udfgrid"], ["pointcloud_noray", "udfgrid"]],
                       "n_point": 16, "n_ray": 16, "mc_draws": 1},
              "cpac": {"methods": ["nepa"], "n_context": 12, "n_query": 16}},
@@ -101,6 +102,7 @@ def deep_merge(base: dict, overrides: dict) -> dict:
 def tiny_config(**overrides) -> dict:
     config = deep_merge(repo_config(), TINY_OVERRIDES)
     config["pretrain"]["methods"] = {m: config["pretrain"]["methods"][m] for m in TINY_METHODS}
+    config["promptsg"]["variants"] = {"full": {}}  # one PromptSG job (the demo runs two)
     return deep_merge(config, overrides)
 
 
@@ -113,6 +115,7 @@ def data_layer_only(config: dict) -> dict:
     config["embed"]["image"]["depth_views"], config["embed"]["shape"]["methods"] = [], []
     config["difficulty"]["spaces"], config["metric_head"]["space"] = [], None
     config["align_text3d"]["datasets"], config["retrieval_head"]["datasets"] = [], []
+    config["promptsg"]["datasets"] = []
     config["eval"]["ucpr"]["datasets"], config["eval"]["cpac"]["datasets"] = [], []
     return config
 
@@ -140,6 +143,7 @@ def embedding_jobs(config: dict) -> dict[str, int]:
         "align_text3d": len(align["datasets"]) * len(align["folds"]),
         "submit_text3d": len(align["datasets"]),
         "train_retrieval_head": len(retrieval["datasets"]),
+        "train_promptsg": len(config["promptsg"]["datasets"]) * len(config["promptsg"]["variants"]),
     }
     return {rule: n for rule, n in counts.items() if n}
 

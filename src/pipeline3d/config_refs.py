@@ -193,6 +193,18 @@ def embedding_problems(config: dict) -> list[str]:
     problems += _dataset_problems("retrieval_head.datasets", retrieval.get("datasets", []), datasets, cached)
     if retrieval.get("datasets"):
         problems += method_problem("retrieval_head.method", retrieval.get("method", ""))
+    promptsg = config.get("promptsg", {})
+    problems += _dataset_problems("promptsg.datasets", promptsg.get("datasets", []), datasets, cached)
+    if promptsg.get("datasets"):
+        problems += method_problem("promptsg.method", promptsg.get("method", ""))
+    capacity = config.get("tokens", {}).get("n_point")
+    if promptsg.get("datasets") and capacity is not None and promptsg.get("n_point", 0) > capacity:
+        problems.append(f"promptsg.n_point: {promptsg['n_point']} exceeds the pretrained layout's tokens.n_point "
+                        f"({capacity})")
+    knobs = set(promptsg) - {"datasets", "variants", "method"}
+    for name, overrides in (promptsg.get("variants") or {}).items():
+        for key in sorted(set(overrides) - knobs):
+            problems.append(f"promptsg.variants.{name}.{key}: not a promptsg setting")
     return problems
 
 

@@ -27,6 +27,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "align_text3d": 2,
     "submit_text3d": 1,
     "train_retrieval_head": 3,
+    "train_promptsg": 1,
     "eval_ucpr": 1,
     "eval_cpac": 1,
     "report": 2,

@@ -33,7 +33,8 @@ STAGE_RULES = [
     "fingerprint_dataset", "make_splits", "materialize_unpaired", "pretrain_encoder", "finetune_classifier",
     "tabulate_fewshot", "finetune_episode", "tabulate_episodes", "embed_image", "embed_text", "embed_shape",
     "difficulty_bands", "tune_metric_head",
-    "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head", "eval_ucpr", "eval_cpac", "report",
+    "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head", "train_promptsg", "eval_ucpr",
+    "eval_cpac", "report",
 ]
 
 
@@ -337,7 +338,8 @@ def test_report_tables_and_plots_and_a_self_contained_html(demo: Path) -> None:
     assert "no results" not in (tables / "ucpr.md").read_text() and "no results" not in (tables / "cpac.md").read_text()
     assert all((plots / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in ("fewshot_accuracy", "recall_at_k"))
     kinds = {json.loads(line)["kind"] for line in (tables / "metrics.jsonl").read_text().splitlines()}
-    assert kinds == {"finetune", "ucpr", "cpac", "metric_heads", "retrieval_heads", "align"}
+    assert kinds == {"finetune", "ucpr", "cpac", "metric_heads", "retrieval_heads", "promptsg", "align"}
+    assert "| promptsg | nepa/full | PromptSG |" in (tables / "retrieval.md").read_text()
     result = run_snakemake(demo, "--report", "report.html")
     assert result.returncode == 0, result.tail()
     html = (demo / "report.html").read_text(errors="replace")

@@ -67,3 +67,15 @@ def test_patch_token_references(config: dict) -> None:
     assert "pretrain.methods.bad_pmae.objective: point_mae needs patch tokens" in text
     assert "pretrain.methods.udf_patch.corpus[0].backend: 'udfgrid' cannot give patch tokens" in text
     assert "eval.ucpr.methods[0]: 'udf_patch' reads patch tokens" in text
+
+
+def test_promptsg_references(config: dict) -> None:
+    config["promptsg"]["method"] = "nepa_typo"
+    config["promptsg"]["n_point"] = 10_000
+    config["promptsg"]["variants"]["full"] = {"interaction_layerz": 2}
+    config["promptsg"]["datasets"] = ["demo-mesh", "nope"]
+    text = problem(config)
+    assert "promptsg.method: 'nepa_typo' is not a pretrain method" in text
+    assert "promptsg.n_point: 10000 exceeds the pretrained layout's tokens.n_point (64)" in text
+    assert "promptsg.variants.full.interaction_layerz: not a promptsg setting" in text
+    assert "promptsg.datasets" in text and "'nope'" in text

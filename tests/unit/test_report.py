@@ -287,3 +287,22 @@ def test_metrics_jsonl_has_every_file_once_without_timings(tmp_path):
     assert records[0]["metrics"] == {"test": {"accuracy": 0.5}} and records[1]["metrics"] == {"R@1": 0.1}
     a.write_text(json.dumps({"seconds": 7.0, "test": {"accuracy": 0.5}}))  # another run's timing only
     assert metrics_lines({"ucpr": [str(b)], "finetune": [str(a)]}) == text
+
+
+def test_promptsg_variants_are_rows_of_the_retrieval_table_beside_their_floors(tmp_path: Path) -> None:
+    full = _write(tmp_path / "full.json", {"dataset": "d", "method": "point_mae", "variant": "full",
+                                           "head": _qg([0.8, 0.6]), "raw": _qg([0.3, 0.5]),
+                                           "descriptor_raw": _qg([0.2, 0.2])})
+    bare = _write(tmp_path / "bare.json", {"dataset": "d", "method": "point_mae", "variant": "no_interaction",
+                                           "head": _qg([0.4, 0.4])})
+    rows = collect.retrieval_rows([], [], [full, bare])
+    got = {(r["model"], r["embedding"]): r["mAP"] for r in rows.to_dict("records")}
+    assert got == {("point_mae/full", "PromptSG"): [0.8, 0.6], ("point_mae/full", "raw"): [0.3, 0.5],
+                   ("point_mae/full", "descriptor (raw)"): [0.2, 0.2],
+                   ("point_mae/no_interaction", "PromptSG"): [0.4, 0.4]}
+    assert set(rows["head"]) == {"promptsg"}
+    table = build.retrieval_table(rows)
+    assert table.n_rows == 4
+    with pytest.raises(ValueError, match="variant"):
+        collect.retrieval_rows([], [], [_write(tmp_path / "anon.json", {"dataset": "d", "method": "m",
+                                                                         "head": _qg([0.1])})])

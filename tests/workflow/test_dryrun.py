@@ -82,6 +82,7 @@ def test_every_job_declares_log_benchmark_and_resources(workdir: Path) -> None:
 TRAINING_RULES = {"pretrain_encoder", "finetune_classifier", "finetune_episode", "embed_image", "embed_text",
                   "embed_shape",
                   "tune_metric_head", "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head",
+                  "train_promptsg",
                   "eval_ucpr", "eval_cpac"}
 
 

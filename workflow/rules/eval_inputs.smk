@@ -86,6 +86,7 @@ def report_inputs(wildcards=None):
         "retrieval_heads": [
             f"{RESULTS}/heads/retrieval/{ds}/{RETRIEVAL['method']}/metrics.json" for ds in RETRIEVAL["datasets"]
         ],
+        "promptsg": promptsg_targets(),
         "align": [f"{RESULTS}/align_text3d/{ds}/{ALIGN['method']}/metrics.json" for ds in align],
     }
 

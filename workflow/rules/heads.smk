@@ -132,3 +132,30 @@ rule train_retrieval_head:
         " --params {params.cfg:q} --inputs {params.inputs:q}"
         " --state-dir {params.state:q} --head {output.head:q} --head-json {output.head_json:q}"
         " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule train_promptsg:
+    input:
+        unpack(promptsg_inputs),
+    output:
+        head_json=f"{RESULTS}/heads/promptsg/{{dataset}}/{{variant}}/model/head.json",
+        metrics=f"{RESULTS}/heads/promptsg/{{dataset}}/{{variant}}/metrics.json",
+    log:
+        f"{RESULTS}/logs/train_promptsg/{{dataset}}/{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_promptsg/{{dataset}}/{{variant}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=scaled_runtime(240),
+        gpu=1,
+    params:
+        cfg=promptsg_cfg,
+        inputs=input_json,
+        state=f"{STATE}/promptsg/{{dataset}}/{{variant}}",
+        model_dir=f"{RESULTS}/heads/promptsg/{{dataset}}/{{variant}}/model",
+    shell:
+        "{PY:q} -m pipeline3d.stages.train_promptsg"
+        " --params {params.cfg:q} --inputs {params.inputs:q}"
+        " --state-dir {params.state:q} --model-dir {params.model_dir:q}"
+        " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"

@@ -6,6 +6,10 @@ ALIGN = config["align_text3d"]
 RETRIEVAL = config["retrieval_head"]
 
 
+wildcard_constraints:
+    variant=r"[A-Za-z0-9_.-]+",
+
+
 # ---------------------------------------------------------------------------------------------- metric head
 def metric_head_inputs(wildcards):
     return {
@@ -150,4 +154,45 @@ def head_targets():
             f"{folder}/metrics.json",
         ]
     targets += [f"{RESULTS}/heads/retrieval/{ds}/{RETRIEVAL['method']}/metrics.json" for ds in RETRIEVAL["datasets"]]
-    return targets
+    return targets + promptsg_targets()
+
+
+# ---------------------------------------------------------------------------------------------- PromptSG
+PROMPTSG = config["promptsg"]
+
+
+def promptsg_inputs(wildcards):
+    method = PROMPTSG["method"]
+    return {
+        **ingest_files(wildcards.dataset),
+        "ttv": split_file(wildcards.dataset, "ttv"),
+        "qg": split_file(wildcards.dataset, "qg"),
+        **cache_inputs(wildcards.dataset),
+        "weights": f"{RESULTS}/models/{method}/encoder.safetensors",
+        "encoder_json": f"{RESULTS}/models/{method}/encoder.json",
+        "shape_embeddings": shape_embedding(wildcards.dataset, method),
+    }
+
+
+def promptsg_cfg(wildcards):
+    return stage_params(
+        "train_promptsg",
+        {
+            "seed": config["seed"],
+            "dataset": wildcards.dataset,
+            "variant": wildcards.variant,
+            "method": PROMPTSG["method"],
+            "promptsg": _without(PROMPTSG, "datasets", "variants", "method"),
+            "variant_settings": PROMPTSG["variants"][wildcards.variant],
+            "tokens": config["tokens"],
+            "text": _text_cfg(),
+        },
+    )
+
+
+def promptsg_targets():
+    return [
+        f"{RESULTS}/heads/promptsg/{ds}/{variant}/metrics.json"
+        for ds in PROMPTSG["datasets"]
+        for variant in PROMPTSG["variants"]
+    ]

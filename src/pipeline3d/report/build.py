@@ -32,7 +32,7 @@ from .tables import Column, MeanStd, Table, fmt_float
 
 TABLE_NAMES = ("fewshot", "ucpr", "cpac", "retrieval", "text3d")
 PLOT_NAMES = ("fewshot_accuracy", "recall_at_k")
-INPUT_NAMES = ("finetune", "ucpr", "cpac", "metric_heads", "retrieval_heads", "align")
+INPUT_NAMES = ("finetune", "ucpr", "cpac", "metric_heads", "retrieval_heads", "promptsg", "align")
 
 
 def _k_label(k: int) -> str:
@@ -163,7 +163,7 @@ def cpac_table(rows: pd.DataFrame) -> Table:
 
 
 # ------------------------------------------------------------------------------------------------- retrieval
-_EMBEDDING_ORDER = {"metric head": 0, "retrieval head": 0, "retrieval head (pre-BN)": 1, "raw": 2,
+_EMBEDDING_ORDER = {"metric head": 0, "retrieval head": 0, "PromptSG": 0, "retrieval head (pre-BN)": 1, "raw": 2,
                     "descriptor (raw)": 3}  # the hand-crafted floor last
 
 
@@ -235,7 +235,8 @@ def build(inputs: Mapping[str, Any], params: Mapping[str, Any]) -> Report:
         "ucpr": ucpr_table(ucpr_rows),
         "cpac": cpac_table(collect.cpac_rows(_paths(inputs, "cpac"))),
         "retrieval": retrieval_table(collect.retrieval_rows(_paths(inputs, "metric_heads"),
-                                                            _paths(inputs, "retrieval_heads"))),
+                                                            _paths(inputs, "retrieval_heads"),
+                                                            _paths(inputs, "promptsg"))),
         "text3d": text3d_table(text3d_rows),
     }
     figures = {"fewshot_accuracy": plots.fewshot_accuracy_png(ft_summary, method_order),

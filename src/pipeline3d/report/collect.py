@@ -222,6 +222,9 @@ RETRIEVAL_COLUMNS = ["dataset", "head", "model", "embedding", "n_split", *RETRIE
 RETRIEVAL_HEAD_BLOCKS = (("head", "retrieval head"), ("head_pre_bn", "retrieval head (pre-BN)"), ("raw", "raw"),
                          ("descriptor_raw", "descriptor (raw)"))
 OPTIONAL_RETRIEVAL_BLOCKS = ("head_pre_bn", "descriptor_raw")
+# a PromptSG variant's blocks (the raw floor needs the shape embeddings among the job's inputs)
+PROMPTSG_BLOCKS = (("head", "PromptSG"), ("raw", "raw"), ("descriptor_raw", "descriptor (raw)"))
+OPTIONAL_PROMPTSG_BLOCKS = ("raw", "descriptor_raw")
 
 
 def _split_values(block: Any, path: str | Path, where: str) -> dict[str, list[float]]:
@@ -237,8 +240,10 @@ def _split_values(block: Any, path: str | Path, where: str) -> dict[str, list[fl
     return out
 
 
-def retrieval_rows(metric_head_paths: Iterable[str | Path], retrieval_head_paths: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per (head file, embedding): the per-split values of Rank@1/5/10 and mAP (lists, for mean ± std)."""
+def retrieval_rows(metric_head_paths: Iterable[str | Path], retrieval_head_paths: Iterable[str | Path],
+                   promptsg_paths: Iterable[str | Path] = ()) -> pd.DataFrame:
+    """One row per (head file, embedding): the per-split values of Rank@1/5/10 and mAP (lists, for mean ± std).
+    A PromptSG job's rows name its model ``<method>/<variant>``."""
     rows = []
     for path in metric_head_paths:
         m = read_metrics(path)
@@ -259,6 +264,15 @@ def retrieval_rows(metric_head_paths: Iterable[str | Path], retrieval_head_paths
                 continue
             values = _split_values(m, path, key)
             rows.append({"dataset": dataset, "head": "retrieval", "model": method, "embedding": label,
+                         "n_split": len(values["mAP"]), **values})
+    for path in promptsg_paths:
+        m = read_metrics(path)
+        dataset, model = identity(m, path, "dataset"), f"{identity(m, path, 'method')}/{identity(m, path, 'variant')}"
+        for key, label in PROMPTSG_BLOCKS:
+            if key in OPTIONAL_PROMPTSG_BLOCKS and key not in m:
+                continue
+            values = _split_values(m, path, key)
+            rows.append({"dataset": dataset, "head": "promptsg", "model": model, "embedding": label,
                          "n_split": len(values["mAP"]), **values})
     return pd.DataFrame(rows, columns=RETRIEVAL_COLUMNS)
 
