@@ -31,6 +31,7 @@ localrules:
     all,
     data_all,
     embed_all,
+    promptsg_all,
     tabulate_fewshot,
     tabulate_episodes,
     report,
@@ -56,3 +57,9 @@ rule data_all:
 rule embed_all:
     input:
         embedding_targets(),
+
+
+rule promptsg_all:
+    input:
+        promptsg_targets(),
+        [f"{RESULTS}/heads/retrieval/{ds}/{RETRIEVAL['method']}/metrics.json" for ds in PROMPTSG["datasets"]],
