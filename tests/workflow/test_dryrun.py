@@ -20,7 +20,7 @@ from smk import (
     write_big_manifest_workdir,
 )
 
-TARGET_RULES = {"all", "data_all", "embed_all"}
+TARGET_RULES = {"all", "data_all", "embed_all", "promptsg_all"}
 UNPAIRED_SPLITS = 4  # train_mesh, train_pc, train_udf, eval
 SPLIT_FAMILIES = 6  # ttv, kfold, unpaired, fewshot, qg, episodes: one job each
 

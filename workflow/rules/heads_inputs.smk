@@ -194,5 +194,5 @@ def promptsg_targets():
     return [
         f"{RESULTS}/heads/promptsg/{ds}/{variant}/metrics.json"
         for ds in PROMPTSG["datasets"]
-        for variant in PROMPTSG["variants"]
+        for variant in sorted(PROMPTSG["variants"])  # dict order is not config: a reordered config is the same
     ]
