@@ -37,10 +37,25 @@ STAGES = ("load", "prepare", "sample", "pool", "grid", "rays", "pc_rays", "write
 TARGETS = {"edt": 0.08, "narrowband": 0.18}  # s/shape, one single-threaded worker per core
 RSS_TARGET_MB = 1500
 SCALING_TARGET = 1.7
-CACHE = {"shards": 1, "pc_points": 2048, "pt_pool": 20000, "pt_surface_ratio": 0.5, "pt_surface_sigma": 0.02,
-         "n_views": 20, "rays_per_view": 400, "camera_radius": 2.2, "pc_grid": 64, "pc_dilate": 1, "df_grid": 64,
-         "df_dilate": 1, "grid_mode": "edt", "band_voxels": 3, "voxel_pool_dist": False, "compression": "gzip",
-         "threads": 1}
+CACHE = {
+    "shards": 1,
+    "pc_points": 2048,
+    "pt_pool": 20000,
+    "pt_surface_ratio": 0.5,
+    "pt_surface_sigma": 0.02,
+    "n_views": 20,
+    "rays_per_view": 400,
+    "camera_radius": 2.2,
+    "pc_grid": 64,
+    "pc_dilate": 1,
+    "df_grid": 64,
+    "df_dilate": 1,
+    "grid_mode": "edt",
+    "band_voxels": 3,
+    "voxel_pool_dist": False,
+    "compression": "gzip",
+    "threads": 1,
+}
 
 
 def machine() -> dict:
@@ -52,21 +67,47 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(), "date": str(date.today()),
-            "loadavg_start": os.getloadavg()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "date": str(date.today()),
+        "loadavg_start": os.getloadavg(),
+    }
 
 
 # The 30 meshes of shared/reference/cache-performance.md (paths inside pybullet_data), to compare with its anchors.
 ANCHOR_SET = (
-    "random_urdfs/525/525.obj", "random_urdfs/100/100.obj", "toys/concave_box.obj", "random_urdfs/200/200.obj",
-    "duck_vhacd.obj", "random_urdfs/000/000.obj", "random_urdfs/700/700.obj", "random_urdfs/350/350.obj",
-    "random_urdfs/025/025.obj", "random_urdfs/400/400.obj", "objects/mug.obj", "bunny.obj",
-    "torus/torus_textured.obj", "racecar/meshes/left_front_wheel.obj", "sphere_smooth.obj",
-    "kuka_iiwa/meshes/link_3.obj", "teddy2_VHACD_CHs.obj", "lego/lego.obj", "aliengo/meshes/trunk.obj",
-    "kuka_iiwa/meshes/link_0.obj", "duck.obj", "laikago/chassis_mod.obj", "a1/meshes/calf.obj",
-    "franka_panda/meshes/visual/hand.obj", "soccerball.obj", "laikago/chassis.obj",
-    "franka_panda/meshes/visual/link3.obj", "mini_cheetah/meshes/mini_lower_link.obj",
-    "mini_cheetah/meshes/mini_body.obj", "a1/meshes/trunk.obj",
+    "random_urdfs/525/525.obj",
+    "random_urdfs/100/100.obj",
+    "toys/concave_box.obj",
+    "random_urdfs/200/200.obj",
+    "duck_vhacd.obj",
+    "random_urdfs/000/000.obj",
+    "random_urdfs/700/700.obj",
+    "random_urdfs/350/350.obj",
+    "random_urdfs/025/025.obj",
+    "random_urdfs/400/400.obj",
+    "objects/mug.obj",
+    "bunny.obj",
+    "torus/torus_textured.obj",
+    "racecar/meshes/left_front_wheel.obj",
+    "sphere_smooth.obj",
+    "kuka_iiwa/meshes/link_3.obj",
+    "teddy2_VHACD_CHs.obj",
+    "lego/lego.obj",
+    "aliengo/meshes/trunk.obj",
+    "kuka_iiwa/meshes/link_0.obj",
+    "duck.obj",
+    "laikago/chassis_mod.obj",
+    "a1/meshes/calf.obj",
+    "franka_panda/meshes/visual/hand.obj",
+    "soccerball.obj",
+    "laikago/chassis.obj",
+    "franka_panda/meshes/visual/link3.obj",
+    "mini_cheetah/meshes/mini_lower_link.obj",
+    "mini_cheetah/meshes/mini_body.obj",
+    "a1/meshes/trunk.obj",
 )
 
 
@@ -113,8 +154,9 @@ def _worker(cpu: int, cache: dict, manifest: str, items: str, out: str, queue) -
     # data set pays this once for hundreds of shapes). Done on a tetrahedron, reported as warm_s.
     start = time.perf_counter()
     tetra = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=np.float64) / np.sqrt(3)
-    cache_mesh(tetra, np.array([[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]]), "warm-up", 0,
-               CacheProfile.from_config(cache))
+    cache_mesh(
+        tetra, np.array([[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]]), "warm-up", 0, CacheProfile.from_config(cache)
+    )
     warmed = time.perf_counter() - start
     params = {"seed": 0, "dataset": "bench", "cache": cache}
     logger = logging.getLogger("bench")
@@ -123,11 +165,21 @@ def _worker(cpu: int, cache: dict, manifest: str, items: str, out: str, queue) -
     wall = time.perf_counter() - begin
     end = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (end.ru_utime - usage.ru_utime) + (end.ru_stime - usage.ru_stime)
-    queue.put({"cpu": cpu, "wall": wall, "cpu_s": cpu_s, "import_s": imported, "warm_s": warmed,
-               "n": n_ok + len(failures),
-               "failed": len(failures),
-               "seconds": seconds, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               "bytes": os.path.getsize(out), "path": str(out)})
+    queue.put(
+        {
+            "cpu": cpu,
+            "wall": wall,
+            "cpu_s": cpu_s,
+            "import_s": imported,
+            "warm_s": warmed,
+            "n": n_ok + len(failures),
+            "failed": len(failures),
+            "seconds": seconds,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "bytes": os.path.getsize(out),
+            "path": str(out),
+        }
+    )
 
 
 def run_workers(n_workers: int, cache: dict, manifest: Path, items: Path, workdir: Path) -> list[dict]:
@@ -135,9 +187,20 @@ def run_workers(n_workers: int, cache: dict, manifest: Path, items: Path, workdi
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     cpus = sorted(os.sched_getaffinity(0))[:n_workers]
-    procs = [ctx.Process(target=_worker, args=(cpu, cache, str(manifest), str(items),
-                                               str(workdir / f"w{n_workers}-{cpu}-{cache['grid_mode']}.h5"), queue))
-             for cpu in cpus]
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(
+                cpu,
+                cache,
+                str(manifest),
+                str(items),
+                str(workdir / f"w{n_workers}-{cpu}-{cache['grid_mode']}.h5"),
+                queue,
+            ),
+        )
+        for cpu in cpus
+    ]
     for p in procs:
         p.start()
     results = [queue.get() for _ in procs]
@@ -176,19 +239,33 @@ def summarise(mode: str, one: list[dict], two: list[dict]) -> dict:
     thr1 = w1["n"] / w1["wall"]
     thr2 = sum(r["n"] for r in two) / max(r["wall"] for r in two)
     return {
-        "mode": mode, "shapes": w1["n"], "failed": w1["failed"], "s_per_shape_1w": per_shape,
+        "mode": mode,
+        "shapes": w1["n"],
+        "failed": w1["failed"],
+        "s_per_shape_1w": per_shape,
         "cpu_s_per_shape_1w": w1["cpu_s"] / w1["n"],
-        "stage_s_per_shape": per_stage, "throughput_1w": thr1, "throughput_2w": thr2, "ratio_2w_1w": thr2 / thr1,
-        "max_rss_mb": max(r["max_rss_mb"] for r in one + two), "shard_mb_per_shape": w1["bytes"] / w1["n"] / 1e6,
-        "import_s": w1["import_s"], "warm_s": w1["warm_s"], "target_s_per_shape": TARGETS.get(mode),
-        "loadavg_1min_1w": w1["loadavg_1min"], "loadavg_1min_2w": two[0]["loadavg_1min"],
-        "workers_1": one, "workers_2": two,
+        "stage_s_per_shape": per_stage,
+        "throughput_1w": thr1,
+        "throughput_2w": thr2,
+        "ratio_2w_1w": thr2 / thr1,
+        "max_rss_mb": max(r["max_rss_mb"] for r in one + two),
+        "shard_mb_per_shape": w1["bytes"] / w1["n"] / 1e6,
+        "import_s": w1["import_s"],
+        "warm_s": w1["warm_s"],
+        "target_s_per_shape": TARGETS.get(mode),
+        "loadavg_1min_1w": w1["loadavg_1min"],
+        "loadavg_1min_2w": two[0]["loadavg_1min"],
+        "workers_1": one,
+        "workers_2": two,
     }
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| grid mode | s/shape (1 worker) | CPU s/shape | " + " | ".join(STAGES)
-            + " | shapes/s 1w | shapes/s 2w | 2w/1w | load avg 1w / 2w | peak RSS/worker | target s/shape |")
+    head = (
+        "| grid mode | s/shape (1 worker) | CPU s/shape | "
+        + " | ".join(STAGES)
+        + " | shapes/s 1w | shapes/s 2w | 2w/1w | load avg 1w / 2w | peak RSS/worker | target s/shape |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         stages = " | ".join(f"{1000 * r['stage_s_per_shape'][k]:.1f}" for k in STAGES)
@@ -199,9 +276,11 @@ def table(rows: list[dict]) -> str:
             met = [r["s_per_shape_1w"] <= target, r["cpu_s_per_shape_1w"] <= target]
             verdict = f"{target:.2f} ({'met' if all(met) else 'CPU only' if met[1] else 'NOT met'})"
         load = f"{max(r['loadavg_1min_1w']):.1f} / {max(r['loadavg_1min_2w']):.1f}"
-        lines.append(f"| {r['mode']} | {r['s_per_shape_1w']:.3f} | {r['cpu_s_per_shape_1w']:.3f} | {stages} | "
-                     f"{r['throughput_1w']:.2f} | {r['throughput_2w']:.2f} | {r['ratio_2w_1w']:.2f} | {load} | "
-                     f"{r['max_rss_mb']:.0f} MB | {verdict} |")
+        lines.append(
+            f"| {r['mode']} | {r['s_per_shape_1w']:.3f} | {r['cpu_s_per_shape_1w']:.3f} | {stages} | "
+            f"{r['throughput_1w']:.2f} | {r['throughput_2w']:.2f} | {r['ratio_2w_1w']:.2f} | {load} | "
+            f"{r['max_rss_mb']:.0f} MB | {verdict} |"
+        )
     return "\n".join(lines) + "\n\n(stage columns: ms per shape, 1 worker)"
 
 
@@ -222,11 +301,10 @@ def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
     from pipeline3d.data.cache.normalize import normalize_mesh
     from pipeline3d.data.cache.rays import EmbreeRayCaster, MeshRayCaster, camera_rays
     from pipeline3d.data.cache.sampling import SurfaceSampler, query_pool
-    from pipeline3d.io.shards import array_codecs
     from pipeline3d.data.cache.voxel_walk import dilate, voxelize
     from pipeline3d.io.cache_schema import profile_of
     from pipeline3d.io.itemstore import ItemStore
-    from pipeline3d.io.shards import ShardWriter
+    from pipeline3d.io.shards import ShardWriter, array_codecs
 
     store = ItemStore(items)
     rows = list(range(0, len(store), max(1, len(store) // n_shapes)))[:n_shapes]
@@ -242,11 +320,20 @@ def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
     warm_v, warm_f = normalize_mesh(*store.mesh(rows[0]))
     cache_mesh(warm_v, warm_f, "warm-up", 0, CacheProfile.from_config(CACHE))
 
-    errors = {"bvh_minus_fcpw_max": -np.inf, "bvh_minus_fcpw_min": np.inf, "trimesh_vs_bvh_max_abs": 0.0,
-              "embree_vs_bvh_hit_disagree": 0, "embree_vs_bvh_t_max_abs": 0.0, "fcpw_vs_bvh_hit_disagree": 0,
-              "point_tree_vs_pykdtree_max_abs": 0.0, "point_tree_vs_ckdtree_max_abs": 0.0,
-              "squared_edt_vs_scipy_max_abs": 0.0, "edt_pkg_vs_scipy_max_abs": 0.0,
-              "narrowband_max_abs_outside_band": 0.0, "narrowband_mean_abs_outside_band": []}
+    errors = {
+        "bvh_minus_fcpw_max": -np.inf,
+        "bvh_minus_fcpw_min": np.inf,
+        "trimesh_vs_bvh_max_abs": 0.0,
+        "embree_vs_bvh_hit_disagree": 0,
+        "embree_vs_bvh_t_max_abs": 0.0,
+        "fcpw_vs_bvh_hit_disagree": 0,
+        "point_tree_vs_pykdtree_max_abs": 0.0,
+        "point_tree_vs_ckdtree_max_abs": 0.0,
+        "squared_edt_vs_scipy_max_abs": 0.0,
+        "edt_pkg_vs_scipy_max_abs": 0.0,
+        "narrowband_max_abs_outside_band": 0.0,
+        "narrowband_mean_abs_outside_band": [],
+    }
     cache_rows = []
     for row in rows:
         rng = np.random.default_rng(row)
@@ -275,15 +362,18 @@ def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
         d_pk, _ = clock("pykdtree 20k pool, Morton order", lambda: kd.query(sorted_pool, k=1))
         nearest = clock("point BVH build (bvh.PointTree, used)", lambda: NearestPoint(pc))
         d_pt, _ = clock("point BVH 20k pool, Morton order (used)", lambda: nearest.query(sorted_pool))
-        errors["point_tree_vs_pykdtree_max_abs"] = max(errors["point_tree_vs_pykdtree_max_abs"],
-                                                       float(np.abs(d_pt - d_pk).max()))
-        errors["point_tree_vs_ckdtree_max_abs"] = max(errors["point_tree_vs_ckdtree_max_abs"],
-                                                      float(np.abs(d_pt - d_ck).max()))
+        errors["point_tree_vs_pykdtree_max_abs"] = max(
+            errors["point_tree_vs_pykdtree_max_abs"], float(np.abs(d_pt - d_pk).max())
+        )
+        errors["point_tree_vs_ckdtree_max_abs"] = max(
+            errors["point_tree_vs_ckdtree_max_abs"], float(np.abs(d_pt - d_ck).max())
+        )
         mesh = trimesh.Trimesh(vertices, faces, process=False)
-        few = sorted_pool[:: 40]  # 500 queries: trimesh is far too slow for 20k
+        few = sorted_pool[::40]  # 500 queries: trimesh is far too slow for 20k
         _, d_tm, _ = clock("trimesh closest_point, 500 queries", lambda: trimesh.proximity.closest_point(mesh, few))
-        errors["trimesh_vs_bvh_max_abs"] = max(errors["trimesh_vs_bvh_max_abs"],
-                                               float(np.abs(d_tm - exact[:: 40]).max()))
+        errors["trimesh_vs_bvh_max_abs"] = max(
+            errors["trimesh_vs_bvh_max_abs"], float(np.abs(d_tm - exact[::40]).max())
+        )
         origins, dirs = camera_rays(20, 400, 2.2, rng)
         embree = clock("Embree scene build (embreex)", lambda: EmbreeRayCaster(vertices, faces, sampler.face_normals))
         hit, t, _ = clock("Embree 8000 rays", lambda: embree.cast(origins, dirs))
@@ -295,16 +385,22 @@ def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
         errors["fcpw_vs_bvh_hit_disagree"] += int((hit_b != hit_f).sum())
         both = (hit_b > 0) & (hit > 0)
         if both.any():
-            errors["embree_vs_bvh_t_max_abs"] = max(errors["embree_vs_bvh_t_max_abs"],
-                                                    float(np.abs(t_b[both] - t[both]).max()))
+            errors["embree_vs_bvh_t_max_abs"] = max(
+                errors["embree_vs_bvh_t_max_abs"], float(np.abs(t_b[both] - t[both]).max())
+            )
         occ = dilate(voxelize(sampler.sample(2048, rng)[0], 64), 1)
         want = clock("64^3 EDT, scipy distance_transform_edt", lambda: ndimage.distance_transform_edt(~occ, 2 / 64))
-        got = clock("64^3 EDT, edt package", lambda: np.sqrt(
-            edt.edtsq((~occ).view(np.uint8), black_border=False, parallel=1), dtype=np.float64) * (2 / 64))
+        got = clock(
+            "64^3 EDT, edt package",
+            lambda: (
+                np.sqrt(edt.edtsq((~occ).view(np.uint8), black_border=False, parallel=1), dtype=np.float64) * (2 / 64)
+            ),
+        )
         errors["edt_pkg_vs_scipy_max_abs"] = max(errors["edt_pkg_vs_scipy_max_abs"], float(np.abs(got - want).max()))
         got = clock("64^3 EDT, grids.squared_edt (used)", lambda: np.sqrt(grids.squared_edt(occ)) * (2 / 64))
-        errors["squared_edt_vs_scipy_max_abs"] = max(errors["squared_edt_vs_scipy_max_abs"],
-                                                     float(np.abs(got - want).max()))
+        errors["squared_edt_vs_scipy_max_abs"] = max(
+            errors["squared_edt_vs_scipy_max_abs"], float(np.abs(got - want).max())
+        )
         full = clock("grid 64^3 exact", lambda: grids.exact_grid(distance, 64))
         band, _ = clock("grid 64^3 narrowband", lambda: grids.narrowband_grid(distance, 64, 3))
         clock("grid 64^3 edt (2048-point sample)", lambda: grids.edt_grid(sampler.sample(2048, rng)[0], 64, 1))
@@ -318,12 +414,16 @@ def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
 
     shard_write = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, codec in (("lzf on every array", "lzf"), ("lzf where it shrinks (used)", array_codecs("lzf")),
-                            ("none", "none")):
+        for name, codec in (
+            ("lzf on every array", "lzf"),
+            ("lzf where it shrinks (used)", array_codecs("lzf")),
+            ("none", "none"),
+        ):
             path = Path(tmp) / "s.h5"
             start = time.process_time()
-            with ShardWriter(path, dataset="b", shard=0, n_shards=1, kind="mesh", profile=profile_of(CACHE),
-                             compression=codec) as writer:
+            with ShardWriter(
+                path, dataset="b", shard=0, n_shards=1, kind="mesh", profile=profile_of(CACHE), compression=codec
+            ) as writer:
                 n = 0
                 for _ in range(4):  # 4 x the subset: enough rows to time
                     for arrays in cache_rows:
@@ -331,8 +431,10 @@ def engines(manifest: Path, items: Path, n_shapes: int) -> dict:
                         n += 1
             with h5py.File(path, "r") as h5:
                 stored = sum(h5[k].id.get_storage_size() for k in cache_rows[0])
-            shard_write[name] = {"ms_per_shape": 1000 * (time.process_time() - start) / n,
-                                 "mb_per_shape": stored / n / 1e6}
+            shard_write[name] = {
+                "ms_per_shape": 1000 * (time.process_time() - start) / n,
+                "mb_per_shape": stored / n / 1e6,
+            }
     timings = {k: 1000 * float(np.mean(v)) for k, v in acc.items()}
     return {"shapes": len(rows), "ms_mean": timings, "accuracy": errors, "shard_write": shard_write}
 
@@ -345,12 +447,14 @@ def load_cache_package(ref: str, dest: Path):
 
     import pipeline3d.data
 
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src/pipeline3d/data/cache"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "src/pipeline3d/data/cache"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     folder = dest / "src" / "pipeline3d" / "data" / "cache"
-    spec = importlib.util.spec_from_file_location("pipeline3d.data.cache_ab", folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
+    spec = importlib.util.spec_from_file_location(
+        "pipeline3d.data.cache_ab", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -382,12 +486,13 @@ def ab(ref: str, items: Path, mode: str) -> dict:
         for row in range(len(store)):
             vertices, faces = store.mesh(row)
             out = {}
-            for name in (("before", "after") if row % 2 == 0 else ("after", "before")):
+            for name in ("before", "after") if row % 2 == 0 else ("after", "before"):
                 build = versions[name]
                 timer = build.StageTimer()
                 start = time.process_time()
-                out[name] = build.cache_mesh(vertices, faces, store.shape_ids[row], 0,
-                                             build.CacheProfile.from_config(cache), timer)
+                out[name] = build.cache_mesh(
+                    vertices, faces, store.shape_ids[row], 0, build.CacheProfile.from_config(cache), timer
+                )
                 cpu[name].append(time.process_time() - start)
                 for stage, seconds in timer.seconds.items():
                     stages[name].setdefault(stage, []).append(seconds)
@@ -395,13 +500,20 @@ def ab(ref: str, items: Path, mode: str) -> dict:
                 diff = np.abs(before.astype(np.float64) - out["after"][key].astype(np.float64))
                 max_diff[key] = max(max_diff.get(key, 0.0), float(diff.max()) if diff.size else 0.0)
     ratio = np.array(cpu["after"]) / np.array(cpu["before"])
-    return {"ref": ref, "mode": mode, "shapes": len(cpu["after"]), "loadavg_end": os.getloadavg(),
-            "cpu_ms_per_shape": {k: 1000 * float(np.mean(v)) for k, v in cpu.items()},
-            "stage_wall_ms_per_shape": {k: {s: 1000 * float(np.mean(x)) for s, x in v.items()}
-                                        for k, v in stages.items()},
-            "ratio_after_before": {"mean_of_shapes": float(ratio.mean()), "median": float(np.median(ratio)),
-                                   "of_means": float(np.mean(cpu["after"]) / np.mean(cpu["before"]))},
-            "max_abs_diff": max_diff}
+    return {
+        "ref": ref,
+        "mode": mode,
+        "shapes": len(cpu["after"]),
+        "loadavg_end": os.getloadavg(),
+        "cpu_ms_per_shape": {k: 1000 * float(np.mean(v)) for k, v in cpu.items()},
+        "stage_wall_ms_per_shape": {k: {s: 1000 * float(np.mean(x)) for s, x in v.items()} for k, v in stages.items()},
+        "ratio_after_before": {
+            "mean_of_shapes": float(ratio.mean()),
+            "median": float(np.median(ratio)),
+            "of_means": float(np.mean(cpu["after"]) / np.mean(cpu["before"])),
+        },
+        "max_abs_diff": max_diff,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,16 +521,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="+", default=["edt", "narrowband", "exact"])
     ap.add_argument("--limit", type=int, default=None, help="only the first N meshes")
     ap.add_argument("--data", type=Path, default=DATA, help="mesh folder (default: shared/data/shrec07_watertight)")
-    ap.add_argument("--anchor", action="store_true",
-                    help="use the 30 pybullet_data meshes of cache-performance.md; --data = a pybullet_data folder")
-    ap.add_argument("--compression", nargs="*", default=["gzip", "lzf", "none"],
-                    help="edt runs with each (1 worker); give none to skip")
+    ap.add_argument(
+        "--anchor",
+        action="store_true",
+        help="use the 30 pybullet_data meshes of cache-performance.md; --data = a pybullet_data folder",
+    )
+    ap.add_argument(
+        "--compression",
+        nargs="*",
+        default=["gzip", "lzf", "none"],
+        help="edt runs with each (1 worker); give none to skip",
+    )
     ap.add_argument("--engines", action="store_true", help="also run the engine comparisons")
     ap.add_argument("--engine-shapes", type=int, default=12)
-    ap.add_argument("--ab", metavar="GIT_REF", default=None,
-                    help="interleaved A/B of cache_mesh: GIT_REF's cache package against the working tree's, per mode")
-    ap.add_argument("--no-workers", action="store_true",
-                    help="skip the end-to-end worker runs (only --engines / --ab)")
+    ap.add_argument(
+        "--ab",
+        metavar="GIT_REF",
+        default=None,
+        help="interleaved A/B of cache_mesh: GIT_REF's cache package against the working tree's, per mode",
+    )
+    ap.add_argument("--no-workers", action="store_true", help="skip the end-to-end worker runs (only --engines / --ab)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_cache.json"))
     args = ap.parse_args(argv)
     if args.no_workers:
@@ -427,8 +549,13 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline3d.data.cache.threads import thread_env
 
     os.environ.update(thread_env(1))  # inherited by the spawned workers
-    result = {"machine": machine(), "profile": CACHE, "modes": [], "compression": [],
-              "meshes": "cache-performance.md anchor set (pybullet_data)" if args.anchor else str(args.data)}
+    result = {
+        "machine": machine(),
+        "profile": CACHE,
+        "modes": [],
+        "compression": [],
+        "meshes": "cache-performance.md anchor set (pybullet_data)" if args.anchor else str(args.data),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         manifest, items, n = build_inputs(workdir, args.limit, args.data, args.anchor)
@@ -441,11 +568,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode}: {result['modes'][-1]['s_per_shape_1w']:.3f} s/shape", flush=True)
         for comp in args.compression:
             w = run_workers(1, {**CACHE, "compression": comp}, manifest, items, workdir)[0]
-            result["compression"].append({"compression": comp,
-                                          "write_ms_per_shape": 1000 * w["seconds"]["write"] / w["n"],
-                                          "mb_per_shape": w["bytes"] / w["n"] / 1e6,
-                                          "read_ms_per_shape": read_ms_per_shape(Path(w["path"])),
-                                          "s_per_shape": w["wall"] / w["n"]})
+            result["compression"].append(
+                {
+                    "compression": comp,
+                    "write_ms_per_shape": 1000 * w["seconds"]["write"] / w["n"],
+                    "mb_per_shape": w["bytes"] / w["n"] / 1e6,
+                    "read_ms_per_shape": read_ms_per_shape(Path(w["path"])),
+                    "s_per_shape": w["wall"] / w["n"],
+                }
+            )
         if args.engines:
             result["engines"] = engines(manifest, items, args.engine_shapes)
         if args.ab:
@@ -458,9 +589,11 @@ def main(argv: list[str] | None = None) -> int:
         print(table(result["modes"]))
         print()
     for c in result["compression"]:
-        print(f"compression {c['compression']}: write {c['write_ms_per_shape']:.1f} ms/shape, "
-              f"read {c['read_ms_per_shape']:.2f} ms/shape, {c['mb_per_shape']:.2f} MB/shape, "
-              f"total {c['s_per_shape']:.3f} s/shape")
+        print(
+            f"compression {c['compression']}: write {c['write_ms_per_shape']:.1f} ms/shape, "
+            f"read {c['read_ms_per_shape']:.2f} ms/shape, {c['mb_per_shape']:.2f} MB/shape, "
+            f"total {c['s_per_shape']:.3f} s/shape"
+        )
     if "engines" in result:
         print()
         for k, v in result["engines"]["ms_mean"].items():
@@ -469,12 +602,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| shard write, {k} | {v['ms_per_shape']:.1f} ms | {v['mb_per_shape']:.2f} MB/shape |")
         print(json.dumps(result["engines"]["accuracy"], indent=2))
     for r in result.get("ab", []):
-        print(f"\nA/B {r['ref']} -> working tree, {r['mode']}, {r['shapes']} shapes (CPU ms/shape, compute only): "
-              f"{r['cpu_ms_per_shape']['before']:.1f} -> {r['cpu_ms_per_shape']['after']:.1f}, ratio "
-              f"{r['ratio_after_before']['of_means']:.3f} (median per shape {r['ratio_after_before']['median']:.3f})")
-        print("  stages (wall ms): " + "; ".join(
-            f"{s} {r['stage_wall_ms_per_shape']['before'][s]:.1f} -> {v:.1f}"
-            for s, v in r["stage_wall_ms_per_shape"]["after"].items()))
+        print(
+            f"\nA/B {r['ref']} -> working tree, {r['mode']}, {r['shapes']} shapes (CPU ms/shape, compute only): "
+            f"{r['cpu_ms_per_shape']['before']:.1f} -> {r['cpu_ms_per_shape']['after']:.1f}, ratio "
+            f"{r['ratio_after_before']['of_means']:.3f} (median per shape {r['ratio_after_before']['median']:.3f})"
+        )
+        print(
+            "  stages (wall ms): "
+            + "; ".join(
+                f"{s} {r['stage_wall_ms_per_shape']['before'][s]:.1f} -> {v:.1f}"
+                for s, v in r["stage_wall_ms_per_shape"]["after"].items()
+            )
+        )
         print("  arrays that differ (max abs): " + json.dumps({k: v for k, v in r["max_abs_diff"].items() if v}))
     print(f"\nJSON: {args.out}")
     return 0

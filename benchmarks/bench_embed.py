@@ -61,9 +61,18 @@ def bench_text(model: str, n: int, batch_size: int) -> dict:
     if not np.array_equal(cold, warm):
         raise AssertionError("cached caption vectors differ from the encoded ones")
     params = sum(p.numel() for p in backbone.model.parameters())
-    return {"model": model, "text_params_m": params / 1e6, "captions": n, "batch_size": batch_size,
-            "cold_s": cold_s, "warm_s": warm_s, "cold_captions_per_s": n / cold_s, "warm_captions_per_s": n / warm_s,
-            "warm_over_cold": cold_s / warm_s, "seconds_per_64_cold": 64 * cold_s / n}
+    return {
+        "model": model,
+        "text_params_m": params / 1e6,
+        "captions": n,
+        "batch_size": batch_size,
+        "cold_s": cold_s,
+        "warm_s": warm_s,
+        "cold_captions_per_s": n / cold_s,
+        "warm_captions_per_s": n / warm_s,
+        "warm_over_cold": cold_s / warm_s,
+        "seconds_per_64_cold": 64 * cold_s / n,
+    }
 
 
 def bench_image(n: int, batch_size: int) -> dict:
@@ -78,8 +87,13 @@ def bench_image(n: int, batch_size: int) -> dict:
     start = time.perf_counter()
     embed_arrays(backbone, images, batch_size=batch_size)
     seconds = time.perf_counter() - start
-    return {"model": "tf_efficientnet_lite0", "input": backbone.preprocessing["input_size"], "images": n,
-            "seconds": seconds, "images_per_s": n / seconds}
+    return {
+        "model": "tf_efficientnet_lite0",
+        "input": backbone.preprocessing["input_size"],
+        "images": n,
+        "seconds": seconds,
+        "images_per_s": n / seconds,
+    }
 
 
 def main() -> int:
@@ -98,15 +112,20 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     from pipeline3d.io.atomic import write_json
 
-    result = {"machine": machine(), "threads": args.threads,
-              "text": bench_text(args.text_model, args.captions, args.batch_size),
-              "image": bench_image(args.images, 32)}
+    result = {
+        "machine": machine(),
+        "threads": args.threads,
+        "text": bench_text(args.text_model, args.captions, args.batch_size),
+        "image": bench_image(args.images, 32),
+    }
     result["machine"]["loadavg_end"] = os.getloadavg()
     write_json(args.out, result)
     t, i = result["text"], result["image"]
-    print(f"text {t['model']} ({t['text_params_m']:.0f} M): cold {t['cold_captions_per_s']:.1f} captions/s "
-          f"({t['seconds_per_64_cold']:.2f} s per 64), cached {t['warm_captions_per_s']:.0f}/s: "
-          f"x{t['warm_over_cold']:.0f}")
+    print(
+        f"text {t['model']} ({t['text_params_m']:.0f} M): cold {t['cold_captions_per_s']:.1f} captions/s "
+        f"({t['seconds_per_64_cold']:.2f} s per 64), cached {t['warm_captions_per_s']:.0f}/s: "
+        f"x{t['warm_over_cold']:.0f}"
+    )
     print(f"image {i['model']}: {i['images_per_s']:.1f} images/s at {i['input']}")
     print(f"-> {args.out}")
     return 0

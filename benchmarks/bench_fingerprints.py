@@ -20,13 +20,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline3d.data.fingerprints import (geometry_hashes, pack_codes, soft_occupancy, symmetry_inverses,
-                                          view_hash_bits)
+from pipeline3d.data.fingerprints import geometry_hashes, pack_codes, soft_occupancy, symmetry_inverses, view_hash_bits
 from pipeline3d.data.near_duplicates import DuplicateRule, GeometryCodes, find_near_duplicates
 from pipeline3d.data.splits import build_splits
 
-SPLITS = {"train": 0.8, "val": 0.1, "kfold": 5, "unpaired": {"train_mesh": 0.34, "train_pc": 0.33, "train_udf": 0.33},
-          "fewshot_k": [1, 5, 10, 20], "fewshot_seeds": [0, 1, 2], "query_gallery_splits": 10, "query_per_class": 1}
+SPLITS = {
+    "train": 0.8,
+    "val": 0.1,
+    "kfold": 5,
+    "unpaired": {"train_mesh": 0.34, "train_pc": 0.33, "train_udf": 0.33},
+    "fewshot_k": [1, 5, 10, 20],
+    "fewshot_seeds": [0, 1, 2],
+    "query_gallery_splits": 10,
+    "query_per_class": 1,
+}
 
 
 def bench_hashing(n: int = 200) -> dict:
@@ -46,8 +53,12 @@ def bench_hashing(n: int = 200) -> dict:
     start = time.perf_counter()
     geometry_hashes(fields)
     geometry = (time.perf_counter() - start) / n
-    return {"views_s": views, "soft_occupancy_s": field, "geometry_hashes_s": geometry,
-            "total_s_per_shape": views + field + geometry}
+    return {
+        "views_s": views,
+        "soft_occupancy_s": field,
+        "geometry_hashes_s": geometry,
+        "total_s_per_shape": views + field + geometry,
+    }
 
 
 def bench_search(n: int) -> dict:
@@ -79,8 +90,19 @@ def bench_splits(n: int) -> dict:
     group = list(ids)
     for i in range(0, n - 1, 20):
         group[i + 1] = group[i]
-    items = pd.DataFrame({"shape_id": ids, "label": labels, "label_name": [f"c{x}" for x in labels],
-                          "source_split": "", "group": group}).sort_values("shape_id").reset_index(drop=True)
+    items = (
+        pd.DataFrame(
+            {
+                "shape_id": ids,
+                "label": labels,
+                "label_name": [f"c{x}" for x in labels],
+                "source_split": "",
+                "group": group,
+            }
+        )
+        .sort_values("shape_id")
+        .reset_index(drop=True)
+    )
     start = time.perf_counter()
     build_splits(items, {"seed": 0, "dataset": "ds", "source": {"kind": "mesh"}, "splits": SPLITS})
     return {"n": n, "seconds": time.perf_counter() - start}

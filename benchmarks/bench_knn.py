@@ -5,9 +5,9 @@ neighbours, self excluded. BallTree has no cosine metric, so it gets the L2-norm
 distance on unit vectors ranks exactly like cosine similarity); it queries k + 1 and drops the item itself.
 
 At this size a BallTree query visits nearly the whole tree (768 dimensions defeat its bounds), and querying all 50k
-rows would take most of an hour. So the tree is built once on all N rows and queried with a seeded subset of rows (default
-500); its full-run time is *extrapolated* as build + N x (measured time per query), and reported as such. Ours runs
-on the same subset and on all N rows, measured. Optional: scikit-learn's ``NearestNeighbors(algorithm="brute",
+rows would take most of an hour. So the tree is built once on all N rows and queried with a seeded subset of rows
+(default 500); its full-run time is *extrapolated* as build + N x (measured time per query), and reported as such.
+Ours runs on the same subset and on all N rows, measured. Optional: scikit-learn's ``NearestNeighbors(algorithm="brute",
 metric="cosine")`` on all rows, measured.
 
 Each method runs in its own child process (same seeded data), so its peak RSS (``ru_maxrss``) is its own; the
@@ -47,7 +47,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cache import machine  # noqa: E402
-
 from pipeline3d.io.atomic import write_json  # noqa: E402
 from pipeline3d.rng import rng_for  # noqa: E402
 
@@ -63,7 +62,7 @@ def embeddings(n: int, dim: int, seed: int) -> np.ndarray:
     x = np.empty((n, dim), dtype=np.float32)
     for lo in range(0, n, 4096):
         rng = rng_for(seed, "bench_knn", f"rows{lo}")
-        x[lo:lo + 4096] = rng.standard_normal((min(4096, n - lo), dim), dtype=np.float32)
+        x[lo : lo + 4096] = rng.standard_normal((min(4096, n - lo), dim), dtype=np.float32)
     return x
 
 
@@ -95,8 +94,13 @@ def run_child(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     cpu0 = time.process_time()
     if args.child in ("ours_all", "ours_subset"):
-        res = knn(x, args.k, rows=None if args.child == "ours_all" else subset, block_size=args.block_size,
-                  db_block_size=args.db_block_size)
+        res = knn(
+            x,
+            args.k,
+            rows=None if args.child == "ours_all" else subset,
+            block_size=args.block_size,
+            db_block_size=args.db_block_size,
+        )
         rows, scores = res.rows, res.scores
         out["n_rescanned"] = res.n_rescanned
     elif args.child == "balltree_subset":
@@ -116,8 +120,8 @@ def run_child(args: argparse.Namespace) -> dict:
         dist, idx = model.fit(x64).kneighbors(x64)
         # drop the item itself (wherever a float32 tie put it); keep k
         keep = idx != np.arange(args.n)[:, None]
-        rows = np.stack([r[m][:args.k] for r, m in zip(idx, keep)])
-        scores = np.stack([1.0 - d[m][:args.k] for d, m in zip(dist, keep)])
+        rows = np.stack([r[m][: args.k] for r, m in zip(idx, keep)])
+        scores = np.stack([1.0 - d[m][: args.k] for d, m in zip(dist, keep)])
     else:
         raise ValueError(args.child)
     out["wall_s"] = time.perf_counter() - start
@@ -129,15 +133,45 @@ def run_child(args: argparse.Namespace) -> dict:
     return out
 
 
-def spawn(args: argparse.Namespace, tag: str, child: str, workdir: Path, threads: int,
-          block_size: int | None = None, db_block_size: int | None = None) -> dict:
+def spawn(
+    args: argparse.Namespace,
+    tag: str,
+    child: str,
+    workdir: Path,
+    threads: int,
+    block_size: int | None = None,
+    db_block_size: int | None = None,
+) -> dict:
     block_size = args.block_size if block_size is None else block_size
     db_block_size = args.db_block_size if db_block_size is None else db_block_size
-    cmd = [sys.executable, __file__, "--child", child, "--tag", tag, "--workdir", str(workdir), "--n", str(args.n),
-           "--dim",
-           str(args.dim), "--k", str(args.k), "--queries", str(args.queries), "--seed", str(args.seed),
-           "--threads", str(threads), "--block-size", str(block_size), "--db-block-size", str(db_block_size),
-           "--leaf-size", str(args.leaf_size)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        child,
+        "--tag",
+        tag,
+        "--workdir",
+        str(workdir),
+        "--n",
+        str(args.n),
+        "--dim",
+        str(args.dim),
+        "--k",
+        str(args.k),
+        "--queries",
+        str(args.queries),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(threads),
+        "--block-size",
+        str(block_size),
+        "--db-block-size",
+        str(db_block_size),
+        "--leaf-size",
+        str(args.leaf_size),
+    ]
     logging.info("running %s (%d threads)", tag, threads)
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -162,15 +196,24 @@ def compare(ours_rows, ours_scores, ref_rows, ref_scores) -> dict:
             continue
         # sets differ: a tie if the boundary scores agree and every differing item sits at the boundary score
         boundary = min(ours_scores[i][-1], ref_scores[i][-1])
-        only = [s for row, sc, other in ((a, ours_scores[i], b), (b, ref_scores[i], a))
-                for item, s in zip(row, sc) if item not in set(other.tolist())]
+        only = [
+            s
+            for row, sc, other in ((a, ours_scores[i], b), (b, ref_scores[i], a))
+            for item, s in zip(row, sc)
+            if item not in set(other.tolist())
+        ]
         if all(abs(s - boundary) <= TIE_TOL for s in only):
             ties += 1
         else:
             differ.append(i)
-    return {"rows": len(ours_rows), "identical_sets": same, "tie_only_differences": ties,
-            "real_differences": len(differ), "first_differing_rows": differ[:10],
-            "max_abs_score_diff_on_identical_rows": max_score_diff}
+    return {
+        "rows": len(ours_rows),
+        "identical_sets": same,
+        "tie_only_differences": ties,
+        "real_differences": len(differ),
+        "first_differing_rows": differ[:10],
+        "max_abs_score_diff_on_identical_rows": max_score_diff,
+    }
 
 
 # -- side by side: the kNN engine of issue 14 (faiss) against the torch engine it replaced -----------------------
@@ -178,8 +221,12 @@ def compare(ours_rows, ours_scores, ref_rows, ref_scores) -> dict:
 
 def load_torch_engine(workdir: Path, commit: str = TORCH_ENGINE_COMMIT):
     """``pipeline3d.embed.knn`` as of ``commit`` (torch float32 candidates), imported from ``git show``."""
-    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:src/pipeline3d/embed/knn.py"],
-                          capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{commit}:src/pipeline3d/embed/knn.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     path = workdir / "knn_torch_engine.py"
     path.write_text(text)
     spec = importlib.util.spec_from_file_location("pipeline3d.embed._knn_torch_engine", path)
@@ -245,26 +292,45 @@ def engines(args: argparse.Namespace) -> dict:
                         results[name] = module.knn(x, args.k, identity=identity)
                     times[name].append(time.perf_counter() - start)
                     cpu[name].append(time.process_time() - cpu0)
-                    logging.info("n=%d identity=%s %s: %.2f s, CPU %.2f s (load %.2f)", n, groups or "self", name,
-                                 times[name][-1], cpu[name][-1], load[-1])
+                    logging.info(
+                        "n=%d identity=%s %s: %.2f s, CPU %.2f s (load %.2f)",
+                        n,
+                        groups or "self",
+                        name,
+                        times[name][-1],
+                        cpu[name][-1],
+                        load[-1],
+                    )
             t, f = results["torch"], results["faiss"]
-            row = {"n": n, "dim": args.dim, "k": args.k, "identity": groups or "self", "threads": args.threads,
-                   "repeats": args.repeats, "times_s": {name: v for name, v in times.items() if v},
-                   "median_s": {name: float(np.median(v)) for name, v in times.items() if v},
-                   "cpu_s": {name: v for name, v in cpu.items() if v},
-                   "median_cpu_s": {name: float(np.median(v)) for name, v in cpu.items() if v},
-                   "ratio_torch_over_faiss_median": float(np.median(times["torch"]) / np.median(times["faiss"])),
-                   "ratio_torch_over_faiss_cpu_median": float(np.median(cpu["torch"]) / np.median(cpu["faiss"])),
-                   "bitwise_identical": bool(np.array_equal(t.rows, f.rows) and np.array_equal(t.scores, f.scores)),
-                   "same_neighbour_sets": same_sets(t.rows, f.rows), "rows": n,
-                   "rescanned": {"torch": t.n_rescanned, "faiss": f.n_rescanned},
-                   "loadavg_1min_during": [min(load), max(load)]}
+            row = {
+                "n": n,
+                "dim": args.dim,
+                "k": args.k,
+                "identity": groups or "self",
+                "threads": args.threads,
+                "repeats": args.repeats,
+                "times_s": {name: v for name, v in times.items() if v},
+                "median_s": {name: float(np.median(v)) for name, v in times.items() if v},
+                "cpu_s": {name: v for name, v in cpu.items() if v},
+                "median_cpu_s": {name: float(np.median(v)) for name, v in cpu.items() if v},
+                "ratio_torch_over_faiss_median": float(np.median(times["torch"]) / np.median(times["faiss"])),
+                "ratio_torch_over_faiss_cpu_median": float(np.median(cpu["torch"]) / np.median(cpu["faiss"])),
+                "bitwise_identical": bool(np.array_equal(t.rows, f.rows) and np.array_equal(t.scores, f.scores)),
+                "same_neighbour_sets": same_sets(t.rows, f.rows),
+                "rows": n,
+                "rescanned": {"torch": t.n_rescanned, "faiss": f.n_rescanned},
+                "loadavg_1min_during": [min(load), max(load)],
+            }
             if "faiss_alone" in results:
                 row["faiss_alone_same_sets_as_exact"] = same_sets(results["faiss_alone"], f.rows)
             logging.info("%s", json.dumps(row))
             cases.append(row)
-    return {"faiss": faiss.__version__, "torch": torch.__version__, "torch_engine_commit": args.torch_commit,
-            "cases": cases}
+    return {
+        "faiss": faiss.__version__,
+        "torch": torch.__version__,
+        "torch_engine_commit": args.torch_commit,
+        "cases": cases,
+    }
 
 
 def main(argv=None) -> int:
@@ -280,10 +346,16 @@ def main(argv=None) -> int:
     ap.add_argument("--leaf-size", type=int, default=40, help="BallTree leaf size (scikit-learn's default)")
     ap.add_argument("--no-brute", action="store_true", help="skip scikit-learn brute force on all rows")
     ap.add_argument("--no-single-thread", action="store_true", help="skip ours on all rows with one thread")
-    ap.add_argument("--engines", action="store_true",
-                    help="only the side-by-side of the faiss and torch candidate engines, in this process")
-    ap.add_argument("--cases", default="20000:self,50000:self,20000:200,20000:50",
-                    help="--engines: N:identity, identity 'self' or G (row %% G: G classes)")
+    ap.add_argument(
+        "--engines",
+        action="store_true",
+        help="only the side-by-side of the faiss and torch candidate engines, in this process",
+    )
+    ap.add_argument(
+        "--cases",
+        default="20000:self,50000:self,20000:200,20000:50",
+        help="--engines: N:identity, identity 'self' or G (row %% G: G classes)",
+    )
     ap.add_argument("--repeats", type=int, default=5, help="--engines: runs of each engine per case")
     ap.add_argument("--torch-commit", default=TORCH_ENGINE_COMMIT, help="--engines: knn.py of the torch engine")
     ap.add_argument("--out", type=Path, help="default benchmarks/results/knn.json (knn_engines.json for --engines)")
@@ -304,22 +376,41 @@ def main(argv=None) -> int:
         write_json(args.out or results_dir / "knn_engines.json", record)
         logging.info("wrote %s", args.out or results_dir / "knn_engines.json")
         return 0
-    record = {"machine": machine(), "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "config": {"n": args.n, "dim": args.dim, "k": args.k, "metric": "cosine",
-                                               "balltree_queries": args.queries, "seed": args.seed,
-                                               "threads": args.threads, "block_size": args.block_size,
-                                               "db_block_size": args.db_block_size,
-                                               "balltree_leaf_size": args.leaf_size}}
+    record = {
+        "machine": machine(),
+        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": {
+            "n": args.n,
+            "dim": args.dim,
+            "k": args.k,
+            "metric": "cosine",
+            "balltree_queries": args.queries,
+            "seed": args.seed,
+            "threads": args.threads,
+            "block_size": args.block_size,
+            "db_block_size": args.db_block_size,
+            "balltree_leaf_size": args.leaf_size,
+        },
+    }
     with tempfile.TemporaryDirectory(prefix="bench_knn_") as tmp:
         work = Path(tmp)
-        runs = {"balltree_subset": spawn(args, "balltree_subset", "balltree_subset", work, 1),  # single-threaded
-                "ours_subset": spawn(args, "ours_subset", "ours_subset", work, args.threads),
-                "ours_all": spawn(args, "ours_all", "ours_all", work, args.threads)}
+        runs = {
+            "balltree_subset": spawn(args, "balltree_subset", "balltree_subset", work, 1),  # single-threaded
+            "ours_subset": spawn(args, "ours_subset", "ours_subset", work, args.threads),
+            "ours_all": spawn(args, "ours_all", "ours_all", work, args.threads),
+        }
         if not args.no_single_thread and args.threads > 1:
             runs["ours_all_1thread"] = spawn(args, "ours_all_1thread", "ours_all", work, 1)
         # memory follows the tile size: the same search with 8x smaller tiles
-        runs["ours_all_small_tiles"] = spawn(args, "ours_all_small_tiles", "ours_all", work, args.threads,
-                                             block_size=args.block_size // 2, db_block_size=args.db_block_size // 4)
+        runs["ours_all_small_tiles"] = spawn(
+            args,
+            "ours_all_small_tiles",
+            "ours_all",
+            work,
+            args.threads,
+            block_size=args.block_size // 2,
+            db_block_size=args.db_block_size // 4,
+        )
         runs["ours_all_small_tiles"]["tile"] = [args.block_size // 2, args.db_block_size // 4]
         if not args.no_brute:
             runs["sklearn_brute_all"] = spawn(args, "sklearn_brute_all", "sklearn_brute_all", work, args.threads)
@@ -332,17 +423,20 @@ def main(argv=None) -> int:
         bt_rows, bt_scores = load("balltree_subset")
         sub_rows, sub_scores = load("ours_subset")
         checks = {
-            "ours_subset_vs_ours_all_bitwise": bool(np.array_equal(sub_rows, ours_rows[subset])
-                                                    and np.array_equal(sub_scores, ours_scores[subset])),
+            "ours_subset_vs_ours_all_bitwise": bool(
+                np.array_equal(sub_rows, ours_rows[subset]) and np.array_equal(sub_scores, ours_scores[subset])
+            ),
             "ours_vs_balltree_on_subset": compare(ours_rows[subset], ours_scores[subset], bt_rows, bt_scores),
         }
         if "ours_all_1thread" in runs:
             one_rows, one_scores = load("ours_all_1thread")
-            checks["ours_1thread_vs_2thread_bitwise"] = bool(np.array_equal(one_rows, ours_rows)
-                                                             and np.array_equal(one_scores, ours_scores))
+            checks["ours_1thread_vs_2thread_bitwise"] = bool(
+                np.array_equal(one_rows, ours_rows) and np.array_equal(one_scores, ours_scores)
+            )
         small_rows, small_scores = load("ours_all_small_tiles")
-        checks["ours_small_tiles_vs_default_bitwise"] = bool(np.array_equal(small_rows, ours_rows)
-                                                             and np.array_equal(small_scores, ours_scores))
+        checks["ours_small_tiles_vs_default_bitwise"] = bool(
+            np.array_equal(small_rows, ours_rows) and np.array_equal(small_scores, ours_scores)
+        )
         if "sklearn_brute_all" in runs:
             checks["ours_vs_sklearn_brute_all"] = compare(ours_rows, ours_scores, *load("sklearn_brute_all"))
 
@@ -359,9 +453,11 @@ def main(argv=None) -> int:
         "ratio_subset_balltree_query_only_over_ours": bt["query_s"] / runs["ours_subset"]["wall_s"],
         "ratio_subset_balltree_build_and_query_over_ours": bt["wall_s"] / runs["ours_subset"]["wall_s"],
         "target_ratio": TARGET_RATIO,
-        "note": (f"BallTree was built on all {args.n} rows and queried with {len(subset)} of them; its all-rows time "
-                 f"is build + {args.n} x measured seconds per query (extrapolated, not run). BallTree queries are "
-                 f"single-threaded; ours used {args.threads} thread(s)."),
+        "note": (
+            f"BallTree was built on all {args.n} rows and queried with {len(subset)} of them; its all-rows time "
+            f"is build + {args.n} x measured seconds per query (extrapolated, not run). BallTree queries are "
+            f"single-threaded; ours used {args.threads} thread(s)."
+        ),
     }
     if "ours_all_1thread" in runs:
         one = runs["ours_all_1thread"]["wall_s"]

@@ -43,7 +43,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cache import machine  # noqa: E402
-
 from pipeline3d.models.registry import create_encoder  # noqa: E402
 from pipeline3d.objectives import build_objective  # noqa: E402
 from pipeline3d.rng import rng_for  # noqa: E402
@@ -60,8 +59,10 @@ BACKEND = "pointcloud_noray"
 PATCH = {"points": 1024, "groups": 64, "group_size": 32}
 # loader cases: (tokens config, augment config)
 LOADERS = {
-    "patch_aug": ({"kind": "patch", "patch": PATCH, "n_point": 64, "n_ray": 0, "add_eos": True},
-                  {"enabled": True, "dropout": 0.2}),
+    "patch_aug": (
+        {"kind": "patch", "patch": PATCH, "n_point": 64, "n_ray": 0, "add_eos": True},
+        {"enabled": True, "dropout": 0.2},
+    ),
     "patch_noaug": ({"kind": "patch", "patch": PATCH, "n_point": 64, "n_ray": 0, "add_eos": True}, None),
     "query_64p": ({"kind": "query", "n_point": 64, "n_ray": 0, "qa_tokens": True, "add_eos": True}, None),
     "query_256p": ({"kind": "query", "n_point": 256, "n_ray": 0, "qa_tokens": True, "add_eos": True}, None),
@@ -105,17 +106,24 @@ def run_loader(ds: ShapeTokenDataset, draws: list[tuple[int, int]], batch: int) 
     wall, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(draws), batch):
         t0 = time.perf_counter()
-        samples = [ds.item(i, epoch) for i, epoch in draws[start:start + batch]]
+        samples = [ds.item(i, epoch) for i, epoch in draws[start : start + batch]]
         t1 = time.perf_counter()
         collate(samples)
         item_s += t1 - t0
         collate_s += time.perf_counter() - t1
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     n_batches = math.ceil(len(draws) / batch)
-    return {"batches": n_batches, "samples": len(draws), "wall_s": wall, "cpu_s": cpu,
-            "batches_per_s": n_batches / wall, "batches_per_cpu_s": n_batches / cpu,
-            "ms_per_sample": 1000 * wall / len(draws), "item_ms_per_sample": 1000 * item_s / len(draws),
-            "collate_ms_per_sample": 1000 * collate_s / len(draws)}
+    return {
+        "batches": n_batches,
+        "samples": len(draws),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "batches_per_s": n_batches / wall,
+        "batches_per_cpu_s": n_batches / cpu,
+        "ms_per_sample": 1000 * wall / len(draws),
+        "item_ms_per_sample": 1000 * item_s / len(draws),
+        "collate_ms_per_sample": 1000 * collate_s / len(draws),
+    }
 
 
 def patch_split(ds: ShapeTokenDataset, draws: list[tuple[int, int]]) -> dict:
@@ -143,8 +151,15 @@ def patch_split(ds: ShapeTokenDataset, draws: list[tuple[int, int]]) -> dict:
         ties += tie_fallback(xyz, xyz[centres], cfg.group_size)
     n = len(draws)
     item, fps, knn, prep = 1000 * item / n, 1000 * fps / n, 1000 * knn / n, 1000 * prep / n
-    return {"samples": n, "item_ms": item, "fps_ms": fps, "knn_ms": knn, "rest_ms": item - fps - knn,
-            "draw_augment_ms": prep, "knn_tie_fallback_share": ties / n}
+    return {
+        "samples": n,
+        "item_ms": item,
+        "fps_ms": fps,
+        "knn_ms": knn,
+        "rest_ms": item - fps - knn,
+        "draw_augment_ms": prep,
+        "knn_tie_fallback_share": ties / n,
+    }
 
 
 def tie_fallback(points: np.ndarray, centres: np.ndarray, k: int) -> bool:
@@ -163,8 +178,9 @@ class ModelCase:
         torch.manual_seed(0)
         if tok["kind"] == "patch":
             patch = PatchConfig.of(tok)
-            enc = create_encoder(encoder, group_size=patch.group_size, point_dim=patch.point_dim,
-                                 n_positions=patch.n_tokens)
+            enc = create_encoder(
+                encoder, group_size=patch.group_size, point_dim=patch.point_dim, n_positions=patch.n_tokens
+            )
         else:
             enc = create_encoder(encoder, n_positions=n_positions(tok))
         cfg = {**cfg, "n_classes": n_classes} if objective == "classify" else cfg
@@ -194,23 +210,36 @@ def median(values: list[float]) -> float:
 
 def table(result: dict) -> str:
     loaders, models = result["loader"], result["model"]
-    lines = ["| case | tokens (T x feat) | loader batches/s, 1 worker | model steps/s (s/step) | loader / model | "
-             "workers to keep up |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| case | tokens (T x feat) | loader batches/s, 1 worker | model steps/s (s/step) | loader / model | "
+        "workers to keep up |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, m in models.items():
         lo = loaders[m["loader"]]
-        lines.append(f"| {name} | {lo['name_tokens']} | {lo['batches_per_s']:.2f} ({m['loader']}) | "
-                     f"{m['steps_per_s']:.3f} ({m['s_per_step']:.2f}) | {m['loader_over_model']:.1f}x | "
-                     f"{m['workers_needed']} |")
-    lines += ["", "| loader | batches/s (wall) | batches/s (CPU time) | ms/sample (wall) | of which collate | "
-              "item ms: FPS | kNN (argsort fallback share) | rest (draw + augment) |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {lo['name_tokens']} | {lo['batches_per_s']:.2f} ({m['loader']}) | "
+            f"{m['steps_per_s']:.3f} ({m['s_per_step']:.2f}) | {m['loader_over_model']:.1f}x | "
+            f"{m['workers_needed']} |"
+        )
+    lines += [
+        "",
+        "| loader | batches/s (wall) | batches/s (CPU time) | ms/sample (wall) | of which collate | "
+        "item ms: FPS | kNN (argsort fallback share) | rest (draw + augment) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, lo in loaders.items():
         split = result["patch_split"].get(name)
-        parts = (f"{split['item_ms']:.2f}: {split['fps_ms']:.2f} | {split['knn_ms']:.2f} "
-                 f"({split['knn_tie_fallback_share']:.0%}) | {split['rest_ms']:.2f} ({split['draw_augment_ms']:.2f})"
-                 if split else "- | - | -")
-        lines.append(f"| {name} | {lo['batches_per_s']:.2f} | {lo['batches_per_cpu_s']:.2f} | "
-                     f"{lo['ms_per_sample']:.2f} | {lo['collate_ms_per_sample']:.3f} | {parts} |")
+        parts = (
+            f"{split['item_ms']:.2f}: {split['fps_ms']:.2f} | {split['knn_ms']:.2f} "
+            f"({split['knn_tie_fallback_share']:.0%}) | {split['rest_ms']:.2f} ({split['draw_augment_ms']:.2f})"
+            if split
+            else "- | - | -"
+        )
+        lines.append(
+            f"| {name} | {lo['batches_per_s']:.2f} | {lo['batches_per_cpu_s']:.2f} | "
+            f"{lo['ms_per_sample']:.2f} | {lo['collate_ms_per_sample']:.3f} | {parts} |"
+        )
     return "\n".join(lines)
 
 
@@ -230,8 +259,10 @@ def main() -> int:
     info = machine()
     started = time.perf_counter()
     entries, classes = load_entries(args.cache_dir)
-    datasets = {name: ShapeTokenDataset(entries, BACKEND, tok, seed=0, mode="train", augment=aug)
-                for name, (tok, aug) in LOADERS.items()}
+    datasets = {
+        name: ShapeTokenDataset(entries, BACKEND, tok, seed=0, mode="train", augment=aug)
+        for name, (tok, aug) in LOADERS.items()
+    }
     torch.set_num_threads(1)  # as in a DataLoader worker
     warm_s = {}
     for name, ds in datasets.items():  # epoch 0: fills the per-process shape cache (untimed for the rates)
@@ -240,8 +271,11 @@ def main() -> int:
             ds.item(i, 0)
         warm_s[name] = time.perf_counter() - t0
     cached = {name: {"shapes": len(ds._cache), "mb": ds._cached_bytes / 2**20} for name, ds in datasets.items()}
-    print(f"{len(entries)} shapes, {len(classes)} classes; epoch-0 pass (reads + first draws) s: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in warm_s.items()), flush=True)
+    print(
+        f"{len(entries)} shapes, {len(classes)} classes; epoch-0 pass (reads + first draws) s: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in warm_s.items()),
+        flush=True,
+    )
 
     # one real batch per loader for the models
     first = stream(len(entries), args.batch, 1000, "model")
@@ -252,8 +286,11 @@ def main() -> int:
         models[name] = ModelCase(objective, encoder, cfg, LOADERS[loader][0], batches[loader], len(classes))
         t0 = time.perf_counter()
         models[name].steps(args.warmup)
-        print(f"built {name} ({models[name].params / 1e6:.1f}M encoder params, T={models[name].seq_len}); "
-              f"warm-up {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"built {name} ({models[name].params / 1e6:.1f}M encoder params, T={models[name].seq_len}); "
+            f"warm-up {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
 
     loader_runs = {name: [] for name in datasets}
     split_runs = {name: [] for name in datasets if datasets[name].patch is not None}
@@ -271,21 +308,33 @@ def main() -> int:
         for name, case in models.items():
             times = case.steps(args.steps)
             model_runs[name].append({"step_s": times, "steps_per_s": len(times) / sum(times)})
-        print(f"repeat {rep}: " + ", ".join(f"{k} {v[-1]['batches_per_s']:.2f} b/s" for k, v in loader_runs.items())
-              + "; " + ", ".join(f"{k} {v[-1]['steps_per_s']:.3f} st/s" for k, v in model_runs.items()),
-              flush=True)
+        print(
+            f"repeat {rep}: "
+            + ", ".join(f"{k} {v[-1]['batches_per_s']:.2f} b/s" for k, v in loader_runs.items())
+            + "; "
+            + ", ".join(f"{k} {v[-1]['steps_per_s']:.3f} st/s" for k, v in model_runs.items()),
+            flush=True,
+        )
 
     loaders = {}
     for name, runs in loader_runs.items():
         summary = {key: median([r[key] for r in runs]) for key in runs[0] if key not in ("batches", "samples")}
-        summary.update(batches=runs[0]["batches"], samples=runs[0]["samples"], repeats=runs,
-                       tokens=LOADERS[name][0], augment=LOADERS[name][1], warm_pass_s=warm_s[name],
-                       shape_cache=cached[name])
+        summary.update(
+            batches=runs[0]["batches"],
+            samples=runs[0]["samples"],
+            repeats=runs,
+            tokens=LOADERS[name][0],
+            augment=LOADERS[name][1],
+            warm_pass_s=warm_s[name],
+            shape_cache=cached[name],
+        )
         shape = batches[name]["feat"].shape
         summary["name_tokens"] = f"{shape[1]} x {shape[2]}"
         loaders[name] = summary
-    splits = {name: {**{key: median([r[key] for r in runs]) for key in runs[0]}, "repeats": runs}
-              for name, runs in split_runs.items()}
+    splits = {
+        name: {**{key: median([r[key] for r in runs]) for key in runs[0]}, "repeats": runs}
+        for name, runs in split_runs.items()
+    }
     model_out = {}
     for name, runs in model_runs.items():
         objective, encoder, cfg, loader = MODELS[name]
@@ -295,25 +344,51 @@ def main() -> int:
         ratios = [lo["batches_per_s"] / r["steps_per_s"] for lo, r in zip(loader_runs[loader], runs)]
         steps_per_s = median(rates)
         model_out[name] = {
-            "objective": objective, "encoder": encoder, "objective_cfg": cfg, "loader": loader,
-            "encoder_params": models[name].params, "seq_len": models[name].seq_len, "batch": args.batch,
-            "steps_per_s": steps_per_s, "s_per_step": median(all_steps), "repeats_steps_per_s": rates,
-            "step_s": all_steps, "loader_over_model": median(ratios), "repeats_loader_over_model": ratios,
-            "workers_needed": max(1, math.ceil(steps_per_s / loaders[loader]["batches_per_s"]))}
-    result = {"machine": info, "date": time.strftime("%Y-%m-%d %H:%M"), "torch_threads_model": args.threads,
-              "torch_threads_loader": 1, "nice": os.nice(0), "cache_dir": str(args.cache_dir),
-              "shapes": len(entries), "classes": len(classes), "backend": BACKEND, "batch": args.batch,
-              "batches": args.batches, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
-              "loader": loaders, "patch_split": splits, "model": model_out,
-              "workers_for_patch_base": {name: model_out[name]["workers_needed"] for name in PATCH_BASE}}
+            "objective": objective,
+            "encoder": encoder,
+            "objective_cfg": cfg,
+            "loader": loader,
+            "encoder_params": models[name].params,
+            "seq_len": models[name].seq_len,
+            "batch": args.batch,
+            "steps_per_s": steps_per_s,
+            "s_per_step": median(all_steps),
+            "repeats_steps_per_s": rates,
+            "step_s": all_steps,
+            "loader_over_model": median(ratios),
+            "repeats_loader_over_model": ratios,
+            "workers_needed": max(1, math.ceil(steps_per_s / loaders[loader]["batches_per_s"])),
+        }
+    result = {
+        "machine": info,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "torch_threads_model": args.threads,
+        "torch_threads_loader": 1,
+        "nice": os.nice(0),
+        "cache_dir": str(args.cache_dir),
+        "shapes": len(entries),
+        "classes": len(classes),
+        "backend": BACKEND,
+        "batch": args.batch,
+        "batches": args.batches,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "loader": loaders,
+        "patch_split": splits,
+        "model": model_out,
+        "workers_for_patch_base": {name: model_out[name]["workers_needed"] for name in PATCH_BASE},
+    }
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["runtime_s"] = time.perf_counter() - started
     result["table"] = table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(result["table"])
-    print(f"load average start {info['loadavg_start']}, end {result['machine']['loadavg_end']}; "
-          f"{result['runtime_s']:.0f} s -> {args.out}")
+    print(
+        f"load average start {info['loadavg_start']}, end {result['machine']['loadavg_end']}; "
+        f"{result['runtime_s']:.0f} s -> {args.out}"
+    )
     return 0
 
 

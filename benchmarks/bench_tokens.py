@@ -48,24 +48,36 @@ TARGET_RATIO = 10.0
 
 # reference npz key -> our cache array (18 keys; df_grid / df_dilate are (1,) int32 parameters)
 REFERENCE_KEYS = {
-    "pc_xyz": "pc_xyz", "pc_n": "pc_normal", "pt_xyz_pool": "pool_xyz", "pt_dist_pool": "pool_dist_mesh",
-    "pt_dist_pc_pool": "pool_dist_pc", "pt_dist_udf_pool": "pool_dist_grid", "udf_grid": "udf_grid",
-    "occ_grid": "occ_grid", "ray_o_pool": "ray_origin", "ray_d_pool": "ray_dir", "ray_hit_pool": "ray_hit_mesh",
-    "ray_t_pool": "ray_t_mesh", "ray_n_pool": "ray_normal_mesh", "ray_hit_pc_pool": "ray_hit_pc",
-    "ray_t_pc_pool": "ray_t_pc", "ray_n_pc_pool": "ray_normal_pc",
+    "pc_xyz": "pc_xyz",
+    "pc_n": "pc_normal",
+    "pt_xyz_pool": "pool_xyz",
+    "pt_dist_pool": "pool_dist_mesh",
+    "pt_dist_pc_pool": "pool_dist_pc",
+    "pt_dist_udf_pool": "pool_dist_grid",
+    "udf_grid": "udf_grid",
+    "occ_grid": "occ_grid",
+    "ray_o_pool": "ray_origin",
+    "ray_d_pool": "ray_dir",
+    "ray_hit_pool": "ray_hit_mesh",
+    "ray_t_pool": "ray_t_mesh",
+    "ray_n_pool": "ray_normal_mesh",
+    "ray_hit_pc_pool": "ray_hit_pc",
+    "ray_t_pc_pool": "ray_t_pc",
+    "ray_n_pc_pool": "ray_normal_pc",
 }
 OURS_TO_REFERENCE = {ours: ref for ref, ours in REFERENCE_KEYS.items()}
 
 
 def build_cache(workdir: Path, limit: int | None) -> tuple[Path, list[str], dict[str, float]]:
-    from pipeline3d.jobs.build_cache_shard import build_shard
     from pipeline3d.io.shards import ShardReader
+    from pipeline3d.jobs.build_cache_shard import build_shard
 
     manifest, items, n = build_inputs(workdir, limit, DATA)
     shard = workdir / "shard-0000.h5"
     start = time.perf_counter()
-    n_ok, failures, seconds = build_shard({"seed": 0, "dataset": "bench", "cache": CACHE_PROFILE}, 0, manifest,
-                                          items, shard, logging.getLogger("bench"))
+    n_ok, failures, seconds = build_shard(
+        {"seed": 0, "dataset": "bench", "cache": CACHE_PROFILE}, 0, manifest, items, shard, logging.getLogger("bench")
+    )
     print(f"cached {n_ok} of {n} shapes in {time.perf_counter() - start:.1f} s ({len(failures)} failed)", flush=True)
     with ShardReader(shard, "all") as reader:
         ids = list(reader.shape_ids)
@@ -78,8 +90,15 @@ def rewrite_with_codec(shard: Path, codec: str, out: Path) -> Path:
 
     with ShardReader(shard, "all") as reader:
         attrs = reader.attrs
-        with ShardWriter(out, dataset=str(attrs["dataset"]), shard=0, n_shards=1, kind=str(attrs["kind"]),
-                         profile=reader.profile, compression=array_codecs(codec)) as writer:
+        with ShardWriter(
+            out,
+            dataset=str(attrs["dataset"]),
+            shard=0,
+            n_shards=1,
+            kind=str(attrs["kind"]),
+            profile=reader.profile,
+            compression=array_codecs(codec),
+        ) as writer:
             for row, sid in enumerate(reader.shape_ids):
                 writer.append(sid, reader.read(row))
     return out
@@ -95,8 +114,15 @@ def rewrite_without_checksums(shard: Path, out: Path) -> Path:
             if ds.chunks is None:
                 dst.create_dataset(name, data=ds[()], dtype=ds.dtype)
             else:
-                new = dst.create_dataset(name, shape=ds.shape, maxshape=ds.maxshape, dtype=ds.dtype, chunks=ds.chunks,
-                                         compression=ds.compression, compression_opts=ds.compression_opts)
+                new = dst.create_dataset(
+                    name,
+                    shape=ds.shape,
+                    maxshape=ds.maxshape,
+                    dtype=ds.dtype,
+                    chunks=ds.chunks,
+                    compression=ds.compression,
+                    compression_opts=ds.compression_opts,
+                )
                 for sel in ds.iter_chunks():
                     new[sel] = ds[sel]
         dst.attrs.update({k: v for k, v in src.attrs.items() if k not in ("ids_sha256", "attrs_sha256")})
@@ -152,8 +178,14 @@ class ReferenceStorage:
         pools = self.backend.pools_from(arrays, self.profile)
         rng = rng_for(0, "tokens", f"{self.ids[index]}|e{epoch}|d0")
         feat, type_id, pos = tokenize(pools, self.cfg, rng, train=True)
-        return {"feat": feat, "type_id": type_id, "pos": pos, "shape_index": np.int64(index),
-                "label": np.int64(-1), "draw": np.int64(0)}
+        return {
+            "feat": feat,
+            "type_id": type_id,
+            "pos": pos,
+            "shape_index": np.int64(index),
+            "label": np.int64(-1),
+            "draw": np.int64(0),
+        }
 
 
 def run(source, order, epoch: int) -> dict:
@@ -163,23 +195,41 @@ def run(source, order, epoch: int) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     tokens = 0
     for start in range(0, len(order), BATCH):
-        batch = collate([source.item(int(i), epoch) for i in order[start:start + BATCH]])
+        batch = collate([source.item(int(i), epoch) for i in order[start : start + BATCH]])
         tokens += int(batch["valid"].sum())
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     n = len(order)
-    return {"samples": n, "wall_s": wall, "cpu_s": cpu, "samples_per_s": n / wall, "samples_per_cpu_s": n / cpu,
-            "ms_per_sample": 1000 * wall / n, "tokens": tokens}
+    return {
+        "samples": n,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "samples_per_s": n / wall,
+        "samples_per_cpu_s": n / cpu,
+        "ms_per_sample": 1000 * wall / n,
+        "tokens": tokens,
+    }
 
 
 def median_run(runs: list[dict]) -> dict:
     """The run with the median throughput, plus the rates of every repeat."""
     ranked = sorted(runs, key=lambda r: r["samples_per_s"])
-    return {**ranked[len(ranked) // 2], "repeats_samples_per_s": [r["samples_per_s"] for r in runs],
-            "repeats_samples_per_cpu_s": [r["samples_per_cpu_s"] for r in runs]}
+    return {
+        **ranked[len(ranked) // 2],
+        "repeats_samples_per_s": [r["samples_per_s"] for r in runs],
+        "repeats_samples_per_cpu_s": [r["samples_per_cpu_s"] for r in runs],
+    }
 
 
-def bench_backend(name: str, shard: Path, ids: list[str], npz_paths: list[Path], profile: dict,
-                  n_samples: int, repeats: int, codec_shards: dict[str, Path]) -> dict:
+def bench_backend(
+    name: str,
+    shard: Path,
+    ids: list[str],
+    npz_paths: list[Path],
+    profile: dict,
+    n_samples: int,
+    repeats: int,
+    codec_shards: dict[str, Path],
+) -> dict:
     from pipeline3d.rng import rng_for
     from pipeline3d.tokens import CacheEntry, ShapeTokenDataset
 
@@ -190,12 +240,21 @@ def bench_backend(name: str, shard: Path, ids: list[str], npz_paths: list[Path],
     run(cold, order[:BATCH], 0)  # open the shard, first-touch costs
     warm = ShapeTokenDataset(entries, name, TOKENS, seed=0, mode="train", cache_mb=4096)
     run(warm, list(range(len(ids))), 0)  # one pass fills the per-shape cache
-    sources = {"ours_cold": (cold, order), "ours_warm": (warm, order),
-               "reference": (ReferenceStorage(npz_paths, ids, name, profile, lazy=False), order[:n_ref]),
-               "reference_lazy": (ReferenceStorage(npz_paths, ids, name, profile, lazy=True), order[:n_ref])}
+    sources = {
+        "ours_cold": (cold, order),
+        "ours_warm": (warm, order),
+        "reference": (ReferenceStorage(npz_paths, ids, name, profile, lazy=False), order[:n_ref]),
+        "reference_lazy": (ReferenceStorage(npz_paths, ids, name, profile, lazy=True), order[:n_ref]),
+    }
     for codec, path in codec_shards.items():  # the same rows, another codec: cold reads only
-        other = ShapeTokenDataset([CacheEntry(sid, str(path), row) for row, sid in enumerate(ids)], name, TOKENS,
-                                  seed=0, mode="train", cache_mb=0)
+        other = ShapeTokenDataset(
+            [CacheEntry(sid, str(path), row) for row, sid in enumerate(ids)],
+            name,
+            TOKENS,
+            seed=0,
+            mode="train",
+            cache_mb=0,
+        )
         run(other, order[:BATCH], 0)
         sources[f"ours_cold_{codec}"] = (other, order)
     runs: dict[str, list[dict]] = {variant: [] for variant in sources}
@@ -211,24 +270,33 @@ def bench_backend(name: str, shard: Path, ids: list[str], npz_paths: list[Path],
 
 
 def table(results: dict) -> str:
-    head = ("| backend | ours cold samples/s | ours warm samples/s | reference samples/s | reference (needed keys) "
-            "samples/s | cold / reference | warm / reference |")
+    head = (
+        "| backend | ours cold samples/s | ours warm samples/s | reference samples/s | reference (needed keys) "
+        "samples/s | cold / reference | warm / reference |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['ours_cold']['samples_per_s']:.0f} | {r['ours_warm']['samples_per_s']:.0f} | "
-                     f"{r['reference']['samples_per_s']:.0f} | {r['reference_lazy']['samples_per_s']:.0f} | "
-                     f"{r['ours_cold']['ratio_to_reference']:.1f}x (CPU "
-                     f"{r['ours_cold']['cpu_ratio_to_reference']:.1f}x) | "
-                     f"{r['ours_warm']['ratio_to_reference']:.1f}x |")
-    codecs = sorted({v[len("ours_cold_"):] for r in results.values() for v in r if v.startswith("ours_cold_")})
+        lines.append(
+            f"| {name} | {r['ours_cold']['samples_per_s']:.0f} | {r['ours_warm']['samples_per_s']:.0f} | "
+            f"{r['reference']['samples_per_s']:.0f} | {r['reference_lazy']['samples_per_s']:.0f} | "
+            f"{r['ours_cold']['ratio_to_reference']:.1f}x (CPU "
+            f"{r['ours_cold']['cpu_ratio_to_reference']:.1f}x) | "
+            f"{r['ours_warm']['ratio_to_reference']:.1f}x |"
+        )
+    codecs = sorted({v[len("ours_cold_") :] for r in results.values() for v in r if v.startswith("ours_cold_")})
     if codecs:  # same rows, other shard codecs, read cold in the same interleaved run
         head = "| backend | cold, shard codec as configured | " + " | ".join(f"cold, {c}" for c in codecs) + " |"
         lines += ["", head, "|" + "---|" * (2 + len(codecs))]
         for name, r in results.items():
             cold = r["ours_cold"]["samples_per_s"]
-            lines.append(f"| {name} | {cold:.0f}/s | " + " | ".join(
-                f"{r[f'ours_cold_{c}']['samples_per_s']:.0f}/s (x{r[f'ours_cold_{c}']['samples_per_s'] / cold:.2f})"
-                for c in codecs) + " |")
+            lines.append(
+                f"| {name} | {cold:.0f}/s | "
+                + " | ".join(
+                    f"{r[f'ours_cold_{c}']['samples_per_s']:.0f}/s (x{r[f'ours_cold_{c}']['samples_per_s'] / cold:.2f})"
+                    for c in codecs
+                )
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -238,10 +306,18 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=2048, help="samples per backend for our storage")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats per variant (median reported)")
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
-    p.add_argument("--compare-codecs", nargs="*", default=["lzf", "none"],
-                   help="also read the same rows from shards written with these cache.compression codecs (cold)")
-    p.add_argument("--no-unchecked", dest="unchecked", action="store_false",
-                   help="skip the baseline without checksums (read as 'ours_cold_unchecked', the same rows)")
+    p.add_argument(
+        "--compare-codecs",
+        nargs="*",
+        default=["lzf", "none"],
+        help="also read the same rows from shards written with these cache.compression codecs (cold)",
+    )
+    p.add_argument(
+        "--no-unchecked",
+        dest="unchecked",
+        action="store_false",
+        help="skip the baseline without checksums (read as 'ours_cold_unchecked', the same rows)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tokens.json")
     args = p.parse_args()
 
@@ -256,39 +332,57 @@ def main() -> int:
     from pipeline3d.io.atomic import write_json
     from pipeline3d.io.shards import ShardReader
 
-    result = {"machine": machine(), "pinned_cpu": cpu, "tokens": TOKENS, "batch": BATCH, "cache_profile": CACHE_PROFILE,
-              "target_ratio": TARGET_RATIO, "samples": args.samples, "repeats": args.repeats, "backends": {}}
+    result = {
+        "machine": machine(),
+        "pinned_cpu": cpu,
+        "tokens": TOKENS,
+        "batch": BATCH,
+        "cache_profile": CACHE_PROFILE,
+        "target_ratio": TARGET_RATIO,
+        "samples": args.samples,
+        "repeats": args.repeats,
+        "backends": {},
+    }
     with tempfile.TemporaryDirectory(prefix="bench_tokens_") as tmp:
         workdir = Path(tmp)
         shard, ids, result["cache_stage_ms"] = build_cache(workdir, args.limit)
         npz_paths = write_reference_npz(shard, workdir / "npz")
-        codec_shards = {codec: rewrite_with_codec(shard, codec, workdir / f"shard-{codec}.h5")
-                        for codec in args.compare_codecs}
+        codec_shards = {
+            codec: rewrite_with_codec(shard, codec, workdir / f"shard-{codec}.h5") for codec in args.compare_codecs
+        }
         if args.unchecked:  # the configured codec without the integrity checks: what verification costs on reads
             codec_shards["unchecked"] = rewrite_without_checksums(shard, workdir / "shard-unchecked.h5")
-        result["bytes_per_shape_codec"] = {codec: path.stat().st_size / len(ids)
-                                           for codec, path in codec_shards.items()}
+        result["bytes_per_shape_codec"] = {
+            codec: path.stat().st_size / len(ids) for codec, path in codec_shards.items()
+        }
         npz_bytes = sum(p.stat().st_size for p in npz_paths)
         result["shapes"] = len(ids)
         result["bytes_per_shape"] = {"shard": shard.stat().st_size / len(ids), "reference_npz": npz_bytes / len(ids)}
         with ShardReader(shard, "all") as reader:
             profile = reader.profile
-        print(f"{len(ids)} shapes; shard {result['bytes_per_shape']['shard'] / 1e6:.2f} MB/shape, npz "
-              f"{result['bytes_per_shape']['reference_npz'] / 1e6:.2f} MB/shape; machine {result['machine']}",
-              flush=True)
+        print(
+            f"{len(ids)} shapes; shard {result['bytes_per_shape']['shard'] / 1e6:.2f} MB/shape, npz "
+            f"{result['bytes_per_shape']['reference_npz'] / 1e6:.2f} MB/shape; machine {result['machine']}",
+            flush=True,
+        )
         for name in args.backends:
-            result["backends"][name] = bench_backend(name, shard, ids, npz_paths, profile, args.samples, args.repeats,
-                                                     codec_shards)
+            result["backends"][name] = bench_backend(
+                name, shard, ids, npz_paths, profile, args.samples, args.repeats, codec_shards
+            )
             r = result["backends"][name]
-            print(f"{name}: ours cold {r['ours_cold']['samples_per_s']:.0f}/s, "
-                  f"warm {r['ours_warm']['samples_per_s']:.0f}/s, reference {r['reference']['samples_per_s']:.0f}/s "
-                  f"(needed keys only {r['reference_lazy']['samples_per_s']:.0f}/s): "
-                  f"cold {r['ours_cold']['ratio_to_reference']:.1f}x; cold with "
-                  + ", ".join(f"{c}: {r[f'ours_cold_{c}']['samples_per_s']:.0f}/s" for c in codec_shards), flush=True)
+            print(
+                f"{name}: ours cold {r['ours_cold']['samples_per_s']:.0f}/s, "
+                f"warm {r['ours_warm']['samples_per_s']:.0f}/s, reference {r['reference']['samples_per_s']:.0f}/s "
+                f"(needed keys only {r['reference_lazy']['samples_per_s']:.0f}/s): "
+                f"cold {r['ours_cold']['ratio_to_reference']:.1f}x; cold with "
+                + ", ".join(f"{c}: {r[f'ours_cold_{c}']['samples_per_s']:.0f}/s" for c in codec_shards),
+                flush=True,
+            )
     result["machine"]["loadavg_end"] = os.getloadavg()
     # per backend: is the cold (nothing cached in memory) path >= TARGET_RATIO x the reference's storage?
-    result["target_met_cold"] = {name: r["ours_cold"]["ratio_to_reference"] >= TARGET_RATIO
-                                 for name, r in result["backends"].items()}
+    result["target_met_cold"] = {
+        name: r["ours_cold"]["ratio_to_reference"] >= TARGET_RATIO for name, r in result["backends"].items()
+    }
     result["table"] = table(result["backends"])
     write_json(args.out, result)
     print(result["table"])

@@ -30,11 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cache import machine  # noqa: E402
-
+from pipeline3d.device import to_device  # noqa: E402
 from pipeline3d.models.registry import create_encoder  # noqa: E402
 from pipeline3d.objectives import build_objective  # noqa: E402
 from pipeline3d.tokens.collate import collate  # noqa: E402
-from pipeline3d.device import to_device  # noqa: E402
 from pipeline3d.tokens.layout import n_positions  # noqa: E402
 from pipeline3d.tokens.patches import PatchConfig, draw_points, patchify  # noqa: E402
 from pipeline3d.tokens.tokenizer import tokenize  # noqa: E402
@@ -46,10 +45,16 @@ CASES = {
     "mae_qa_256p_256r": ({"n_point": 256, "n_ray": 256, "qa_tokens": True}, "mae", True),
     "cmae_qa_256p_256r": ({"n_point": 256, "n_ray": 256, "qa_tokens": True}, "cmae", True),
     "classify_qa_256p_0r": ({"n_point": 256, "n_ray": 0, "qa_tokens": True, "layout_n_ray": 256}, "classify", False),
-    "point_mae_patch_1024p": ({"kind": "patch", "patch": {"points": 1024, "groups": 64, "group_size": 32}},
-                              "point_mae", False),
-    "classify_patch_1024p": ({"kind": "patch", "patch": {"points": 1024, "groups": 64, "group_size": 32}},
-                             "classify", False),
+    "point_mae_patch_1024p": (
+        {"kind": "patch", "patch": {"points": 1024, "groups": 64, "group_size": 32}},
+        "point_mae",
+        False,
+    ),
+    "classify_patch_1024p": (
+        {"kind": "patch", "patch": {"points": 1024, "groups": 64, "group_size": 32}},
+        "classify",
+        False,
+    ),
 }
 
 
@@ -57,11 +62,15 @@ def pools(rng: np.random.Generator) -> dict[str, np.ndarray]:
     d = rng.normal(size=(8000, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     hit = (rng.random(8000) < 0.5).astype(np.uint8)
-    return {"pt_xyz": rng.uniform(-1, 1, (20000, 3)).astype(np.float32),
-            "pt_dist": rng.uniform(0, 1, 20000).astype(np.float32),
-            "ray_o": (-2.2 * d).astype(np.float32), "ray_d": d.astype(np.float32), "ray_hit": hit,
-            "ray_t": (rng.uniform(1.2, 3.2, 8000) * hit).astype(np.float32),
-            "ray_n": rng.normal(size=(8000, 3)).astype(np.float32)}
+    return {
+        "pt_xyz": rng.uniform(-1, 1, (20000, 3)).astype(np.float32),
+        "pt_dist": rng.uniform(0, 1, 20000).astype(np.float32),
+        "ray_o": (-2.2 * d).astype(np.float32),
+        "ray_d": d.astype(np.float32),
+        "ray_hit": hit,
+        "ray_t": (rng.uniform(1.2, 3.2, 8000) * hit).astype(np.float32),
+        "ray_n": rng.normal(size=(8000, 3)).astype(np.float32),
+    }
 
 
 def patch_batch_for(tok: dict, batch: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -87,7 +96,7 @@ def batch_for(tok: dict, batch: int, rng: np.random.Generator, occ: int) -> dict
             views |= {f"{prefix}feat": feat, f"{prefix}type_id": type_id, f"{prefix}pos": pos}
         sample = {**views, "shape_index": np.int64(i), "label": np.int64(i % 4)}
         if occ:
-            sample["occ_target"] = (rng.random(occ ** 3) < 0.1).astype(np.float32)
+            sample["occ_target"] = (rng.random(occ**3) < 0.1).astype(np.float32)
         samples.append(sample)
     return collate(samples)
 
@@ -96,8 +105,9 @@ def build(tok: dict, objective: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if tok.get("kind") == "patch":
         patch = PatchConfig.of(tok)
-        encoder = create_encoder("point_patch_base", group_size=patch.group_size, point_dim=patch.point_dim,
-                                 n_positions=patch.n_tokens)
+        encoder = create_encoder(
+            "point_patch_base", group_size=patch.group_size, point_dim=patch.point_dim, n_positions=patch.n_tokens
+        )
         cfg = {"n_classes": 4, "pool": "meanmax", "causal": False} if objective == "classify" else {}
     else:
         encoder = create_encoder("query_nepa_base", n_positions=n_positions(tok))
@@ -148,12 +158,26 @@ def bench_case(name: str, tok: dict, objective: str, batch: int, steps: int, dev
     params = sum(p.numel() for p in obj.encoder.parameters())
     loader = loader_samples_per_s(tok, batch, occ)
     workers = max(1, math.ceil((batch / sec) / loader))
-    print(f"{name:26s} T={data['feat'].shape[1]:5d} batch {batch}: {sec:.3f} s/step, {batch / sec:.1f} samples/s | "
-          f"loader {loader:.1f} samples/s per worker -> {workers} worker(s)", flush=True)
-    return {"case": name, "objective": objective, "tokens": tok, "seq_len": int(data["feat"].shape[1]),
-            "batch": batch, "device": str(device), "precision": "bf16 autocast" if cuda else "fp32",
-            "s_per_step": sec, "steps_per_s": 1 / sec, "samples_per_s": batch / sec, "encoder_params": params,
-            "loader_samples_per_s_per_worker": loader, "workers_to_keep_up": workers}
+    print(
+        f"{name:26s} T={data['feat'].shape[1]:5d} batch {batch}: {sec:.3f} s/step, {batch / sec:.1f} samples/s | "
+        f"loader {loader:.1f} samples/s per worker -> {workers} worker(s)",
+        flush=True,
+    )
+    return {
+        "case": name,
+        "objective": objective,
+        "tokens": tok,
+        "seq_len": int(data["feat"].shape[1]),
+        "batch": batch,
+        "device": str(device),
+        "precision": "bf16 autocast" if cuda else "fp32",
+        "s_per_step": sec,
+        "steps_per_s": 1 / sec,
+        "samples_per_s": batch / sec,
+        "encoder_params": params,
+        "loader_samples_per_s_per_worker": loader,
+        "workers_to_keep_up": workers,
+    }
 
 
 def main() -> int:
@@ -169,11 +193,18 @@ def main() -> int:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    rows = [bench_case(name, {**CASES[name][0], "add_eos": True}, CASES[name][1], args.batch, args.steps, device)
-            for name in args.cases]
+    rows = [
+        bench_case(name, {**CASES[name][0], "add_eos": True}, CASES[name][1], args.batch, args.steps, device)
+        for name in args.cases
+    ]
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    out = {"machine": machine(), "gpu": gpu, "threads": args.threads, "date": time.strftime("%Y-%m-%d"),
-           "results": rows}
+    out = {
+        "machine": machine(),
+        "gpu": gpu,
+        "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d"),
+        "results": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     return 0

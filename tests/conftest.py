@@ -24,6 +24,7 @@ def workdir(tmp_path: Path) -> Path:
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a connection (e.g. a hub download) fails the test."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("network access attempted")
 

@@ -48,24 +48,49 @@ TINY_OVERRIDES: dict = {
         "df_grid": 16,
     },
     "fingerprints": {"views": 2},
-    "splits": {"kfold": 2, "fewshot_k": [1], "fewshot_seeds": [0], "query_gallery_splits": 2,
-               "episodes": {"settings": ["3w1s"], "folds": 1, "query_per_class": 1}},
+    "splits": {
+        "kfold": 2,
+        "fewshot_k": [1],
+        "fewshot_seeds": [0],
+        "query_gallery_splits": 2,
+        "episodes": {"settings": ["3w1s"], "folds": 1, "query_per_class": 1},
+    },
     "tokens": {"n_point": 16, "n_ray": 16, "patch": {"points": 64, "groups": 8, "group_size": 8}},
-    "pretrain": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2, "samples_per_epoch": 8,
-                 "methods": {"point_mae": {"train": {"steps": 4, "warmup_steps": 1, "checkpoint_every": 2}}}},
+    "pretrain": {
+        "steps": 4,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "checkpoint_every": 2,
+        "samples_per_epoch": 8,
+        "methods": {"point_mae": {"train": {"steps": 4, "warmup_steps": 1, "checkpoint_every": 2}}},
+    },
     # every kind of few-shot row: the descriptor floor, scratch, a pretrained encoder, a patch encoder's linear probe
-    "finetune": {"methods": ["descriptor", "scratch", "nepa", "point_mae-linear"], "k": [0, 1], "seeds": [0],
-                 "n_point": 16, "steps": 2, "episodes": {"settings": ["3w1s"]},
-                 "batch_size": 8, "mc_draws_test": 1},
+    "finetune": {
+        "methods": ["descriptor", "scratch", "nepa", "point_mae-linear"],
+        "k": [0, 1],
+        "seeds": [0],
+        "n_point": 16,
+        "steps": 2,
+        "episodes": {"settings": ["3w1s"]},
+        "batch_size": 8,
+        "mc_draws_test": 1,
+    },
     "embed": {"shape": {"methods": ["nepa"], "n_point": 16, "n_ray": 16, "mc_draws": 1}},
     "difficulty": {"bands": {"hard": [1, 2], "medium": [3, 4], "easy": [5, 8]}},
     "metric_head": {"steps": 6, "checkpoint_every": 3, "optuna": {"trials": 2, "steps": 3}},
     "align_text3d": {"steps": 4, "eval_every": 2},
     "retrieval_head": {"steps": 4, "checkpoint_every": 2},
     "promptsg": {"steps": 4, "checkpoint_every": 2, "bnneck_dim": 16, "interaction_layers": 1, "n_point": 16},
-    "eval": {"ucpr": {"methods": ["nepa"], "pairs": [["mesh", "udfgrid"], ["pointcloud_noray", "udfgrid"]],
-                      "n_point": 16, "n_ray": 16, "mc_draws": 1},
-             "cpac": {"methods": ["nepa"], "n_context": 12, "n_query": 16}},
+    "eval": {
+        "ucpr": {
+            "methods": ["nepa"],
+            "pairs": [["mesh", "udfgrid"], ["pointcloud_noray", "udfgrid"]],
+            "n_point": 16,
+            "n_ray": 16,
+            "mc_draws": 1,
+        },
+        "cpac": {"methods": ["nepa"], "n_context": 12, "n_query": 16},
+    },
 }
 TINY_METHODS = ("nepa", "point_mae")  # the tiny run pretrains a query-token and a patch method (the demo has more)
 
@@ -123,9 +148,11 @@ def data_layer_only(config: dict) -> dict:
 def eval_jobs(config: dict) -> dict[str, int]:
     """Jobs of the evaluation rules and the report."""
     ucpr, cpac = config["eval"]["ucpr"], config["eval"]["cpac"]
-    counts = {"eval_ucpr": len(ucpr["datasets"]) * len(ucpr["methods"]) * len(ucpr["pairs"]),
-              "eval_cpac": len(cpac["datasets"]) * len(cpac["methods"]) * len(cpac["context_backends"]),
-              "report": 1}
+    counts = {
+        "eval_ucpr": len(ucpr["datasets"]) * len(ucpr["methods"]) * len(ucpr["pairs"]),
+        "eval_cpac": len(cpac["datasets"]) * len(cpac["methods"]) * len(cpac["context_backends"]),
+        "report": 1,
+    }
     return {rule: n for rule, n in counts.items() if n}
 
 
@@ -198,8 +225,13 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> SmkResult:
     """
     cmd = ["timeout", "-s", "INT", "-k", "30", str(timeout), "snakemake", *args]
     proc = subprocess.run(
-        cmd, cwd=workdir, env=smk_env(workdir), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cmd,
+        cwd=workdir,
+        env=smk_env(workdir),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     return SmkResult(cmd[6:], proc.returncode, proc.stdout)
 

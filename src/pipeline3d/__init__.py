@@ -7,8 +7,14 @@ The library face for using the results outside the workflow (``pipeline3d.pretra
 __version__ = "0.1.0"
 
 # Resolved on first use (PEP 562): the Snakefile imports pipeline3d at parse time, and that must not pull torch in.
-_PRETRAINED = ("load_encoder", "load_metric_head", "load_retrieval_head", "load_alignment", "save_pretrained",
-               "from_pretrained")
+_PRETRAINED = (
+    "load_encoder",
+    "load_metric_head",
+    "load_retrieval_head",
+    "load_alignment",
+    "save_pretrained",
+    "from_pretrained",
+)
 
 __all__ = ["__version__", *_PRETRAINED]
 

@@ -1,9 +1,9 @@
 """The `pipeline3d` command: small maintenance tools around the workflow.
 
-  pipeline3d check-config config/config.yaml     validate a config (errors name the key)
-  pipeline3d check-cache results/cache/<ds> [--fix]   deep-validate cache shards; --fix moves bad ones aside
-  pipeline3d verify [results] [--move-aside]    read every output back against its checksums; list the damaged
-  pipeline3d status [target] [--directory D] [--configfile F] [--profile P] [--json]   jobs per rule by state
+pipeline3d check-config config/config.yaml     validate a config (errors name the key)
+pipeline3d check-cache results/cache/<ds> [--fix]   deep-validate cache shards; --fix moves bad ones aside
+pipeline3d verify [results] [--move-aside]    read every output back against its checksums; list the damaged
+pipeline3d status [target] [--directory D] [--configfile F] [--profile P] [--json]   jobs per rule by state
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ def _check_cache(args: argparse.Namespace) -> int:
         return 1
     bad = 0
     for path in shards:
-        reason = validate_shard(path, dataset=Path(args.cache_dir).name, shard=int(path.stem.split("-")[1]),
-                                deep=True)
+        reason = validate_shard(path, dataset=Path(args.cache_dir).name, shard=int(path.stem.split("-")[1]), deep=True)
         if reason is None:
             print(f"{path}: ok")
             continue
@@ -63,8 +62,10 @@ def _verify(args: argparse.Namespace) -> int:
     if report.damaged and args.move_aside:
         # Snakemake rebuilds a missing output only when something asks for it: name them all as targets.
         names = " ".join(str(path) for path in sorted(report.damaged))
-        print(f"rebuild them (and what depends on them) with your usual command plus these targets, e.g.\n"
-              f"  snakemake --cores all all {names}")
+        print(
+            f"rebuild them (and what depends on them) with your usual command plus these targets, e.g.\n"
+            f"  snakemake --cores all all {names}"
+        )
     return 1 if report.damaged else 0
 
 
@@ -87,8 +88,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pipeline3d", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="pipeline3d", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("path")
@@ -99,11 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_check_cache)
     p = sub.add_parser("verify", help="read every output of a results tree back against its checksums")
     p.add_argument("results", nargs="?", default="results")
-    p.add_argument("--move-aside", action="store_true",
-                   help="rename damaged files to <name>.invalid so the workflow's next run rebuilds them")
+    p.add_argument(
+        "--move-aside",
+        action="store_true",
+        help="rename damaged files to <name>.invalid so the workflow's next run rebuilds them",
+    )
     p.set_defaults(func=_verify)
-    p = sub.add_parser("status", help="per rule: jobs done / running / queued / failed / pending "
-                                      "(see pipeline3d.status)")
+    p = sub.add_parser(
+        "status", help="per rule: jobs done / running / queued / failed / pending (see pipeline3d.status)"
+    )
     p.add_argument("target", nargs="?", default="all", help="Snakemake target rule or file (default: all)")
     p.add_argument("--directory", "-d", default=".", help="workflow directory (default: the current one)")
     p.add_argument("--configfile", action="append", help="passed to snakemake (repeatable)")

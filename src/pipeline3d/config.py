@@ -1,7 +1,8 @@
 """Configuration: load, validate against the JSON schema, and canonical per-stage slices.
 
-The schema (src/pipeline3d/schemas/config.schema.yaml, linked from workflow/schemas/) is the single source of truth for keys and defaults; Snakemake
-validates with it at parse time and the stages validate again when run by hand. Errors name the offending key.
+The schema (src/pipeline3d/schemas/config.schema.yaml, linked from workflow/schemas/) is the single source of truth
+for keys and defaults; Snakemake validates with it at parse time and the stages validate again when run by hand.
+Errors name the offending key.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ def validate(config: dict, schema: dict | None = None) -> dict:
             where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
             if err.validator == "additionalProperties":
                 extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-                lines.append(f"config key {where + '.' if where != '<top level>' else ''}{extra[0]}: unknown key "
-                             f"(allowed: {', '.join(sorted(err.schema.get('properties', {})))})")
+                lines.append(
+                    f"config key {where + '.' if where != '<top level>' else ''}{extra[0]}: unknown key "
+                    f"(allowed: {', '.join(sorted(err.schema.get('properties', {})))})"
+                )
             else:
                 lines.append(f"config key {where}: {err.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))

@@ -41,15 +41,20 @@ def reference_problems(config: dict) -> list[str]:
                 problems.append(f"{where}.dataset: {part['dataset']!r} is not a dataset (known: {known})")
                 continue
             if ds["kind"] not in BACKEND_KINDS[part["backend"]]:
-                problems.append(f"{where}.backend: {part['backend']!r} cannot read {ds['kind']} dataset "
-                                f"{part['dataset']!r}")
+                problems.append(
+                    f"{where}.backend: {part['backend']!r} cannot read {ds['kind']} dataset {part['dataset']!r}"
+                )
             if part["split"] in UNPAIRED_BACKENDS:
                 if ds["kind"] != "mesh":
-                    problems.append(f"{where}.split: unpaired splits exist for mesh datasets only, "
-                                    f"{part['dataset']!r} is {ds['kind']}")
+                    problems.append(
+                        f"{where}.split: unpaired splits exist for mesh datasets only, "
+                        f"{part['dataset']!r} is {ds['kind']}"
+                    )
                 elif part["backend"] not in UNPAIRED_BACKENDS[part["split"]]:
-                    problems.append(f"{where}.backend: {part['backend']!r} may not read the {part['split']} store "
-                                    f"(allowed: {', '.join(UNPAIRED_BACKENDS[part['split']])})")
+                    problems.append(
+                        f"{where}.backend: {part['backend']!r} may not read the {part['split']} store "
+                        f"(allowed: {', '.join(UNPAIRED_BACKENDS[part['split']])})"
+                    )
     problems += token_kind_problems(config)
     finetune = config.get("finetune", {})
     tokens = config.get("tokens", {})
@@ -67,16 +72,22 @@ def reference_problems(config: dict) -> list[str]:
             problems.append(f"finetune.methods[{i}]: {exc}")
     for i, k in enumerate(finetune.get("k", [])):
         if k and k not in splits.get("fewshot_k", []):
-            problems.append(f"finetune.k[{i}]: K={k} has no few-shot split (splits.fewshot_k: {splits.get('fewshot_k')})")
+            problems.append(
+                f"finetune.k[{i}]: K={k} has no few-shot split (splits.fewshot_k: {splits.get('fewshot_k')})"
+            )
     for i, seed in enumerate(finetune.get("seeds", [])):
         if seed not in splits.get("fewshot_seeds", []):
-            problems.append(f"finetune.seeds[{i}]: seed {seed} has no few-shot split "
-                            f"(splits.fewshot_seeds: {splits.get('fewshot_seeds')})")
+            problems.append(
+                f"finetune.seeds[{i}]: seed {seed} has no few-shot split "
+                f"(splits.fewshot_seeds: {splits.get('fewshot_seeds')})"
+            )
     problems += episode_problems(finetune.get("episodes", {}), splits.get("episodes", {}))
     for key in ("n_point", "n_ray"):
         if key in finetune and key in tokens and finetune[key] > tokens[key]:
-            problems.append(f"finetune.{key}: {finetune[key]} is more than the pretrained layout holds "
-                            f"(tokens.{key} = {tokens[key]})")
+            problems.append(
+                f"finetune.{key}: {finetune[key]} is more than the pretrained layout holds "
+                f"(tokens.{key} = {tokens[key]})"
+            )
     return problems + embedding_problems(config) + eval_problems(config)
 
 
@@ -91,8 +102,10 @@ def token_kind_problems(config: dict) -> list[str]:
         if kind == "patch":
             for i, part in enumerate(method.get("corpus", [])):
                 if part.get("backend") not in PATCH_BACKENDS:
-                    problems.append(f"pretrain.methods.{name}.corpus[{i}].backend: {part.get('backend')!r} cannot "
-                                    f"give patch tokens (no surface points; use one of {', '.join(PATCH_BACKENDS)})")
+                    problems.append(
+                        f"pretrain.methods.{name}.corpus[{i}].backend: {part.get('backend')!r} cannot "
+                        f"give patch tokens (no surface points; use one of {', '.join(PATCH_BACKENDS)})"
+                    )
     for i, row in enumerate(finetune.get("methods", [])):
         try:
             kind = row_architecture(row, config)["tokens"].get("kind", "query")
@@ -108,12 +121,16 @@ def episode_problems(jobs: dict, split: dict) -> list[str]:
     problems = []
     for i, setting in enumerate(jobs.get("settings", [])):
         if setting not in split.get("settings", []):
-            problems.append(f"finetune.episodes.settings[{i}]: {setting!r} has no episodes "
-                            f"(splits.episodes.settings: {split.get('settings')})")
+            problems.append(
+                f"finetune.episodes.settings[{i}]: {setting!r} has no episodes "
+                f"(splits.episodes.settings: {split.get('settings')})"
+            )
     for i, fold in enumerate(jobs.get("folds") or []):
         if fold >= split.get("folds", 0):
-            problems.append(f"finetune.episodes.folds[{i}]: fold {fold} does not exist "
-                            f"(splits.episodes.folds = {split.get('folds')})")
+            problems.append(
+                f"finetune.episodes.folds[{i}]: fold {fold} does not exist "
+                f"(splits.episodes.folds = {split.get('folds')})"
+            )
     return problems
 
 
@@ -144,12 +161,15 @@ def embedding_problems(config: dict) -> list[str]:
     methods = config.get("pretrain", {}).get("methods", {})
     embed = config.get("embed", {})
     cached = ("mesh", "pointcloud")
-    problems = _dataset_problems("embed.image.datasets", embed.get("image", {}).get("datasets", []), datasets,
-                                 ("image",))
-    problems += _dataset_problems("embed.image.depth_views", embed.get("image", {}).get("depth_views", []),
-                                  datasets, cached)
-    problems += _dataset_problems("embed.text.datasets", embed.get("text", {}).get("datasets", []), datasets,
-                                  ("mesh", "pointcloud", "image"))
+    problems = _dataset_problems(
+        "embed.image.datasets", embed.get("image", {}).get("datasets", []), datasets, ("image",)
+    )
+    problems += _dataset_problems(
+        "embed.image.depth_views", embed.get("image", {}).get("depth_views", []), datasets, cached
+    )
+    problems += _dataset_problems(
+        "embed.text.datasets", embed.get("text", {}).get("datasets", []), datasets, ("mesh", "pointcloud", "image")
+    )
     shape = embed.get("shape", {})
     problems += _dataset_problems("embed.shape.datasets", shape.get("datasets", []), datasets, cached)
     for i, name in enumerate(shape.get("datasets", [])):
@@ -168,8 +188,10 @@ def embedding_problems(config: dict) -> list[str]:
     difficulty = config.get("difficulty", {})
     for i, space in enumerate(difficulty.get("spaces", [])):
         if space not in produced:
-            problems.append(f"difficulty.spaces[{i}]: {space!r} is not an embedding the embed section produces "
-                            f"(produced: {', '.join(sorted(produced)) or 'none'})")
+            problems.append(
+                f"difficulty.spaces[{i}]: {space!r} is not an embedding the embed section produces "
+                f"(produced: {', '.join(sorted(produced)) or 'none'})"
+            )
     head = config.get("metric_head", {})
     if head.get("space") and head["space"] not in difficulty.get("spaces", []):
         problems.append(f"metric_head.space: {head['space']!r} has no difficulty bands (add it to difficulty.spaces)")
@@ -183,8 +205,10 @@ def embedding_problems(config: dict) -> list[str]:
     captions = align.get("captions")
     if align.get("datasets") and captions and datasets.get(captions.get("dataset"), {}).get("kind") != "image":
         images = ", ".join(sorted(d for d, c in datasets.items() if c["kind"] == "image"))
-        problems.append(f"align_text3d.captions.dataset: {captions.get('dataset')!r} is not an image dataset "
-                        f"(image datasets: {images})")
+        problems.append(
+            f"align_text3d.captions.dataset: {captions.get('dataset')!r} is not an image dataset "
+            f"(image datasets: {images})"
+        )
     kfold = config.get("splits", {}).get("kfold", 0)
     for i, fold in enumerate(align.get("folds", [])):
         if fold >= kfold:
@@ -199,8 +223,9 @@ def embedding_problems(config: dict) -> list[str]:
         problems += method_problem("promptsg.method", promptsg.get("method", ""))
     capacity = config.get("tokens", {}).get("n_point")
     if promptsg.get("datasets") and capacity is not None and promptsg.get("n_point", 0) > capacity:
-        problems.append(f"promptsg.n_point: {promptsg['n_point']} exceeds the pretrained layout's tokens.n_point "
-                        f"({capacity})")
+        problems.append(
+            f"promptsg.n_point: {promptsg['n_point']} exceeds the pretrained layout's tokens.n_point ({capacity})"
+        )
     knobs = set(promptsg) - {"datasets", "variants", "method"}
     for name, overrides in (promptsg.get("variants") or {}).items():
         for key in sorted(set(overrides) - knobs):
@@ -221,32 +246,46 @@ def eval_problems(config: dict) -> list[str]:
     for section, name in ((ucpr, "ucpr"), (cpac, "cpac")):
         for i, method in enumerate(section.get("methods", []) if section.get("datasets") else []):
             if method not in methods:
-                problems.append(f"eval.{name}.methods[{i}]: {method!r} is not a pretrain method "
-                                f"(known: {', '.join(sorted(methods))})")
+                problems.append(
+                    f"eval.{name}.methods[{i}]: {method!r} is not a pretrain method "
+                    f"(known: {', '.join(sorted(methods))})"
+                )
             elif row_architecture(method, config)["tokens"].get("kind", "query") != "query":
-                problems.append(f"eval.{name}.methods[{i}]: {method!r} reads patch tokens; {name} is defined on "
-                                "query tokens (distance queries across primitives)")
+                problems.append(
+                    f"eval.{name}.methods[{i}]: {method!r} reads patch tokens; {name} is defined on "
+                    "query tokens (distance queries across primitives)"
+                )
     for i, pair in enumerate(ucpr.get("pairs", [])):
         for side, backend in zip(("query", "gallery"), pair):
             for ds in ucpr.get("datasets", []):
                 kind = datasets.get(ds, {}).get("kind")
                 if kind and kind not in BACKEND_KINDS[backend]:
-                    problems.append(f"eval.ucpr.pairs[{i}]: {side} backend {backend!r} cannot read {kind} "
-                                    f"dataset {ds!r}")
+                    problems.append(
+                        f"eval.ucpr.pairs[{i}]: {side} backend {backend!r} cannot read {kind} dataset {ds!r}"
+                    )
     if ucpr.get("datasets") and ucpr.get("query_seed") == ucpr.get("gallery_seed"):
-        problems.append(f"eval.ucpr.gallery_seed: equal to eval.ucpr.query_seed ({ucpr.get('query_seed')}); with one "
-                        "seed query and gallery share their query points and retrieval is trivial")
+        problems.append(
+            f"eval.ucpr.gallery_seed: equal to eval.ucpr.query_seed ({ucpr.get('query_seed')}); with one "
+            "seed query and gallery share their query points and retrieval is trivial"
+        )
     for name, section in (("ucpr", ucpr), ("cpac", cpac)):
         for key in ("n_point", "n_ray"):
             if section.get("datasets") and key in section and key in tokens and section[key] > tokens[key]:
-                problems.append(f"eval.{name}.{key}: {section[key]} is more than the pretrained layout holds "
-                                f"(tokens.{key} = {tokens[key]})")
+                problems.append(
+                    f"eval.{name}.{key}: {section[key]} is more than the pretrained layout holds "
+                    f"(tokens.{key} = {tokens[key]})"
+                )
     if cpac.get("datasets") and "n_point" in tokens and cpac.get("n_context", 0) >= tokens["n_point"]:
-        problems.append(f"eval.cpac.n_context: {cpac['n_context']} leaves no point position for the queries in the "
-                        f"pretrained layout (tokens.n_point = {tokens['n_point']}): use at most "
-                        f"{tokens['n_point'] - 1}")
+        problems.append(
+            f"eval.cpac.n_context: {cpac['n_context']} leaves no point position for the queries in the "
+            f"pretrained layout (tokens.n_point = {tokens['n_point']}): use at most "
+            f"{tokens['n_point'] - 1}"
+        )
     if cpac.get("datasets") and cpac.get("n_context", 0) + cpac.get("n_query", 0) > config.get("cache", {}).get(
-            "pt_pool", float("inf")):
-        problems.append(f"eval.cpac.n_query: n_context + n_query = {cpac['n_context'] + cpac['n_query']} exceeds "
-                        f"the query pool (cache.pt_pool = {config['cache']['pt_pool']})")
+        "pt_pool", float("inf")
+    ):
+        problems.append(
+            f"eval.cpac.n_query: n_context + n_query = {cpac['n_context'] + cpac['n_query']} exceeds "
+            f"the query pool (cache.pt_pool = {config['cache']['pt_pool']})"
+        )
     return problems

@@ -41,8 +41,10 @@ def row_architecture(name: str, config: dict) -> dict[str, Any]:
         entry = config["pretrain"]["methods"][method]
     else:
         entry = {}
-    return {"model": {**config.get("model", {}), **(entry.get("model") or {})},
-            "tokens": {**config.get("tokens", {}), **(entry.get("tokens") or {})}}
+    return {
+        "model": {**config.get("model", {}), **(entry.get("model") or {})},
+        "tokens": {**config.get("tokens", {}), **(entry.get("tokens") or {})},
+    }
 
 
 def all_row_names(config: dict) -> list[str]:

@@ -29,8 +29,13 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 
 def git_describe() -> str:
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=CHECKOUT,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=CHECKOUT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -57,16 +57,28 @@ class Kind:
 
 
 ENCODER = Kind("encoder", _encoder.FORMAT, "encoder.json", "results/models/<method>/", "load_encoder")
-METRIC_HEAD = Kind("metric head", _metric.FORMAT, "head.json", "results/heads/metric/<modality>/<dataset>/<model>/",
-                   "load_metric_head")
-RETRIEVAL_HEAD = Kind("retrieval head", _retrieval.FORMAT, "head.json", "results/heads/retrieval/<dataset>/<method>/",
-                      "load_retrieval_head")
-ALIGNMENT = Kind("text-3D alignment", _alignment.FORMAT, "head.json",
-                 "results/align_text3d/<dataset>/<method>/fold<k>/", "load_alignment")
+METRIC_HEAD = Kind(
+    "metric head", _metric.FORMAT, "head.json", "results/heads/metric/<modality>/<dataset>/<model>/", "load_metric_head"
+)
+RETRIEVAL_HEAD = Kind(
+    "retrieval head",
+    _retrieval.FORMAT,
+    "head.json",
+    "results/heads/retrieval/<dataset>/<method>/",
+    "load_retrieval_head",
+)
+ALIGNMENT = Kind(
+    "text-3D alignment",
+    _alignment.FORMAT,
+    "head.json",
+    "results/align_text3d/<dataset>/<method>/fold<k>/",
+    "load_alignment",
+)
 KINDS = {kind.format: kind for kind in (ENCODER, METRIC_HEAD, RETRIEVAL_HEAD, ALIGNMENT)}
 
 
 # ---- finding the files ------------------------------------------------------------------------------------------
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
@@ -101,14 +113,17 @@ def _find(directory: str | Path, kind: Kind | None) -> tuple[Path, dict[str, Any
         if found is None:
             raise ValueError(f"{path}: format {sidecar.get('format')!r} is none of pipeline3d's ({', '.join(KINDS)})")
         if kind is not None and found is not kind:
-            raise ValueError(f"{folder}: holds a {found.name} ({path.name}), not a {kind.name}: "
-                             f"use pipeline3d.{found.loader}")
+            raise ValueError(
+                f"{folder}: holds a {found.name} ({path.name}), not a {kind.name}: use pipeline3d.{found.loader}"
+            )
         return path, sidecar, found
     inside = sorted({p.parent.name for name in names for p in folder.glob(f"*/{name}") if _holds(p, kind)})
     what = kind.name if kind else "pipeline3d model"
     where = f"{kind.json} (the workflow's {kind.folder})" if kind else "encoder.json or head.json (the workflow's)"
-    raise FileNotFoundError(f"{folder}: no {what} here: no {CONFIG_NAME} (save_pretrained) nor {where}"
-                            + (f"; these subfolders hold one: {', '.join(inside)}" if inside else ""))
+    raise FileNotFoundError(
+        f"{folder}: no {what} here: no {CONFIG_NAME} (save_pretrained) nor {where}"
+        + (f"; these subfolders hold one: {', '.join(inside)}" if inside else "")
+    )
 
 
 def _named_file(json_path: Path, name: Any) -> Path:
@@ -138,6 +153,7 @@ def _keep(model: nn.Module, json_path: Path) -> nn.Module:
 
 # ---- loading ----------------------------------------------------------------------------------------------------
 
+
 def load_encoder(path: str | Path, json_path: str | Path | None = None, *, device: Device = "cpu") -> nn.Module:
     """An exported encoder (the model registry rebuilds it by name and sizes) from its folder or its two files."""
     weights, json_path = _pair(path, json_path, ENCODER)
@@ -150,15 +166,17 @@ def load_metric_head(path: str | Path, json_path: str | Path | None = None, *, d
     return _keep(_metric.load_metric_head(weights, json_path).to(device), json_path)
 
 
-def load_retrieval_head(path: str | Path, json_path: str | Path | None = None, *,
-                        device: Device = "cpu") -> RetrievalModel:
+def load_retrieval_head(
+    path: str | Path, json_path: str | Path | None = None, *, device: Device = "cpu"
+) -> RetrievalModel:
     """A retrieval head (eval mode; ``.embed(vectors)`` gives the post-BN retrieval features)."""
     weights, json_path = _pair(path, json_path, RETRIEVAL_HEAD)
     return _keep(_retrieval.load_retrieval_head(weights, json_path, device=device), json_path)
 
 
-def load_alignment(directory: str | Path, *, text_weights: str | Path | None = None,
-                   device: Device = "cpu") -> LoadedAlignment:
+def load_alignment(
+    directory: str | Path, *, text_weights: str | Path | None = None, device: Device = "cpu"
+) -> LoadedAlignment:
     """A text-3D alignment (one fold's folder): the text backbone with its trained blocks, and the projection.
 
     The frozen part of the text tower is rebuilt from the base weights it was trained from: ``text_weights`` names
@@ -170,15 +188,18 @@ def load_alignment(directory: str | Path, *, text_weights: str | Path | None = N
     model = str(text.get("model"))
     random_init = text.get("weights_source") == RANDOM_INIT
     if text_weights is None and not random_init and not model.startswith("local-dir:"):
-        raise ValueError(f"{json_path}: the text tower was trained from the base weights {text.get('weights_file')!r} "
-                         f"of {model} (sha256 {str(text.get('base_weights_sha256'))[:16]}...): "
-                         "pass text_weights=<that file>")
+        raise ValueError(
+            f"{json_path}: the text tower was trained from the base weights {text.get('weights_file')!r} "
+            f"of {model} (sha256 {str(text.get('base_weights_sha256'))[:16]}...): "
+            "pass text_weights=<that file>"
+        )
     text_config = {"model": model, "weights": text_weights, "random_init": random_init}
     return _alignment.load_alignment(json_path, projection, tower, text_config, device=device)
 
 
-def from_pretrained(directory: str | Path, *, device: Device = "cpu",
-                    text_weights: str | Path | None = None) -> nn.Module | LoadedAlignment:
+def from_pretrained(
+    directory: str | Path, *, device: Device = "cpu", text_weights: str | Path | None = None
+) -> nn.Module | LoadedAlignment:
     """Whatever model ``directory`` holds (a ``save_pretrained`` folder or a workflow one), by its JSON's format."""
     _, _, kind = _find(directory, None)
     if kind is ALIGNMENT:
@@ -189,26 +210,40 @@ def from_pretrained(directory: str | Path, *, device: Device = "cpu",
 
 # ---- saving -----------------------------------------------------------------------------------------------------
 
+
 def _projection_config(head: ProjectionHead) -> dict[str, Any]:
     """``build_head``'s arguments for this head, read off its layers."""
     linears = [m for m in head.net if isinstance(m, nn.Linear)]
     dropouts = [m.p for m in head.net if isinstance(m, nn.Dropout)]
-    return {"in_dim": linears[0].in_features, "out_dim": linears[-1].out_features,
-            "hidden": linears[0].out_features if len(linears) > 1 else None, "layers": len(linears),
-            "dropout": float(dropouts[0]) if dropouts else 0.0, "normalize": bool(head.normalize),
-            "standardize": bool(head.standardize)}
+    return {
+        "in_dim": linears[0].in_features,
+        "out_dim": linears[-1].out_features,
+        "hidden": linears[0].out_features if len(linears) > 1 else None,
+        "layers": len(linears),
+        "dropout": float(dropouts[0]) if dropouts else 0.0,
+        "normalize": bool(head.normalize),
+        "standardize": bool(head.standardize),
+    }
 
 
 def _save_alignment(loaded: LoadedAlignment, folder: Path) -> None:
     head, text = loaded.head, loaded.head["text"]
     own = {"format", "format_version", "projection", "text", "trainable_blocks", "temperature"}
     # save_alignment reads only these three attributes of the training objective
-    parts = SimpleNamespace(text_tower=loaded.tower, projection=loaded.projection,
-                            loss=SimpleNamespace(temperature=head["temperature"]))
-    _alignment.save_alignment(parts, loaded.backbone, folder / WEIGHTS_NAME, folder / TEXT_TOWER_NAME,
-                              folder / CONFIG_NAME, projection_config=head["projection"]["config"],
-                              text_config={"model": text["model"]}, seed=int(text["seed"]),
-                              extra={k: v for k, v in head.items() if k not in own})
+    parts = SimpleNamespace(
+        text_tower=loaded.tower, projection=loaded.projection, loss=SimpleNamespace(temperature=head["temperature"])
+    )
+    _alignment.save_alignment(
+        parts,
+        loaded.backbone,
+        folder / WEIGHTS_NAME,
+        folder / TEXT_TOWER_NAME,
+        folder / CONFIG_NAME,
+        projection_config=head["projection"]["config"],
+        text_config={"model": text["model"]},
+        seed=int(text["seed"]),
+        extra={k: v for k, v in head.items() if k not in own},
+    )
 
 
 def save_pretrained(model: nn.Module | LoadedAlignment, directory: str | Path) -> Path:
@@ -221,15 +256,19 @@ def save_pretrained(model: nn.Module | LoadedAlignment, directory: str | Path) -
     if isinstance(model, LoadedAlignment):
         _save_alignment(model, folder)
     elif isinstance(model, RetrievalModel):
-        _retrieval.save_retrieval_head(model, {k: v for k, v in old.items() if k not in ("weights", "sha256")},
-                                       weights, config)
+        _retrieval.save_retrieval_head(
+            model, {k: v for k, v in old.items() if k not in ("weights", "sha256")}, weights, config
+        )
     elif isinstance(model, ProjectionHead):
         source = old.get("source") or {"model": None, "weights_sha256": None}  # unknown for a head built here
-        _metric.save_metric_head(model, weights, config,
-                                 {**old.get("extra", {}), "config": _projection_config(model), "source": source})
+        _metric.save_metric_head(
+            model, weights, config, {**old.get("extra", {}), "config": _projection_config(model), "source": source}
+        )
     elif isinstance(model, nn.Module):
         _encoder.save_encoder(model, weights, config, dict(old.get("extra", {})), name=old.get("encoder"))
     else:
-        raise TypeError(f"save_pretrained: cannot save a {type(model).__name__} (an encoder, a metric or retrieval "
-                        "head, or a loaded alignment)")
+        raise TypeError(
+            f"save_pretrained: cannot save a {type(model).__name__} (an encoder, a metric or retrieval "
+            "head, or a loaded alignment)"
+        )
     return folder

@@ -92,8 +92,25 @@ _LOG_PROCESS = re.compile(r"\| host (\S+) \| pid (\d+) \| slurm_job (\S+) \| pyt
 _LOG_END = re.compile(r"\| stage (\S+) end \| exit (\S+)\s*$")
 _BLOCK_HEAD = re.compile(r"^(?:local)?(?:rule|checkpoint) (\S+):$")
 # Arguments of a Snakemake call that only looks (status's own calls among them): not a run
-_LOOK_ONLY = frozenset({"-n", "--dry-run", "--dryrun", "--summary", "-S", "--detailed-summary", "-D", "--unlock",
-                        "--list", "-l", "--list-target-rules", "--lint", "--dag", "--rulegraph", "--version"})
+_LOOK_ONLY = frozenset(
+    {
+        "-n",
+        "--dry-run",
+        "--dryrun",
+        "--summary",
+        "-S",
+        "--detailed-summary",
+        "-D",
+        "--unlock",
+        "--list",
+        "-l",
+        "--list-target-rules",
+        "--lint",
+        "--dag",
+        "--rulegraph",
+        "--version",
+    }
+)
 
 
 class StatusError(RuntimeError):
@@ -149,8 +166,14 @@ def parse_job_blocks(text: str) -> list[Job]:
 
     def close() -> None:
         if current is not None and current.get("output"):
-            jobs.append(Job(rule=rule, outputs=_split_paths(current["output"]),
-                            logs=_split_paths(current.get("log", "")), wildcards=current.get("wildcards", "")))
+            jobs.append(
+                Job(
+                    rule=rule,
+                    outputs=_split_paths(current["output"]),
+                    logs=_split_paths(current.get("log", "")),
+                    wildcards=current.get("wildcards", ""),
+                )
+            )
 
     for line in text.splitlines():
         head = _BLOCK_HEAD.match(line)
@@ -332,9 +355,13 @@ class SlurmQuery:
             return
         try:
             user = user or getpass.getuser()
-            self.proc = subprocess.Popen([*self.cmd, "--noheader", "--states=all", f"--user={user}",
-                                         "--format=%i\t%T\t%Z\t%k"], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self.proc = subprocess.Popen(
+                [*self.cmd, "--noheader", "--states=all", f"--user={user}", "--format=%i\t%T\t%Z\t%k"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
         except (KeyError, OSError):
             self.proc = None
 
@@ -363,8 +390,9 @@ class SlurmQuery:
         return jobs
 
 
-def slurm_jobs(squeue: Sequence[str] = ("squeue",), user: str | None = None,
-               timeout: float = SQUEUE_TIMEOUT) -> list[SlurmJob] | None:
+def slurm_jobs(
+    squeue: Sequence[str] = ("squeue",), user: str | None = None, timeout: float = SQUEUE_TIMEOUT
+) -> list[SlurmJob] | None:
     """The jobs of ``user`` that ``squeue`` knows (see SlurmQuery); None when it tells nothing."""
     return SlurmQuery(squeue, user).jobs(timeout)
 
@@ -390,8 +418,14 @@ def _latest_by_comment(jobs: Iterable[SlurmJob], workdir: Path) -> dict[str, Slu
 
 
 # --------------------------------------------------------------------------------------------- classification
-def classify(jobs: Sequence[Job], summary: dict[str, tuple[str, str]], workdir: Path,
-             squeue: Sequence[str] | SlurmQuery | None = None, *, host: str | None = None) -> tuple[list[Job], bool]:
+def classify(
+    jobs: Sequence[Job],
+    summary: dict[str, tuple[str, str]],
+    workdir: Path,
+    squeue: Sequence[str] | SlurmQuery | None = None,
+    *,
+    host: str | None = None,
+) -> tuple[list[Job], bool]:
     """Set each job's state (see the module docstring); returns the jobs and whether a run is active.
 
     ``squeue``: the command (default SQUEUE) or a SlurmQuery already started. It gets SQUEUE_TIMEOUT seconds from
@@ -416,14 +450,22 @@ def classify(jobs: Sequence[Job], summary: dict[str, tuple[str, str]], workdir: 
     for job, rows in todo:
         records = logs[id(job)]
         log = next((r for r in records if r.started), records[0] if records else None)
-        job.state, job.detail, job.external_jobid = _state(job, rows, log, latest.get(slurm_comment(job)),
-                                                           by_id, slurm is not None, host)
+        job.state, job.detail, job.external_jobid = _state(
+            job, rows, log, latest.get(slurm_comment(job)), by_id, slurm is not None, host
+        )
     active = any(job.state in ("running", "queued") for job in jobs) or snakemake_runs_in(workdir)
     return list(jobs), active
 
 
-def _state(job: Job, rows: list[tuple[str, str]], log: JobLog | None, newest: SlurmJob | None,
-           by_id: dict[str, SlurmJob], squeue_works: bool, host: str) -> tuple[str, str, str | None]:
+def _state(
+    job: Job,
+    rows: list[tuple[str, str]],
+    log: JobLog | None,
+    newest: SlurmJob | None,
+    by_id: dict[str, SlurmJob],
+    squeue_works: bool,
+    host: str,
+) -> tuple[str, str, str | None]:
     """(state, detail, SLURM job id) of a job that must run; the order of the module docstring."""
     if newest is not None and newest.state in SLURM_WAITING:
         return "queued", f"SLURM job {newest.jobid} is {newest.state}", newest.jobid
@@ -440,8 +482,11 @@ def _state(job: Job, rows: list[tuple[str, str]], log: JobLog | None, newest: Sl
             if sj is not None and sj.state in SLURM_LIVE:
                 return "running", f"SLURM job {sj.jobid} is {sj.state}", sj.jobid
             gone = f"ended {sj.state}" if sj is not None else "is gone"
-            return "failed", _failed(f"interrupted: SLURM job {log.slurm_job} {gone} and the stage wrote no end line",
-                                     log), log.slurm_job
+            return (
+                "failed",
+                _failed(f"interrupted: SLURM job {log.slurm_job} {gone} and the stage wrote no end line", log),
+                log.slurm_job,
+            )
         if log.pid is not None and log.host == host:
             if pid_alive(log.pid):
                 return "running", f"{where} as pid {log.pid}, alive", None
@@ -468,6 +513,7 @@ def _failed(reason: str, log: JobLog | None, *, last: bool = False) -> str:
 def snakemake_args(target: str, configfiles: Iterable[str] = (), profiles: Iterable[str] = ()) -> list[str]:
     """Target + options; paths that exist relative to the caller's folder are made absolute (Snakemake runs in the
     workflow directory). A profile that is not a path is passed as given (Snakemake looks it up by name)."""
+
     def resolve(value: str) -> str:
         return str(Path(value).resolve()) if Path(value).exists() else str(value)
 
@@ -479,9 +525,15 @@ def snakemake_args(target: str, configfiles: Iterable[str] = (), profiles: Itera
     return args
 
 
-def collect(workdir: str | Path = ".", target: str = "all", *, configfiles: Sequence[str] = (),
-            profiles: Sequence[str] = (), snakemake: Sequence[str] | None = None,
-            squeue: Sequence[str] | None = None) -> Status:
+def collect(
+    workdir: str | Path = ".",
+    target: str = "all",
+    *,
+    configfiles: Sequence[str] = (),
+    profiles: Sequence[str] = (),
+    snakemake: Sequence[str] | None = None,
+    squeue: Sequence[str] | None = None,
+) -> Status:
     """Ask Snakemake about ``target`` in ``workdir`` and classify every job (see the module docstring)."""
     workdir = Path(workdir).resolve()
     base = list(snakemake or [sys.executable, "-m", "snakemake"])
@@ -493,15 +545,21 @@ def collect(workdir: str | Path = ".", target: str = "all", *, configfiles: Sequ
         "summary": [*base, "--dry-run", "--summary", "--nocolor", *common],
     }
     slurm = SlurmQuery(squeue or SQUEUE)  # answers while Snakemake builds the DAG
-    procs = {name: subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True) for name, cmd in calls.items()}
+    procs = {
+        name: subprocess.Popen(
+            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, cmd in calls.items()
+    }
     outputs = {}
     for name, proc in procs.items():
         out, err = proc.communicate()
         if proc.returncode != 0:
             slurm.close()
-            raise StatusError(f"`{' '.join(calls[name][len(base):])}` failed in {workdir} "
-                              f"(exit {proc.returncode}):\n{(out + err)[-3000:]}")
+            raise StatusError(
+                f"`{' '.join(calls[name][len(base) :])}` failed in {workdir} "
+                f"(exit {proc.returncode}):\n{(out + err)[-3000:]}"
+            )
         outputs[name] = (out, err)
     jobs = parse_job_blocks(outputs["jobs"][1] + "\n" + outputs["jobs"][0])
     summary = parse_summary(outputs["summary"][0])
@@ -533,8 +591,10 @@ def render_table(status: Status, *, colour: bool = False, max_failed: int = 20) 
 
     rule_line = "  ".join("-" * w for w in widths)
     lines = [fmt(header, False), rule_line, *(fmt(r, True) for r in rows[:-1]), rule_line, fmt(rows[-1], True)]
-    lines.append(f"target {status.target} in {status.workdir}"
-                 + ("; a Snakemake run holds the lock" if status.run_active else ""))
+    lines.append(
+        f"target {status.target} in {status.workdir}"
+        + ("; a Snakemake run holds the lock" if status.run_active else "")
+    )
     failed = [job for job in status.jobs if job.state == "failed"]
     if failed:
         lines.append("")

@@ -25,8 +25,10 @@ TARGET = "results/models/nepa/encoder.safetensors"
 STATE = Path("results/_state/pretrain/nepa/last.ckpt")
 STEPS, EVERY = 120, 10
 # query_nepa_small makes a step slow enough (tens of ms) to be caught between checkpoints
-OVERRIDES = {"pretrain": {"steps": STEPS, "checkpoint_every": EVERY, "samples_per_epoch": 24},
-             "model": {"encoder": "query_nepa_small"}}
+OVERRIDES = {
+    "pretrain": {"steps": STEPS, "checkpoint_every": EVERY, "samples_per_epoch": 24},
+    "model": {"encoder": "query_nepa_small"},
+}
 CORES = ("--cores", "2")  # the same thread count in every run (torch results depend on it)
 
 
@@ -49,8 +51,14 @@ def test_killed_pretraining_resumes_to_identical_weights(workdir: Path) -> None:
     shutil.rmtree(workdir / "results" / "_state" / "pretrain" / "nepa")
 
     cmd = ["snakemake", *CORES, TARGET]
-    proc = subprocess.Popen(cmd, cwd=workdir, env=smk_env(workdir), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        env=smk_env(workdir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     state = workdir / STATE
     deadline = time.monotonic() + 300
     killed_after = None

@@ -29,12 +29,31 @@ from smk import (
 pytestmark = pytest.mark.e2e
 
 STAGE_RULES = [
-    "make_demo_data", "ingest_dataset", "build_cache_shard", "index_cache",
-    "fingerprint_dataset", "make_splits", "materialize_unpaired", "pretrain_encoder", "finetune_classifier",
-    "tabulate_fewshot", "finetune_episode", "tabulate_episodes", "embed_image", "embed_text", "embed_shape",
-    "difficulty_bands", "tune_metric_head",
-    "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head", "train_promptsg", "eval_ucpr",
-    "eval_cpac", "report",
+    "make_demo_data",
+    "ingest_dataset",
+    "build_cache_shard",
+    "index_cache",
+    "fingerprint_dataset",
+    "make_splits",
+    "materialize_unpaired",
+    "pretrain_encoder",
+    "finetune_classifier",
+    "tabulate_fewshot",
+    "finetune_episode",
+    "tabulate_episodes",
+    "embed_image",
+    "embed_text",
+    "embed_shape",
+    "difficulty_bands",
+    "tune_metric_head",
+    "train_metric_head",
+    "align_text3d",
+    "submit_text3d",
+    "train_retrieval_head",
+    "train_promptsg",
+    "eval_ucpr",
+    "eval_cpac",
+    "report",
 ]
 
 
@@ -42,12 +61,16 @@ def model_jobs(config: dict) -> dict[str, int]:
     ft = config["finetune"]
     settings = ft.get("episodes", {}).get("settings", [])
     folds = ft.get("episodes", {}).get("folds") or range(config["splits"].get("episodes", {}).get("folds", 10))
-    jobs = {"pretrain_encoder": len(config["pretrain"]["methods"]),
-            "finetune_classifier": len(ft["datasets"]) * len(ft["methods"]) * len(ft["k"]) * len(ft["seeds"]),
-            "tabulate_fewshot": len(ft["datasets"])}
+    jobs = {
+        "pretrain_encoder": len(config["pretrain"]["methods"]),
+        "finetune_classifier": len(ft["datasets"]) * len(ft["methods"]) * len(ft["k"]) * len(ft["seeds"]),
+        "tabulate_fewshot": len(ft["datasets"]),
+    }
     if settings:
-        jobs |= {"finetune_episode": len(ft["datasets"]) * len(ft["methods"]) * len(settings) * len(folds),
-                 "tabulate_episodes": len(ft["datasets"])}
+        jobs |= {
+            "finetune_episode": len(ft["datasets"]) * len(ft["methods"]) * len(settings) * len(folds),
+            "tabulate_episodes": len(ft["datasets"]),
+        }
     return jobs
 
 
@@ -130,8 +153,10 @@ def test_switching_wandb_logging_reruns_nothing(demo: Path) -> None:
 
 
 def test_param_change_reruns_the_stage_and_its_dependents_only(demo: Path) -> None:
-    upstream = mtimes(demo, "results/ingest/*/*") | mtimes(demo, "results/cache/*/*") | mtimes(
-        demo, "results/fingerprints/*/*"
+    upstream = (
+        mtimes(demo, "results/ingest/*/*")
+        | mtimes(demo, "results/cache/*/*")
+        | mtimes(demo, "results/fingerprints/*/*")
     )
     kfold_files = mtimes(demo, "results/splits/*/kfold.parquet")
     config = read_config(demo)
@@ -141,14 +166,22 @@ def test_param_change_reruns_the_stage_and_its_dependents_only(demo: Path) -> No
     # only the kfold family of each dataset and the text-3D folds trained on it: the other families (and the models
     # reading them) do not depend on it
     align = config["align_text3d"]
-    expected = {"make_splits": 3, "align_text3d": len(align["datasets"]) * len(align["folds"]),
-                "submit_text3d": len(align["datasets"]), "report": 1, "all": 1}
+    expected = {
+        "make_splits": 3,
+        "align_text3d": len(align["datasets"]) * len(align["folds"]),
+        "submit_text3d": len(align["datasets"]),
+        "report": 1,
+        "all": 1,
+    }
     assert planned(demo) == expected
     assert run(demo) == expected
     assert_up_to_date(demo)
-    assert mtimes(demo, "results/ingest/*/*") | mtimes(demo, "results/cache/*/*") | mtimes(
-        demo, "results/fingerprints/*/*"
-    ) == upstream
+    assert (
+        mtimes(demo, "results/ingest/*/*")
+        | mtimes(demo, "results/cache/*/*")
+        | mtimes(demo, "results/fingerprints/*/*")
+        == upstream
+    )
     assert all(mtime != kfold_files[path] for path, mtime in mtimes(demo, "results/splits/*/kfold.parquet").items())
 
 
@@ -164,11 +197,17 @@ def test_stage_version_bump_reruns_the_stage_and_its_dependents_only(demo: Path)
         # everything downstream of the fingerprints, models included (their inputs will be rewritten)
         config = read_config(demo)
         # the embeddings of images and depth views read no split: they stay
-        after_splits = {rule: n for rule, n in embedding_jobs(config).items()
-                        if rule not in ("embed_image", "embed_text")}
+        after_splits = {
+            rule: n for rule, n in embedding_jobs(config).items() if rule not in ("embed_image", "embed_text")
+        }
         assert job_counts(result.output) == {
-            "fingerprint_dataset": 3, "make_splits": 18, "materialize_unpaired": 4, **model_jobs(config),
-            **after_splits, **eval_jobs(config), "all": 1,
+            "fingerprint_dataset": 3,
+            "make_splits": 18,
+            "materialize_unpaired": 4,
+            **model_jobs(config),
+            **after_splits,
+            **eval_jobs(config),
+            "all": 1,
         }
         fingerprint_jobs = [job for job in planned_jobs(result.output) if job.rule == "fingerprint_dataset"]
         assert all("Params have changed" in job.fields["reason"] for job in fingerprint_jobs)
@@ -186,13 +225,25 @@ def test_raw_content_change_reruns_the_dependent_chain_only(demo: Path) -> None:
     rewrite_tar_without_last_item(images)
     # demo-img's chain: its images' and captions' embeddings and bands, and the text-3D alignment reading its captions
     align = read_config(demo)["align_text3d"]
-    expected = {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 6, "embed_image": 1, "embed_text": 1,
-                "difficulty_bands": 1, "align_text3d": len(align["folds"]), "submit_text3d": 1, "report": 1, "all": 1}
+    expected = {
+        "ingest_dataset": 1,
+        "fingerprint_dataset": 1,
+        "make_splits": 6,
+        "embed_image": 1,
+        "embed_text": 1,
+        "difficulty_bands": 1,
+        "align_text3d": len(align["folds"]),
+        "submit_text3d": 1,
+        "report": 1,
+        "all": 1,
+    }
     result = run_snakemake(demo, "-n", "all")
     assert job_counts(result.output) == expected, result.tail()
-    assert all("dataset=demo-img" in job.fields.get("wildcards", "")
-               for job in planned_jobs(result.output)
-               if job.rule not in ("all", "align_text3d", "submit_text3d", "report"))
+    assert all(
+        "dataset=demo-img" in job.fields.get("wildcards", "")
+        for job in planned_jobs(result.output)
+        if job.rule not in ("all", "align_text3d", "submit_text3d", "report")
+    )
     assert run(demo) == expected
     assert_up_to_date(demo)
     assert mtimes(demo, "results/ingest/demo-mesh/*") | mtimes(demo, "results/splits/demo-scan/*") == others
@@ -238,9 +289,11 @@ def test_verify_finds_damaged_outputs_and_the_rerun_restores_them_byte_for_byte(
     """An item store, an embeddings table and a trained head, each with one flipped byte: `pipeline3d verify` names
     exactly those, `--move-aside` hands them to the next run, which rebuilds each one as it was."""
     results = demo / "results"
-    targets = [results / "ingest" / "demo-img" / "items.h5",
-               sorted((results / "embeddings" / "shape").rglob("*.parquet"))[0],
-               sorted((results / "heads" / "metric").rglob("head.safetensors"))[0]]
+    targets = [
+        results / "ingest" / "demo-img" / "items.h5",
+        sorted((results / "embeddings" / "shape").rglob("*.parquet"))[0],
+        sorted((results / "heads" / "metric").rglob("head.safetensors"))[0],
+    ]
     before = {path: result_content(path) for path in run_results(demo)}
     for path in targets:
         data = bytearray(path.read_bytes())
@@ -249,8 +302,9 @@ def test_verify_finds_damaged_outputs_and_the_rerun_restores_them_byte_for_byte(
     verify = [str(VENV_BIN / "pipeline3d"), "verify", "results"]
     found = subprocess.run(verify, cwd=demo, capture_output=True, text=True, timeout=600)
     assert found.returncode == 1, found.stdout + found.stderr
-    named = sorted(line.split(": ")[0].removeprefix("DAMAGED ") for line in found.stdout.splitlines()
-                   if line.startswith("DAMAGED"))
+    named = sorted(
+        line.split(": ")[0].removeprefix("DAMAGED ") for line in found.stdout.splitlines() if line.startswith("DAMAGED")
+    )
     assert named == sorted(str(p.relative_to(demo)) for p in targets), found.stdout
     moved = subprocess.run([*verify, "--move-aside"], cwd=demo, capture_output=True, text=True, timeout=600)
     assert moved.returncode == 1 and not any(p.exists() for p in targets)
@@ -374,8 +428,11 @@ def result_content(path: Path):
 
 def run_results(workdir: Path) -> list[Path]:
     results = workdir / "results"
-    return [p for p in sorted(results.rglob("*")) if p.is_file() and p.suffix != ".sqlite"
-            and p.relative_to(results).parts[0] not in RUN_RECORDS]
+    return [
+        p
+        for p in sorted(results.rglob("*"))
+        if p.is_file() and p.suffix != ".sqlite" and p.relative_to(results).parts[0] not in RUN_RECORDS
+    ]
 
 
 def test_rerunning_everything_gives_byte_identical_results(demo: Path) -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from smk import (
-    data_layer_only,
     ROOT,
     copy_repo,
+    data_layer_only,
     job_counts,
     planned_jobs,
     read_config,
@@ -60,7 +60,10 @@ def squeue_jobs(job_ids: list[str]) -> dict[str, dict[str, str]]:
     """Finished jobs stay listed for MinJobAge (600 s in the CI cluster): id -> rule, cpus, mem, time limit, state."""
     out = subprocess.run(
         ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%k|%C|%m|%l|%T"],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     jobs = {}
     for line in out.splitlines():
@@ -138,8 +141,11 @@ def test_content_change_resubmits_only_the_dependents(slurm_run: dict) -> None:
     assert result.returncode == 0, result.tail(8000)
     assert job_counts(result.output) == {"ingest_dataset": 1, "fingerprint_dataset": 1, "make_splits": 6, "all": 1}
     jobs = squeue_jobs(SUBMITTED.findall(result.output))
-    assert sorted(job["rule"] for job in jobs.values()) == ["fingerprint_dataset", "ingest_dataset",
-                                                            *["make_splits"] * 6]
+    assert sorted(job["rule"] for job in jobs.values()) == [
+        "fingerprint_dataset",
+        "ingest_dataset",
+        *["make_splits"] * 6,
+    ]
 
 
 def test_cluster_exposes_fake_gpus(cluster) -> None:
@@ -185,8 +191,12 @@ def test_gpu_job_gets_a_device(cluster, tmp_path: Path) -> None:
 def full_dag_config() -> dict:
     config = tiny_config()
     config["datasets"] = {name: config["datasets"][name] for name in ("demo-mesh", "demo-img")}
-    config["pretrain"]["methods"] = {"nepa": {**config["pretrain"]["methods"]["nepa"], "corpus": [
-        {"dataset": "demo-mesh", "split": "train_mesh", "backend": "mesh", "weight": 1.0}]}}
+    config["pretrain"]["methods"] = {
+        "nepa": {
+            **config["pretrain"]["methods"]["nepa"],
+            "corpus": [{"dataset": "demo-mesh", "split": "train_mesh", "backend": "mesh", "weight": 1.0}],
+        }
+    }
     # one DataLoader worker: the fine-tune job must ask SLURM for a CPU for it (--cpus-per-task 1 + 1)
     config["finetune"].update(methods=["nepa"], k=[0], episodes={"settings": []}, num_workers=1)
     config["embed"]["image"].update(datasets=[], depth_views=["demo-mesh"])
@@ -211,8 +221,13 @@ def slurm_full(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def tres_per_job(job_id: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-O", "tres-per-job"], capture_output=True,
-                         text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", job_id, "-O", "tres-per-job"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     return out.strip()
 
 
@@ -225,8 +240,19 @@ def test_demo_all_runs_through_slurm_with_gpu_rules_on_the_fake_gpus(slurm_full:
     assert len(job_ids) == len(planned)
     jobs = squeue_jobs(job_ids)
     assert {job["rule"] for job in jobs.values()} >= {
-        "pretrain_encoder", "finetune_classifier", "embed_image", "embed_text", "embed_shape", "difficulty_bands",
-        "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head", "eval_ucpr", "eval_cpac"}
+        "pretrain_encoder",
+        "finetune_classifier",
+        "embed_image",
+        "embed_text",
+        "embed_shape",
+        "difficulty_bands",
+        "train_metric_head",
+        "align_text3d",
+        "submit_text3d",
+        "train_retrieval_head",
+        "eval_ucpr",
+        "eval_cpac",
+    }
     gpu_rules = {job.rule for job in planned if job.resources.get("gpu") == "1"}
     assert gpu_rules >= {"pretrain_encoder", "finetune_classifier", "eval_ucpr", "eval_cpac", "align_text3d"}
     plan = {job.rule: job for job in planned}
@@ -242,10 +268,13 @@ def test_demo_all_runs_through_slurm_with_gpu_rules_on_the_fake_gpus(slurm_full:
 
 
 def running_job_of_rule(rule: str) -> str | None:
-    out = subprocess.run(["squeue", "-h", "-t", "running", "-o", "%i|%k"], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    return next((job for job, comment in (line.split("|") for line in out.splitlines())
-                 if comment.startswith(f"rule_{rule}")), None)
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "running", "-o", "%i|%k"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    return next(
+        (job for job, comment in (line.split("|") for line in out.splitlines()) if comment.startswith(f"rule_{rule}")),
+        None,
+    )
 
 
 def test_training_job_checkpoints_on_the_time_limit_signal_and_its_retry_resumes(slurm_full: dict) -> None:
@@ -260,8 +289,15 @@ def test_training_job_checkpoints_on_the_time_limit_signal_and_its_retry_resumes
     target = "results/models/nepa/encoder.safetensors"
     log = workdir / "results" / "logs" / "pretrain_encoder" / "nepa.log"
     cmd = ["timeout", "-s", "INT", "-k", "30", "600", "snakemake", *SLURM, "--verbose", target]
-    with subprocess.Popen(cmd, cwd=workdir, env=smk_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as proc:
+    with subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        env=smk_env(workdir),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
         deadline, signalled = time.monotonic() + 300, None
         while signalled is None and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(1)

@@ -61,8 +61,7 @@ def slurm_answers() -> bool:
     if not shutil.which("sinfo"):
         return False
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20,
-                             check=False)
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20, check=False)
     except subprocess.TimeoutExpired:
         return False
     return out.returncode == 0 and any(state in out.stdout for state in ("idle", "mix", "alloc"))
@@ -89,18 +88,35 @@ def test_status_follows_a_slurm_run(tmp_path: Path) -> None:
         pytest.skip(message)
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
     (tmp_path / "stage.py").write_text(STAGE)
-    cmd = [sys.executable, "-m", "snakemake", "--executor", "slurm", "--jobs", "10", "--keep-going",
-           "--slurm-init-seconds-before-status-checks", "2", "--slurm-status-command", "squeue",
-           "--latency-wait", "5", "all"]
-    run = subprocess.Popen(cmd, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--executor",
+        "slurm",
+        "--jobs",
+        "10",
+        "--keep-going",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--slurm-status-command",
+        "squeue",
+        "--latency-wait",
+        "5",
+        "all",
+    ]
+    run = subprocess.Popen(
+        cmd, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     job_ids: set[str] = set()
     try:
+
         def work(s: dict) -> list[str]:
             return sorted(s[f"work[s={x}]"][0] for x in "abd")
 
-        status = wait_for(tmp_path, lambda s: work(s) == ["queued", "running", "running"]
-                          and s["later[]"][0] == "queued")
+        status = wait_for(
+            tmp_path, lambda s: work(s) == ["queued", "running", "running"] and s["later[]"][0] == "queued"
+        )
         now = states(status)
         job_ids |= {v[2] for v in now.values() if v[2]}
         assert work(now) == ["queued", "running", "running"], now
@@ -108,8 +124,10 @@ def test_status_follows_a_slurm_run(tmp_path: Path) -> None:
         assert status.run_active
 
         (tmp_path / "go").touch()  # a and b end; d starts and waits for go_d
-        status = wait_for(tmp_path, lambda s: s["work[s=a]"][0] == "done" and s["work[s=b]"][0] == "failed"
-                          and s["work[s=d]"][0] == "running")
+        status = wait_for(
+            tmp_path,
+            lambda s: s["work[s=a]"][0] == "done" and s["work[s=b]"][0] == "failed" and s["work[s=d]"][0] == "running",
+        )
         now = states(status)
         job_ids |= {v[2] for v in now.values() if v[2]}
         assert now["work[s=a]"][0] == "done", now

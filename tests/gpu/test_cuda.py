@@ -23,22 +23,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the uni
 
 from overfit import seeded, tiny_encoder  # noqa: E402
 from patch_fixtures import patch_batch, tiny_patch_encoder  # noqa: E402
+from pipeline3d.device import to_device  # noqa: E402
+from pipeline3d.embed.vectors import read_vectors  # noqa: E402
+from pipeline3d.jobs import embed_image as jobs_embed_image  # noqa: E402
+from pipeline3d.jobs import embed_shape as jobs_embed_shape
+from pipeline3d.jobs import embed_text as jobs_embed_text  # noqa: E402
+from pipeline3d.jobs import eval_cpac as jobs_eval_cpac  # noqa: E402
+from pipeline3d.jobs import finetune  # noqa: E402
+from pipeline3d.objectives import OBJECTIVES, build_objective  # noqa: E402
+from smk import run_snakemake  # noqa: E402
 from synthetic_tokens import make_batch, n_positions  # noqa: E402
 from test_cpac import CPAC, PRETRAIN, cpac_ds  # noqa: E402,F401 (cpac_ds: fixture)
-from test_embed_stages import (IMAGE_CFG, _shape_params, _text_params, clip_dir, image_ds,  # noqa: E402,F401
-                               mesh_ds)
+from test_embed_stages import (
+    IMAGE_CFG,
+    _shape_params,
+    _text_params,
+    image_ds,  # noqa: E402,F401
+)
 from test_finetune_job import files, params  # noqa: E402,F401 (files: fixture)
 from test_objectives_build import CONFIGS, PATCH_ONLY  # noqa: E402
 from train_toy import clean_launch_env, run_script  # noqa: E402,F401 (clean_launch_env: autouse fixture)
-from smk import run_snakemake  # noqa: E402
-
-from pipeline3d.device import to_device  # noqa: E402
-from pipeline3d.embed.vectors import read_vectors  # noqa: E402
-from pipeline3d.jobs import finetune  # noqa: E402
-from pipeline3d.objectives import OBJECTIVES, build_objective  # noqa: E402
-from pipeline3d.jobs import embed_image as jobs_embed_image, embed_shape as jobs_embed_shape  # noqa: E402
-from pipeline3d.jobs import embed_text as jobs_embed_text  # noqa: E402
-from pipeline3d.jobs import eval_cpac as jobs_eval_cpac  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 DEVICE = torch.device(os.environ.get("PIPELINE3D_GPU_SUITE_DEVICE", "cuda"))
@@ -81,8 +85,7 @@ def test_every_pretraining_objective_trains_on_the_device_in_bf16(name, ran_on_t
     losses = []
     for step in range(6):
         with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=DEVICE.type == "cuda"):
-            loss, logs = objective(batch, step=step, total_steps=6,
-                                   generator=torch.Generator(DEVICE).manual_seed(step))
+            loss, logs = objective(batch, step=step, total_steps=6, generator=torch.Generator(DEVICE).manual_seed(step))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -99,13 +102,20 @@ def test_finetune_job_on_the_device(tmp_path, files, ran_on_the_device):
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
 
 
-def test_embedding_stages_on_the_device_match_the_cpu(tmp_path, image_ds, mesh_ds, clip_dir, monkeypatch,
-                                                       ran_on_the_device):
+def test_embedding_stages_on_the_device_match_the_cpu(
+    tmp_path, image_ds, mesh_ds, clip_dir, monkeypatch, ran_on_the_device
+):
     jobs = {
-        "image": lambda out: jobs_embed_image.run({"seed": 0, "dataset": "img", "kind": "image", "image": IMAGE_CFG,
-                                              "stage_version": 1}, image_ds, out, LOG),
-        "text": lambda out: jobs_embed_text.run(_text_params(clip_dir, "img"), {"manifest": image_ds["manifest"]}, out,
-                                           str(tmp_path / f"cache-{Path(out).stem}"), LOG),
+        "image": lambda out: jobs_embed_image.run(
+            {"seed": 0, "dataset": "img", "kind": "image", "image": IMAGE_CFG, "stage_version": 1}, image_ds, out, LOG
+        ),
+        "text": lambda out: jobs_embed_text.run(
+            _text_params(clip_dir, "img"),
+            {"manifest": image_ds["manifest"]},
+            out,
+            str(tmp_path / f"cache-{Path(out).stem}"),
+            LOG,
+        ),
         "shape": lambda out: jobs_embed_shape.run(_shape_params(), mesh_ds, out, LOG),
     }
     for name, job in jobs.items():
@@ -119,8 +129,15 @@ def test_embedding_stages_on_the_device_match_the_cpu(tmp_path, image_ds, mesh_d
 
 
 def test_cpac_on_the_device_matches_the_cpu(cpac_ds, monkeypatch, ran_on_the_device):
-    params_ = {"seed": 0, "dataset": "ds", "method": "nepa", "context_backend": "pointcloud_noray", "cpac": CPAC,
-               "tokens": PRETRAIN, "stage_version": 1}
+    params_ = {
+        "seed": 0,
+        "dataset": "ds",
+        "method": "nepa",
+        "context_backend": "pointcloud_noray",
+        "cpac": CPAC,
+        "tokens": PRETRAIN,
+        "stage_version": 1,
+    }
     inputs = {k: cpac_ds[k] for k in ("manifest", "unpaired", "ttv", "index", "shards")} | cpac_ds["qa"]
     cpu = _on_cpu(monkeypatch, lambda: jobs_eval_cpac.run(params_, inputs, LOG))
     dev = jobs_eval_cpac.run(params_, inputs, LOG)
@@ -128,8 +145,17 @@ def test_cpac_on_the_device_matches_the_cpu(cpac_ds, monkeypatch, ran_on_the_dev
     assert b["mae"] == pytest.approx(a["mae"], rel=2e-2) and b["n_points"] == a["n_points"]
 
 
-TOY = {"steps": 10, "batch_size": 8, "grad_accum": 2, "lr": 0.01, "warmup_steps": 1, "checkpoint_every": 4,
-       "log_every": 1, "num_workers": 0, "seed": 7}
+TOY = {
+    "steps": 10,
+    "batch_size": 8,
+    "grad_accum": 2,
+    "lr": 0.01,
+    "warmup_steps": 1,
+    "checkpoint_every": 4,
+    "log_every": 1,
+    "num_workers": 0,
+    "seed": 7,
+}
 
 
 def _toy_weights(path: Path) -> dict[str, torch.Tensor]:

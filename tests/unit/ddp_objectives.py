@@ -22,11 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overfit import seeded, tiny_encoder  # noqa: E402
 from patch_fixtures import patch_batch, tiny_patch_encoder  # noqa: E402
-from synthetic_tokens import make_batch, n_positions  # noqa: E402
-from test_objectives_build import CONFIGS, PATCH_ONLY  # noqa: E402
-
 from pipeline3d.objectives import build_objective  # noqa: E402
 from pipeline3d.train import EpochData, TrainConfig, train  # noqa: E402
+from synthetic_tokens import make_batch, n_positions  # noqa: E402
+from test_objectives_build import CONFIGS, PATCH_ONLY  # noqa: E402
 
 BATCH = 8  # global batch: 2 ranks x 2 micro-batches x 2 items
 
@@ -66,12 +65,17 @@ def main(out_dir: str) -> int:
         objective = seeded(rank, lambda: build_objective(name, encoder, CONFIGS[name]))
         # One process group per training on a fresh file store (torchrun's store serves one rendezvous only).
         dist.init_process_group("gloo", init_method=f"file://{out / f'group-{name}'}", rank=rank, world_size=2)
-        result = train(objective, EpochData(lambda epoch: Indices(), lambda index, b=batch: rows(b, index)),
-                       TrainConfig(steps=3, batch_size=BATCH, grad_accum=2, lr=1e-3, checkpoint_every=10),
-                       out / name, config_hash="ddp")
+        result = train(
+            objective,
+            EpochData(lambda epoch: Indices(), lambda index, b=batch: rows(b, index)),
+            TrainConfig(steps=3, batch_size=BATCH, grad_accum=2, lr=1e-3, checkpoint_every=10),
+            out / name,
+            config_hash="ddp",
+        )
         dist.destroy_process_group()
-        (out / f"{name}.rank{rank}.json").write_text(json.dumps({"loss": result.final_loss,
-                                                                  "sha": weights_sha(objective)}))
+        (out / f"{name}.rank{rank}.json").write_text(
+            json.dumps({"loss": result.final_loss, "sha": weights_sha(objective)})
+        )
     return 0
 
 

@@ -38,8 +38,10 @@ def tetra_off(scale: float = 1.0) -> bytes:
 
 
 def tetra_obj() -> bytes:
-    return ("".join(f"v {x} {y} {z}\n" for x, y, z in TETRA_V)
-            + "".join(f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in TETRA_F)).encode()
+    return (
+        "".join(f"v {x} {y} {z}\n" for x, y, z in TETRA_V)
+        + "".join(f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in TETRA_F)
+    ).encode()
 
 
 def nan_off() -> bytes:
@@ -147,8 +149,15 @@ def fifo(name: str) -> Entry:
     return Entry(name, kind="fifo")
 
 
-_TAR_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
-              "hardlink": tarfile.LNKTYPE, "chr": tarfile.CHRTYPE, "blk": tarfile.BLKTYPE, "fifo": tarfile.FIFOTYPE}
+_TAR_TYPES = {
+    "file": tarfile.REGTYPE,
+    "dir": tarfile.DIRTYPE,
+    "symlink": tarfile.SYMTYPE,
+    "hardlink": tarfile.LNKTYPE,
+    "chr": tarfile.CHRTYPE,
+    "blk": tarfile.BLKTYPE,
+    "fifo": tarfile.FIFOTYPE,
+}
 
 
 def write_tar(path: Path, entries: list[Entry], compression: str = "gz", encoding: str = "utf-8") -> Path:
@@ -175,8 +184,13 @@ def write_tar(path: Path, entries: list[Entry], compression: str = "gz", encodin
 def write_zip(path: Path, entries: list[Entry], compression: int = zipfile.ZIP_DEFLATED) -> Path:
     """A zip with these members; links and devices are marked in the unix mode bits like Info-ZIP does."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    kinds = {"file": stat.S_IFREG, "symlink": stat.S_IFLNK, "chr": stat.S_IFCHR, "fifo": stat.S_IFIFO,
-             "dir": stat.S_IFDIR}
+    kinds = {
+        "file": stat.S_IFREG,
+        "symlink": stat.S_IFLNK,
+        "chr": stat.S_IFCHR,
+        "fifo": stat.S_IFIFO,
+        "dir": stat.S_IFDIR,
+    }
     with zipfile.ZipFile(path, "w", compression=compression) as zf:
         for e in entries:
             info = zipfile.ZipInfo(e.name, date_time=(2020, 1, 1, 0, 0, 0))
@@ -196,11 +210,11 @@ def patch_zip_sizes(path: Path, name: str, file_size: int, compress_size: int | 
     for sig, size_off, name_len_off, name_off in ((b"PK\x03\x04", 22, 26, 30), (b"PK\x01\x02", 24, 28, 46)):
         pos = 0
         while (pos := blob.find(sig, pos)) >= 0:
-            n = struct.unpack("<H", blob[pos + name_len_off: pos + name_len_off + 2])[0]
-            if bytes(blob[pos + name_off: pos + name_off + n]) == encoded:
-                blob[pos + size_off: pos + size_off + 4] = struct.pack("<I", file_size)
+            n = struct.unpack("<H", blob[pos + name_len_off : pos + name_len_off + 2])[0]
+            if bytes(blob[pos + name_off : pos + name_off + n]) == encoded:
+                blob[pos + size_off : pos + size_off + 4] = struct.pack("<I", file_size)
                 if compress_size is not None:
-                    blob[pos + size_off - 4: pos + size_off] = struct.pack("<I", compress_size)
+                    blob[pos + size_off - 4 : pos + size_off] = struct.pack("<I", compress_size)
             pos += 4
     path.write_bytes(bytes(blob))
 
@@ -230,12 +244,25 @@ def snapshot(root: Path) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------------------------
 # running ingest under a snapshot
 
-LIMITS = {"max_members": 1000, "max_total_bytes": 10**9, "max_member_bytes": 10**8, "max_ratio": 200,
-          "max_faces": 10**6, "workers": 1}
+LIMITS = {
+    "max_members": 1000,
+    "max_total_bytes": 10**9,
+    "max_member_bytes": 10**8,
+    "max_ratio": 200,
+    "max_faces": 10**6,
+    "workers": 1,
+}
 
 
-def ingest_checked(tmp_path: Path, source: Path | str | list, kind: str = "mesh", fmt: str = "auto", out: str = "out",
-                   source_extra: dict | None = None, **limits):
+def ingest_checked(
+    tmp_path: Path,
+    source: Path | str | list,
+    kind: str = "mesh",
+    fmt: str = "auto",
+    out: str = "out",
+    source_extra: dict | None = None,
+    **limits,
+):
     """Run the ingest stage function on ``source`` with outputs in ``tmp_path/out``; assert that nothing appeared or
     changed elsewhere under tmp_path and that the store matches the manifest. Returns (manifest, rejects)."""
     import pandas as pd
@@ -247,9 +274,13 @@ def ingest_checked(tmp_path: Path, source: Path | str | list, kind: str = "mesh"
     before = snapshot(tmp_path)
     out_dir = tmp_path / out
     path = [str(s) for s in source] if isinstance(source, list) else str(source)
-    params = {"seed": 0, "dataset": "ds", "source": {"kind": kind, "format": fmt, "path": path,
-                                                     **(source_extra or {})},
-              "ingest": {**LIMITS, **limits}, "stage_version": 1}
+    params = {
+        "seed": 0,
+        "dataset": "ds",
+        "source": {"kind": kind, "format": fmt, "path": path, **(source_extra or {})},
+        "ingest": {**LIMITS, **limits},
+        "stage_version": 1,
+    }
     run_ingest(params, out_dir / "manifest.parquet", out_dir / "rejects.parquet", out_dir / "items.h5")
     after = snapshot(tmp_path)
     created = {p for p in set(after) - set(before) if not p.startswith(out)}

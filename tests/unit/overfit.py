@@ -32,8 +32,9 @@ def seeded(seed: int, build):
         return build()
 
 
-def overfit(objective, batch: dict[str, torch.Tensor], *, steps: int = 40, lr: float = 3e-3,
-            mask_seed: int | None = None) -> list[float]:
+def overfit(
+    objective, batch: dict[str, torch.Tensor], *, steps: int = 40, lr: float = 3e-3, mask_seed: int | None = None
+) -> list[float]:
     """AdamW on one fixed batch; returns the loss at every step. ``mask_seed`` fixes the objective's random
     draws (same generator seed each step); None draws fresh ones per step (seeded by the step)."""
     opt = torch.optim.AdamW(objective.trainable_parameters(), lr=lr, weight_decay=0.0)

@@ -20,8 +20,10 @@ from pipeline3d.tokens.layout import n_positions as layout_positions
 def sphere_pools(rng: np.random.Generator, n_pool: int = 64, with_rays: bool = True) -> dict[str, np.ndarray]:
     radius = rng.uniform(0.35, 0.65)
     xyz = rng.uniform(-1.0, 1.0, (n_pool, 3))
-    pools = {"pt_xyz": xyz.astype(np.float32),
-             "pt_dist": np.abs(np.linalg.norm(xyz, axis=1) - radius).astype(np.float32)}
+    pools = {
+        "pt_xyz": xyz.astype(np.float32),
+        "pt_dist": np.abs(np.linalg.norm(xyz, axis=1) - radius).astype(np.float32),
+    }
     if not with_rays:
         return pools
     o = rng.normal(size=(n_pool, 3))
@@ -33,8 +35,13 @@ def sphere_pools(rng: np.random.Generator, n_pool: int = 64, with_rays: bool = T
     hit = disc > 0
     t = np.where(hit, -b - np.sqrt(np.maximum(disc, 0.0)), 0.0)
     normal = (o + t[:, None] * d) / radius * hit[:, None]
-    pools.update(ray_o=o.astype(np.float32), ray_d=d.astype(np.float32), ray_hit=hit.astype(np.uint8),
-                 ray_t=t.astype(np.float32), ray_n=normal.astype(np.float32))
+    pools.update(
+        ray_o=o.astype(np.float32),
+        ray_d=d.astype(np.float32),
+        ray_hit=hit.astype(np.uint8),
+        ray_t=t.astype(np.float32),
+        ray_n=normal.astype(np.float32),
+    )
     return pools
 
 
@@ -42,9 +49,18 @@ def n_positions(n_point: int, n_ray: int, qa: bool = False) -> int:
     return layout_positions({"n_point": n_point, "n_ray": n_ray, "qa_tokens": qa})
 
 
-def make_batch(batch_size: int = 4, n_point: int = 8, n_ray: int = 6, *, qa: bool = False, seed: int = 0,
-               no_ray_samples: tuple[int, ...] = (), occ_grid: int = 0, two_views: bool = False,
-               n_classes: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(
+    batch_size: int = 4,
+    n_point: int = 8,
+    n_ray: int = 6,
+    *,
+    qa: bool = False,
+    seed: int = 0,
+    no_ray_samples: tuple[int, ...] = (),
+    occ_grid: int = 0,
+    two_views: bool = False,
+    n_classes: int = 0,
+) -> dict[str, torch.Tensor]:
     """A collated token batch; samples listed in ``no_ray_samples`` come from a ray-less backend (shorter, so the
     batch is padded). ``two_views`` adds an independent ``v2_`` draw of each shape; ``occ_grid`` a random
     (B, G^3) occupancy target; ``n_classes`` random labels (else -1)."""

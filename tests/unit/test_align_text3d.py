@@ -19,11 +19,11 @@ from torch import nn
 
 from pipeline3d.embed.backbones import build_text_backbone
 from pipeline3d.embed.captions import class_prompts, manifest_captions
+from pipeline3d.embed.text3d_alignment import load_alignment
 from pipeline3d.embed.vectors import write_vectors
 from pipeline3d.jobs import align_text3d, submit_text3d
-from pipeline3d.embed.text3d_alignment import load_alignment
-from pipeline3d.objectives.infonce import info_nce
 from pipeline3d.models.text_tower import PartiallyFrozenTextTower, UnsupportedTextTower, text_layout
+from pipeline3d.objectives.infonce import info_nce
 from pipeline3d.stages import align_text3d as align_stage
 from pipeline3d.stages import submit_text3d as submit_stage
 from pipeline3d.train import checkpoint
@@ -40,9 +40,18 @@ CLASSES = ["airplane", "chair", "lamp", "table", "car", "boat", "sofa", "guitar"
 PER_CLASS = 8  # folds 0, 1, 2 get 2 shapes each per class; 2 more per class are the test split
 SHAPE_DIM = 24
 DS = "toy-mesh"
-ALIGN = {"method": "nepa", "captions": {"dataset": "toy-img", "field": "caption", "shape_field": "shape"},
-         "trainable_blocks": 2, "hidden": 32, "steps": 24, "batch_size": 16, "lr": 2e-3, "head_lr": 2e-2,
-         "init_temperature": 0.07, "eval_every": 8}
+ALIGN = {
+    "method": "nepa",
+    "captions": {"dataset": "toy-img", "field": "caption", "shape_field": "shape"},
+    "trainable_blocks": 2,
+    "hidden": 32,
+    "steps": 24,
+    "batch_size": 16,
+    "lr": 2e-3,
+    "head_lr": 2e-2,
+    "init_temperature": 0.07,
+    "eval_every": 8,
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +62,14 @@ def clip_dir(tmp_path_factory) -> Path:
 
 
 def _text_cfg(clip_dir: Path) -> dict:
-    return {"name": "tiny", "model": f"local-dir:{clip_dir}", "weights": None, "random_init": True,
-            "templates": ["a 3D model of a {}.", "a {}."], "batch_size": 8}
+    return {
+        "name": "tiny",
+        "model": f"local-dir:{clip_dir}",
+        "weights": None,
+        "random_init": True,
+        "templates": ["a 3D model of a {}.", "a {}."],
+        "batch_size": 8,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -74,34 +89,72 @@ def data(tmp_path_factory) -> dict[str, str]:
                 kfold.append({"shape_id": sid, "label": label, "fold": j % 3})
             ttv.append({"shape_id": sid, "label": label, "split": "test" if j >= 6 else ("val" if j == 5 else "train")})
             for v, text in enumerate([f"a 3D model of a {name}", f"a {name} seen from the side"]):
-                captions.append({"shape_id": f"toy-img/{name}/m{j:02d}_v{v}", "label": label,
-                                 "meta": json.dumps({"caption": text, "shape": f"{name}/m{j:02d}", "view": v})})
-    captions.append({"shape_id": "toy-img/other/x_v0", "label": 0,  # a shape of another dataset: not used
-                     "meta": json.dumps({"caption": "a thing", "shape": "elsewhere/x", "view": 0})})
+                captions.append(
+                    {
+                        "shape_id": f"toy-img/{name}/m{j:02d}_v{v}",
+                        "label": label,
+                        "meta": json.dumps({"caption": text, "shape": f"{name}/m{j:02d}", "view": v}),
+                    }
+                )
+    captions.append(
+        {
+            "shape_id": "toy-img/other/x_v0",
+            "label": 0,  # a shape of another dataset: not used
+            "meta": json.dumps({"caption": "a thing", "shape": "elsewhere/x", "view": 0}),
+        }
+    )
     files = {name: str(root / f"{name}.parquet") for name in ("manifest", "captions_manifest", "kfold", "ttv")}
     pd.DataFrame(rows).to_parquet(files["manifest"])
     pd.DataFrame(captions).to_parquet(files["captions_manifest"])
     pd.DataFrame(kfold).to_parquet(files["kfold"])
     pd.DataFrame(ttv).to_parquet(files["ttv"])
     files["shape_embeddings"] = str(root / "nepa.parquet")
-    write_vectors(files["shape_embeddings"], [r["shape_id"] for r in rows], np.asarray(vectors, dtype=np.float32),
-                  {"model": "toy", "weights_sha256": "0" * 64, "preprocessing": "{}"})
+    write_vectors(
+        files["shape_embeddings"],
+        [r["shape_id"] for r in rows],
+        np.asarray(vectors, dtype=np.float32),
+        {"model": "toy", "weights_sha256": "0" * 64, "preprocessing": "{}"},
+    )
     return files
 
 
 def _params(clip_dir: Path, fold: int = 0, **align) -> dict:
-    return {"seed": 5, "dataset": DS, "method": "nepa", "fold": fold, "align": {**ALIGN, **align},
-            "text": _text_cfg(clip_dir), "stage_version": 1}
+    return {
+        "seed": 5,
+        "dataset": DS,
+        "method": "nepa",
+        "fold": fold,
+        "align": {**ALIGN, **align},
+        "text": _text_cfg(clip_dir),
+        "stage_version": 1,
+    }
 
 
 def _outputs(out: Path) -> list[str]:
-    return ["--projection", str(out / "projection.safetensors"), "--text-tower", str(out / "text_tower.safetensors"),
-            "--head-json", str(out / "head.json"), "--metrics", str(out / "metrics.json")]
+    return [
+        "--projection",
+        str(out / "projection.safetensors"),
+        "--text-tower",
+        str(out / "text_tower.safetensors"),
+        "--head-json",
+        str(out / "head.json"),
+        "--metrics",
+        str(out / "metrics.json"),
+    ]
 
 
 def _train_stage(params: dict, files: dict, out: Path) -> int:
-    return align_stage.main(["--params", json.dumps(params), "--inputs", json.dumps(files),
-                             "--state-dir", str(out / "state"), *_outputs(out)])
+    return align_stage.main(
+        [
+            "--params",
+            json.dumps(params),
+            "--inputs",
+            json.dumps(files),
+            "--state-dir",
+            str(out / "state"),
+            *_outputs(out),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +169,7 @@ def folds(data, clip_dir, tmp_path_factory) -> dict[int, Path]:
 
 
 # ---- the text tower ----------------------------------------------------------------------------------------------
+
 
 def test_unknown_text_tower_layouts_are_clear_errors(clip_dir):
     class HFLike(nn.Module):
@@ -141,8 +195,9 @@ def test_custom_text_tower_layout_is_found_under_text():
     tower = PartiallyFrozenTextTower(model, 1)
     assert tower.layout.prefix == "text."
     keys = tower.trainable_keys()
-    assert keys and all(k.startswith(("text.transformer.resblocks.2.", "text.ln_final.", "text.text_projection"))
-                        for k in keys)
+    assert keys and all(
+        k.startswith(("text.transformer.resblocks.2.", "text.ln_final.", "text.text_projection")) for k in keys
+    )
     assert any(k.startswith("text.text_projection") for k in keys)
 
 
@@ -151,8 +206,11 @@ def test_only_the_last_blocks_and_heads_get_gradients_and_change(clip_dir):
     model, _ = align_text3d.build_model(backbone, {**ALIGN, "trainable_blocks": 2}, SHAPE_DIM, seed=1, key="k")
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     trainable = set(model.text_tower.trainable_keys())
-    assert trainable == {k for k in before if k.startswith(("transformer.resblocks.1.", "transformer.resblocks.2.",
-                                                             "ln_final.")) or k == "text_projection"}
+    assert trainable == {
+        k
+        for k in before
+        if k.startswith(("transformer.resblocks.1.", "transformer.resblocks.2.", "ln_final.")) or k == "text_projection"
+    }
     optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.01, betas=(0.9, 0.999))
     scales = {g.get("lr_scale", 1.0) for g in optimizer.param_groups}
     assert scales == {1.0, ALIGN["head_lr"] / ALIGN["lr"]}  # projection + temperature learn faster
@@ -203,22 +261,29 @@ def test_shapes_sharing_a_text_are_not_negatives_of_each_other(clip_dir):
 
 # ---- captions ----------------------------------------------------------------------------------------------------
 
+
 def test_captions_pair_with_mesh_shapes_and_prompts_are_relevant_by_class(data):
     labels = dict(zip(*(pd.read_parquet(data["manifest"])[c] for c in ("shape_id", "label"))))
-    table = manifest_captions(data["captions_manifest"], field="caption", shape_field="shape", mesh_dataset=DS,
-                              shape_labels=labels)
+    table = manifest_captions(
+        data["captions_manifest"], field="caption", shape_field="shape", mesh_dataset=DS, shape_labels=labels
+    )
     assert len(table) == 2 * len(labels) and table.caption_ids == sorted(table.caption_ids)
     i = table.caption_ids.index("toy-img/chair/m03_v1")
     assert table.shape_ids[i] == f"{DS}/chair/m03" and table.texts[i] == "a chair seen from the side"
     rel = table.relevance([f"{DS}/chair/m03", f"{DS}/chair/m04"], [1, 1])
     assert rel[i].tolist() == [True, False]
     with pytest.raises(ValueError, match="no row has both"):
-        manifest_captions(data["captions_manifest"], field="text", shape_field="shape", mesh_dataset=DS,
-                          shape_labels=labels)
+        manifest_captions(
+            data["captions_manifest"], field="text", shape_field="shape", mesh_dataset=DS, shape_labels=labels
+        )
     prompts = class_prompts(CLASSES, [1, 3, 1], ["a 3D model of a {}.", "a {}."])
     assert prompts.caption_ids == ["prompt/0001/00", "prompt/0001/01", "prompt/0003/00", "prompt/0003/01"]
     assert prompts.relevance([f"{DS}/chair/m00", f"{DS}/table/m00"], [1, 3]).tolist() == [
-        [True, False], [True, False], [False, True], [False, True]]
+        [True, False],
+        [True, False],
+        [False, True],
+        [False, True],
+    ]
     assert prompts.candidates().of(f"{DS}/chair/m00", 1).tolist() == [0, 1]
 
 
@@ -236,6 +301,7 @@ def test_epoch_pairs_visit_every_shape_once_with_keyed_caption_draws():
 
 
 # ---- training -------------------------------------------------------------------------------------------------
+
 
 def test_training_raises_validation_recall_and_keeps_the_best_step(folds):
     for fold, out in folds.items():
@@ -256,8 +322,9 @@ def test_training_raises_validation_recall_and_keeps_the_best_step(folds):
 def test_saved_text_weights_reload_into_a_fresh_tower_with_identical_features(folds, data, clip_dir):
     out = folds[0]
     head = json.loads((out / "head.json").read_text())
-    loaded = load_alignment(out / "head.json", out / "projection.safetensors", out / "text_tower.safetensors",
-                            _text_cfg(clip_dir))
+    loaded = load_alignment(
+        out / "head.json", out / "projection.safetensors", out / "text_tower.safetensors", _text_cfg(clip_dir)
+    )
     # the same model, trained in this process: rebuild it by rerunning the finished job (resumes at the end)
     params = _params(clip_dir, 0)
     run, result = align_text3d.run(params, data, out / "state", log=LOG)
@@ -269,13 +336,16 @@ def test_saved_text_weights_reload_into_a_fresh_tower_with_identical_features(fo
     base = build_text_backbone(f"local-dir:{clip_dir}", allow_random_init=True, seed=5)
     assert not np.allclose(align_text3d.encode_texts(PartiallyFrozenTextTower(base.model, 2), tokens), trained)
     vectors = np.random.default_rng(1).normal(size=(4, SHAPE_DIM)).astype(np.float32)
-    assert np.array_equal(align_text3d.project_shapes(loaded.projection, vectors),
-                          align_text3d.project_shapes(run.model.projection, vectors))
+    assert np.array_equal(
+        align_text3d.project_shapes(loaded.projection, vectors),
+        align_text3d.project_shapes(run.model.projection, vectors),
+    )
     assert sorted(head["text"]["trainable_keys"]) == sorted(run.model.text_tower.trainable_keys())
     # a projection from another fold does not pass for this one
     with pytest.raises(ValueError, match="sha256"):
-        load_alignment(out / "head.json", folds[1] / "projection.safetensors", out / "text_tower.safetensors",
-                       _text_cfg(clip_dir))
+        load_alignment(
+            out / "head.json", folds[1] / "projection.safetensors", out / "text_tower.safetensors", _text_cfg(clip_dir)
+        )
     with pytest.raises(ValueError, match="base text weights"):
         _load_with_other_seed(out, clip_dir)
 
@@ -284,8 +354,9 @@ def _load_with_other_seed(out: Path, clip_dir: Path):
     head = json.loads((out / "head.json").read_text())
     head["text"]["seed"] = 99  # a different random init: not the base weights it was trained from
     (out / "head_other.json").write_text(json.dumps(head))
-    return load_alignment(out / "head_other.json", out / "projection.safetensors", out / "text_tower.safetensors",
-                          _text_cfg(clip_dir))
+    return load_alignment(
+        out / "head_other.json", out / "projection.safetensors", out / "text_tower.safetensors", _text_cfg(clip_dir)
+    )
 
 
 class _SigtermAt:
@@ -312,7 +383,8 @@ def test_kill_and_resume_gives_the_uninterrupted_files_byte_for_byte(folds, data
     params = _params(clip_dir, 0)
     real_run = align_text3d.run
     with monkeypatch.context() as patch:
-        # SIGTERM during step 10 -> stop after step 11 (mid-epoch, between evaluations): the best-so-far state must survive the restart
+        # SIGTERM during step 10 -> stop after step 11 (mid-epoch, between evaluations): the best-so-far state must
+        # survive the restart
         patch.setattr(align_text3d, "run", lambda *a, **kw: real_run(*a, **kw, extra_hooks=[_SigtermAt(10)]))
         assert _train_stage(params, data, tmp_path) == 75
     assert not (tmp_path / "projection.safetensors").exists()
@@ -326,21 +398,47 @@ def test_kill_and_resume_gives_the_uninterrupted_files_byte_for_byte(folds, data
 
 # ---- submission -----------------------------------------------------------------------------------------------
 
+
 def test_submission_ranks_every_test_item_once_with_the_best_fold(folds, data, clip_dir, tmp_path):
-    params = {"seed": 5, "dataset": DS, "method": "nepa", "align": ALIGN, "text": _text_cfg(clip_dir),
-              "folds": [0, 1], "stage_version": 1}
-    inputs = {"shape_embeddings": data["shape_embeddings"], "ttv": data["ttv"], "manifest": data["manifest"],
-              "captions_manifest": data["captions_manifest"],
-              # deliberately not in fold order: files are matched by fold and checksum
-              "heads": [str(folds[f] / "head.json") for f in (1, 0)],
-              "projections": [str(folds[f] / "projection.safetensors") for f in (0, 1)],
-              "text_towers": [str(folds[f] / "text_tower.safetensors") for f in (1, 0)],
-              "fold_metrics": [str(folds[f] / "metrics.json") for f in (0, 1)]}
-    outs = {"t2m": tmp_path / "submission_text2mesh.csv", "m2t": tmp_path / "submission_mesh2text.csv",
-            "metrics": tmp_path / "metrics.json"}
-    code = submit_stage.main(["--params", json.dumps(params), "--inputs", json.dumps(inputs),
-                              "--text2mesh", str(outs["t2m"]), "--mesh2text", str(outs["m2t"]),
-                              "--metrics", str(outs["metrics"])])
+    params = {
+        "seed": 5,
+        "dataset": DS,
+        "method": "nepa",
+        "align": ALIGN,
+        "text": _text_cfg(clip_dir),
+        "folds": [0, 1],
+        "stage_version": 1,
+    }
+    inputs = {
+        "shape_embeddings": data["shape_embeddings"],
+        "ttv": data["ttv"],
+        "manifest": data["manifest"],
+        "captions_manifest": data["captions_manifest"],
+        # deliberately not in fold order: files are matched by fold and checksum
+        "heads": [str(folds[f] / "head.json") for f in (1, 0)],
+        "projections": [str(folds[f] / "projection.safetensors") for f in (0, 1)],
+        "text_towers": [str(folds[f] / "text_tower.safetensors") for f in (1, 0)],
+        "fold_metrics": [str(folds[f] / "metrics.json") for f in (0, 1)],
+    }
+    outs = {
+        "t2m": tmp_path / "submission_text2mesh.csv",
+        "m2t": tmp_path / "submission_mesh2text.csv",
+        "metrics": tmp_path / "metrics.json",
+    }
+    code = submit_stage.main(
+        [
+            "--params",
+            json.dumps(params),
+            "--inputs",
+            json.dumps(inputs),
+            "--text2mesh",
+            str(outs["t2m"]),
+            "--mesh2text",
+            str(outs["m2t"]),
+            "--metrics",
+            str(outs["metrics"]),
+        ]
+    )
     assert code == 0
     scores = {f: json.loads((folds[f] / "metrics.json").read_text())["val"]["score"] for f in (0, 1)}
     metrics = json.loads(outs["metrics"].read_text())
@@ -349,8 +447,9 @@ def test_submission_ranks_every_test_item_once_with_the_best_fold(folds, data, c
     ttv = pd.read_parquet(data["ttv"])
     test_ids = set(ttv.loc[ttv["split"] == "test", "shape_id"])
     caps = pd.read_parquet(data["captions_manifest"])
-    test_caps = {cid for cid, meta in zip(caps["shape_id"], caps["meta"])
-                 if f"{DS}/{json.loads(meta)['shape']}" in test_ids}
+    test_caps = {
+        cid for cid, meta in zip(caps["shape_id"], caps["meta"]) if f"{DS}/{json.loads(meta)['shape']}" in test_ids
+    }
     t2m = pd.read_csv(outs["t2m"])
     assert list(t2m.columns) == ["query_id", "query_text"] + [f"rank_{i}" for i in range(1, 11)]
     assert sorted(t2m["query_id"]) == sorted(test_caps) and t2m["query_id"].is_unique
@@ -371,8 +470,16 @@ def test_submission_ranks_every_test_item_once_with_the_best_fold(folds, data, c
 def test_submission_depth_shrinks_to_small_galleries():
     sim = np.array([[0.1, 0.9, 0.5], [0.3, 0.3, 0.2]])
     assert submit_text3d.rankings(sim, ["a", "b", "c"], 3) == [["b", "c", "a"], ["a", "b", "c"]]  # ties: id order
-    assert submit_text3d.choose_fold([{"fold": 2, "val": {"score": 0.5}}, {"fold": 1, "val": {"score": 0.5}},
-                                     {"fold": 0, "val": {"score": 0.25}}]) == 1
+    assert (
+        submit_text3d.choose_fold(
+            [
+                {"fold": 2, "val": {"score": 0.5}},
+                {"fold": 1, "val": {"score": 0.5}},
+                {"fold": 0, "val": {"score": 0.25}},
+            ]
+        )
+        == 1
+    )
 
 
 def test_without_a_caption_dataset_class_prompts_train_and_are_relevant_by_class(data, clip_dir, tmp_path):

@@ -11,9 +11,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from hostile import (
+    GOOD_IDS,
+    device,
+    fifo,
+    file,
+    good_entries,
+    hardlink,
+    patch_zip_sizes,
+    symlink,
+    tetra_off,
+    write_tar,
+    write_zip,
+)
 from hostile import ingest_checked as ingest
-from hostile import (GOOD_IDS, device, fifo, file, good_entries, hardlink, patch_zip_sizes, symlink,
-                     tetra_off, write_tar, write_zip)
 from pipeline3d.io.archives import ArchiveRefused, Limits, open_raw, safe_member_name, zip_entry_count
 from pipeline3d.io.itemstore import ItemStore
 
@@ -42,8 +53,11 @@ def test_absolute_member_name_is_refused(tmp_path):
 @pytest.mark.parametrize("writer", ["tar", "zip"])
 def test_dotdot_member_name_is_refused(tmp_path, writer):
     entries = good_entries() + [file("chair/../../../escaped.off", tetra_off())]
-    src = (write_tar(tmp_path / "in" / "a.tar", entries, compression="") if writer == "tar"
-           else write_zip(tmp_path / "in" / "a.zip", entries))
+    src = (
+        write_tar(tmp_path / "in" / "a.tar", entries, compression="")
+        if writer == "tar"
+        else write_zip(tmp_path / "in" / "a.zip", entries)
+    )
     manifest, rejects = ingest(tmp_path, src)
     assert ids(manifest) == GOOD_IDS
     assert list(rejects["reason"]) == ["unsafe_path"]
@@ -60,8 +74,11 @@ def test_escaping_symlink_member_is_refused(tmp_path):
 
 
 def test_hardlink_member_is_refused(tmp_path):
-    src = write_tar(tmp_path / "in" / "a.tar.xz", good_entries() + [hardlink("table/copy.off", "chair/good_a.off")],
-                    compression="xz")
+    src = write_tar(
+        tmp_path / "in" / "a.tar.xz",
+        good_entries() + [hardlink("table/copy.off", "chair/good_a.off")],
+        compression="xz",
+    )
     manifest, rejects = ingest(tmp_path, src)
     assert ids(manifest) == GOOD_IDS
     assert reasons(rejects) == {"table/copy.off": "link"}
@@ -86,8 +103,11 @@ def test_device_and_fifo_members_are_refused(tmp_path, builder):
 def test_oversized_member_is_refused(tmp_path, writer):
     big = tetra_off() + b"\n" * 5000  # trailing blank lines keep it a valid mesh: only its size is wrong
     entries = good_entries() + [file("chair/big.off", big)]
-    src = (write_tar(tmp_path / "in" / "a.tgz", entries) if writer == "tar"
-           else write_zip(tmp_path / "in" / "a.zip", entries))
+    src = (
+        write_tar(tmp_path / "in" / "a.tgz", entries)
+        if writer == "tar"
+        else write_zip(tmp_path / "in" / "a.zip", entries)
+    )
     manifest, rejects = ingest(tmp_path, src, max_member_bytes=4000)
     assert ids(manifest) == GOOD_IDS
     assert reasons(rejects) == {"chair/big.off": "too_big"}
@@ -105,8 +125,11 @@ def test_zip_member_with_a_high_ratio_is_refused(tmp_path):
 
 def test_zip_member_lying_about_its_size_is_not_trusted(tmp_path):
     # the headers claim 10 bytes; the data is a whole mesh: reading stops at the claim and the CRC check fails
-    src = write_zip(tmp_path / "in" / "a.zip", good_entries() + [file("chair/liar.off", tetra_off())],
-                    compression=zipfile.ZIP_STORED)
+    src = write_zip(
+        tmp_path / "in" / "a.zip",
+        good_entries() + [file("chair/liar.off", tetra_off())],
+        compression=zipfile.ZIP_STORED,
+    )
     patch_zip_sizes(src, "chair/liar.off", 10)
     manifest, rejects = ingest(tmp_path, src)
     assert ids(manifest) == GOOD_IDS
@@ -114,8 +137,9 @@ def test_zip_member_lying_about_its_size_is_not_trusted(tmp_path):
 
 
 def test_member_name_that_is_not_utf8_is_refused(tmp_path):
-    src = write_tar(tmp_path / "in" / "a.tar.gz", good_entries() + [file("chair/caf\xe9.off", tetra_off())],
-                    encoding="latin-1")
+    src = write_tar(
+        tmp_path / "in" / "a.tar.gz", good_entries() + [file("chair/caf\xe9.off", tetra_off())], encoding="latin-1"
+    )
     manifest, rejects = ingest(tmp_path, src)
     assert ids(manifest) == GOOD_IDS
     assert rejects["reason"].tolist() == ["unsafe_path"] and rejects["source"][0].endswith("chair/caf\\udce9.off")
@@ -137,8 +161,11 @@ def test_unsafe_names_are_recognised():
 @pytest.mark.parametrize("writer", ["tar", "zip"])
 def test_too_many_members_refuses_the_archive(tmp_path, writer):
     entries = good_entries() + [file(f"chair/extra_{i}.txt", b"x") for i in range(20)]
-    src = (write_tar(tmp_path / "in" / "a.tar.gz", entries) if writer == "tar"
-           else write_zip(tmp_path / "in" / "a.zip", entries))
+    src = (
+        write_tar(tmp_path / "in" / "a.tar.gz", entries)
+        if writer == "tar"
+        else write_zip(tmp_path / "in" / "a.zip", entries)
+    )
     manifest, rejects = ingest(tmp_path, src, max_members=10)
     assert manifest.empty
     assert list(rejects["reason"]) == ["too_many_members"] and rejects["source"][0] == str(src)
@@ -271,8 +298,11 @@ def test_directory_oversized_file_is_refused(tmp_path):
 
 
 def test_tar_with_a_top_folder_and_junk_is_read_in_place(tmp_path):
-    entries = ([file("top/", b"")] + good_entries("top/") + [file("top/chair/good_a.mtl", b"newmtl x\n"),
-                                                              file("__MACOSX/top/chair/._good_a.off", b"\0\5junk")])
+    entries = (
+        [file("top/", b"")]
+        + good_entries("top/")
+        + [file("top/chair/good_a.mtl", b"newmtl x\n"), file("__MACOSX/top/chair/._good_a.off", b"\0\5junk")]
+    )
     entries[0].kind = "dir"
     src = write_tar(tmp_path / "in" / "a.tar.gz", entries)
     with tarfile.open(src) as tf:  # sanity: the archive really has the members

@@ -55,11 +55,13 @@ def test_a_writer_killed_with_sigkill_leaves_a_temp_the_next_write_removes(tmp_p
     import sys
 
     out, other = tmp_path / "shard-0001.h5", tmp_path / "shard-0001.h5.x"
-    script = ("import os, signal, sys\n"
-              "from pipeline3d.io.atomic import atomic_path\n"
-              "with atomic_path(sys.argv[1]) as tmp:\n"
-              "    tmp.write_bytes(b'half')\n"
-              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    script = (
+        "import os, signal, sys\n"
+        "from pipeline3d.io.atomic import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     for path in (out, other):
         killed = subprocess.run([sys.executable, "-c", script, str(path)], timeout=60)
         assert killed.returncode == -9

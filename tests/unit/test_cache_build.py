@@ -14,9 +14,22 @@ from pipeline3d.data.cache.sampling import SurfaceSampler, pool_sizes
 from pipeline3d.data.cache.voxel_walk import dilate, voxelize
 from pipeline3d.io.cache_schema import KIND_ARRAYS, array_spec
 
-SMALL = CacheProfile(pc_points=256, pt_pool=500, pt_surface_ratio=0.5, pt_surface_sigma=0.02, n_views=4,
-                     rays_per_view=16, camera_radius=2.2, pc_grid=16, pc_dilate=1, df_grid=16, df_dilate=1,
-                     grid_mode="edt", band_voxels=2, voxel_pool_dist=False)
+SMALL = CacheProfile(
+    pc_points=256,
+    pt_pool=500,
+    pt_surface_ratio=0.5,
+    pt_surface_sigma=0.02,
+    n_views=4,
+    rays_per_view=16,
+    camera_radius=2.2,
+    pc_grid=16,
+    pc_dilate=1,
+    df_grid=16,
+    df_dilate=1,
+    grid_mode="edt",
+    band_voxels=2,
+    voxel_pool_dist=False,
+)
 
 
 def torus(scale=1.0, shift=0.0):
@@ -50,8 +63,11 @@ def test_arrays_follow_the_schema_and_their_provenance():
     # pc points lie on the mesh, so the distance to them bounds the mesh distance from above
     assert np.all(out["pool_dist_mesh"] <= out["pool_dist_pc"] + 1e-6)
     # the grid lookup is reproducible from the stored float16 grid alone
-    np.testing.assert_allclose(out["pool_dist_grid"], trilinear(out["udf_grid"].astype(np.float32),
-                                                                out["pool_xyz"].astype(np.float64)), rtol=1e-6)
+    np.testing.assert_allclose(
+        out["pool_dist_grid"],
+        trilinear(out["udf_grid"].astype(np.float32), out["pool_xyz"].astype(np.float64)),
+        rtol=1e-6,
+    )
     hit = out["ray_hit_mesh"].astype(bool)
     assert 0 < hit.mean() < 1 and np.all(out["ray_t_mesh"][~hit] == 0)
     assert np.all(np.abs(out["ray_t_mesh"][hit] - 2.2) < 1.0)
@@ -109,8 +125,7 @@ def test_point_cloud_items_have_no_mesh_arrays():
     p = rng.normal(size=(900, 3))
     points = 0.5 * p / np.linalg.norm(p, axis=1, keepdims=True) + np.array([3.0, 0.0, 0.0])
     for mode in ("edt", "narrowband"):
-        out = cache_pointcloud(points, "scan/c/0", 0, dataclasses.replace(SMALL, grid_mode=mode,
-                                                                           voxel_pool_dist=True))
+        out = cache_pointcloud(points, "scan/c/0", 0, dataclasses.replace(SMALL, grid_mode=mode, voxel_pool_dist=True))
         assert set(out) == set(KIND_ARRAYS["pointcloud"])  # the optional pool_dist_voxel included
         assert not any(key.endswith("_mesh") for key in out)
     # normalised like a mesh (bbox centre, max norm) and normals pointing outward on a sphere
@@ -133,14 +148,17 @@ def test_pca_normals_on_a_plane():
     np.testing.assert_allclose(normals, np.tile([0.0, 0.0, 1.0], (300, 1)), atol=1e-9)  # outward: +z side
 
 
-@pytest.mark.parametrize("vertices,faces,reason", [
-    (np.zeros((3, 3)), np.array([[0, 1, 2]]), "degenerate"),
-    (np.eye(3), np.array([[0, 1, 3]]), "bad_index"),
-    (np.array([[0, 0, 0], [1, 0, 0], [np.nan, 1, 0]]), np.array([[0, 1, 2]]), "nonfinite"),
-    (np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]]), np.array([[0, 1, 2]]), "degenerate"),
-    (np.eye(3), np.zeros((0, 3), dtype=np.int64), "empty"),
-    (np.eye(3) * 1e30, np.array([[0, 1, 2]]), "bad_scale"),
-])
+@pytest.mark.parametrize(
+    "vertices,faces,reason",
+    [
+        (np.zeros((3, 3)), np.array([[0, 1, 2]]), "degenerate"),
+        (np.eye(3), np.array([[0, 1, 3]]), "bad_index"),
+        (np.array([[0, 0, 0], [1, 0, 0], [np.nan, 1, 0]]), np.array([[0, 1, 2]]), "nonfinite"),
+        (np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]]), np.array([[0, 1, 2]]), "degenerate"),
+        (np.eye(3), np.zeros((0, 3), dtype=np.int64), "empty"),
+        (np.eye(3) * 1e30, np.array([[0, 1, 2]]), "bad_scale"),
+    ],
+)
 def test_bad_meshes_raise_shape_errors(vertices, faces, reason):
     with pytest.raises(ShapeError) as info:
         cache_mesh(vertices, faces, "ds/c/bad", 0, SMALL)

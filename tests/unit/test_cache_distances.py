@@ -9,8 +9,13 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from pipeline3d.data.cache.bvh import PointTree, TriangleBVH
-from pipeline3d.data.cache.distances import (FcpwMeshDistance, MeshDistance, NearestPoint, morton_order,
-                                             point_triangle_distance)
+from pipeline3d.data.cache.distances import (
+    FcpwMeshDistance,
+    MeshDistance,
+    NearestPoint,
+    morton_order,
+    point_triangle_distance,
+)
 
 SHREC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "shrec07_watertight"
 
@@ -34,8 +39,12 @@ def brute_force_distance(points: np.ndarray, tri: np.ndarray) -> np.ndarray:
         w_bc = (d4 - d3) / ((d4 - d3) + (d5 - d6))
         on_bc = b + (c - b) * w_bc[..., None]
     conditions = [
-        (d1 <= 0) & (d2 <= 0), (d3 >= 0) & (d4 <= d3), (vc <= 0) & (d1 >= 0) & (d3 <= 0),
-        (d6 >= 0) & (d5 <= d6), (vb <= 0) & (d2 >= 0) & (d6 <= 0), (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0),
+        (d1 <= 0) & (d2 <= 0),
+        (d3 >= 0) & (d4 <= d3),
+        (vc <= 0) & (d1 >= 0) & (d3 <= 0),
+        (d6 >= 0) & (d5 <= d6),
+        (vb <= 0) & (d2 >= 0) & (d6 <= 0),
+        (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0),
     ]
     choices = [np.broadcast_to(x, inside.shape) for x in (a, b, on_ab, c, on_ac, on_bc)]
     closest = inside.copy()
@@ -53,8 +62,7 @@ def unit_mesh(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
 MESHES = {
     "icosphere": lambda: trimesh.creation.icosphere(subdivisions=1),
     "box": lambda: trimesh.creation.box(extents=(1.0, 0.4, 0.7)),
-    "torus": lambda: trimesh.creation.torus(major_radius=1.0, minor_radius=0.3, major_sections=12,
-                                            minor_sections=8),
+    "torus": lambda: trimesh.creation.torus(major_radius=1.0, minor_radius=0.3, major_sections=12, minor_sections=8),
 }
 
 
@@ -69,7 +77,7 @@ def test_mesh_distance_is_exact(name, engine):
     got = engine(vertices, faces)(queries)
     want = brute_force_distance(queries, vertices[faces])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-    assert np.all(got[-len(on_surface):] < 1e-6)
+    assert np.all(got[-len(on_surface) :] < 1e-6)
 
 
 def test_upper_bounds_prune_but_never_change_the_answer():
@@ -90,7 +98,7 @@ def test_point_triangle_distance_matches_reference_including_slivers():
     tri[50:60, 1] = tri[50:60, 0]  # exactly degenerate: the segment a-c
     p = rng.normal(size=(400, 3)) * 2
     got = point_triangle_distance(p, tri[:, 0], tri[:, 1], tri[:, 2])
-    want = np.array([brute_force_distance(p[i:i + 1], tri[i:i + 1])[0] for i in range(len(p))])
+    want = np.array([brute_force_distance(p[i : i + 1], tri[i : i + 1])[0] for i in range(len(p))])
     a, c = tri[50:60, 0], tri[50:60, 2]
     t = np.clip(((p[50:60] - a) * (c - a)).sum(1) / ((c - a) ** 2).sum(1), 0, 1)
     want[50:60] = np.linalg.norm(p[50:60] - (a + t[:, None] * (c - a)), axis=1)
@@ -120,10 +128,18 @@ def test_bvh_is_exact_with_degenerate_and_duplicate_triangles():
     rng = np.random.default_rng(7)
     extra = rng.uniform(-0.5, 0.5, (4, 3))
     vertices = np.concatenate([vertices, extra, [extra[0] * 0.5 + extra[1] * 0.5]])
-    faces = np.concatenate([faces, [[n, n, n + 1],  # two corners equal: a segment
-                                    [n, n + 1, n + 4],  # collinear: a segment with a mid vertex
-                                    [n + 2, n + 2, n + 2],  # a point
-                                    [n + 3, n + 1, n + 2], [n + 3, n + 1, n + 2]]])  # the same triangle twice
+    faces = np.concatenate(
+        [
+            faces,
+            [
+                [n, n, n + 1],  # two corners equal: a segment
+                [n, n + 1, n + 4],  # collinear: a segment with a mid vertex
+                [n + 2, n + 2, n + 2],  # a point
+                [n + 3, n + 1, n + 2],
+                [n + 3, n + 1, n + 2],
+            ],
+        ]
+    )  # the same triangle twice
     queries = np.concatenate([rng.uniform(-1, 1, (300, 3)), extra + rng.normal(0, 0.01, (4, 3)), extra])
     want, _ = min_over_faces(queries, vertices, faces)
     got, face = TriangleBVH(vertices, faces).closest(queries)
@@ -144,7 +160,7 @@ def test_bvh_tree_holds_every_face_once_in_boxes_that_contain_it():
     tri = vertices[faces[order]]  # leaf order
     for k in np.flatnonzero(leaves):
         start, count = links[k, 1], -links[k, 0]
-        corners = tri[start:start + count].reshape(-1, 3)
+        corners = tri[start : start + count].reshape(-1, 3)
         assert np.all(corners >= nodes[k, :3]) and np.all(corners <= nodes[k, 3:])
     for k in np.flatnonzero(~leaves):
         for child in (links[k, 0], links[k, 0] + 1):

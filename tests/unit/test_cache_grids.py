@@ -30,9 +30,9 @@ def test_edt_grid_is_distance_to_nearest_occupied_cell_centre():
     assert np.all(udf[occ] == 0) and np.all(udf[~occ] > 0)
 
 
-
-@pytest.mark.parametrize("shape,density", [((64, 64, 64), 0.002), ((9, 17, 5), 0.05), ((1, 30, 4), 0.1),
-                                           ((12, 12, 12), 0.9)])
+@pytest.mark.parametrize(
+    "shape,density", [((64, 64, 64), 0.002), ((9, 17, 5), 0.05), ((1, 30, 4), 0.1), ((12, 12, 12), 0.9)]
+)
 def test_squared_edt_matches_scipy_to_the_last_bit(shape, density):
     rng = np.random.default_rng(sum(shape))
     occ = rng.random(shape) < density
@@ -40,6 +40,7 @@ def test_squared_edt_matches_scipy_to_the_last_bit(shape, density):
     want = ndimage.distance_transform_edt(~occ)
     np.testing.assert_array_equal(np.sqrt(grids.squared_edt(occ)), want)
     assert np.all(np.isinf(grids.squared_edt(np.zeros((3, 4, 5), dtype=bool))))
+
 
 def test_exact_grid_and_occupancy_definition():
     vertices, faces = torus()
@@ -66,7 +67,7 @@ def test_narrowband_is_exact_in_the_band_and_bounded_outside():
     in_band = exact <= band * h
     np.testing.assert_array_equal(approx[in_band], exact[in_band])
     assert np.abs(approx - exact)[~in_band].max() <= grids.narrowband_bound(g)
-    assert stats["exact_queries"] < 0.5 * g ** 3  # it really skips most of the grid
+    assert stats["exact_queries"] < 0.5 * g**3  # it really skips most of the grid
     np.testing.assert_array_equal(grids.occupancy_from_udf(approx, 1), grids.occupancy_from_udf(exact, 1))
 
 

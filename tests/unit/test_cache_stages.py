@@ -15,16 +15,32 @@ from pipeline3d.io.itemstore import ItemStoreWriter
 from pipeline3d.io.shards import ShardReader, shard_failures, shard_of, validate_shard
 from pipeline3d.stages import build_cache_shard, index_cache
 
-CACHE = {"shards": 2, "pc_points": 128, "pt_pool": 300, "pt_surface_ratio": 0.5, "pt_surface_sigma": 0.02,
-         "n_views": 3, "rays_per_view": 16, "camera_radius": 2.2, "pc_grid": 16, "pc_dilate": 1, "df_grid": 16,
-         "df_dilate": 1, "grid_mode": "edt", "band_voxels": 2, "voxel_pool_dist": False, "compression": "gzip",
-         "threads": 1}
+CACHE = {
+    "shards": 2,
+    "pc_points": 128,
+    "pt_pool": 300,
+    "pt_surface_ratio": 0.5,
+    "pt_surface_sigma": 0.02,
+    "n_views": 3,
+    "rays_per_view": 16,
+    "camera_radius": 2.2,
+    "pc_grid": 16,
+    "pc_dilate": 1,
+    "df_grid": 16,
+    "df_dilate": 1,
+    "grid_mode": "edt",
+    "band_voxels": 2,
+    "voxel_pool_dist": False,
+    "compression": "gzip",
+    "threads": 1,
+}
 BAD = "toy/bad/flat"
 
 
 def params(**cache):
-    return json.dumps({"seed": 0, "dataset": "toy", "source": {"kind": "mesh"}, "cache": {**CACHE, **cache},
-                       "stage_version": 1})
+    return json.dumps(
+        {"seed": 0, "dataset": "toy", "source": {"kind": "mesh"}, "cache": {**CACHE, **cache}, "stage_version": 1}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +68,20 @@ def run_shards(inputs, out, **cache):
     paths = []
     for shard in range(n):
         path = out / f"shard-{shard:04d}.h5"
-        rc = build_cache_shard.main(["--params", params(**cache), "--shard", f"{shard:04d}", "--manifest",
-                                     str(root / "manifest.parquet"), "--items", str(root / "items.h5"),
-                                     "--out", str(path)])
+        rc = build_cache_shard.main(
+            [
+                "--params",
+                params(**cache),
+                "--shard",
+                f"{shard:04d}",
+                "--manifest",
+                str(root / "manifest.parquet"),
+                "--items",
+                str(root / "items.h5"),
+                "--out",
+                str(path),
+            ]
+        )
         assert rc == 0
         paths.append(path)
     return paths
@@ -97,8 +124,15 @@ def test_an_unknown_codec_is_refused_naming_the_config_key(inputs, tmp_path):
     from pipeline3d.io.shards import ShardWriter
 
     with pytest.raises(ValueError, match="cache.compression"):
-        with ShardWriter(tmp_path / "s.h5", dataset="toy", shard=0, n_shards=1, kind="mesh",
-                         profile=profile_of(CACHE), compression="zstd"):
+        with ShardWriter(
+            tmp_path / "s.h5",
+            dataset="toy",
+            shard=0,
+            n_shards=1,
+            kind="mesh",
+            profile=profile_of(CACHE),
+            compression="zstd",
+        ):
             pass
     assert not list(tmp_path.iterdir())  # refused before any file was opened
 
@@ -117,8 +151,9 @@ def test_rows_do_not_depend_on_the_shard_count(inputs, built, tmp_path):
 
 def test_index_points_at_the_right_rows_and_lists_rejects(built, tmp_path):
     out, rejects = tmp_path / "index.parquet", tmp_path / "rejects.parquet"
-    rc = index_cache.main(["--params", params(), "--shards", *map(str, built), "--out", str(out),
-                           "--rejects", str(rejects)])
+    rc = index_cache.main(
+        ["--params", params(), "--shards", *map(str, built), "--out", str(out), "--rejects", str(rejects)]
+    )
     assert rc == 0
     index = pd.read_parquet(out)
     assert list(index.columns) == ["shape_id", "shard", "shard_file", "row"]
@@ -140,8 +175,19 @@ def test_index_rejects_a_truncated_shard(built, tmp_path):
     with pytest.raises(ValueError, match=str(bad).replace(".", r"\.")):
         build_index([built[0], bad], "toy", CACHE)
     good = built[0].read_bytes()
-    rc = index_cache.main(["--params", params(), "--shards", str(built[0]), str(bad), "--out",
-                           str(tmp_path / "i.parquet"), "--rejects", str(tmp_path / "r.parquet")])
+    rc = index_cache.main(
+        [
+            "--params",
+            params(),
+            "--shards",
+            str(built[0]),
+            str(bad),
+            "--out",
+            str(tmp_path / "i.parquet"),
+            "--rejects",
+            str(tmp_path / "r.parquet"),
+        ]
+    )
     assert rc == 1 and not (tmp_path / "i.parquet").exists()
     # the damaged shard is moved aside so the workflow's next run rebuilds it; the good one is left alone
     assert not bad.exists() and bad.with_name(bad.name + ".invalid").exists()
@@ -167,10 +213,33 @@ def test_index_rejects_wrong_profile_and_missing_shards(built):
 def test_shard_job_refuses_inputs_out_of_step(inputs, tmp_path):
     root, ids = inputs
     pd.DataFrame({"shape_id": ids[::-1]}).to_parquet(tmp_path / "m.parquet")
-    rc = build_cache_shard.main(["--params", params(), "--shard", "0000", "--manifest", str(tmp_path / "m.parquet"),
-                                 "--items", str(root / "items.h5"), "--out", str(tmp_path / "shard-0000.h5")])
+    rc = build_cache_shard.main(
+        [
+            "--params",
+            params(),
+            "--shard",
+            "0000",
+            "--manifest",
+            str(tmp_path / "m.parquet"),
+            "--items",
+            str(root / "items.h5"),
+            "--out",
+            str(tmp_path / "shard-0000.h5"),
+        ]
+    )
     assert rc == 2 and not (tmp_path / "shard-0000.h5").exists()
-    rc = build_cache_shard.main(["--params", params(), "--shard", "0002", "--manifest",
-                                 str(root / "manifest.parquet"), "--items", str(root / "items.h5"),
-                                 "--out", str(tmp_path / "shard-0002.h5")])
+    rc = build_cache_shard.main(
+        [
+            "--params",
+            params(),
+            "--shard",
+            "0002",
+            "--manifest",
+            str(root / "manifest.parquet"),
+            "--items",
+            str(root / "items.h5"),
+            "--out",
+            str(tmp_path / "shard-0002.h5"),
+        ]
+    )
     assert rc == 2

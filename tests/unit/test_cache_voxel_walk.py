@@ -46,7 +46,7 @@ def random_rays(rng, n):
     origins = rng.uniform(-3, 3, (n, 3))
     dirs = rng.uniform(-1, 1, (n, 3)) - origins
     origins[: n // 10] = rng.uniform(-0.9, 0.9, (n // 10, 3))  # some start inside the grid
-    dirs[n // 10: n // 10 + 20, 0] = 0.0  # some are parallel to a slab
+    dirs[n // 10 : n // 10 + 20, 0] = 0.0  # some are parallel to a slab
     return origins, dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
 
 

@@ -34,8 +34,11 @@ def test_per_class_and_mean_class_accuracy() -> None:
 
 def write_metrics(folder: Path, method: str, k: int, seed: int, acc: float) -> Path:
     path = folder / f"{method}_k{k}_s{seed}.json"
-    path.write_text(json.dumps({"method": method, "k": k, "seed": seed,
-                                "test": {"accuracy": acc, "mean_class_accuracy": acc - 0.1}}))
+    path.write_text(
+        json.dumps(
+            {"method": method, "k": k, "seed": seed, "test": {"accuracy": acc, "mean_class_accuracy": acc - 0.1}}
+        )
+    )
     return path
 
 
@@ -61,8 +64,10 @@ def test_stage_writes_identical_tables_twice_and_names_bad_files(tmp_path: Path)
     for run in range(2):
         table, csv = tmp_path / f"t{run}.md", tmp_path / f"t{run}.csv"
         params = json.dumps({"dataset": "d", "methods": ["scratch"], "stage_version": 1})
-        assert tabulate_fewshot.main(["--params", params, "--metrics", *paths, "--table", str(table),
-                                      "--csv", str(csv)]) == 0
+        assert (
+            tabulate_fewshot.main(["--params", params, "--metrics", *paths, "--table", str(table), "--csv", str(csv)])
+            == 0
+        )
         outs.append((table.read_bytes(), csv.read_bytes()))
     assert outs[0] == outs[1]
     bad = tmp_path / "bad.json"

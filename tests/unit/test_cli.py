@@ -5,7 +5,6 @@ from pathlib import Path
 import yaml
 
 from pipeline3d.cli import main
-
 from test_stores import write_shard
 
 ROOT = Path(__file__).resolve().parents[2]

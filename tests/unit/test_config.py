@@ -99,8 +99,15 @@ def test_every_optional_section_has_a_default():
 
     walk(cfgmod.load_schema(), "")
     assert not missing, f"object keys without a default: {missing}"
-    config = {"seed": 0, "demo": {"enabled": False}, "ingest": {}, "cache": {}, "fingerprints": {}, "splits": {},
-              "datasets": {"shapes": {"kind": "mesh", "format": "modelnet", "path": "/data/ModelNet40"}}}
+    config = {
+        "seed": 0,
+        "demo": {"enabled": False},
+        "ingest": {},
+        "cache": {},
+        "fingerprints": {},
+        "splits": {},
+        "datasets": {"shapes": {"kind": "mesh", "format": "modelnet", "path": "/data/ModelNet40"}},
+    }
     cfgmod.validate(config)
     assert config["splits"]["unpaired"] == {"train_mesh": 0.34, "train_pc": 0.33, "train_udf": 0.33}
 

@@ -32,8 +32,11 @@ def test_corpus_dataset_must_exist(config: dict) -> None:
 
 
 def test_a_pc_store_cannot_feed_a_mesh_backend(config: dict) -> None:
-    config["pretrain"]["methods"]["nepa"]["corpus"][0] = {"dataset": "demo-mesh", "split": "train_pc",
-                                                          "backend": "mesh"}
+    config["pretrain"]["methods"]["nepa"]["corpus"][0] = {
+        "dataset": "demo-mesh",
+        "split": "train_pc",
+        "backend": "mesh",
+    }
     assert "pretrain.methods.nepa.corpus[0].backend: 'mesh' may not read the train_pc store" in problem(config)
 
 
@@ -58,10 +61,15 @@ def test_unknown_objective_knob_is_named(config: dict) -> None:
 
 
 def test_patch_token_references(config: dict) -> None:
-    config["pretrain"]["methods"]["bad_pmae"] = {"objective": "point_mae", "corpus": [
-        {"dataset": "demo-mesh", "split": "train", "backend": "pointcloud_noray", "weight": 1.0}]}
-    config["pretrain"]["methods"]["udf_patch"] = {"objective": "point_mae", "tokens": {"kind": "patch"}, "corpus": [
-        {"dataset": "demo-mesh", "split": "train", "backend": "udfgrid", "weight": 1.0}]}
+    config["pretrain"]["methods"]["bad_pmae"] = {
+        "objective": "point_mae",
+        "corpus": [{"dataset": "demo-mesh", "split": "train", "backend": "pointcloud_noray", "weight": 1.0}],
+    }
+    config["pretrain"]["methods"]["udf_patch"] = {
+        "objective": "point_mae",
+        "tokens": {"kind": "patch"},
+        "corpus": [{"dataset": "demo-mesh", "split": "train", "backend": "udfgrid", "weight": 1.0}],
+    }
     config["eval"]["ucpr"]["methods"] = ["udf_patch"]
     text = problem(config)
     assert "pretrain.methods.bad_pmae.objective: point_mae needs patch tokens" in text

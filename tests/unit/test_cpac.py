@@ -16,32 +16,47 @@ import torch
 from sklearn.linear_model import Ridge
 
 from pipeline3d.data.cache_lookup import locate_rows
-from pipeline3d.io.cache_schema import PRIMITIVE_ARRAYS
 from pipeline3d.eval import cpac as C
 from pipeline3d.eval import cpac_features as CF
 from pipeline3d.eval import cpac_sequence as CS
 from pipeline3d.eval import cpac_shapes as CSh
+from pipeline3d.io.cache_schema import PRIMITIVE_ARRAYS
 from pipeline3d.io.shards import ShardReader
-from pipeline3d.models.registry import create_encoder
 from pipeline3d.jobs import eval_cpac as jobs_eval_cpac
+from pipeline3d.models.registry import create_encoder
 from pipeline3d.stages import eval_cpac
 from pipeline3d.tokens import layout as L
 from pipeline3d.tokens.backends import get_backend
 from pipeline3d.tokens.layout import n_positions
 from pipeline3d.train.export import load_encoder, save_encoder
-
 from tokens_fixtures import LABELS, naive_morton, write_mesh_cache
 
 PRETRAIN = {"n_point": 24, "n_ray": 12, "qa_tokens": True, "add_eos": True, "eval_seed": 0}
 CLASS_NAMES = {0: "ring", 1: "solid"}
-SPLIT = {"ds/ring/torus": "train_udf", "ds/solid/box": "train_udf", "ds/ring/annulus": "eval",
-         "ds/solid/ball": "eval", "ds/solid/capsule": "eval"}
-CPAC = {"n_context": 16, "n_query": 16, "head": "non_transductive", "head_split": "train_udf",
-        "head_backend": "udfgrid", "transductive_fraction": 0.34, "ridge_lambda": 1e-3, "tau": 0.03,
-        "max_head_shapes": None, "max_eval_shapes": None, "batch_size": 2}
+SPLIT = {
+    "ds/ring/torus": "train_udf",
+    "ds/solid/box": "train_udf",
+    "ds/ring/annulus": "eval",
+    "ds/solid/ball": "eval",
+    "ds/solid/capsule": "eval",
+}
+CPAC = {
+    "n_context": 16,
+    "n_query": 16,
+    "head": "non_transductive",
+    "head_split": "train_udf",
+    "head_backend": "udfgrid",
+    "transductive_fraction": 0.34,
+    "ridge_lambda": 1e-3,
+    "tau": 0.03,
+    "max_head_shapes": None,
+    "max_eval_shapes": None,
+    "batch_size": 2,
+}
 
 
 # ---- ridge ---------------------------------------------------------------------------------------------------------
+
 
 def _regression(n=60, d=7, seed=0):
     rng = np.random.default_rng(seed)
@@ -85,6 +100,7 @@ def test_ridge_bias_is_not_penalised():
 
 # ---- metrics -------------------------------------------------------------------------------------------------------
 
+
 def test_iou_by_hand():
     y = np.array([0.01, 0.02, 0.1, 0.2])
     yhat = np.array([0.02, 0.2, 0.01, 0.3])
@@ -124,25 +140,45 @@ def test_stratified_subset():
 
 # ---- sequences and features on a real cache ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def cpac_ds(tmp_path_factory):
     root = tmp_path_factory.mktemp("cpacds")
     index, shards = write_mesh_cache(root)
     ids = sorted(LABELS)
-    pd.DataFrame({"shape_id": ids, "dataset": "ds", "kind": "mesh", "label": [LABELS[s] for s in ids],
-                  "label_name": [CLASS_NAMES[LABELS[s]] for s in ids], "meta": "{}"}).to_parquet(root / "man.parquet")
-    pd.DataFrame({"shape_id": ids, "label": [LABELS[s] for s in ids], "split": [SPLIT[s] for s in ids],
-                  "primitive": "all"}).to_parquet(root / "unpaired.parquet")
-    pd.DataFrame({"shape_id": ids, "label": [LABELS[s] for s in ids], "split": "test",
-                  "group": ids}).to_parquet(root / "ttv.parquet")
-    files = {"manifest": str(root / "man.parquet"), "unpaired": str(root / "unpaired.parquet"),
-             "ttv": str(root / "ttv.parquet"), "index": str(index), "shards": [str(s) for s in shards]}
+    pd.DataFrame(
+        {
+            "shape_id": ids,
+            "dataset": "ds",
+            "kind": "mesh",
+            "label": [LABELS[s] for s in ids],
+            "label_name": [CLASS_NAMES[LABELS[s]] for s in ids],
+            "meta": "{}",
+        }
+    ).to_parquet(root / "man.parquet")
+    pd.DataFrame(
+        {"shape_id": ids, "label": [LABELS[s] for s in ids], "split": [SPLIT[s] for s in ids], "primitive": "all"}
+    ).to_parquet(root / "unpaired.parquet")
+    pd.DataFrame({"shape_id": ids, "label": [LABELS[s] for s in ids], "split": "test", "group": ids}).to_parquet(
+        root / "ttv.parquet"
+    )
+    files = {
+        "manifest": str(root / "man.parquet"),
+        "unpaired": str(root / "unpaired.parquet"),
+        "ttv": str(root / "ttv.parquet"),
+        "index": str(index),
+        "shards": [str(s) for s in shards],
+    }
     for name, qa in (("qa", True), ("legacy", False)):
         tokens = PRETRAIN | {"qa_tokens": qa}
         torch.manual_seed(0)
         encoder = create_encoder("query_nepa_tiny", d_model=16, depth=1, heads=2, n_positions=n_positions(tokens))
-        save_encoder(encoder, root / f"{name}.safetensors", root / f"{name}.json",
-                     extra={"method": "nepa", "causal": True, "tokens": tokens})
+        save_encoder(
+            encoder,
+            root / f"{name}.safetensors",
+            root / f"{name}.json",
+            extra={"method": "nepa", "causal": True, "tokens": tokens},
+        )
         files[name] = {"weights": str(root / f"{name}.safetensors"), "encoder_json": str(root / f"{name}.json")}
     return files
 
@@ -207,8 +243,10 @@ def test_context_must_leave_a_query_slot():
 def test_query_features_depend_on_context_and_the_query_only(cpac_ds):
     encoder = load_encoder(cpac_ds["qa"]["weights"], cpac_ds["qa"]["encoder_json"])
     tok = CS.context_token_config(PRETRAIN, 16)
-    seqs = [CS.build_sequence(_pools(cpac_ds, sid)[0], tok, 16, CS.draw_rng(0, "test", sid))
-            for sid in ("ds/solid/box", "ds/ring/torus", "ds/solid/ball")]
+    seqs = [
+        CS.build_sequence(_pools(cpac_ds, sid)[0], tok, 16, CS.draw_rng(0, "test", sid))
+        for sid in ("ds/solid/box", "ds/ring/torus", "ds/solid/ball")
+    ]
     full = CF.query_features(encoder, seqs, batch_size=3, causal=True)
     one = CF.query_features(encoder, seqs, batch_size=1, causal=True)
     assert all(np.array_equal(a, b) for a, b in zip(full, one))  # batch composition does not matter
@@ -216,8 +254,13 @@ def test_query_features_depend_on_context_and_the_query_only(cpac_ds):
     s = seqs[0]
     keep = s.query_slots[:8][::-1]
     rows = np.concatenate([np.arange(s.query_slots[0]), keep, [len(s.type_id) - 1]])
-    fewer = dataclasses.replace(s, feat=s.feat[rows], type_id=s.type_id[rows], pos=s.pos[rows],
-                                query_slots=np.arange(s.query_slots[0], s.query_slots[0] + 8))
+    fewer = dataclasses.replace(
+        s,
+        feat=s.feat[rows],
+        type_id=s.type_id[rows],
+        pos=s.pos[rows],
+        query_slots=np.arange(s.query_slots[0], s.query_slots[0] + 8),
+    )
     for causal in (True, False):
         ref = CF.query_features(encoder, [s], batch_size=1, causal=causal)[0]
         got = CF.query_features(encoder, [fewer], batch_size=1, causal=causal)[0]
@@ -240,8 +283,9 @@ def test_context_never_reads_another_primitives_arrays(cpac_ds, monkeypatch):
     encoder = load_encoder(cpac_ds["qa"]["weights"], cpac_ds["qa"]["encoder_json"])
     tok = CS.context_token_config(PRETRAIN, 16)
     shapes = _shapes(cpac_ds, ["ds/ring/annulus", "ds/solid/capsule"])
-    results = list(CF.encode_shapes(encoder, shapes, "udfgrid", tok, n_query=16, seed=0, role="test",
-                                   batch_size=2, causal=True))
+    results = list(
+        CF.encode_shapes(encoder, shapes, "udfgrid", tok, n_query=16, seed=0, role="test", batch_size=2, causal=True)
+    )
     udf = set(PRIMITIVE_ARRAYS["udf"])
     context_reads = [keys for allowed, keys in reads if C.TARGET_KEY not in keys]
     target_reads = [(allowed, keys) for allowed, keys in reads if C.TARGET_KEY in keys]
@@ -265,13 +309,22 @@ def test_context_never_reads_another_primitives_arrays(cpac_ds, monkeypatch):
 
 # ---- the stage -----------------------------------------------------------------------------------------------------
 
+
 def _run(tmp_path, files, name="out.json", encoder="qa", backend="pointcloud_noray", **cpac):
-    params = {"seed": 0, "dataset": "ds", "method": "nepa", "context_backend": backend, "cpac": CPAC | cpac,
-              "tokens": PRETRAIN, "stage_version": 1}
+    params = {
+        "seed": 0,
+        "dataset": "ds",
+        "method": "nepa",
+        "context_backend": backend,
+        "cpac": CPAC | cpac,
+        "tokens": PRETRAIN,
+        "stage_version": 1,
+    }
     inputs = {k: files[k] for k in ("manifest", "unpaired", "ttv", "index", "shards")} | files[encoder]
     out = tmp_path / name
-    code = eval_cpac.main(["--params", json.dumps(params), "--inputs", json.dumps(inputs), "--metrics", str(out),
-                           "--threads", "1"])
+    code = eval_cpac.main(
+        ["--params", json.dumps(params), "--inputs", json.dumps(inputs), "--metrics", str(out), "--threads", "1"]
+    )
     return code, out
 
 
@@ -282,8 +335,9 @@ def _finite_metrics(block):
 
 def _without(path, keys=("seconds",)) -> str:
     """The metrics JSON text without the given top-level keys (the wall-clock seconds differ between runs)."""
-    return json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k not in keys}, indent=2,
-                      sort_keys=True)
+    return json.dumps(
+        {k: v for k, v in json.loads(path.read_text()).items() if k not in keys}, indent=2, sort_keys=True
+    )
 
 
 def test_stage_end_to_end_reproducible(tmp_path, cpac_ds, no_network):
@@ -325,8 +379,15 @@ def test_stage_sends_every_input_to_the_encoders_device(tmp_path, cpac_ds, monke
     """With the encoder on ``meta`` (tests/unit/test_device_policy.py), the stage reaches its first copy back to
     the host: nothing it hands the encoder stayed on the CPU."""
     monkeypatch.setenv("PIPELINE3D_DEVICE", "meta")
-    params = {"seed": 0, "dataset": "ds", "method": "nepa", "context_backend": "pointcloud_noray", "cpac": CPAC,
-              "tokens": PRETRAIN, "stage_version": 1}
+    params = {
+        "seed": 0,
+        "dataset": "ds",
+        "method": "nepa",
+        "context_backend": "pointcloud_noray",
+        "cpac": CPAC,
+        "tokens": PRETRAIN,
+        "stage_version": 1,
+    }
     inputs = {k: cpac_ds[k] for k in ("manifest", "unpaired", "ttv", "index", "shards")} | cpac_ds["qa"]
     with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):
         jobs_eval_cpac.run(params, inputs, logging.getLogger("test"))

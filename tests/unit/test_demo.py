@@ -14,18 +14,42 @@ from PIL import Image
 from scipy.spatial import cKDTree
 
 from pipeline3d.config import stage_params
-from pipeline3d.data.demo import (DemoConfig, DemoConfigError, archive_models, caption, make_scan, model_mesh,
-                                  resample_points, scan_models, write_demo)
+from pipeline3d.data.demo import (
+    DemoConfig,
+    DemoConfigError,
+    archive_models,
+    caption,
+    make_scan,
+    model_mesh,
+    resample_points,
+    scan_models,
+    write_demo,
+)
 from pipeline3d.data.demo_shapes import KNOWN_CLASSES, UnknownClassError, check_mesh, make_shape
 from pipeline3d.data.render import depth_image, framing_camera, orbit_position
 from pipeline3d.rng import rng_for
 from pipeline3d.stages.make_demo_data import main as stage_main
 
-PARAMS = {"seed": 0, "enabled": True, "out_dir": "unused", "classes": ["bottle", "table", "mug"],
-          "train_per_class": 1, "test_per_class": 1, "scans_per_class": 3, "scan_points": 128, "image_views": 2,
-          "image_size": 24, "duplicate_fraction": 0.5, "stage_version": 1}
-OUTPUTS = {"meshes": "demo_meshes.tar.gz", "scans_train": "demo_scans/main_split_nobg/training_objectdataset.h5",
-           "scans_test": "demo_scans/main_split_nobg/test_objectdataset.h5", "images": "demo_images.tar"}
+PARAMS = {
+    "seed": 0,
+    "enabled": True,
+    "out_dir": "unused",
+    "classes": ["bottle", "table", "mug"],
+    "train_per_class": 1,
+    "test_per_class": 1,
+    "scans_per_class": 3,
+    "scan_points": 128,
+    "image_views": 2,
+    "image_size": 24,
+    "duplicate_fraction": 0.5,
+    "stage_version": 1,
+}
+OUTPUTS = {
+    "meshes": "demo_meshes.tar.gz",
+    "scans_train": "demo_scans/main_split_nobg/training_objectdataset.h5",
+    "scans_test": "demo_scans/main_split_nobg/test_objectdataset.h5",
+    "images": "demo_images.tar",
+}
 MEMBER = re.compile(r"^([a-z_]+)/([0-9a-f]{32})/models/model_normalized\.obj$")
 
 
@@ -117,8 +141,9 @@ def test_same_config_gives_identical_bytes_and_another_seed_differs(demo, tmp_pa
 
 def test_a_models_data_do_not_depend_on_what_else_is_generated(demo, tmp_path):
     # another class order (labels move), one class dropped, more models and scans per class
-    bigger = generate(tmp_path / "bigger", config(classes=["mug", "bottle"], train_per_class=3, test_per_class=2,
-                                                  scans_per_class=5))
+    bigger = generate(
+        tmp_path / "bigger", config(classes=["mug", "bottle"], train_per_class=3, test_per_class=2, scans_per_class=5)
+    )
     # which models get a near-duplicate may change with the counts, but every id keeps its bytes
     base = {s.member for s in archive_models(config()) if not s.duplicate_of and s.class_name != "table"}
     small, big = tar_members(demo["meshes"]), tar_members(bigger["meshes"])
@@ -207,10 +232,20 @@ def test_ingest_names_the_demo_scan_labels_without_a_class_list(demo, tmp_path):
     from pipeline3d.data.ingest import run_ingest
 
     root = demo["scans_train"].parents[1]
-    params = {"seed": 0, "dataset": "scan", "stage_version": 1,
-              "source": {"kind": "pointcloud", "format": "scanobjectnn", "variant": "obj_only", "path": str(root)},
-              "ingest": {"max_members": 100, "max_total_bytes": 10**9, "max_member_bytes": 10**9, "max_ratio": 200,
-                         "max_faces": 10**6, "workers": 1}}
+    params = {
+        "seed": 0,
+        "dataset": "scan",
+        "stage_version": 1,
+        "source": {"kind": "pointcloud", "format": "scanobjectnn", "variant": "obj_only", "path": str(root)},
+        "ingest": {
+            "max_members": 100,
+            "max_total_bytes": 10**9,
+            "max_member_bytes": 10**9,
+            "max_ratio": 200,
+            "max_faces": 10**6,
+            "workers": 1,
+        },
+    }
     run_ingest(params, tmp_path / "m.parquet", tmp_path / "r.parquet", tmp_path / "i.h5")
     import pandas as pd
 
@@ -285,8 +320,13 @@ def test_image_archive_pairs_and_metadata(demo):
         for view in range(2):
             key = spec.image_key(view)
             meta = json.loads(members[f"{key}.json"])
-            assert meta == {"label": spec.class_name, "caption": f"a depth image of a {spec.class_name}",
-                            "shape": f"{spec.class_name}/{spec.model_id}", "view": view, "split": ""}
+            assert meta == {
+                "label": spec.class_name,
+                "caption": f"a depth image of a {spec.class_name}",
+                "shape": f"{spec.class_name}/{spec.model_id}",
+                "view": view,
+                "split": "",
+            }
             image = Image.open(io.BytesIO(members[f"{key}.png"]))
             assert image.mode == "L" and image.size == (24, 24)
             pixels = np.asarray(image)
@@ -317,8 +357,16 @@ def test_depth_image_nearer_is_brighter():
 
 
 def test_stage_writes_the_rule_outputs(tmp_path):
-    args = ["--meshes", str(tmp_path / OUTPUTS["meshes"]), "--scans-train", str(tmp_path / OUTPUTS["scans_train"]),
-            "--scans-test", str(tmp_path / OUTPUTS["scans_test"]), "--images", str(tmp_path / OUTPUTS["images"])]
+    args = [
+        "--meshes",
+        str(tmp_path / OUTPUTS["meshes"]),
+        "--scans-train",
+        str(tmp_path / OUTPUTS["scans_train"]),
+        "--scans-test",
+        str(tmp_path / OUTPUTS["scans_test"]),
+        "--images",
+        str(tmp_path / OUTPUTS["images"]),
+    ]
     cfg = {k: v for k, v in PARAMS.items() if k != "stage_version"}
     cfg.update(classes=["bowl", "car"], scans_per_class=2, image_views=1)
     assert stage_main(["--params", stage_params("make_demo_data", cfg), *args]) == 0
@@ -329,8 +377,16 @@ def test_stage_writes_the_rule_outputs(tmp_path):
 
 def test_stage_refuses_an_unknown_class_and_writes_nothing(tmp_path, capsys):
     cfg = {**PARAMS, "classes": ["chair", "spaceship"]}
-    args = ["--meshes", str(tmp_path / "m.tar.gz"), "--scans-train", str(tmp_path / "a.h5"),
-            "--scans-test", str(tmp_path / "b.h5"), "--images", str(tmp_path / "i.tar")]
+    args = [
+        "--meshes",
+        str(tmp_path / "m.tar.gz"),
+        "--scans-train",
+        str(tmp_path / "a.h5"),
+        "--scans-test",
+        str(tmp_path / "b.h5"),
+        "--images",
+        str(tmp_path / "i.tar"),
+    ]
     assert stage_main(["--params", json.dumps(cfg), *args]) == 1
     assert "'spaceship'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

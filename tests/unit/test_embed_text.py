@@ -14,8 +14,8 @@ import torch
 
 from pipeline3d.embed import text as text_mod
 from pipeline3d.embed.backbones import RANDOM_INIT, MissingWeightsError, build_text_backbone
-from pipeline3d.io.weights import file_sha256
 from pipeline3d.embed.text import TextEmbeddingCache, class_embeddings, embed_texts, prompt_texts
+from pipeline3d.io.weights import file_sha256
 
 # A CLIP small enough to build in a blink; real BPE tokenizer and vocabulary, 2 text blocks of width 32.
 TINY_CFG = {
@@ -23,8 +23,16 @@ TINY_CFG = {
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
-CAPTIONS = ["a 3D model of a chair", "a depth image of a lamp", "a table", "a chair", "an old wooden boat",
-            "a 3D model of a chair", "a red car", "a plane"]
+CAPTIONS = [
+    "a 3D model of a chair",
+    "a depth image of a lamp",
+    "a table",
+    "a chair",
+    "an old wooden boat",
+    "a 3D model of a chair",
+    "a red car",
+    "a plane",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +62,7 @@ def _direct(bb, texts):
 
 
 # ---- building ---------------------------------------------------------------------------------------------------
+
 
 def test_missing_weights_are_clear_errors(tmp_path, tiny, no_network):
     missing = tmp_path / "eva02.bin"
@@ -108,6 +117,7 @@ def test_weights_load_from_local_dir_and_from_a_file(tiny, tmp_path, no_network)
 
 
 # ---- embedding + cache -------------------------------------------------------------------------------------------
+
 
 def test_embed_texts_is_normalised_ordered_and_deduplicated(backbone):
     vectors = embed_texts(backbone, CAPTIONS, batch_size=4)

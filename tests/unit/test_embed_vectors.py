@@ -11,8 +11,11 @@ import pytest
 
 from pipeline3d.embed.vectors import FORMAT, read_metadata, read_vectors, write_vectors
 
-META = {"model": "tf_efficientnet_lite0", "weights_sha256": "ab" * 32,
-        "preprocessing": {"input_size": [3, 224, 224], "mean": [0.5] * 3, "std": [0.5] * 3}}
+META = {
+    "model": "tf_efficientnet_lite0",
+    "weights_sha256": "ab" * 32,
+    "preprocessing": {"input_size": [3, 224, 224], "mean": [0.5] * 3, "std": [0.5] * 3},
+}
 
 
 def _vectors(n=5, d=7, seed=0):
@@ -47,14 +50,17 @@ def test_same_rows_give_the_same_bytes(tmp_path):
     assert read_vectors(tmp_path / "one.parquet").ids == ids
 
 
-@pytest.mark.parametrize("ids, vectors, meta, message", [
-    (["a", "a"], _vectors(2), META, "duplicate id 'a'"),
-    (["a", "b"], _vectors(3), META, "2 ids for 3 vectors"),
-    (["a"], np.full((1, 3), np.nan, np.float32), META, "NaN"),
-    (["a"], _vectors(1), {"model": "m"}, "lacks"),
-    (["a"], _vectors(1), {**META, "dim": "3"}, "set by write_vectors"),
-    (["a"], np.ones(3, np.float32), META, r"\(N, D\)"),
-])
+@pytest.mark.parametrize(
+    "ids, vectors, meta, message",
+    [
+        (["a", "a"], _vectors(2), META, "duplicate id 'a'"),
+        (["a", "b"], _vectors(3), META, "2 ids for 3 vectors"),
+        (["a"], np.full((1, 3), np.nan, np.float32), META, "NaN"),
+        (["a"], _vectors(1), {"model": "m"}, "lacks"),
+        (["a"], _vectors(1), {**META, "dim": "3"}, "set by write_vectors"),
+        (["a"], np.ones(3, np.float32), META, r"\(N, D\)"),
+    ],
+)
 def test_bad_input_is_refused_before_touching_the_file(tmp_path, ids, vectors, meta, message):
     path = tmp_path / "emb.parquet"
     write_vectors(path, ["x"], _vectors(1), META)

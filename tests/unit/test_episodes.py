@@ -31,13 +31,21 @@ def make_items(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     for c, n in CLASS_SIZES.items():
         ids += [f"ds/c{c}/m{i:03d}" for i in range(n)]
         labels += [c] * n
-    manifest = pd.DataFrame({"shape_id": ids, "dataset": "ds", "kind": "mesh", "label": labels,
-                             "label_name": [f"class{c}" for c in labels], "source_split": ""})
+    manifest = pd.DataFrame(
+        {
+            "shape_id": ids,
+            "dataset": "ds",
+            "kind": "mesh",
+            "label": labels,
+            "label_name": [f"class{c}" for c in labels],
+            "source_split": "",
+        }
+    )
     group = {sid: sid for sid in ids}
     for c in range(6):
         members = [s for s in ids if s.startswith(f"ds/c{c}/")]
         for start in range(0, 18, 6):
-            for m in members[start + 1: start + 3]:
+            for m in members[start + 1 : start + 3]:
                 group[m] = members[start]
     group["ds/c1/m043"] = group["ds/c0/m049"] = "ds/c0/m049"
     dups = pd.DataFrame({"shape_id": ids, "group": [group[s] for s in ids]})
@@ -61,11 +69,28 @@ def write_splits(tmp_path, seed: int = 0, name: str = "out") -> tuple:
     manifest, dups = make_items()
     manifest.to_parquet(tmp_path / f"{name}-manifest.parquet")
     dups.to_parquet(tmp_path / f"{name}-dups.parquet")
-    params = {"seed": seed, "dataset": "ds", "source": {"kind": "mesh", "path": "x"}, "splits": SPLITS,
-              "stage_version": 1}
-    rc = make_splits.main(["--params", json.dumps(params), "--manifest", str(tmp_path / f"{name}-manifest.parquet"),
-                           "--duplicates", str(tmp_path / f"{name}-dups.parquet"), "--out-dir", str(tmp_path / name),
-                           "--families", "ttv", "episodes"])
+    params = {
+        "seed": seed,
+        "dataset": "ds",
+        "source": {"kind": "mesh", "path": "x"},
+        "splits": SPLITS,
+        "stage_version": 1,
+    }
+    rc = make_splits.main(
+        [
+            "--params",
+            json.dumps(params),
+            "--manifest",
+            str(tmp_path / f"{name}-manifest.parquet"),
+            "--duplicates",
+            str(tmp_path / f"{name}-dups.parquet"),
+            "--out-dir",
+            str(tmp_path / name),
+            "--families",
+            "ttv",
+            "episodes",
+        ]
+    )
     assert rc == 0
     return tmp_path / f"{name}-manifest.parquet", tmp_path / name / "episodes.parquet", tmp_path / name / "ttv.parquet"
 
@@ -139,8 +164,10 @@ def test_same_seed_same_table_other_fold_other_episode(built):
     again, _ = build()
     assert again["episodes"].equals(built[0]["episodes"])
     ep = built[0]["episodes"]
-    draws = {fold: (frozenset(e["label"]), frozenset(e.loc[e["role"] == "support", "shape_id"]))
-             for fold, e in ep[ep["setting"] == "3w5s"].groupby("fold")}
+    draws = {
+        fold: (frozenset(e["label"]), frozenset(e.loc[e["role"] == "support", "shape_id"]))
+        for fold, e in ep[ep["setting"] == "3w5s"].groupby("fold")
+    }
     assert len({classes for classes, _ in draws.values()}) > 1  # folds draw other classes
     assert len({support for _, support in draws.values()}) == len(draws)  # and other support sets
     other, _ = build(seed=1)
@@ -178,8 +205,7 @@ def test_stage_output_is_byte_identical(tmp_path):
 # ------------------------------------------------------------------------------------------------- job wiring
 def job_files(tmp_path) -> dict:
     manifest, episodes_path, ttv = write_splits(tmp_path)
-    return {"manifest": str(manifest), "episodes": str(episodes_path), "ttv": str(ttv), "index": "unused",
-            "shards": []}
+    return {"manifest": str(manifest), "episodes": str(episodes_path), "ttv": str(ttv), "index": "unused", "shards": []}
 
 
 def test_job_trains_on_support_tests_on_query_with_episode_names(tmp_path, monkeypatch):
@@ -187,12 +213,22 @@ def test_job_trains_on_support_tests_on_query_with_episode_names(tmp_path, monke
 
     def fake_run_with_split(params, files, labels, names, state_dir, *, log):
         seen.update(params=params, labels=labels, names=names)
-        return {"method": params["method"], "k": params["k"], "seed": params["seed"],
-                "test": {"accuracy": 1.0, "mean_class_accuracy": 1.0, "n": len(labels["test"])}}, "result"
+        return {
+            "method": params["method"],
+            "k": params["k"],
+            "seed": params["seed"],
+            "test": {"accuracy": 1.0, "mean_class_accuracy": 1.0, "n": len(labels["test"])},
+        }, "result"
 
     monkeypatch.setattr(episode_job.finetune, "run_with_split", fake_run_with_split)
-    params = {"seed": 0, "method": "scratch", "dataset": "ds", "setting": "3w5s", "fold": 1,
-              "finetune": {"selection": "val"}}
+    params = {
+        "seed": 0,
+        "method": "scratch",
+        "dataset": "ds",
+        "setting": "3w5s",
+        "fold": 1,
+        "finetune": {"selection": "val"},
+    }
     metrics, result = episode_job.run(params, files, tmp_path / "state", log=logging.getLogger("t"))
     assert result == "result"
     assert seen["params"]["key"] == "ds|scratch|3w5s|f1" and seen["params"]["k"] == 5
@@ -228,8 +264,10 @@ def write_metrics(tmp_path, method, setting, fold, acc, *, query=(20, 20), skipp
     if skipped:
         metrics["skipped"] = skipped
     else:
-        metrics |= {"test": {"accuracy": acc, "mean_class_accuracy": acc / 2},
-                    "query_per_class": {"min": query[0], "max": query[1], "target": 20}}
+        metrics |= {
+            "test": {"accuracy": acc, "mean_class_accuracy": acc / 2},
+            "query_per_class": {"min": query[0], "max": query[1], "target": 20},
+        }
     path.write_text(json.dumps(metrics))
     return str(path)
 
@@ -237,17 +275,27 @@ def write_metrics(tmp_path, method, setting, fold, acc, *, query=(20, 20), skipp
 @pytest.fixture
 def metric_files(tmp_path):
     accs = {("pre", "5w10s"): [0.9, 0.8, 0.7], ("scratch", "5w10s"): [0.5, 0.6], ("pre", "10w10s"): [0.4]}
-    paths = [write_metrics(tmp_path, m, s, f, a, query=(12, 20) if s == "10w10s" else (20, 20))
-             for (m, s), values in accs.items() for f, a in enumerate(values)]
-    paths += [write_metrics(tmp_path, m, "10w20s", 0, 0, skipped="only 7 classes have >= 20 train groups")
-              for m in ("pre", "scratch")]
+    paths = [
+        write_metrics(tmp_path, m, s, f, a, query=(12, 20) if s == "10w10s" else (20, 20))
+        for (m, s), values in accs.items()
+        for f, a in enumerate(values)
+    ]
+    paths += [
+        write_metrics(tmp_path, m, "10w20s", 0, 0, skipped="only 7 classes have >= 20 train groups")
+        for m in ("pre", "scratch")
+    ]
     return paths
 
 
 def test_table_mean_sample_std_and_n(metric_files):
     table = summarize(load_rows(metric_files), ["scratch", "pre"])
     assert table[["method", "setting"]].values.tolist() == [
-        ["scratch", "5w10s"], ["pre", "5w10s"], ["pre", "10w10s"], ["scratch", "10w20s"], ["pre", "10w20s"]]
+        ["scratch", "5w10s"],
+        ["pre", "5w10s"],
+        ["pre", "10w10s"],
+        ["scratch", "10w20s"],
+        ["pre", "10w20s"],
+    ]
     pre = table.iloc[1]
     assert pre["n_fold"] == 3 and pre["acc_mean"] == pytest.approx(0.8)
     assert pre["acc_std"] == pytest.approx(np.std([0.9, 0.8, 0.7], ddof=1))
@@ -261,8 +309,7 @@ def test_table_mean_sample_std_and_n(metric_files):
     assert "- 10w20s: only 7 classes" in md and "protocol asks for 20" in md
     assert "- 5w10s: **pre** 0.8000 ± 0.1000 (n(fold)=3)" in md
     csv = to_csv(table).splitlines()
-    assert csv[0] == ("method,setting,way,shot,n_fold,acc_mean,acc_std,macc_mean,macc_std,query_min,query_max,"
-                      "skipped")
+    assert csv[0] == ("method,setting,way,shot,n_fold,acc_mean,acc_std,macc_mean,macc_std,query_min,query_max,skipped")
     assert csv[2] == "pre,5w10s,5,10,3,0.800000,0.100000,0.400000,0.050000,20,20,"
 
 
@@ -271,8 +318,10 @@ def test_table_stage_is_byte_deterministic_and_order_free(tmp_path, metric_files
     for name, paths in (("a", metric_files), ("b", metric_files[::-1])):
         table, csv = tmp_path / f"{name}.md", tmp_path / f"{name}.csv"
         params = json.dumps({"dataset": "ds", "methods": ["scratch", "pre"], "stage_version": 1})
-        assert tabulate_episodes.main(["--params", params, "--metrics", *paths, "--table", str(table),
-                                       "--csv", str(csv)]) == 0
+        assert (
+            tabulate_episodes.main(["--params", params, "--metrics", *paths, "--table", str(table), "--csv", str(csv)])
+            == 0
+        )
         outs.append((table.read_bytes(), csv.read_bytes()))
     assert outs[0] == outs[1] and outs[0][0].startswith(b"# N-way K-shot episodes: ds\n")
 
@@ -288,8 +337,15 @@ def test_descriptor_row_goes_to_the_descriptor_floor(tmp_path, monkeypatch):
 
     monkeypatch.setattr(descriptor, "run_with_split", fake)
     monkeypatch.setattr(episode_job.finetune, "run_with_split", lambda *a, **k: pytest.fail("trained a network"))
-    params = {"seed": 0, "method": "descriptor", "row_kind": "descriptor", "dataset": "ds", "setting": "5w10s",
-              "fold": 3, "finetune": {}}
+    params = {
+        "seed": 0,
+        "method": "descriptor",
+        "row_kind": "descriptor",
+        "dataset": "ds",
+        "setting": "5w10s",
+        "fold": 3,
+        "finetune": {},
+    }
     metrics, result = episode_job.run(params, job_files(tmp_path), tmp_path / "s", log=logging.getLogger("t"))
     assert result is None and metrics["fold"] == 3 and seen["params"]["key"] == "ds|descriptor|5w10s|f3"
     assert seen["labels"]["val"] == {} and len(seen["labels"]["train"]) == 50

@@ -23,8 +23,7 @@ class Recording:
     def item(self, index: int, epoch: int, draw: int) -> dict:
         assert epoch == 0
         feat = np.array([[10 * index + draw, os.getpid()]] * 2, dtype=np.float32)  # pids fit a float32 exactly
-        return {"feat": feat, "type_id": np.zeros(2, np.int64), "pos": np.arange(2), "shape_index": index,
-                "draw": draw}
+        return {"feat": feat, "type_id": np.zeros(2, np.int64), "pos": np.arange(2), "shape_index": index, "draw": draw}
 
 
 def pids(batch: dict) -> set[int]:
@@ -48,7 +47,7 @@ def test_pairs_in_order_and_workers_change_nothing_but_the_process():
 
 
 def test_one_batch_starts_no_worker_and_a_bad_batch_size_is_refused():
-    (_, batch), = eval_batches(Recording(2, 1), 8, num_workers=4)
+    ((_, batch),) = eval_batches(Recording(2, 1), 8, num_workers=4)
     assert pids(batch) == {os.getpid()}
     with pytest.raises(ValueError, match="batch_size"):
         list(eval_batches(Recording(2, 1), 0))

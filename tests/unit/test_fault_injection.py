@@ -18,8 +18,6 @@ import pandas as pd
 import pytest
 import torch
 
-from test_cache_stages import CACHE, inputs, params, run_shards  # noqa: F401 - inputs: module fixture
-
 from pipeline3d.cli import main as cli
 from pipeline3d.data.cache.index import InvalidShards, build_index
 from pipeline3d.data.unpaired_store import materialize, open_unpaired
@@ -30,7 +28,7 @@ from pipeline3d.io.shards import ShardReader, validate_shard
 from pipeline3d.models import create_encoder
 from pipeline3d.stages import index_cache
 from pipeline3d.train.export import load_encoder, save_encoder
-
+from test_cache_stages import CACHE, inputs, params, run_shards  # noqa: F401 - inputs: module fixture
 
 META = {"model": "x", "weights_sha256": "0" * 64, "preprocessing": "{}"}
 
@@ -84,8 +82,19 @@ def test_index_cache_refuses_a_damaged_shard_and_moves_it_aside(shards, shard, t
     with pytest.raises(InvalidShards, match=rf"{shard}: invalid cache shard: damaged: array pc_xyz") as info:
         build_index([shard, shards[1]], "toy", CACHE)
     assert info.value.damaged == [shard]
-    rc = index_cache.main(["--params", params(), "--shards", str(shard), str(shards[1]),
-                           "--out", str(tmp_path / "i.parquet"), "--rejects", str(tmp_path / "r.parquet")])
+    rc = index_cache.main(
+        [
+            "--params",
+            params(),
+            "--shards",
+            str(shard),
+            str(shards[1]),
+            "--out",
+            str(tmp_path / "i.parquet"),
+            "--rejects",
+            str(tmp_path / "r.parquet"),
+        ]
+    )
     assert rc == 1 and not shard.exists() and shards[1].exists()
 
 
@@ -136,11 +145,17 @@ def test_unpaired_store_flip_is_caught(inputs, shards, tmp_path):  # noqa: F811
     index, _ = build_index(shards, "toy", CACHE)
     index.to_parquet(tmp_path / "index.parquet")
     cached = sorted(index["shape_id"])
-    pd.DataFrame({"shape_id": cached, "split": "train_pc", "primitive": "pc"}).to_parquet(
-        tmp_path / "unpaired.parquet")
+    pd.DataFrame({"shape_id": cached, "split": "train_pc", "primitive": "pc"}).to_parquet(tmp_path / "unpaired.parquet")
     store = tmp_path / "unpaired" / "train_pc.h5"
-    materialize("train_pc", tmp_path / "unpaired.parquet", tmp_path / "index.parquet", shards, store,
-                dataset="toy", cache_profile=None)
+    materialize(
+        "train_pc",
+        tmp_path / "unpaired.parquet",
+        tmp_path / "index.parquet",
+        shards,
+        store,
+        dataset="toy",
+        cache_profile=None,
+    )
     with open_unpaired(store) as reader:
         key = reader.allowed[0]
     flip(store, chunk_middle(store, key, 0))
@@ -181,22 +196,31 @@ def test_verify_lists_every_damaged_output_and_passes_a_clean_tree(inputs, shard
     shutil.copy(root / "items.h5", results / "ingest" / "toy" / "items.h5")
     write_vectors(results / "embeddings" / "e.parquet", ["a", "b"], np.eye(2, dtype=np.float32), META)
     torch.manual_seed(0)
-    save_encoder(create_encoder("query_nepa_tiny", n_positions=16), results / "models" / "m" / "encoder.safetensors",
-                 results / "models" / "m" / "encoder.json", {})
+    save_encoder(
+        create_encoder("query_nepa_tiny", n_positions=16),
+        results / "models" / "m" / "encoder.safetensors",
+        results / "models" / "m" / "encoder.json",
+        {},
+    )
     (results / "logs").mkdir()
     (results / "logs" / "x.json").write_text("not json, but a log folder is not checked")
     assert cli(["verify", str(results)]) == 0
     assert "checked 6 files" in capsys.readouterr().out
 
-    damaged = [results / "cache" / "toy" / shards[0].name, results / "ingest" / "toy" / "items.h5",
-               results / "embeddings" / "e.parquet", results / "models" / "m" / "encoder.safetensors"]
+    damaged = [
+        results / "cache" / "toy" / shards[0].name,
+        results / "ingest" / "toy" / "items.h5",
+        results / "embeddings" / "e.parquet",
+        results / "models" / "m" / "encoder.safetensors",
+    ]
     flip(damaged[0], chunk_middle(damaged[0], "udf_grid", 0))
     flip(damaged[1], chunk_middle(damaged[1], "faces", 0))
     flip(damaged[2], damaged[2].stat().st_size // 3)
     flip(damaged[3], damaged[3].stat().st_size // 2)
     assert cli(["verify", str(results), "--move-aside"]) == 1
     out = capsys.readouterr().out
-    assert sorted(line.split(": ")[0].removeprefix("DAMAGED ") for line in out.splitlines()
-                  if line.startswith("DAMAGED")) == sorted(map(str, damaged))
+    assert sorted(
+        line.split(": ")[0].removeprefix("DAMAGED ") for line in out.splitlines() if line.startswith("DAMAGED")
+    ) == sorted(map(str, damaged))
     assert "array udf_grid" in out and "array faces" in out and "4 damaged" in out
     assert all(p.with_name(p.name + ".invalid").exists() and not p.exists() for p in damaged)

@@ -13,13 +13,17 @@ import pytest
 import torch
 
 from pipeline3d.jobs import finetune
-
 from tokens_fixtures import write_labelled_mesh_dataset
 
 TOKENS = {"n_point": 24, "n_ray": 12, "qa_tokens": True, "add_eos": True, "eval_seed": 0}
 CLASS_NAMES = {0: "ring", 1: "solid"}
-SPLIT = {"ds/ring/torus": "train", "ds/solid/box": "train", "ds/ring/annulus": "test", "ds/solid/ball": "test",
-         "ds/solid/capsule": "val"}
+SPLIT = {
+    "ds/ring/torus": "train",
+    "ds/solid/box": "train",
+    "ds/ring/annulus": "test",
+    "ds/solid/ball": "test",
+    "ds/solid/capsule": "val",
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +35,34 @@ def files(tmp_path_factory):
 
 
 def params(method: str) -> dict:
-    return {"dataset": "ds", "method": method, "k": 0, "seed": 3, "eval_seed": 0, "stage_version": 1,
-            "tokens": TOKENS,
-            "model": {"encoder": "query_nepa_tiny", "d_model": 16, "depth": 1, "heads": 2},
-            "finetune": {"backend": "pointcloud_noray", "batch_size": 2, "steps": 3, "eval_every": 1,
-                         "freeze_encoder": False, "label_smoothing": 0.0, "lr": 1e-3, "mc_draws_test": 2,
-                         "mc_draws_val": 1, "n_point": 16, "n_ray": 0, "num_workers": 0, "pool": "eos",
-                         "selection": "last", "warmup_frac": 0.0, "weight_decay": 0.05}}
+    return {
+        "dataset": "ds",
+        "method": method,
+        "k": 0,
+        "seed": 3,
+        "eval_seed": 0,
+        "stage_version": 1,
+        "tokens": TOKENS,
+        "model": {"encoder": "query_nepa_tiny", "d_model": 16, "depth": 1, "heads": 2},
+        "finetune": {
+            "backend": "pointcloud_noray",
+            "batch_size": 2,
+            "steps": 3,
+            "eval_every": 1,
+            "freeze_encoder": False,
+            "label_smoothing": 0.0,
+            "lr": 1e-3,
+            "mc_draws_test": 2,
+            "mc_draws_val": 1,
+            "n_point": 16,
+            "n_ray": 0,
+            "num_workers": 0,
+            "pool": "eos",
+            "selection": "last",
+            "warmup_frac": 0.0,
+            "weight_decay": 0.05,
+        },
+    }
 
 
 def run_fresh(method: str, files: dict, state_dir, process_seed: int) -> tuple[dict, dict]:
@@ -67,10 +92,15 @@ def patch_encoder_files(files: dict, root) -> dict:
     from pipeline3d.train.export import save_encoder
 
     torch.manual_seed(0)
-    encoder = create_encoder("point_patch_tiny", group_size=8, point_dim=3, d_model=16, depth=1, heads=2,
-                             embed_hidden=16)
-    save_encoder(encoder, root / "patch.safetensors", root / "patch.json",
-                 extra={"method": "point_mae", "causal": False, "tokens": PATCH_TOKENS})
+    encoder = create_encoder(
+        "point_patch_tiny", group_size=8, point_dim=3, d_model=16, depth=1, heads=2, embed_hidden=16
+    )
+    save_encoder(
+        encoder,
+        root / "patch.safetensors",
+        root / "patch.json",
+        extra={"method": "point_mae", "causal": False, "tokens": PATCH_TOKENS},
+    )
     return {**files, "weights": str(root / "patch.safetensors"), "encoder_json": str(root / "patch.json")}
 
 
@@ -84,15 +114,16 @@ def test_a_linear_probe_trains_the_head_only_on_the_tokens_the_encoder_was_pretr
     trained = torch.load(tmp_path / "state" / "last.ckpt", weights_only=True)["model"]
     pretrained = load_encoder(files["weights"], files["encoder_json"]).state_dict()
     assert all(torch.equal(trained[f"encoder.{name}"], value) for name, value in pretrained.items())
-    assert any(not torch.equal(trained[name], value) for name, value in
-               seeded_head(probe, trained).items())  # the head did move
+    assert any(
+        not torch.equal(trained[name], value) for name, value in seeded_head(probe, trained).items()
+    )  # the head did move
 
 
 def seeded_head(probe: dict, trained: dict) -> dict:
     """The head's initial weights (the job seeds it by its key) next to the trained ones' names."""
-    from pipeline3d.rng import stable_hash
-    from pipeline3d.objectives.classify import ClassifyObjective  # noqa: F401 (the head's module)
     from pipeline3d.models.heads import ClassificationHead
+    from pipeline3d.objectives.classify import ClassifyObjective  # noqa: F401 (the head's module)
+    from pipeline3d.rng import stable_hash
 
     key = f"{probe['dataset']}|{probe['method']}|k{probe['k']}|s{probe['seed']}"
     torch.manual_seed(stable_hash(f"{probe['seed']}|head|{key}") % 2**63)
@@ -102,8 +133,11 @@ def seeded_head(probe: dict, trained: dict) -> dict:
 
 
 def test_a_scratch_patch_row_builds_its_own_encoder_and_fits_its_training_shapes(tmp_path, files):
-    row = params("scratch_patch") | {"row_kind": "scratch", "tokens": PATCH_TOKENS,
-                                     "model": {"encoder": "point_patch_tiny"}}
+    row = params("scratch_patch") | {
+        "row_kind": "scratch",
+        "tokens": PATCH_TOKENS,
+        "model": {"encoder": "point_patch_tiny"},
+    }
     row["finetune"] = row["finetune"] | {"steps": 30, "lr": 1e-3, "label_smoothing": 0.0, "pool": "meanmax"}
     metrics, _ = finetune.run(row, files, tmp_path / "state", log=logging.getLogger("test"))
     assert metrics["train_accuracy"] == 1.0  # two training shapes, two classes: a working recipe fits them
@@ -129,9 +163,13 @@ def test_validation_selection_breaks_accuracy_ties_by_the_lower_loss(monkeypatch
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
 
-    reads = iter([np.array([[[0.6, 0.4]], [[0.4, 0.6]]]),   # step 10: acc 1.0, unsure
-                  np.array([[[5.0, -5.0]], [[-5.0, 5.0]]]),  # step 20: acc 1.0, confident -> wins the tie
-                  np.array([[[0.0, 9.0]], [[-9.0, 9.0]]])])  # step 30: acc 0.5 -> never wins
+    reads = iter(
+        [
+            np.array([[[0.6, 0.4]], [[0.4, 0.6]]]),  # step 10: acc 1.0, unsure
+            np.array([[[5.0, -5.0]], [[-5.0, 5.0]]]),  # step 20: acc 1.0, confident -> wins the tie
+            np.array([[[0.0, 9.0]], [[-9.0, 9.0]]]),
+        ]
+    )  # step 30: acc 0.5 -> never wins
     monkeypatch.setattr(finetune, "predict", lambda objective, dataset, batch_size, num_workers=0: next(reads))
     hook = finetune.BestOnValidation(Labels(), every=10, batch_size=2, log=logging.getLogger("test"))
     model = Model()

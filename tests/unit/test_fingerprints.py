@@ -14,20 +14,50 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline3d.data.fingerprints import (GEOMETRY_BITS, apply_symmetry, bits_to_hex, cube_symmetries, depth_images,
-                                          geometry_hashes, hamming, hex_to_bits, image_hash_bits, pack_codes,
-                                          phash_bits, soft_occupancy, view_hash_bits)
-from pipeline3d.data.near_duplicates import (DuplicateRule, GeometryCodes, UnionFind, duplicates_table,
-                                             find_near_duplicates)
+from pipeline3d.data.fingerprints import (
+    GEOMETRY_BITS,
+    apply_symmetry,
+    bits_to_hex,
+    cube_symmetries,
+    depth_images,
+    geometry_hashes,
+    hamming,
+    hex_to_bits,
+    image_hash_bits,
+    pack_codes,
+    phash_bits,
+    soft_occupancy,
+    view_hash_bits,
+)
+from pipeline3d.data.near_duplicates import (
+    DuplicateRule,
+    GeometryCodes,
+    UnionFind,
+    duplicates_table,
+    find_near_duplicates,
+)
 from pipeline3d.io.itemstore import ItemStoreWriter
 from pipeline3d.io.shards import ShardWriter
 from pipeline3d.stages import fingerprint_dataset
 
 R = 2.2
 N_VIEWS, RPV, GRID = 6, 256, 32
-PROFILE = {"pc_points": 8, "pt_pool": 8, "pt_surface_ratio": 0.5, "pt_surface_sigma": 0.02, "n_views": N_VIEWS,
-           "rays_per_view": RPV, "camera_radius": R, "pc_grid": 8, "pc_dilate": 1, "df_grid": GRID,
-           "df_dilate": 1, "grid_mode": "edt", "band_voxels": 3, "voxel_pool_dist": False}
+PROFILE = {
+    "pc_points": 8,
+    "pt_pool": 8,
+    "pt_surface_ratio": 0.5,
+    "pt_surface_sigma": 0.02,
+    "n_views": N_VIEWS,
+    "rays_per_view": RPV,
+    "camera_radius": R,
+    "pc_grid": 8,
+    "pc_dilate": 1,
+    "df_grid": GRID,
+    "df_dilate": 1,
+    "grid_mode": "edt",
+    "band_voxels": 3,
+    "voxel_pool_dist": False,
+}
 FP_CFG = {"hash_size": 8, "views": N_VIEWS, "threshold": 6, "geometry_threshold": 12}
 
 
@@ -80,12 +110,17 @@ def box(lo, hi):
     return np.array(lo, float), np.array(hi, float)
 
 
-TABLE = [box([-.7, -.5, .2], [.7, .5, .3])] + [
-    box([sx * .6 - .06, sy * .4 - .06, -.6], [sx * .6 + .06, sy * .4 + .06, .2]) for sx in (-1, 1) for sy in (-1, 1)]
-TOWER = [box([-.2, -.2, -.8], [.2, .2, .8]), box([-.5, -.5, -.8], [.5, .5, -.65])]
-CHAIR = [box([-.4, -.4, -.1], [.4, .4, 0]), box([-.4, .3, 0], [.4, .4, .8])] + [
-    box([sx * .35 - .04, sy * .35 - .04, -.8], [sx * .35 + .04, sy * .35 + .04, -.1])
-    for sx in (-1, 1) for sy in (-1, 1)]
+TABLE = [box([-0.7, -0.5, 0.2], [0.7, 0.5, 0.3])] + [
+    box([sx * 0.6 - 0.06, sy * 0.4 - 0.06, -0.6], [sx * 0.6 + 0.06, sy * 0.4 + 0.06, 0.2])
+    for sx in (-1, 1)
+    for sy in (-1, 1)
+]
+TOWER = [box([-0.2, -0.2, -0.8], [0.2, 0.2, 0.8]), box([-0.5, -0.5, -0.8], [0.5, 0.5, -0.65])]
+CHAIR = [box([-0.4, -0.4, -0.1], [0.4, 0.4, 0]), box([-0.4, 0.3, 0], [0.4, 0.4, 0.8])] + [
+    box([sx * 0.35 - 0.04, sy * 0.35 - 0.04, -0.8], [sx * 0.35 + 0.04, sy * 0.35 + 0.04, -0.1])
+    for sx in (-1, 1)
+    for sy in (-1, 1)
+]
 
 
 def jittered(boxes, seed, s=0.01):
@@ -104,8 +139,9 @@ def cache_arrays(boxes, seed) -> dict[str, np.ndarray]:
 
 
 def hashes_of(arrays):
-    views = view_hash_bits(arrays["ray_t_mesh"], arrays["ray_hit_mesh"], views=N_VIEWS, rays_per_view=RPV,
-                           camera_radius=R, hash_size=8)
+    views = view_hash_bits(
+        arrays["ray_t_mesh"], arrays["ray_hit_mesh"], views=N_VIEWS, rays_per_view=RPV, camera_radius=R, hash_size=8
+    )
     return views, geometry_hashes(soft_occupancy(arrays["udf_grid"])[None])
 
 
@@ -264,8 +300,9 @@ def test_blocked_search_equals_brute_force(block_bytes):
     sym = gproto[src, 0] ^ (rng.random((n, 128)) < 0.02)
     rule = DuplicateRule(views=views, threshold=4, geometry_threshold=10)
     inverse = (-np.arange(48)) % 48
-    geo = GeometryCodes(pack_codes(plain), pack_codes(sym), pack_codes(variants.reshape(-1, 128)).reshape(n, 48, 2),
-                        inverse)
+    geo = GeometryCodes(
+        pack_codes(plain), pack_codes(sym), pack_codes(variants.reshape(-1, 128)).reshape(n, 48, 2), inverse
+    )
     res = find_near_duplicates(pack_codes(view_bits), rule, geo, block_bytes=block_bytes)
     pairs, vd, gd = brute_force(view_bits, rule, plain, sym, variants, inverse)
     assert res.n_pairs == len(pairs) and res.n_pairs > 20 and res.n_rotated_pairs > 0
@@ -323,8 +360,15 @@ def write_mesh_dataset(root, items, manifest_order=None):
     rows = []
     for shard in range(2):
         mine = [sid for k, sid in enumerate(ids) if k % 2 == shard]
-        with ShardWriter(cache / f"shard-{shard:04d}.h5", dataset="ds", shard=shard, n_shards=2, kind="mesh",
-                         profile=PROFILE, keys=("ray_t_mesh", "ray_hit_mesh", "udf_grid")) as w:
+        with ShardWriter(
+            cache / f"shard-{shard:04d}.h5",
+            dataset="ds",
+            shard=shard,
+            n_shards=2,
+            kind="mesh",
+            profile=PROFILE,
+            keys=("ray_t_mesh", "ray_hit_mesh", "udf_grid"),
+        ) as w:
             for row, sid in enumerate(mine):
                 w.append(sid, items[sid])
                 rows.append((sid, shard, row))
@@ -336,12 +380,30 @@ def write_mesh_dataset(root, items, manifest_order=None):
 
 
 def run_stage(root, cache, kind="mesh", fp=FP_CFG, manifest="manifest.parquet"):
-    params = {"seed": 0, "dataset": "ds", "source": {"kind": kind, "path": "x"}, "fingerprints": fp,
-              "cache": {"shards": 2, **PROFILE}, "stage_version": 1}
-    return fingerprint_dataset.main([
-        "--params", json.dumps(params), "--manifest", str(root / manifest), "--cache-dir", str(cache),
-        "--items-dir", str(root / "items"), "--fingerprints", str(root / "out" / "fingerprints.parquet"),
-        "--duplicates", str(root / "out" / "duplicates.parquet")])
+    params = {
+        "seed": 0,
+        "dataset": "ds",
+        "source": {"kind": kind, "path": "x"},
+        "fingerprints": fp,
+        "cache": {"shards": 2, **PROFILE},
+        "stage_version": 1,
+    }
+    return fingerprint_dataset.main(
+        [
+            "--params",
+            json.dumps(params),
+            "--manifest",
+            str(root / manifest),
+            "--cache-dir",
+            str(cache),
+            "--items-dir",
+            str(root / "items"),
+            "--fingerprints",
+            str(root / "out" / "fingerprints.parquet"),
+            "--duplicates",
+            str(root / "out" / "duplicates.parquet"),
+        ]
+    )
 
 
 def test_stage_groups_jittered_and_turned_copies(tmp_path):
@@ -383,7 +445,8 @@ def test_stage_skips_items_the_cache_rejected_and_refuses_foreign_ones(tmp_path,
     assert "ds/c/rejected" in capsys.readouterr().err
     assert len(pd.read_parquet(tmp_path / "out" / "duplicates.parquet")) == 2
     pd.DataFrame({"shape_id": ["ds/a/1"], "kind": "mesh", "label": 0, "source_split": ""}).to_parquet(
-        tmp_path / "manifest.parquet")
+        tmp_path / "manifest.parquet"
+    )
     assert run_stage(tmp_path, cache) == 1
     assert "another manifest" in capsys.readouterr().err
 
@@ -409,13 +472,17 @@ def test_stage_on_images(tmp_path):
 
     base = np.kron(rng.random((8, 8)) * 255, np.ones((8, 8))).astype(np.uint8)
     noisy = np.clip(base + rng.normal(0, 2, base.shape), 0, 255).astype(np.uint8)
-    images = {"img/x/1": png(base), "img/x/2": png(noisy),
-              "img/y/3": png(np.kron(rng.random((8, 8)) * 255, np.ones((8, 8))).astype(np.uint8))}
+    images = {
+        "img/x/1": png(base),
+        "img/x/2": png(noisy),
+        "img/y/3": png(np.kron(rng.random((8, 8)) * 255, np.ones((8, 8))).astype(np.uint8)),
+    }
     with ItemStoreWriter(tmp_path / "items" / "items.h5", "img", "image") as w:
         for sid, data in images.items():
             w.add(sid, image_bytes=data)
     pd.DataFrame({"shape_id": list(images), "kind": "image", "label": 0, "source_split": ""}).to_parquet(
-        tmp_path / "manifest.parquet")
+        tmp_path / "manifest.parquet"
+    )
     assert run_stage(tmp_path, tmp_path / "no-cache", kind="image") == 0
     dups = pd.read_parquet(tmp_path / "out" / "duplicates.parquet").set_index("shape_id")
     assert dups["group"].tolist() == ["img/x/1", "img/x/1", "img/y/3"]

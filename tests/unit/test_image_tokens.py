@@ -23,10 +23,17 @@ from pipeline3d.io.itemstore import ItemStoreWriter
 
 VIT = {"name": "vit_tiny_patch16_224", "img_size": 32, "depth": 1}  # 2 x 2 patches + the class token
 DINO_REG = {"name": "vit_small_patch14_reg4_dinov2", "img_size": 28, "depth": 1, "embed_dim": 48, "num_heads": 2}
-# timm's own tiny test ResNet (BatchNorm, 160 px); residual branches not zero-initialised so every weight gets a gradient
+# timm's own tiny test ResNet (BatchNorm, 160 px); residual branches not zero-initialised so every weight gets a
+# gradient
 CNN = {"name": "test_resnet", "zero_init_last": False}
-SWIN = {"name": "swin_tiny_patch4_window7_224", "img_size": 32, "depths": (1, 1), "num_heads": (1, 2),
-        "embed_dim": 16, "window_size": 4}  # channels-last features
+SWIN = {
+    "name": "swin_tiny_patch4_window7_224",
+    "img_size": 32,
+    "depths": (1, 1),
+    "num_heads": (1, 2),
+    "embed_dim": 16,
+    "window_size": 4,
+}  # channels-last features
 
 
 def backbone(name: str, **kwargs):
@@ -50,8 +57,16 @@ def image_ds(tmp_path_factory):
             sid = f"img/{'chair' if k < 3 else 'lamp'}/v{k}"
             size = (40, 48, 3) if k % 2 else (48, 36, 3)
             writer.add(sid, image_bytes=np.frombuffer(png(rng.integers(0, 256, size, dtype=np.uint8)), np.uint8))
-            rows.append({"shape_id": sid, "dataset": "img", "kind": "image", "label": int(k >= 3),
-                         "label_name": "chair" if k < 3 else "lamp", "meta": json.dumps({})})
+            rows.append(
+                {
+                    "shape_id": sid,
+                    "dataset": "img",
+                    "kind": "image",
+                    "label": int(k >= 3),
+                    "label_name": "chair" if k < 3 else "lamp",
+                    "meta": json.dumps({}),
+                }
+            )
     pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
     return str(root / "manifest.parquet"), str(root / "items.h5")
 
@@ -63,12 +78,17 @@ def vit():
 
 # ---- tokens ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec, tokens, dim, prefix", [
-    (CNN, 5 * 5, 96, 0),  # (B, 96, 5, 5) at its own 160 px -> 25 tokens
-    (VIT, 1 + 2 * 2, 192, 1),  # (B, 5, 192): class token + 2 x 2 patches
-    (DINO_REG, 1 + 4 + 2 * 2, 48, 5),  # class token + 4 registers + 2 x 2 patches
-    (SWIN, 4 * 4, 32, 0),  # (B, 4, 4, 32) channels-last
-], ids=["resnet", "vit", "dinov2-reg", "swin"])
+
+@pytest.mark.parametrize(
+    "spec, tokens, dim, prefix",
+    [
+        (CNN, 5 * 5, 96, 0),  # (B, 96, 5, 5) at its own 160 px -> 25 tokens
+        (VIT, 1 + 2 * 2, 192, 1),  # (B, 5, 192): class token + 2 x 2 patches
+        (DINO_REG, 1 + 4 + 2 * 2, 48, 5),  # class token + 4 registers + 2 x 2 patches
+        (SWIN, 4 * 4, 32, 0),  # (B, 4, 4, 32) channels-last
+    ],
+    ids=["resnet", "vit", "dinov2-reg", "swin"],
+)
 def test_token_shapes(spec, tokens, dim, prefix, no_network):
     net = ImageTokenBackbone(backbone(**spec))
     size = net.input_size
@@ -104,7 +124,7 @@ def test_gradients_reach_every_backbone_parameter(name, vit, no_network):
     assert params and all(p.requires_grad for p in params.values())
     assert net.training and net.model.training
     tokens, _ = net({"pixels": torch.randn(2, *net.input_size, generator=torch.Generator().manual_seed(1))})
-    (tokens ** 2).mean().backward()
+    (tokens**2).mean().backward()
     missing = [n for n, p in params.items() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     assert not missing, f"no gradient for {missing[:5]}"
     net.model.zero_grad(set_to_none=True)
@@ -126,6 +146,7 @@ def test_batchnorm_follows_train_and_eval_mode(no_network):
 
 
 # ---- items -------------------------------------------------------------------------------------------------------
+
 
 def test_eval_items_are_what_the_embedding_stage_feeds_its_backbone(vit, image_ds):
     rows = image_items(*image_ds)
@@ -170,8 +191,11 @@ def test_train_augmentation_is_a_pure_function_of_seed_id_epoch_draw(vit, image_
     assert torch.equal(a[2]["pixels"], a.item(2, 0, 0)["pixels"])
 
 
-@pytest.mark.parametrize("augment", [ImageAugment(), ImageAugment(crop="pad"), ImageAugment(crop="none"),
-                                     ImageAugment(flip=False)], ids=["resized", "pad", "flip-only", "crop-only"])
+@pytest.mark.parametrize(
+    "augment",
+    [ImageAugment(), ImageAugment(crop="pad"), ImageAugment(crop="none"), ImageAugment(flip=False)],
+    ids=["resized", "pad", "flip-only", "crop-only"],
+)
 def test_every_augmentation_keeps_the_square_input_size(vit, image_ds, augment):
     items = ImageItems.from_store(*image_ds, vit.transform, train=True, seed=0, augment=augment)
     for i in range(len(items)):  # portrait and landscape pictures
@@ -191,7 +215,8 @@ def test_augmentation_draws_do_not_depend_on_the_settings():
         expected = crop_only.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flipped else crop_only
         assert np.array_equal(np.asarray(both), np.asarray(expected))
         assert 0.8 * 24 - 1 <= crop_only.size[0] <= 24 and crop_only.size[0] / crop_only.size[1] == pytest.approx(
-            1.2, abs=0.07)
+            1.2, abs=0.07
+        )
 
 
 def test_bad_arguments():

@@ -13,10 +13,20 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from hostile import (
+    bad_index_off,
+    degenerate_off,
+    empty_off,
+    file,
+    garbage_off,
+    nan_off,
+    tetra_obj,
+    tetra_off,
+    write_tar,
+    write_zip,
+)
 from hostile import ingest_checked as ingest
-from hostile import (bad_index_off, degenerate_off, empty_off, file, garbage_off, nan_off, tetra_obj, tetra_off,
-                     write_tar, write_zip)
-from pipeline3d.data.ingest import (SHAPENET_SYNSETS, Planned, detect_mesh_layout, stratified_subset)
+from pipeline3d.data.ingest import SHAPENET_SYNSETS, Planned, detect_mesh_layout, stratified_subset
 from pipeline3d.io.itemstore import ItemStore
 from pipeline3d.stages.ingest_dataset import main
 
@@ -33,16 +43,19 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
 
 def test_shapenet_layout_ids_and_synset_names(tmp_path):
     obj = "models/model_normalized.obj"
-    root = write_tree(tmp_path / "in", {
-        f"02691156/m1/{obj}": tetra_obj(),
-        f"03001627/m2/{obj}": tetra_obj(),
-        "03001627/m2/models/model_normalized.mtl": b"newmtl a\n",
-        "03001627/m2/models/model_normalized.json": b"{}",
-        "03001627/m2/images/texture0.jpg": b"\xff\xd8 not decoded: not an item",
-        f"99999999/m3/{obj}": tetra_obj(),  # numeric but not a ShapeNetCore synset
-        f"mugs/m4/{obj}": tetra_obj(),  # a named folder (e.g. the demo data)
-        "02691156/m5/model.obj": tetra_obj(),  # v1 layout mixed in
-    })
+    root = write_tree(
+        tmp_path / "in",
+        {
+            f"02691156/m1/{obj}": tetra_obj(),
+            f"03001627/m2/{obj}": tetra_obj(),
+            "03001627/m2/models/model_normalized.mtl": b"newmtl a\n",
+            "03001627/m2/models/model_normalized.json": b"{}",
+            "03001627/m2/images/texture0.jpg": b"\xff\xd8 not decoded: not an item",
+            f"99999999/m3/{obj}": tetra_obj(),  # numeric but not a ShapeNetCore synset
+            f"mugs/m4/{obj}": tetra_obj(),  # a named folder (e.g. the demo data)
+            "02691156/m5/model.obj": tetra_obj(),  # v1 layout mixed in
+        },
+    )
     manifest, rejects = ingest(tmp_path, root)
     assert manifest["shape_id"].tolist() == ["ds/02691156/m1", "ds/03001627/m2", "ds/99999999/m3", "ds/mugs/m4"]
     assert manifest["label_name"].tolist() == ["airplane", "chair", "99999999", "mugs"]
@@ -83,10 +96,16 @@ def test_layout_detection():
 
 
 def test_loose_layout_duplicates_and_unsupported_formats(tmp_path):
-    root = write_tree(tmp_path / "in", {
-        "chair/a.off": tetra_off(), "chair/a.obj": tetra_obj(),  # same shape id: the first source wins
-        "lamp/b.obj": tetra_obj(), "lamp/c.glb": b"glTF", "loose.off": tetra_off(),
-    })
+    root = write_tree(
+        tmp_path / "in",
+        {
+            "chair/a.off": tetra_off(),
+            "chair/a.obj": tetra_obj(),  # same shape id: the first source wins
+            "lamp/b.obj": tetra_obj(),
+            "lamp/c.glb": b"glTF",
+            "loose.off": tetra_off(),
+        },
+    )
     manifest, rejects = ingest(tmp_path, root)
     assert manifest["shape_id"].tolist() == ["ds/chair/a", "ds/lamp/b"]
     assert manifest["source"][0].endswith("chair/a.obj")  # "a.obj" < "a.off"
@@ -95,12 +114,21 @@ def test_loose_layout_duplicates_and_unsupported_formats(tmp_path):
     assert "a.obj" in rejects.set_index("reason").loc["duplicate_id", "detail"]
 
 
-@pytest.mark.parametrize("bad, reason", [(garbage_off(), "parse_error"), (nan_off(), "nonfinite"),
-                                         (empty_off(), "empty"), (degenerate_off(), "degenerate"),
-                                         (bad_index_off(), "bad_index")])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (garbage_off(), "parse_error"),
+        (nan_off(), "nonfinite"),
+        (empty_off(), "empty"),
+        (degenerate_off(), "degenerate"),
+        (bad_index_off(), "bad_index"),
+    ],
+)
 def test_bad_mesh_in_an_archive_is_rejected_and_the_rest_ingested(tmp_path, bad, reason):
-    src = write_tar(tmp_path / "in" / "a.tar.gz", [file("chair/good.off", tetra_off()), file("chair/bad.off", bad),
-                                                   file("lamp/good2.obj", tetra_obj())])
+    src = write_tar(
+        tmp_path / "in" / "a.tar.gz",
+        [file("chair/good.off", tetra_off()), file("chair/bad.off", bad), file("lamp/good2.obj", tetra_obj())],
+    )
     manifest, rejects = ingest(tmp_path, src)
     assert manifest["shape_id"].tolist() == ["ds/chair/good", "ds/lamp/good2"]
     assert rejects["source"].tolist() == [f"{src}::chair/bad.off"] and rejects["reason"].tolist() == [reason]
@@ -115,14 +143,21 @@ def test_too_many_faces(tmp_path):
 
 
 def test_items_hold_the_cleaned_meshes_in_manifest_order(tmp_path):
-    messy = (b"OFF\n6 6 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n7 7 7\n0.5 0 0\n"
-             b"3 0 2 1\n3 0 1 3\n3 0 3 2\n3 1 2 3\n3 1 2 0\n3 0 5 1\n")
+    messy = (
+        b"OFF\n6 6 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n7 7 7\n0.5 0 0\n"
+        b"3 0 2 1\n3 0 1 3\n3 0 3 2\n3 1 2 3\n3 1 2 0\n3 0 5 1\n"
+    )
     root = write_tree(tmp_path / "in", {"b/messy.off": messy, "a/big.off": tetra_off(10.0)})
     manifest, _ = ingest(tmp_path, root)
     assert manifest["shape_id"].tolist() == ["ds/a/big", "ds/b/messy"]
     assert manifest["n_vertices"].tolist() == [4, 4] and manifest["n_faces"].tolist() == [4, 4]
-    assert json.loads(manifest["meta"][1])["cleanup"] == {"faces_in": 6, "vertices_in": 6, "degenerate_faces": 1,
-                                                         "duplicate_faces": 1, "unreferenced_vertices": 2}
+    assert json.loads(manifest["meta"][1])["cleanup"] == {
+        "faces_in": 6,
+        "vertices_in": 6,
+        "degenerate_faces": 1,
+        "duplicate_faces": 1,
+        "unreferenced_vertices": 2,
+    }
     assert manifest["n_points"].isna().all() and str(manifest["n_points"].dtype) == "Int64"
     with ItemStore(tmp_path / "out" / "items.h5") as store:
         v, f = store.mesh(0)
@@ -169,8 +204,12 @@ def test_max_items_keeps_the_labels_of_the_full_dataset(tmp_path):
 
 def _mixed_input(tmp_path: Path) -> Path:
     entries = [file(f"top/{c}/{c}_{i}.off", tetra_off(1.0 + i)) for c in ("cup", "bed", "vase") for i in range(4)]
-    entries += [file("top/bed/broken.off", garbage_off()), file("top/cup/nan.off", nan_off()),
-                file("top/cup/x.obj", tetra_obj()), file("top/cup/../../evil.off", tetra_off())]
+    entries += [
+        file("top/bed/broken.off", garbage_off()),
+        file("top/cup/nan.off", nan_off()),
+        file("top/cup/x.obj", tetra_obj()),
+        file("top/cup/../../evil.off", tetra_off()),
+    ]
     return write_tar(tmp_path / "in" / "mixed.tar.gz", entries)
 
 
@@ -205,11 +244,33 @@ def test_same_items_from_a_folder_and_from_an_archive(tmp_path):
 def test_cli_end_to_end_with_a_relative_path_and_two_workers(tmp_path):
     src = _mixed_input(tmp_path)
     source = {"kind": "mesh", "format": "auto", "path": os.path.relpath(src, tmp_path)}
-    params = {"seed": 0, "dataset": "mini", "source": source,
-              "ingest": {"max_members": 100, "max_total_bytes": 10**9, "max_member_bytes": 10**7, "max_ratio": 200,
-                         "max_faces": 10**6, "workers": 2}, "stage_version": 1}
-    cmd = [sys.executable, "-m", "pipeline3d.stages.ingest_dataset", "--params", json.dumps(params),
-           "--manifest", "res/manifest.parquet", "--rejects", "res/rejects.parquet", "--items", "res/items.h5"]
+    params = {
+        "seed": 0,
+        "dataset": "mini",
+        "source": source,
+        "ingest": {
+            "max_members": 100,
+            "max_total_bytes": 10**9,
+            "max_member_bytes": 10**7,
+            "max_ratio": 200,
+            "max_faces": 10**6,
+            "workers": 2,
+        },
+        "stage_version": 1,
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline3d.stages.ingest_dataset",
+        "--params",
+        json.dumps(params),
+        "--manifest",
+        "res/manifest.parquet",
+        "--rejects",
+        "res/rejects.parquet",
+        "--items",
+        "res/items.h5",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = pd.read_parquet(tmp_path / "res" / "manifest.parquet")
@@ -229,8 +290,13 @@ def test_cli_reports_a_missing_input(tmp_path, monkeypatch):
 def test_cli_refuses_a_format_that_does_not_fit_the_kind(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x").mkdir()
-    params = {"seed": 0, "dataset": "d", "source": {"kind": "mesh", "format": "image_tar", "path": "x"},
-              "ingest": {}, "stage_version": 1}
+    params = {
+        "seed": 0,
+        "dataset": "d",
+        "source": {"kind": "mesh", "format": "image_tar", "path": "x"},
+        "ingest": {},
+        "stage_version": 1,
+    }
     assert main(["--params", json.dumps(params), "--manifest", "m", "--rejects", "r", "--items", "i"]) == 2
 
 
@@ -242,8 +308,10 @@ def test_reject_warnings_are_capped_per_reason_with_a_summary(caplog):
     from pipeline3d.io.rejects import Reject
 
     many = REJECTS_LOGGED_PER_REASON + 30
-    rejects = sorted([Reject(f"a/{i:03d}.off", "parse_error", "bad header") for i in range(many)]
-                     + [Reject(f"b/{i}.off", "link", "symlink") for i in range(3)])
+    rejects = sorted(
+        [Reject(f"a/{i:03d}.off", "parse_error", "bad header") for i in range(many)]
+        + [Reject(f"b/{i}.off", "link", "symlink") for i in range(3)]
+    )
     with caplog.at_level(logging.WARNING):
         log_rejects(rejects, logging.getLogger("test"))
     lines = [r.getMessage() for r in caplog.records]

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hostile import clouds
+from hostile import clouds, write_h5
 from hostile import ingest_checked as ingest
-from hostile import write_h5
 from pipeline3d.io.h5clouds import SCANOBJECTNN_VARIANTS, scanobjectnn_files, split_of
 from pipeline3d.io.itemstore import ItemStore
 
@@ -29,8 +28,10 @@ def scanobjectnn(root: Path, variant: str = "obj_only", n_train: int = 5, n_test
 
 def test_scanobjectnn_variant_files():
     assert set(SCANOBJECTNN_VARIANTS) == {"obj_bg", "obj_only", "pb_t50_rs"}
-    assert scanobjectnn_files("r", "obj_bg") == ["r/main_split/training_objectdataset.h5",
-                                                 "r/main_split/test_objectdataset.h5"]
+    assert scanobjectnn_files("r", "obj_bg") == [
+        "r/main_split/training_objectdataset.h5",
+        "r/main_split/test_objectdataset.h5",
+    ]
     assert scanobjectnn_files("r", "obj_only")[0] == "r/main_split_nobg/training_objectdataset.h5"
     assert scanobjectnn_files("r", "pb_t50_rs")[1] == "r/main_split/test_objectdataset_augmentedrot_scale75.h5"
     with pytest.raises(ValueError, match="unknown ScanObjectNN variant"):
@@ -42,8 +43,13 @@ def test_scanobjectnn_ids_labels_splits_and_points(tmp_path):
     root, arrays = scanobjectnn(tmp_path / "in")
     # a file of the other variant sits beside it and must not be read
     write_h5(Path(scanobjectnn_files(root, "obj_bg")[0]), data=clouds(2, 16), label=np.zeros(2, dtype=np.int64))
-    manifest, rejects = ingest(tmp_path, root, kind="pointcloud", fmt="scanobjectnn",
-                               source_extra={"variant": "obj_only", "class_names": NAMES})
+    manifest, rejects = ingest(
+        tmp_path,
+        root,
+        kind="pointcloud",
+        fmt="scanobjectnn",
+        source_extra={"variant": "obj_only", "class_names": NAMES},
+    )
     assert rejects.empty and len(manifest) == 8
     first = manifest.set_index("shape_id").loc["ds/bin/training_objectdataset-000001"]
     assert first["label"] == 1 and first["label_name"] == "bin" and first["source_split"] == "train"
@@ -78,16 +84,19 @@ def test_modelnet40_h5_folder_with_shape_names(tmp_path):
     assert json.loads(kv[b"pipeline3d.class_names"]) == ["airplane", "bathtub", "bed"]
 
 
-@pytest.mark.parametrize("arrays, reason", [
-    ({"points": clouds(3, 8), "label": np.zeros(3, dtype=np.int64)}, "missing_keys"),
-    ({"data": clouds(3, 8)}, "missing_keys"),
-    ({"data": np.zeros((3, 8, 2), np.float32), "label": np.zeros(3, dtype=np.int64)}, "bad_shape"),
-    ({"data": np.zeros((3, 8), np.float32), "label": np.zeros(3, dtype=np.int64)}, "bad_shape"),
-    ({"data": clouds(3, 8), "label": np.zeros((3, 2), dtype=np.int64)}, "bad_shape"),
-    ({"data": clouds(3, 8), "label": np.zeros(4, dtype=np.int64)}, "length_mismatch"),
-    ({"data": clouds(3, 8), "label": np.array([0.5, 1, 2])}, "bad_label"),
-    ({"data": clouds(3, 8), "label": np.array([b"a", b"b", b"c"])}, "bad_dtype"),
-])
+@pytest.mark.parametrize(
+    "arrays, reason",
+    [
+        ({"points": clouds(3, 8), "label": np.zeros(3, dtype=np.int64)}, "missing_keys"),
+        ({"data": clouds(3, 8)}, "missing_keys"),
+        ({"data": np.zeros((3, 8, 2), np.float32), "label": np.zeros(3, dtype=np.int64)}, "bad_shape"),
+        ({"data": np.zeros((3, 8), np.float32), "label": np.zeros(3, dtype=np.int64)}, "bad_shape"),
+        ({"data": clouds(3, 8), "label": np.zeros((3, 2), dtype=np.int64)}, "bad_shape"),
+        ({"data": clouds(3, 8), "label": np.zeros(4, dtype=np.int64)}, "length_mismatch"),
+        ({"data": clouds(3, 8), "label": np.array([0.5, 1, 2])}, "bad_label"),
+        ({"data": clouds(3, 8), "label": np.array([b"a", b"b", b"c"])}, "bad_dtype"),
+    ],
+)
 def test_bad_h5_file_is_rejected_and_the_others_ingested(tmp_path, arrays, reason):
     root = tmp_path / "in"
     write_h5(root / "good_train.h5", data=clouds(2, 8), label=np.array([0, 1]))
@@ -113,8 +122,9 @@ def test_bad_clouds_are_rejected_one_by_one(tmp_path):
     data[5] *= 1e30  # finite in float32, but squared norms overflow it
     label = np.array([0, 0, 1, 1, 7, 0])
     write_h5(tmp_path / "in" / "scans_train.h5", data=data, label=label)
-    manifest, rejects = ingest(tmp_path, tmp_path / "in" / "scans_train.h5", kind="pointcloud",
-                               source_extra={"class_names": ["a", "b"]})
+    manifest, rejects = ingest(
+        tmp_path, tmp_path / "in" / "scans_train.h5", kind="pointcloud", source_extra={"class_names": ["a", "b"]}
+    )
     assert manifest["shape_id"].tolist() == ["ds/a/scans_train-000000"]
     got = dict(zip(rejects["source"].str.rsplit("::", n=1).str[1], rejects["reason"]))
     assert got == {"1": "nonfinite", "2": "nonfinite", "3": "degenerate", "4": "bad_label", "5": "bad_scale"}
@@ -137,10 +147,21 @@ def test_real_pointcloud_h5_folders(tmp_path):
     manifest, rejects = ingest(tmp_path, SHARED / "pointcloud_h5" / "ycb_pointclip", kind="pointcloud", fmt="h5")
     assert rejects.empty and len(manifest) == 66
     assert sorted(manifest["source_split"].value_counts().items()) == [("test", 6), ("train", 60)]
-    assert set(manifest["label_name"]) == {"003_cracker_box", "004_sugar_box", "005_tomato_soup_can",
-                                           "006_mustard_bottle", "009_gelatin_box", "010_potted_meat_can"}
+    assert set(manifest["label_name"]) == {
+        "003_cracker_box",
+        "004_sugar_box",
+        "005_tomato_soup_can",
+        "006_mustard_bottle",
+        "009_gelatin_box",
+        "010_potted_meat_can",
+    }
     assert (manifest["n_points"] == 2048).all()
-    shrec, rejects = ingest(tmp_path, SHARED / "pointcloud_h5" / "shrec07_watertight_2048", kind="pointcloud",
-                            fmt="modelnet40_h5", out="out2")
+    shrec, rejects = ingest(
+        tmp_path,
+        SHARED / "pointcloud_h5" / "shrec07_watertight_2048",
+        kind="pointcloud",
+        fmt="modelnet40_h5",
+        out="out2",
+    )
     assert rejects.empty and len(shrec) == 114
     assert shrec.set_index("label")["label_name"].to_dict()[0] == "human"  # shape_names.txt order

@@ -31,10 +31,12 @@ def gif_bytes() -> bytes:
 
 
 def good_pairs() -> list:
-    return [file("imgs/chair_0001_v0.png", png_bytes(8, 6)),
-            file("imgs/chair_0001_v0.json", image_json("chair", "train", caption="a wooden chair", view=0)),
-            file("imgs/mug_0003_v1.jpg", jpeg_bytes()),
-            file("imgs/mug_0003_v1.json", image_json("mug", "", caption="a mug", view=1))]
+    return [
+        file("imgs/chair_0001_v0.png", png_bytes(8, 6)),
+        file("imgs/chair_0001_v0.json", image_json("chair", "train", caption="a wooden chair", view=0)),
+        file("imgs/mug_0003_v1.jpg", jpeg_bytes()),
+        file("imgs/mug_0003_v1.json", image_json("mug", "", caption="a mug", view=1)),
+    ]
 
 
 def test_image_tar_ids_labels_splits_meta_and_bytes(tmp_path):
@@ -55,18 +57,21 @@ def test_image_tar_ids_labels_splits_meta_and_bytes(tmp_path):
     assert manifest["sha256"][0] == hashlib.sha256(png_bytes(8, 6)).hexdigest()
 
 
-@pytest.mark.parametrize("extra, reason", [
-    ([file("imgs/lonely.png", png_bytes())], "missing_json"),
-    ([file("imgs/orphan.json", image_json("chair"))], "missing_image"),
-    ([file("imgs/broken.png", corrupt_png()), file("imgs/broken.json", image_json("chair"))], "bad_image"),
-    ([file("imgs/notpng.png", b"hello"), file("imgs/notpng.json", image_json("chair"))], "bad_image"),
-    ([file("imgs/bomb.png", huge_png_header()), file("imgs/bomb.json", image_json("chair"))], "too_large"),
-    ([file("imgs/badjson.png", png_bytes()), file("imgs/badjson.json", b"{not json")], "bad_json"),
-    ([file("imgs/nolabel.png", png_bytes()), file("imgs/nolabel.json", b'{"split": "train"}')], "bad_json"),
-    ([file("imgs/list.png", png_bytes()), file("imgs/list.json", b'["chair"]')], "bad_json"),
-    ([file("imgs/val.png", png_bytes()), file("imgs/val.json", image_json("chair", "val"))], "bad_json"),
-    ([file("imgs/gif.png", gif_bytes()), file("imgs/gif.json", image_json("chair"))], "unsupported_format"),
-])
+@pytest.mark.parametrize(
+    "extra, reason",
+    [
+        ([file("imgs/lonely.png", png_bytes())], "missing_json"),
+        ([file("imgs/orphan.json", image_json("chair"))], "missing_image"),
+        ([file("imgs/broken.png", corrupt_png()), file("imgs/broken.json", image_json("chair"))], "bad_image"),
+        ([file("imgs/notpng.png", b"hello"), file("imgs/notpng.json", image_json("chair"))], "bad_image"),
+        ([file("imgs/bomb.png", huge_png_header()), file("imgs/bomb.json", image_json("chair"))], "too_large"),
+        ([file("imgs/badjson.png", png_bytes()), file("imgs/badjson.json", b"{not json")], "bad_json"),
+        ([file("imgs/nolabel.png", png_bytes()), file("imgs/nolabel.json", b'{"split": "train"}')], "bad_json"),
+        ([file("imgs/list.png", png_bytes()), file("imgs/list.json", b'["chair"]')], "bad_json"),
+        ([file("imgs/val.png", png_bytes()), file("imgs/val.json", image_json("chair", "val"))], "bad_json"),
+        ([file("imgs/gif.png", gif_bytes()), file("imgs/gif.json", image_json("chair"))], "unsupported_format"),
+    ],
+)
 def test_bad_pairs_are_rejected_and_the_rest_ingested(tmp_path, extra, reason):
     src = write_tar(tmp_path / "in" / "images.tar.gz", good_pairs() + extra)
     manifest, rejects = ingest(tmp_path, src, kind="image")
@@ -76,9 +81,14 @@ def test_bad_pairs_are_rejected_and_the_rest_ingested(tmp_path, extra, reason):
 
 
 def test_integer_labels_use_class_names(tmp_path):
-    entries = [file("a.png", png_bytes()), file("a.json", image_json(2)),
-               file("b.png", png_bytes()), file("b.json", image_json(0)),
-               file("c.png", png_bytes()), file("c.json", image_json(9))]
+    entries = [
+        file("a.png", png_bytes()),
+        file("a.json", image_json(2)),
+        file("b.png", png_bytes()),
+        file("b.json", image_json(0)),
+        file("c.png", png_bytes()),
+        file("c.json", image_json(9)),
+    ]
     src = write_zip(tmp_path / "in" / "images.zip", entries)
     manifest, rejects = ingest(tmp_path, src, kind="image", source_extra={"class_names": ["cat", "dog", "eel"]})
     assert manifest["shape_id"].tolist() == ["ds/cat/b", "ds/eel/a"]

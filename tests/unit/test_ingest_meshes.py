@@ -8,8 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hostile import (TETRA_F, TETRA_V, bad_index_off, degenerate_off, empty_off, garbage_off, nan_off, off_text,
-                     tetra_obj, tetra_off)
+from hostile import (
+    TETRA_F,
+    TETRA_V,
+    bad_index_off,
+    degenerate_off,
+    empty_off,
+    garbage_off,
+    nan_off,
+    off_text,
+    tetra_obj,
+    tetra_off,
+)
 from pipeline3d.io.meshes import clean_mesh, fan_triangulate, load_mesh, parse_obj, parse_off
 from pipeline3d.io.rejects import ItemError
 
@@ -35,9 +45,11 @@ def test_off_plain_tetrahedron():
 
 
 def test_off_header_glued_to_counts_comments_blank_lines_and_crlf():
-    text = ("# exported by a tool\r\nOFF4 4 0   # counts glued to the magic\r\n\r\n"
-            "0 0 0\r\n1 0 0 # a trailing comment\r\n\r\n0 1 0\r\n0 0 1\r\n"
-            "3 0 2 1\r\n3 0 1 3\r\n\r\n3 0 3 2\r\n3 1 2 3\r\n\r\n")
+    text = (
+        "# exported by a tool\r\nOFF4 4 0   # counts glued to the magic\r\n\r\n"
+        "0 0 0\r\n1 0 0 # a trailing comment\r\n\r\n0 1 0\r\n0 0 1\r\n"
+        "3 0 2 1\r\n3 0 1 3\r\n\r\n3 0 3 2\r\n3 1 2 3\r\n\r\n"
+    )
     v, f = parse_off(text.encode())
     np.testing.assert_array_equal(v, TETRA_V)
     np.testing.assert_array_equal(f, TETRA_F)
@@ -69,8 +81,9 @@ def test_off_polygons_are_fan_triangulated():
     assert f.shape == (12, 3)
     np.testing.assert_array_equal(f[:2], [[0, 1, 3], [0, 3, 2]])
     # a mixed triangle / pentagon file
-    v, f = parse_off(off_text([(0, 0, 0), (1, 0, 0), (2, 1, 0), (1, 2, 0), (0, 1, 0), (0, 0, 1)],
-                              [(0, 1, 2, 3, 4), (0, 1, 5)]))
+    v, f = parse_off(
+        off_text([(0, 0, 0), (1, 0, 0), (2, 1, 0), (1, 2, 0), (0, 1, 0), (0, 0, 1)], [(0, 1, 2, 3, 4), (0, 1, 5)])
+    )
     np.testing.assert_array_equal(f, [[0, 1, 2], [0, 2, 3], [0, 3, 4], [0, 1, 5]])
 
 
@@ -80,29 +93,32 @@ def test_fan_triangulation_of_ragged_polygons():
     np.testing.assert_array_equal(tris, [[5, 6, 7], [10, 11, 12], [10, 12, 13]])
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"PLY\n4 4 0\n", "parse_error"),  # no OFF magic
-    (b"OFFX 4 4 0\n", "parse_error"),
-    (b"OFF\n", "parse_error"),  # no counts
-    (b"OFF\n4 4\n0 0 0\n1 0 0\n", "parse_error"),  # truncated
-    (tetra_off() + b"3 0 1 2\n", "parse_error"),  # a line more than declared
-    (garbage_off(), "parse_error"),  # a token that is not a number
-    (off_text(TETRA_V, [(0, 1)]), "parse_error"),  # a 2-corner face
-    (b"OFF\n4 1 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1.5 2\n", "parse_error"),  # fractional index
-    (b"OFF\n4 1 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n4 0 1 2\n", "parse_error"),  # fewer indices than corners
-    (b"OFF\n4 1 0\n0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n", "parse_error"),  # a vertex with 2 values
-    (b"OFF BINARY\n\x00\x00\x00\x04", "unsupported_format"),
-    (b"4OFF\n4 4 0\n", "unsupported_format"),
-    (nan_off(), "nonfinite"),
-    (b"OFF\n4 1 0\n0 0 0\n1 0 0\ninf 1 0\n0 0 1\n3 0 1 2\n", "nonfinite"),
-    (b"OFF\n3 1 0\n0 0 0\n1e30 0 0\n0 1e30 0\n3 0 1 2\n", "bad_scale"),  # squared norms overflow float32
-    (b"OFF\n3 1 0\n1e9 0 0\n1e9 1e-3 0\n1e9 0 1e-3\n3 0 1 2\n", "bad_scale"),  # tiny and far: precision lost
-    (empty_off(), "empty"),
-    (bad_index_off(), "bad_index"),
-    (off_text(TETRA_V, [(0, 1, -1)]), "bad_index"),
-    (degenerate_off(), "degenerate"),
-    (off_text([(1, 1, 1)] * 3, [(0, 1, 2)]), "degenerate"),  # zero extent
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"PLY\n4 4 0\n", "parse_error"),  # no OFF magic
+        (b"OFFX 4 4 0\n", "parse_error"),
+        (b"OFF\n", "parse_error"),  # no counts
+        (b"OFF\n4 4\n0 0 0\n1 0 0\n", "parse_error"),  # truncated
+        (tetra_off() + b"3 0 1 2\n", "parse_error"),  # a line more than declared
+        (garbage_off(), "parse_error"),  # a token that is not a number
+        (off_text(TETRA_V, [(0, 1)]), "parse_error"),  # a 2-corner face
+        (b"OFF\n4 1 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1.5 2\n", "parse_error"),  # fractional index
+        (b"OFF\n4 1 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n4 0 1 2\n", "parse_error"),  # fewer indices than corners
+        (b"OFF\n4 1 0\n0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n", "parse_error"),  # a vertex with 2 values
+        (b"OFF BINARY\n\x00\x00\x00\x04", "unsupported_format"),
+        (b"4OFF\n4 4 0\n", "unsupported_format"),
+        (nan_off(), "nonfinite"),
+        (b"OFF\n4 1 0\n0 0 0\n1 0 0\ninf 1 0\n0 0 1\n3 0 1 2\n", "nonfinite"),
+        (b"OFF\n3 1 0\n0 0 0\n1e30 0 0\n0 1e30 0\n3 0 1 2\n", "bad_scale"),  # squared norms overflow float32
+        (b"OFF\n3 1 0\n1e9 0 0\n1e9 1e-3 0\n1e9 0 1e-3\n3 0 1 2\n", "bad_scale"),  # tiny and far: precision lost
+        (empty_off(), "empty"),
+        (bad_index_off(), "bad_index"),
+        (off_text(TETRA_V, [(0, 1, -1)]), "bad_index"),
+        (degenerate_off(), "degenerate"),
+        (off_text([(1, 1, 1)] * 3, [(0, 1, 2)]), "degenerate"),  # zero extent
+    ],
+)
 def test_off_reason_codes(data, reason):
     assert reason_of(data) == reason
 
@@ -153,24 +169,27 @@ def test_obj_negative_index_counts_only_vertices_defined_before_the_face():
     np.testing.assert_array_equal(f, [[0, 1, 2], [3, 4, 5]])
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 0 1 2\n", "bad_index"),  # OBJ counts from 1
-    (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 9\n", "bad_index"),
-    (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf -4 1 2\n", "bad_index"),
-    (b"v 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "parse_error"),
-    (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 x\n", "parse_error"),
-    (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2\n", "parse_error"),
-    (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf /1 /2 /3\n", "parse_error"),
-    (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1/1 2/1 3x/1\n", "parse_error"),
-    (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 1.0\n", "parse_error"),
-    (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 99999999999999999999\n", "parse_error"),  # would overflow int64
-    (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 999999999999\n", "bad_index"),
-    (b"v 0 0 0\nv 1 0 0\nv 0 1 0\n", "empty"),  # a point cloud
-    (bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8)), "unreadable"),  # random bytes
-    (b"# only comments, no geometry\n" * 3, "empty"),
-    (b"v nan 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "nonfinite"),
-    (b"v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n", "degenerate"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 0 1 2\n", "bad_index"),  # OBJ counts from 1
+        (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 9\n", "bad_index"),
+        (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf -4 1 2\n", "bad_index"),
+        (b"v 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "parse_error"),
+        (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 x\n", "parse_error"),
+        (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2\n", "parse_error"),
+        (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf /1 /2 /3\n", "parse_error"),
+        (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1/1 2/1 3x/1\n", "parse_error"),
+        (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 1.0\n", "parse_error"),
+        (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 99999999999999999999\n", "parse_error"),  # would overflow int64
+        (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 999999999999\n", "bad_index"),
+        (b"v 0 0 0\nv 1 0 0\nv 0 1 0\n", "empty"),  # a point cloud
+        (bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8)), "unreadable"),  # random bytes
+        (b"# only comments, no geometry\n" * 3, "empty"),
+        (b"v nan 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "nonfinite"),
+        (b"v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n", "degenerate"),
+    ],
+)
 def test_obj_reason_codes(data, reason):
     assert reason_of(data, "obj") == reason
 
@@ -214,13 +233,23 @@ def test_unknown_format_is_unsupported():
 
 def test_clean_up_drops_degenerate_duplicate_faces_and_unreferenced_vertices():
     vertices = np.array(TETRA_V + [(9.0, 9.0, 9.0), (0.5, 0.0, 0.0)])  # 4: unreferenced, 5: on edge 0-1
-    faces = np.array(TETRA_F + [(2, 1, 0),  # the first face with the other winding: a duplicate
-                                (0, 5, 1),  # collinear: zero area
-                                (3, 3, 1),  # repeated corner
-                                (0, 1, 3)])  # exact duplicate
+    faces = np.array(
+        TETRA_F
+        + [
+            (2, 1, 0),  # the first face with the other winding: a duplicate
+            (0, 5, 1),  # collinear: zero area
+            (3, 3, 1),  # repeated corner
+            (0, 1, 3),
+        ]
+    )  # exact duplicate
     v, f, stats = clean_mesh(vertices, faces)
-    assert stats == {"faces_in": 8, "vertices_in": 6, "degenerate_faces": 2, "duplicate_faces": 2,
-                     "unreferenced_vertices": 2}
+    assert stats == {
+        "faces_in": 8,
+        "vertices_in": 6,
+        "degenerate_faces": 2,
+        "duplicate_faces": 2,
+        "unreferenced_vertices": 2,
+    }
     np.testing.assert_array_equal(v, TETRA_V)
     np.testing.assert_array_equal(f, TETRA_F)  # the first occurrence is kept, in order
 
@@ -271,8 +300,9 @@ def test_real_modelnet_samples_parse_to_their_declared_counts():
         assert v.shape == (n_v, 3) and f.shape == (n_f, 3), path.name  # all ModelNet faces are triangles
         mesh = load_mesh(data, "off", 10**7)
         assert 0 < len(mesh.faces) <= n_f and len(mesh.vertices) <= n_v
-        assert mesh.cleanup["faces_in"] - mesh.cleanup["degenerate_faces"] - mesh.cleanup["duplicate_faces"] \
-            == len(mesh.faces)
+        assert mesh.cleanup["faces_in"] - mesh.cleanup["degenerate_faces"] - mesh.cleanup["duplicate_faces"] == len(
+            mesh.faces
+        )
     assert quirks["glued"] >= 3 and quirks["crlf"] >= 1  # the awkward files really are in the sample
 
 

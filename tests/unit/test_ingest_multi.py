@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from hostile import clouds, file, ingest_checked as ingest, tetra_off, write_h5, write_tar, write_zip
+from hostile import clouds, file, tetra_off, write_h5, write_tar, write_zip
+from hostile import ingest_checked as ingest
 from pipeline3d.config import ConfigError, validate
 from pipeline3d.data.ingest import IngestConfigError, IngestSpec, plan_archives
 from pipeline3d.io.itemstore import ItemStore
@@ -179,12 +180,20 @@ def test_h5_folders_are_concatenated(tmp_path):
     (a / "shape_names.txt").write_text("bottle\ncup\n")
     manifest, rejects = ingest(tmp_path, [a, b], kind="pointcloud", fmt="modelnet40_h5")
     assert rejects.empty
-    assert manifest["shape_id"].tolist() == ["ds/bottle/ply_data_test0-000000", "ds/bottle/ply_data_train0-000000",
-                                             "ds/cup/ply_data_train0-000001", "ds/cup/ply_data_train1-000000"]
+    assert manifest["shape_id"].tolist() == [
+        "ds/bottle/ply_data_test0-000000",
+        "ds/bottle/ply_data_train0-000000",
+        "ds/cup/ply_data_train0-000001",
+        "ds/cup/ply_data_train1-000000",
+    ]
     assert manifest["label"].tolist() == [0, 0, 1, 1]
     assert manifest["source_split"].tolist() == ["test", "train", "train", "train"]
-    assert manifest["source"].tolist() == [f"{b}/ply_data_test0.h5::0", f"{a}/ply_data_train0.h5::0",
-                                           f"{a}/ply_data_train0.h5::1", f"{b}/ply_data_train1.h5::0"]
+    assert manifest["source"].tolist() == [
+        f"{b}/ply_data_test0.h5::0",
+        f"{a}/ply_data_train0.h5::0",
+        f"{a}/ply_data_train0.h5::1",
+        f"{b}/ply_data_train1.h5::0",
+    ]
     with ItemStore(tmp_path / "out" / "items.h5") as store:
         np.testing.assert_array_equal(store.points(3), clouds(1, 8, seed=2)[0])
 
@@ -216,8 +225,13 @@ def test_from_params_accepts_a_path_or_a_list():
 
     assert spec("a/b").path == ("a/b",)
     assert spec(["a", "b.zip"]).path == ("a", "b.zip")
-    for bad, message in (([], "non-empty list"), (["a", ""], "non-empty paths"), ([1], "non-empty paths"),
-                         (["raw/x", "raw/x/"], "same input twice"), ({"a": 1}, "non-empty list")):
+    for bad, message in (
+        ([], "non-empty list"),
+        (["a", ""], "non-empty paths"),
+        ([1], "non-empty paths"),
+        (["raw/x", "raw/x/"], "same input twice"),
+        ({"a": 1}, "non-empty list"),
+    ):
         with pytest.raises(IngestConfigError, match=message):
             spec(bad)
 
@@ -246,8 +260,9 @@ needs_shared = pytest.mark.skipif(not (FOLDER.is_dir() and ARCHIVE.is_file()), r
 
 @needs_shared
 def test_shrec07_folder_and_extra_archive_plan_as_one_dataset():
-    spec = IngestSpec.from_params({"dataset": "shrec07", "source": {"kind": "mesh", "path": [str(FOLDER),
-                                                                                            str(ARCHIVE)]}})
+    spec = IngestSpec.from_params(
+        {"dataset": "shrec07", "source": {"kind": "mesh", "path": [str(FOLDER), str(ARCHIVE)]}}
+    )
     ignored: collections.Counter = collections.Counter()
     planned, rejects, layout = plan_archives(spec, ignored, logging.getLogger("test"))
     assert layout == "modelnet" and rejects == [] and set(ignored) <= {".md"}
@@ -258,8 +273,9 @@ def test_shrec07_folder_and_extra_archive_plan_as_one_dataset():
     assert all(counts[(c, "train")] == 12 and counts[(c, "test")] == 5 for c in classes)
     by_origin = collections.Counter(p.origin for p in planned)
     assert by_origin == {str(FOLDER): 19 * 6, str(ARCHIVE): 19 * 11}
-    assert all(p.source.startswith(f"{ARCHIVE}::shrec07_watertight_extra/") for p in planned
-               if p.origin == str(ARCHIVE))
+    assert all(
+        p.source.startswith(f"{ARCHIVE}::shrec07_watertight_extra/") for p in planned if p.origin == str(ARCHIVE)
+    )
 
 
 @needs_shared

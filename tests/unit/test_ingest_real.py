@@ -12,8 +12,29 @@ from pipeline3d.io.itemstore import ItemStore
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 FOLDER = SHARED / "shrec07_watertight"
 ARCHIVE = SHARED / "shrec07_watertight_extra.tar.gz"
-CLASSES = sorted(["human", "cup", "glasses", "airplane", "ant", "chair", "octopus", "table", "teddy", "hand", "plier",
-                  "fish", "bird", "armadillo", "bust", "mech", "bearing", "vase", "fourleg"])
+CLASSES = sorted(
+    [
+        "human",
+        "cup",
+        "glasses",
+        "airplane",
+        "ant",
+        "chair",
+        "octopus",
+        "table",
+        "teddy",
+        "hand",
+        "plier",
+        "fish",
+        "bird",
+        "armadillo",
+        "bust",
+        "mech",
+        "bearing",
+        "vase",
+        "fourleg",
+    ]
+)
 
 needs_folder = pytest.mark.skipif(not FOLDER.is_dir(), reason="shared data not available")
 needs_archive = pytest.mark.skipif(not ARCHIVE.is_file(), reason="shared data not available")

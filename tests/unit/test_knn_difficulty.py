@@ -8,9 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.neighbors import BallTree
 
-from pipeline3d.embed.difficulty import (band_table, difficulty_bands, parse_bands, read_difficulty_metadata,
-                                         write_difficulty)
 from pipeline3d.embed import knn as knn_module
+from pipeline3d.embed.difficulty import (
+    band_table,
+    difficulty_bands,
+    parse_bands,
+    read_difficulty_metadata,
+    write_difficulty,
+)
 from pipeline3d.embed.knn import Neighbours, knn, search
 from pipeline3d.rng import rng_for
 
@@ -178,7 +183,9 @@ def test_faiss_uses_the_jobs_thread_count(monkeypatch):
     import torch
 
     seen, real_knn = [], faiss.knn
-    monkeypatch.setattr(faiss, "knn", lambda *a, **kw: (seen.append(faiss.omp_get_max_threads()), real_knn(*a, **kw))[1])
+    monkeypatch.setattr(
+        faiss, "knn", lambda *a, **kw: (seen.append(faiss.omp_get_max_threads()), real_knn(*a, **kw))[1]
+    )
     before, previous = faiss.omp_get_max_threads(), torch.get_num_threads()
     torch.set_num_threads(1)  # what a stage does with its --threads
     try:
@@ -234,8 +241,7 @@ def test_quantile_bands_are_ordered_by_similarity_and_keep_ties_together():
     rows = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
     scores = np.array([[0.9, 0.8, 0.8], [0.9, 0.7, 0.5], [0.8, 0.7, 0.6], [0.8, 0.5, 0.6]])
     neighbours = Neighbours(rows, scores, "cosine", np.arange(4), 0)
-    spec = parse_bands({"by": "quantile", "bands": {"hard": [0.0, 0.25], "medium": [0.25, 0.75],
-                                                    "easy": [0.75, 1.0]}})
+    spec = parse_bands({"by": "quantile", "bands": {"hard": [0.0, 0.25], "medium": [0.25, 0.75], "easy": [0.75, 1.0]}})
     table = band_table(neighbours, ["a", "b", "c", "d"], spec)
     assert len(table) == 12  # contiguous quantile bands cover every pair
     by_band = table.groupby("band")["similarity"]
@@ -262,8 +268,9 @@ def test_band_specs_are_validated():
     with pytest.raises(ValueError, match="ranks must be integers"):
         parse_bands({"by": "rank", "bands": {"hard": [0, 2]}})
     with pytest.raises(ValueError, match="need k"):
-        difficulty_bands(_embeddings(5, 3, "k"), list("abcde"), parse_bands({"by": "quantile",
-                                                                             "bands": {"all": [0, 1]}}))
+        difficulty_bands(
+            _embeddings(5, 3, "k"), list("abcde"), parse_bands({"by": "quantile", "bands": {"all": [0, 1]}})
+        )
     with pytest.raises(ValueError, match="unique"):
         difficulty_bands(_embeddings(5, 3, "k"), list("abcda"), parse_bands(RANK_BANDS))
 

@@ -26,8 +26,17 @@ LOG = logging.getLogger("test_metric_head")
 N_CLASSES, PER_SPLIT = 4, {"train": 20, "val": 6, "test": 8}
 SIGNAL_DIMS, NOISE_DIMS = 4, 12
 BANDS = {"by": "rank", "bands": {"hard": [1, 4], "medium": [5, 10], "easy": [11, 20]}}
-HEAD = {"out_dim": 8, "hidden": 32, "margin": 0.2, "steps": 120, "batch_size": 16, "lr": 1.0e-2,
-        "weight_decay": 0.0, "exploration": 1.0, "checkpoint_every": 40}
+HEAD = {
+    "out_dim": 8,
+    "hidden": 32,
+    "margin": 0.2,
+    "steps": 120,
+    "batch_size": 16,
+    "lr": 1.0e-2,
+    "weight_decay": 0.0,
+    "exploration": 1.0,
+    "checkpoint_every": 40,
+}
 
 
 def _write_space(root: Path, *, noise: float = 2.0) -> dict[str, str]:
@@ -47,8 +56,12 @@ def _write_space(root: Path, *, noise: float = 2.0) -> dict[str, str]:
     vectors = np.asarray(vectors, dtype=np.float32)
     table = pd.DataFrame(rows, columns=["shape_id", "label", "split"])
     files = {name: str(root / f"{name}.parquet") for name in ("embeddings", "difficulty", "manifest", "ttv", "qg")}
-    write_vectors(files["embeddings"], ids, vectors, {"model": "toy-backbone", "weights_sha256": "ab" * 32,
-                                                      "preprocessing": "none"})
+    write_vectors(
+        files["embeddings"],
+        ids,
+        vectors,
+        {"model": "toy-backbone", "weights_sha256": "ab" * 32, "preprocessing": "none"},
+    )
     spec = parse_bands(BANDS)
     bands = difficulty_bands(vectors, ids, spec, identity=table["label"].to_numpy())
     write_difficulty(files["difficulty"], bands, spec, "cosine", spec.max_rank)
@@ -58,8 +71,10 @@ def _write_space(root: Path, *, noise: float = 2.0) -> dict[str, str]:
     qg = []
     for split_id in range(2):  # one query per class (its split_id-th test item); every other test item is gallery
         queries = {cls["shape_id"].iloc[split_id] for _, cls in test.groupby("label")}
-        qg += [(split_id, sid, label, "query" if sid in queries else "gallery")
-               for sid, label in zip(test["shape_id"], test["label"])]
+        qg += [
+            (split_id, sid, label, "query" if sid in queries else "gallery")
+            for sid, label in zip(test["shape_id"], test["label"])
+        ]
     pd.DataFrame(qg, columns=["split_id", "shape_id", "label", "role"]).to_parquet(files["qg"])
     return files
 
@@ -109,12 +124,14 @@ def reference(space, tmp_path_factory):
 
 
 def test_band_negatives_drop_foreign_and_same_label_pairs_and_fall_back_to_the_nearest_band():
-    table = pd.DataFrame({
-        "anchor_id": ["a", "a", "a", "b", "b", "c"],
-        "band": ["hard", "hard", "easy", "easy", "easy", "medium"],
-        "neighbour_id": ["b", "t", "c", "a", "a2", "a"],  # t: not in the pool; a2: same label as b
-        "rank": [1, 2, 9, 10, 11, 5],
-    })
+    table = pd.DataFrame(
+        {
+            "anchor_id": ["a", "a", "a", "b", "b", "c"],
+            "band": ["hard", "hard", "easy", "easy", "easy", "medium"],
+            "neighbour_id": ["b", "t", "c", "a", "a2", "a"],  # t: not in the pool; a2: same label as b
+            "rank": [1, 2, 9, 10, 11, 5],
+        }
+    )
     pool_ids, labels = ["a", "b", "c", "a2"], np.array([0, 1, 2, 1])
     neg = build_band_negatives(table, ["hard", "medium", "easy"], pool_ids, labels)
     assert neg.dropped == {"anchor_outside_pool": 0, "neighbour_outside_pool": 1, "same_label": 1}
@@ -127,7 +144,7 @@ def test_band_negatives_drop_foreign_and_same_label_pairs_and_fall_back_to_the_n
     assert neg.source_band[:, 2].tolist() == [1, 1, 1]
     assert neg.source_band[:, 3].tolist() == [-1, -1, -1] and neg.has_any().tolist() == [True, True, True, False]
     row = 0 * neg.n_pool + 0  # band hard, anchor a -> b (pool index 1)
-    assert neg.indices[neg.indptr[row]:neg.indptr[row + 1]].tolist() == [1]
+    assert neg.indices[neg.indptr[row] : neg.indptr[row + 1]].tolist() == [1]
 
 
 def test_anchors_negatives_and_positives_stay_in_the_train_split(space):
@@ -136,10 +153,15 @@ def test_anchors_negatives_and_positives_stay_in_the_train_split(space):
     assert len(data.anchors) == N_CLASSES * PER_SPLIT["train"]
     assert data.negatives.dropped["neighbour_outside_pool"] > 0  # val/test neighbours were in the table
     objective = metric_head.MetricHeadObjective(
-        metric_head.build_head(metric_head.head_config(HEAD, data.embeddings.dim), seed=0), data,
-        margin=0.2, metric="cosine", exploration=1.0)
+        metric_head.build_head(metric_head.head_config(HEAD, data.embeddings.dim), seed=0),
+        data,
+        margin=0.2,
+        metric="cosine",
+        exploration=1.0,
+    )
     anchors = torch.from_numpy(data.anchors)
     from pipeline3d.embed.negatives import BandNegativeTensors, sample_negatives, sample_positives
+
     gen = torch.Generator().manual_seed(0)
     tables = {k: getattr(objective, f"pos_{k}") for k in ("order", "start", "size", "slot")}
     pos = sample_positives(tables, anchors, gen).numpy()
@@ -228,9 +250,12 @@ def test_export_round_trip_and_refusals(space, reference, tmp_path):
 
     # weights of another head next to this JSON: refused by the sha256
     other = metric_head.build_head(metric_head.head_config({**HEAD, "out_dim": 4}, 16), seed=1)
-    head_files.save_metric_head(other, tmp_path / "other.safetensors", tmp_path / "other.json",
-                                 {"config": metric_head.head_config({**HEAD, "out_dim": 4}, 16),
-                                  "source": sidecar["source"]})
+    head_files.save_metric_head(
+        other,
+        tmp_path / "other.safetensors",
+        tmp_path / "other.json",
+        {"config": metric_head.head_config({**HEAD, "out_dim": 4}, 16), "source": sidecar["source"]},
+    )
     with pytest.raises(ValueError, match="do not belong"):
         head_files.load_metric_head(tmp_path / "other.safetensors", ref_dir / "head.json")
     # a JSON edited to another shape (sha256 still matching): refused with the shapes named
@@ -241,13 +266,31 @@ def test_export_round_trip_and_refusals(space, reference, tmp_path):
 
 
 def _tune(space, tmp_path, trials: int) -> int:
-    params = {"seed": 5, "space": "shape/toy/backbone", "head": HEAD, "stage_version": 1,
-              "optuna": {"enabled": True, "trials": trials, "steps": 15,
-                         "search": {"lr": [1.0e-3, 3.0e-2], "margin": [0.05, 0.5], "out_dim": [4, 16]}}}
+    params = {
+        "seed": 5,
+        "space": "shape/toy/backbone",
+        "head": HEAD,
+        "stage_version": 1,
+        "optuna": {
+            "enabled": True,
+            "trials": trials,
+            "steps": 15,
+            "search": {"lr": [1.0e-3, 3.0e-2], "margin": [0.05, 0.5], "out_dim": [4, 16]},
+        },
+    }
     inputs = {k: v for k, v in space.items()}
-    return tune_metric_head.main(["--params", json.dumps(params), "--inputs", json.dumps(inputs),
-                                  "--study", str(tmp_path / "optuna" / "study.sqlite"),
-                                  "--best", str(tmp_path / "optuna" / "best.json")])
+    return tune_metric_head.main(
+        [
+            "--params",
+            json.dumps(params),
+            "--inputs",
+            json.dumps(inputs),
+            "--study",
+            str(tmp_path / "optuna" / "study.sqlite"),
+            "--best",
+            str(tmp_path / "optuna" / "best.json"),
+        ]
+    )
 
 
 def test_tune_resumes_the_study_and_the_best_params_drive_the_final_training(space, tmp_path):
@@ -266,10 +309,22 @@ def test_tune_resumes_the_study_and_the_best_params_drive_the_final_training(spa
 
     out = tmp_path / "final"
     params = {**_params(steps=20, checkpoint_every=20), "tuned": True}
-    code = train_metric_head.main([
-        "--params", json.dumps(params), "--inputs", json.dumps({**space, "best": str(tmp_path / "optuna/best.json")}),
-        "--state-dir", str(out / "state"), "--head", str(out / "head.safetensors"),
-        "--head-json", str(out / "head.json"), "--metrics", str(out / "metrics.json")])
+    code = train_metric_head.main(
+        [
+            "--params",
+            json.dumps(params),
+            "--inputs",
+            json.dumps({**space, "best": str(tmp_path / "optuna/best.json")}),
+            "--state-dir",
+            str(out / "state"),
+            "--head",
+            str(out / "head.safetensors"),
+            "--head-json",
+            str(out / "head.json"),
+            "--metrics",
+            str(out / "metrics.json"),
+        ]
+    )
     assert code == 0
     sidecar = json.loads((out / "head.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
@@ -279,8 +334,20 @@ def test_tune_resumes_the_study_and_the_best_params_drive_the_final_training(spa
 
 
 def test_tuned_without_best_is_a_clear_error(space, tmp_path, capfd):
-    code = train_metric_head.main([
-        "--params", json.dumps({**_params(), "tuned": True}), "--inputs", json.dumps(space),
-        "--state-dir", str(tmp_path / "s"), "--head", str(tmp_path / "h.safetensors"),
-        "--head-json", str(tmp_path / "h.json"), "--metrics", str(tmp_path / "m.json")])
+    code = train_metric_head.main(
+        [
+            "--params",
+            json.dumps({**_params(), "tuned": True}),
+            "--inputs",
+            json.dumps(space),
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--head",
+            str(tmp_path / "h.safetensors"),
+            "--head-json",
+            str(tmp_path / "h.json"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert code == 1 and "no 'best' input" in capfd.readouterr().err

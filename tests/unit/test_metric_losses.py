@@ -22,6 +22,7 @@ def approx(x: float) -> object:
 
 # ----------------------------------------------------------------------------------------------- triplet
 
+
 def test_triplet_cosine_by_hand():
     # row 0: cos(a,p) = 0.6 -> d 0.4; cos(a,n) = 0 -> d 1; gap 0.4 - 1 + 0.2 = -0.4 -> 0, not violated
     # row 1: cos(a,p) = 0 -> d 1; cos(a,n) = 0.6 -> d 0.4; gap 1 - 0.4 + 0.2 = 0.8, violated
@@ -107,6 +108,7 @@ def test_batch_hard_duplicate_rows_keep_finite_gradients():
 
 # ----------------------------------------------------------------------------------------------- supcon
 
+
 def test_supcon_single_positive_by_hand():
     # z0 = (1,0), z1 = (0.6,0.8), z2 = (0,1); labels 0, 0, 1; T = 0.5 -> logits z.z / 0.5
     # anchor 0: positive 1 (1.2) among {1: 1.2, 2: 0}    -> log(1 + e^-1.2)
@@ -143,6 +145,7 @@ def test_supcon_views_are_flattened_and_no_positive_is_zero():
 
 
 # ----------------------------------------------------------------------------------------------- arcface
+
 
 def _arcface(margin: float = 0.5, scale: float = 2.0) -> ArcFace:
     head = ArcFace(2, 3, margin=margin, scale=scale)
@@ -199,6 +202,7 @@ def test_arcface_rejects_bad_labels_and_settings():
 
 
 # ----------------------------------------------------------------------------------------------- infonce
+
 
 def _infonce_by_hand() -> float:
     # a = (1,0), (0,1); b = (1,0), (0.6,0.8); scale 2 -> logits [[2, 1.2], [0, 1.6]]

@@ -53,8 +53,10 @@ def test_register_and_create_a_new_encoder():
         del _ENCODERS["_test_linear"]
 
 
-@pytest.mark.parametrize("name, d, depth, heads", [("query_nepa_tiny", 32, 2, 2), ("query_nepa_small", 128, 4, 4),
-                                                    ("query_nepa_base", 384, 8, 6)])
+@pytest.mark.parametrize(
+    "name, d, depth, heads",
+    [("query_nepa_tiny", 32, 2, 2), ("query_nepa_small", 128, 4, 4), ("query_nepa_base", 384, 8, 6)],
+)
 def test_size_presets(name, d, depth, heads):
     with torch.device("meta"):  # shapes only, no memory or init cost
         enc = create_encoder(name)

@@ -6,17 +6,35 @@ import pytest
 import torch
 
 from overfit import seeded, single_thread, tiny_encoder  # noqa: F401 (single_thread: autouse fixture)
-from pipeline3d.objectives import OBJECTIVES, build_objective, objective_keys
 from patch_fixtures import patch_batch, tiny_patch_encoder
+from pipeline3d.objectives import OBJECTIVES, build_objective, objective_keys
 from synthetic_tokens import make_batch, n_positions
 
-CONFIGS = {"nepa": {"qa_answers_only": True, "target": "content", "dual_mask_near": 0.1, "dual_mask_far": 0.05,
-                    "dual_mask_window": 4, "dual_mask_warmup_frac": 0.05, "dual_mask_type_aware": False},
-           "mae": {"mask_ratio": 0.4, "bidirectional": True},
-           "cmae": {"mask_ratio": 0.5, "ema_momentum": 0.99, "occ_grid": 2, "lambda_occ": 1.0, "lambda_feat": 1.0,
-                    "lambda_nce": 0.6, "lambda_view": 0.3, "temperature": 0.1, "feat_depths": [1, 2]},
-           "classify": {"n_classes": 3, "pool": "eos", "label_smoothing": 0.1, "freeze_encoder": False},
-           "point_mae": {"mask_ratio": 0.5, "decoder_depth": 1}}
+CONFIGS = {
+    "nepa": {
+        "qa_answers_only": True,
+        "target": "content",
+        "dual_mask_near": 0.1,
+        "dual_mask_far": 0.05,
+        "dual_mask_window": 4,
+        "dual_mask_warmup_frac": 0.05,
+        "dual_mask_type_aware": False,
+    },
+    "mae": {"mask_ratio": 0.4, "bidirectional": True},
+    "cmae": {
+        "mask_ratio": 0.5,
+        "ema_momentum": 0.99,
+        "occ_grid": 2,
+        "lambda_occ": 1.0,
+        "lambda_feat": 1.0,
+        "lambda_nce": 0.6,
+        "lambda_view": 0.3,
+        "temperature": 0.1,
+        "feat_depths": [1, 2],
+    },
+    "classify": {"n_classes": 3, "pool": "eos", "label_smoothing": 0.1, "freeze_encoder": False},
+    "point_mae": {"mask_ratio": 0.5, "decoder_depth": 1},
+}
 PATCH_ONLY = ("point_mae",)  # objectives that need a point-patch encoder and patch tokens
 
 
@@ -45,8 +63,9 @@ def test_every_objective_has_the_shared_interface(name):
     loss, logs = obj(b, step=1, total_steps=10, generator=torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and torch.isfinite(loss)
     # scalars the loop can average: floats, or detached 0-d tensors left on the device (one transfer per step)
-    assert logs and all(isinstance(v, float) or (torch.is_tensor(v) and v.ndim == 0 and not v.requires_grad)
-                        for v in logs.values())
+    assert logs and all(
+        isinstance(v, float) or (torch.is_tensor(v) and v.ndim == 0 and not v.requires_grad) for v in logs.values()
+    )
     loss.backward()
     assert all(p.grad is not None for p in obj.trainable_parameters())  # every trainable head is used
     obj.after_step()

@@ -65,7 +65,6 @@ def test_frozen_encoder_trains_only_the_head():
     assert losses[-1] < 0.85 * losses[0], losses
 
 
-
 def test_probe_phase_trains_the_head_then_the_encoder_moves():
     # LP-FT: for the first probe_frac of the steps the encoder gets no gradient (AdamW then skips it: no update,
     # no weight decay); after that it fine-tunes with the head it met trained
@@ -88,6 +87,7 @@ def test_probe_phase_trains_the_head_then_the_encoder_moves():
     assert any(not torch.equal(v, obj.head.state_dict()[k]) for k, v in head0.items())
     step(5)
     assert any(not torch.equal(v, obj.encoder.state_dict()[k]) for k, v in enc0.items())
+
 
 def test_unknown_labels_are_refused():
     b = _batch()

@@ -32,8 +32,10 @@ def _batch(seed: int = 0, **kw):
     return make_batch(4, NP, NR, no_ray_samples=(1,), seed=seed, occ_grid=G, two_views=True, **kw)
 
 
-@pytest.mark.parametrize("depth, expected", [(8, [2, 4, 6, 8]), (4, [1, 2, 3, 4]), (6, [2, 3, 5, 6]), (2, [1, 2]),
-                                             (1, [1]), (12, [3, 6, 9, 12])])
+@pytest.mark.parametrize(
+    "depth, expected",
+    [(8, [2, 4, 6, 8]), (4, [1, 2, 3, 4]), (6, [2, 3, 5, 6]), (2, [1, 2]), (1, [1]), (12, [3, 6, 9, 12])],
+)
 def test_default_feature_depths_are_evenly_spaced(depth, expected):
     assert default_feat_depths(depth) == expected
 
@@ -60,9 +62,11 @@ def test_teacher_sees_the_full_input_and_the_student_the_masked_one():
     b = _batch()
     obj = _cmae(mask_ratio=0.5)
     seen = {}
+
     def hook(name):
         def record(module, args, kwargs, out):
             seen.setdefault(name, (args, kwargs))  # first call (the teacher also encodes view 2); returns None
+
         return record
 
     for name in ("encoder", "teacher"):
@@ -160,7 +164,10 @@ def test_missing_batch_keys_and_bad_config_are_clear_errors():
     # terms that are off need no batch keys
     loss, logs = _cmae(lambda_occ=0.0, lambda_view=0.0, occ_grid=0)(
         {k: v for k, v in b.items() if k != "occ_target" and not k.startswith("v2_")},
-        step=0, total_steps=1, generator=gen())
+        step=0,
+        total_steps=1,
+        generator=gen(),
+    )
     assert "occ_loss" not in logs and "view_loss" not in logs and torch.isfinite(loss)
 
 

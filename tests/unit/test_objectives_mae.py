@@ -61,8 +61,9 @@ def test_loss_is_mse_to_the_clean_content_embedding_at_masked_positions(normaliz
         h = enc(masked, b["type_id"], b["pos"], b["valid"], causal=False).h
         target = enc.token_mlp(b["feat"]) + enc.type_emb(b["type_id"])
         if normalize:
-            target = (target - target.mean(-1, keepdim=True)) / torch.sqrt(target.var(-1, unbiased=False,
-                                                                                    keepdim=True) + 1e-5)
+            target = (target - target.mean(-1, keepdim=True)) / torch.sqrt(
+                target.var(-1, unbiased=False, keepdim=True) + 1e-5
+            )
         expected = ((obj.decoder(h) - target)[mask] ** 2).mean()
     assert loss.item() == pytest.approx(float(expected), rel=1e-4)
 
@@ -98,8 +99,9 @@ def test_bad_options_are_refused():
         _mae(target_encoder="teacher")
 
 
-@pytest.mark.parametrize("cfg", [{}, {"bidirectional": False}, {"target_encoder": "ema"}],
-                         ids=["bidirectional", "causal", "ema"])
+@pytest.mark.parametrize(
+    "cfg", [{}, {"bidirectional": False}, {"target_encoder": "ema"}], ids=["bidirectional", "causal", "ema"]
+)
 def test_overfits_a_tiny_batch(cfg):
     b = make_batch(4, NP, NR, no_ray_samples=(2,), seed=4)
     losses = overfit(_mae(**cfg), b, steps=40, lr=3e-3)

@@ -7,8 +7,7 @@ import torch
 
 from overfit import single_thread  # noqa: F401 (autouse fixture)
 from pipeline3d.models.token_types import A_POINT, BOS, EOS, PAD, Q_POINT, content_tokens
-from pipeline3d.objectives.masks import (dual_mask_probs, mask_features, sample_dual_mask, sample_token_mask,
-                                         warmup_ramp)
+from pipeline3d.objectives.masks import dual_mask_probs, mask_features, sample_dual_mask, sample_token_mask, warmup_ramp
 from synthetic_tokens import make_batch
 
 
@@ -29,15 +28,18 @@ def test_warmup_ramp_is_a_pure_linear_function_of_step():
 def test_step_zero_of_the_warmup_blocks_nothing():
     b = make_batch(3, 6, 4)
     p_near, p_far = dual_mask_probs(0, 100, near=0.9, far=0.9, warmup_frac=0.1)
-    assert sample_dual_mask(b["type_id"], b["valid"], p_near=p_near, p_far=p_far, window=4, type_aware=False,
-                            generator=gen()) is None
+    assert (
+        sample_dual_mask(
+            b["type_id"], b["valid"], p_near=p_near, p_far=p_far, window=4, type_aware=False, generator=gen()
+        )
+        is None
+    )
 
 
 def test_dual_mask_is_drawn_per_sample_and_only_on_past_edges():
     b = make_batch(2, 12, 10)
     b = {k: v[:1].expand(2, *v.shape[1:]) if k in ("type_id", "valid") else v for k, v in b.items()}
-    m = sample_dual_mask(b["type_id"], b["valid"], p_near=0.5, p_far=0.5, window=4, type_aware=False,
-                         generator=gen())
+    m = sample_dual_mask(b["type_id"], b["valid"], p_near=0.5, p_far=0.5, window=4, type_aware=False, generator=gen())
     T = b["type_id"].shape[1]
     assert m.shape == (2, T, T)
     assert not torch.equal(m[0], m[1])  # two identical samples, two different masks
@@ -46,20 +48,19 @@ def test_dual_mask_is_drawn_per_sample_and_only_on_past_edges():
     frac = m.float().sum() / (2 * T * (T - 1) / 2)
     assert 0.4 < float(frac) < 0.6
     # same generator seed -> same masks
-    again = sample_dual_mask(b["type_id"], b["valid"], p_near=0.5, p_far=0.5, window=4, type_aware=False,
-                             generator=gen())
+    again = sample_dual_mask(
+        b["type_id"], b["valid"], p_near=0.5, p_far=0.5, window=4, type_aware=False, generator=gen()
+    )
     assert torch.equal(m, again)
 
 
 def test_dual_mask_window_separates_near_and_far():
     b = make_batch(2, 20, 20)
     T = b["type_id"].shape[1]
-    m = sample_dual_mask(b["type_id"], b["valid"], p_near=1.0, p_far=0.0, window=3, type_aware=False,
-                         generator=gen())
+    m = sample_dual_mask(b["type_id"], b["valid"], p_near=1.0, p_far=0.0, window=3, type_aware=False, generator=gen())
     dist = torch.arange(T)[:, None] - torch.arange(T)[None, :]
     assert torch.equal(m[0], (dist >= 1) & (dist <= 3))
-    m = sample_dual_mask(b["type_id"], b["valid"], p_near=0.0, p_far=1.0, window=3, type_aware=False,
-                         generator=gen())
+    m = sample_dual_mask(b["type_id"], b["valid"], p_near=0.0, p_far=1.0, window=3, type_aware=False, generator=gen())
     assert torch.equal(m[1], dist > 3)
 
 

@@ -15,9 +15,16 @@ from pipeline3d.objectives import build_objective
 from pipeline3d.objectives.masks import sample_token_mask
 from pipeline3d.tokens.augment import AugmentConfig, augment_points, augment_tokens
 from pipeline3d.tokens.layout import BOS, EOS, POINT
-from pipeline3d.tokens.patches import (PatchConfig, draw_points, farthest_point_sample, knn_groups, patchify,
-                                       split_patch_feat)
+from pipeline3d.tokens.patches import (
+    PatchConfig,
+    draw_points,
+    farthest_point_sample,
+    knn_groups,
+    patchify,
+    split_patch_feat,
+)
 from pipeline3d.tokens.tokenizer import tokenize
+
 
 def test_fps_centres_are_input_points_each_farthest_from_those_chosen():
     pts = cloud(0)
@@ -93,8 +100,9 @@ def test_augmentation_is_off_unless_enabled_and_moves_points_when_on():
     moved, _ = augment_points(pts, None, AugmentConfig(enabled=True, jitter_sigma=0.0), np.random.default_rng(1))
     assert not np.allclose(moved, pts)
     # a rotation about y alone keeps y and the distance to the y axis
-    rot, _ = augment_points(pts, None, AugmentConfig(enabled=True, scale=(1, 1), translate=0, jitter_sigma=0),
-                            np.random.default_rng(2))
+    rot, _ = augment_points(
+        pts, None, AugmentConfig(enabled=True, scale=(1, 1), translate=0, jitter_sigma=0), np.random.default_rng(2)
+    )
     np.testing.assert_allclose(rot[:, 1], pts[:, 1], atol=1e-12)
     np.testing.assert_allclose(np.hypot(rot[:, 0], rot[:, 2]), np.hypot(pts[:, 0], pts[:, 2]), atol=1e-12)
 
@@ -132,8 +140,15 @@ def test_meanmax_pool_concatenates_mean_and_max_of_content_tokens():
 
 # cmae's token InfoNCE has a high floor here: the patches of six spheres/cubes/rods are near-copies of each other,
 # so many negatives are indistinguishable from the positive; it still has to fall by a third
-@pytest.mark.parametrize("name,cfg,ratio", [("point_mae", {}, 0.5), ("nepa", {}, 0.5), ("mae", {}, 0.5),
-                                            ("cmae", {"lambda_occ": 0, "lambda_view": 0, "ema_momentum": 0.9}, 0.7)])
+@pytest.mark.parametrize(
+    "name,cfg,ratio",
+    [
+        ("point_mae", {}, 0.5),
+        ("nepa", {}, 0.5),
+        ("mae", {}, 0.5),
+        ("cmae", {"lambda_occ": 0, "lambda_view": 0, "ema_momentum": 0.9}, 0.7),
+    ],
+)
 def test_each_objective_loss_falls_on_a_tiny_patch_set(name, cfg, ratio):
     obj = seeded(1, lambda: build_objective(name, tiny_patch_encoder(), cfg))
     losses = overfit(obj, patch_batch(), steps=60, lr=3e-3, mask_seed=0)
@@ -159,8 +174,10 @@ def test_point_mae_refuses_query_encoders():
 
 
 def test_classifier_fits_a_tiny_patch_set_with_meanmax_pool():
-    obj = seeded(1, lambda: build_objective("classify", tiny_patch_encoder(), {"n_classes": 3, "pool": "meanmax",
-                                                                               "causal": False}))
+    obj = seeded(
+        1,
+        lambda: build_objective("classify", tiny_patch_encoder(), {"n_classes": 3, "pool": "meanmax", "causal": False}),
+    )
     losses = overfit(obj, patch_batch(), steps=40, lr=3e-3)
     assert losses[-1] < 0.2 * losses[0]
 

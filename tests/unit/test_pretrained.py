@@ -39,8 +39,15 @@ CLIP_CFG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3},
 }
 SHAPE_DIM = 12
-METRIC_CONFIG = {"in_dim": SHAPE_DIM, "out_dim": 6, "hidden": 16, "layers": 2, "dropout": 0.1, "normalize": True,
-                 "standardize": True}
+METRIC_CONFIG = {
+    "in_dim": SHAPE_DIM,
+    "out_dim": 6,
+    "hidden": 16,
+    "layers": 2,
+    "dropout": 0.1,
+    "normalize": True,
+    "standardize": True,
+}
 
 # What a user's script does: load each folder, run the model on the saved inputs, save the outputs.
 CHILD = r"""
@@ -82,8 +89,9 @@ save_file(out, root / "outputs.safetensors")
 
 def _run_child(root: Path, kinds=KINDS) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-c", CHILD, str(root), *kinds], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(root), *kinds], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @torch.no_grad()
@@ -108,15 +116,20 @@ def _build(root: Path) -> tuple[dict, dict]:
     models, expected = {}, {}
 
     encoder = tiny_encoder(n_positions(6, 5), seed=1).eval()
-    save_encoder(encoder, root / "encoder/workflow/encoder.safetensors", root / "encoder/workflow/encoder.json",
-                 {"steps": 7})
+    save_encoder(
+        encoder, root / "encoder/workflow/encoder.safetensors", root / "encoder/workflow/encoder.json", {"steps": 7}
+    )
     models["encoder"] = encoder
     expected["encoder"] = {"h": encoder(x["feat"], x["type_id"], x["pos"], x["valid"], causal=False).h}
 
     head = build_head(METRIC_CONFIG, seed=2)
     head.fit_input(rng.normal(size=(50, SHAPE_DIM)) + 3.0)  # buffers away from their defaults: saved with the weights
-    save_metric_head(head, root / "metric_head/workflow/head.safetensors", root / "metric_head/workflow/head.json",
-                     {"config": METRIC_CONFIG, "source": {"model": "toy", "weights_sha256": "ab" * 32}})
+    save_metric_head(
+        head,
+        root / "metric_head/workflow/head.safetensors",
+        root / "metric_head/workflow/head.json",
+        {"config": METRIC_CONFIG, "source": {"model": "toy", "weights_sha256": "ab" * 32}},
+    )
     models["metric_head"] = head
     expected["metric_head"] = {"out": torch.from_numpy(project(x["vectors"].numpy(), head))}
 
@@ -125,8 +138,12 @@ def _build(root: Path) -> tuple[dict, dict]:
     for _ in range(3):  # BN running statistics away from (0, 1)
         retrieval(torch.randn(16, SHAPE_DIM) * 2 + 1)
     retrieval.eval()
-    save_retrieval_head(retrieval, {"class_names": ["a", "b", "c", "d"]},
-                        root / "retrieval_head/workflow/head.safetensors", root / "retrieval_head/workflow/head.json")
+    save_retrieval_head(
+        retrieval,
+        {"class_names": ["a", "b", "c", "d"]},
+        root / "retrieval_head/workflow/head.safetensors",
+        root / "retrieval_head/workflow/head.json",
+    )
     models["retrieval_head"] = retrieval
     expected["retrieval_head"] = {"out": torch.from_numpy(retrieval.embed(x["vectors"].numpy()))}
 
@@ -140,10 +157,17 @@ def _build(root: Path) -> tuple[dict, dict]:
     torch.manual_seed(7)
     projection = ProjectionHead(SHAPE_DIM, 16, hidden=32).eval()
     folder = root / "alignment/workflow"
-    save_alignment(TextShapeAlignment(tower, projection, SymmetricInfoNCE(0.07)), backbone,
-                   folder / "projection.safetensors", folder / "text_tower.safetensors", folder / "head.json",
-                   projection_config={"in_dim": SHAPE_DIM, "out_dim": 16, "hidden": 32}, text_config=text_config,
-                   seed=5, extra={"dataset": "toy", "fold": 0})
+    save_alignment(
+        TextShapeAlignment(tower, projection, SymmetricInfoNCE(0.07)),
+        backbone,
+        folder / "projection.safetensors",
+        folder / "text_tower.safetensors",
+        folder / "head.json",
+        projection_config={"in_dim": SHAPE_DIM, "out_dim": 16, "hidden": 32},
+        text_config=text_config,
+        seed=5,
+        extra={"dataset": "toy", "fold": 0},
+    )
     x["tokens"] = backbone.tokenizer(["a 3D model of a chair", "a lamp", "a boat seen from the side"])
     expected["alignment"] = {"text": tower.encode(x["tokens"]), "shape": projection(x["vectors"])}
     # an alignment is saved as what the loader returns (the base tower + its trained blocks, the projection)
@@ -234,9 +258,14 @@ def _copy(saved, kind: str, layout: str, tmp_path: Path) -> Path:
     return Path(shutil.copytree(saved[0] / kind / layout, tmp_path / kind))
 
 
-@pytest.mark.parametrize("kind, layout, name", [("encoder", "hub", WEIGHTS_NAME),
-                                                ("retrieval_head", "workflow", "head.safetensors"),
-                                                ("alignment", "hub", TEXT_TOWER_NAME)])
+@pytest.mark.parametrize(
+    "kind, layout, name",
+    [
+        ("encoder", "hub", WEIGHTS_NAME),
+        ("retrieval_head", "workflow", "head.safetensors"),
+        ("alignment", "hub", TEXT_TOWER_NAME),
+    ],
+)
 def test_damaged_or_missing_weights_are_errors_naming_the_folder_and_file(saved, tmp_path, kind, layout, name):
     folder = _copy(saved, kind, layout, tmp_path)
     data = bytearray((folder / name).read_bytes())
@@ -280,13 +309,15 @@ def test_an_alignment_from_file_weights_asks_for_them(saved, tmp_path):
 
 
 def test_import_pipeline3d_stays_torch_free():
-    code = ("import sys, pipeline3d\n"
-            "assert 'torch' not in sys.modules, 'import pipeline3d imported torch'\n"
-            "assert {'load_encoder', 'save_pretrained', 'from_pretrained'} <= set(dir(pipeline3d))\n"
-            "from pipeline3d import config\n"  # submodules still import through the lazy __getattr__
-            "assert 'torch' not in sys.modules, 'a submodule import went through the library face'\n"
-            "load = pipeline3d.load_retrieval_head\n"
-            "assert 'torch' in sys.modules and load.__module__ == 'pipeline3d.pretrained'\n")
+    code = (
+        "import sys, pipeline3d\n"
+        "assert 'torch' not in sys.modules, 'import pipeline3d imported torch'\n"
+        "assert {'load_encoder', 'save_pretrained', 'from_pretrained'} <= set(dir(pipeline3d))\n"
+        "from pipeline3d import config\n"  # submodules still import through the lazy __getattr__
+        "assert 'torch' not in sys.modules, 'a submodule import went through the library face'\n"
+        "load = pipeline3d.load_retrieval_head\n"
+        "assert 'torch' in sys.modules and load.__module__ == 'pipeline3d.pretrained'\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):

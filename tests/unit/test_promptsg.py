@@ -19,7 +19,6 @@ from pipeline3d.jobs import promptsg
 from pipeline3d.stages import train_promptsg
 from pipeline3d.tokens.collate import collate
 from pipeline3d.tokens.dataset import ShapeTokenDataset
-
 from test_retrieval_head import TEMPLATE, clip_dir  # noqa: F401 (clip_dir: fixture)
 from tokens_fixtures import LABELS, write_labelled_mesh_dataset
 
@@ -32,22 +31,50 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("promptsg")
     files = write_labelled_mesh_dataset(root, SPLIT, {0: "ring", 1: "solid"}, TOKENS)
     ids = sorted(LABELS)
-    rows = [{"split_id": s, "shape_id": sid, "label": LABELS[sid], "role": "query" if (i + s) % 2 else "gallery"}
-            for s in range(2) for i, sid in enumerate(ids)]
+    rows = [
+        {"split_id": s, "shape_id": sid, "label": LABELS[sid], "role": "query" if (i + s) % 2 else "gallery"}
+        for s in range(2)
+        for i, sid in enumerate(ids)
+    ]
     pd.DataFrame(rows).to_parquet(root / "qg.parquet")
     return {**files, "qg": str(root / "qg.parquet")}
 
 
 def _params(clip_dir, *, steps=6, **variant):
     return {
-        "seed": 3, "dataset": "ds", "variant": "full", "method": "nepa", "stage_version": 1, "tokens": TOKENS,
-        "promptsg": {"backend": "pointcloud_noray", "n_point": 16, "n_ray": 0, "bnneck_dim": 16,
-                     "classifier": "arcface", "arcface": {"margin": 0.3, "scale": 16.0}, "textual_inversion": True,
-                     "n_tokens": 1, "template": TEMPLATE, "interaction": True, "interaction_layers": 1,
-                     "interaction_heads": 2, "loss_weights": {"ce": 1.0, "triplet": 1.0, "supcon": 0.5, "text": 0.5},
-                     "triplet_margin": 0.3, "supcon_temperature": 0.1, "k": 2, "batch_size": 4, "steps": steps,
-                     "lr": 1e-3, "backbone_lr_scale": 0.1, "weight_decay": 0.0, "warmup_frac": 0.0,
-                     "cosine": False, "clip_grad": 1.0, "checkpoint_every": 3},
+        "seed": 3,
+        "dataset": "ds",
+        "variant": "full",
+        "method": "nepa",
+        "stage_version": 1,
+        "tokens": TOKENS,
+        "promptsg": {
+            "backend": "pointcloud_noray",
+            "n_point": 16,
+            "n_ray": 0,
+            "bnneck_dim": 16,
+            "classifier": "arcface",
+            "arcface": {"margin": 0.3, "scale": 16.0},
+            "textual_inversion": True,
+            "n_tokens": 1,
+            "template": TEMPLATE,
+            "interaction": True,
+            "interaction_layers": 1,
+            "interaction_heads": 2,
+            "loss_weights": {"ce": 1.0, "triplet": 1.0, "supcon": 0.5, "text": 0.5},
+            "triplet_margin": 0.3,
+            "supcon_temperature": 0.1,
+            "k": 2,
+            "batch_size": 4,
+            "steps": steps,
+            "lr": 1e-3,
+            "backbone_lr_scale": 0.1,
+            "weight_decay": 0.0,
+            "warmup_frac": 0.0,
+            "cosine": False,
+            "clip_grad": 1.0,
+            "checkpoint_every": 3,
+        },
         "variant_settings": variant,
         "text": {"name": "clip-tiny", "model": f"local-dir:{clip_dir}", "weights": None, "random_init": True},
     }
@@ -55,8 +82,18 @@ def _params(clip_dir, *, steps=6, **variant):
 
 def _main(params, files, tmp, name):
     out = tmp / name
-    argv = ["--params", json.dumps(params), "--inputs", json.dumps(files), "--state-dir", str(out / "state"),
-            "--model-dir", str(out / "model"), "--metrics", str(out / "metrics.json")]
+    argv = [
+        "--params",
+        json.dumps(params),
+        "--inputs",
+        json.dumps(files),
+        "--state-dir",
+        str(out / "state"),
+        "--model-dir",
+        str(out / "model"),
+        "--metrics",
+        str(out / "metrics.json"),
+    ]
     return train_promptsg.main(argv), out
 
 
@@ -79,8 +116,13 @@ def _fixed_batch(model, files, tok):
 def test_the_text_tower_gets_no_gradient_and_keeps_its_weights(files, clip_dir):
     model, tok, _ = promptsg.build(_params(clip_dir), files, 2, "ds|full")
     before = _tower_digest(model)
-    objective = promptsg.PromptSGObjective(model, weights={"ce": 1, "triplet": 1, "supcon": 1, "text": 1},
-                                           triplet_margin=0.3, supcon_temperature=0.1, backbone_lr_scale=1.0)
+    objective = promptsg.PromptSGObjective(
+        model,
+        weights={"ce": 1, "triplet": 1, "supcon": 1, "text": 1},
+        triplet_margin=0.3,
+        supcon_temperature=0.1,
+        backbone_lr_scale=1.0,
+    )
     batch = _fixed_batch(model, files, tok)
     opt = torch.optim.SGD(objective.parameters(), lr=0.1)
     for _ in range(3):
@@ -98,8 +140,9 @@ def test_the_text_tower_gets_no_gradient_and_keeps_its_weights(files, clip_dir):
 def test_each_loss_term_falls_on_a_tiny_overfit_set(files, clip_dir, term):
     torch.manual_seed(0)
     model, tok, _ = promptsg.build(_params(clip_dir), files, 2, "ds|full")
-    objective = promptsg.PromptSGObjective(model, weights={term: 1.0}, triplet_margin=0.3, supcon_temperature=0.1,
-                                           backbone_lr_scale=1.0)
+    objective = promptsg.PromptSGObjective(
+        model, weights={term: 1.0}, triplet_margin=0.3, supcon_temperature=0.1, backbone_lr_scale=1.0
+    )
     batch = _fixed_batch(model, files, tok)
     opt = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-2)
     values = []
@@ -144,9 +187,10 @@ def test_sigterm_then_resume_gives_the_uninterrupted_model_byte_for_byte(files, 
     assert {"raw", "descriptor_raw"} - set(metrics) == {"raw"}  # no shape_embeddings input: no raw floor
 
 
-@pytest.mark.parametrize("variant", [{}, {"textual_inversion": False}, {"interaction": False,
-                                                                        "textual_inversion": False,
-                                                                        "classifier": "linear"}])
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"textual_inversion": False}, {"interaction": False, "textual_inversion": False, "classifier": "linear"}],
+)
 def test_the_published_model_embeds_as_the_trained_one(files, clip_dir, tmp_path, variant):
     code, out = _main(_params(clip_dir, steps=2, **variant), files, tmp_path, "run")
     assert code == 0

@@ -23,7 +23,8 @@ def test_scanobjectnn_names_the_missing_variant_file(tmp_path):
     (tmp_path / "main_split").mkdir()
     open(train, "wb").close()
     assert raw_input_problems({"scans": ds}) == [
-        f"datasets.scans.path: {test} does not exist (expected in a scanobjectnn folder of variant obj_bg)"]
+        f"datasets.scans.path: {test} does not exist (expected in a scanobjectnn folder of variant obj_bg)"
+    ]
 
 
 def test_outputs_of_the_workflow_need_not_exist_yet(tmp_path):

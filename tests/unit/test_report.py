@@ -13,7 +13,10 @@ from pipeline3d.report.tables import Column, MeanStd, Table, latex_escape, read_
 from pipeline3d.stages import report as report_stage
 
 OUTPUTS = [f"tables/{n}.{e}" for n in build.TABLE_NAMES for e in ("md", "csv", "tex")] + [
-    "tables/summary.md", "plots/fewshot_accuracy.png", "plots/recall_at_k.png"]
+    "tables/summary.md",
+    "plots/fewshot_accuracy.png",
+    "plots/recall_at_k.png",
+]
 
 
 # ------------------------------------------------------------------------------------------------- fixtures
@@ -25,58 +28,120 @@ def _write(path: Path, obj: dict) -> str:
 
 def finetune_json(root: Path, dataset: str, method: str, k: int, seed: int, acc: float, macc: float) -> str:
     # finetune_classifier's layout: identity at the top level, test.accuracy / test.mean_class_accuracy
-    return _write(root / "finetune" / dataset / method / f"k{k}" / f"s{seed}" / "metrics.json",
-                  {"dataset": dataset, "method": method, "k": k, "seed": seed, "git": "x", "seconds": 1.0,
-                   "test": {"accuracy": acc, "mean_class_accuracy": macc, "n": 10},
-                   "protocol": {"dataset": dataset, "seed": seed}})
+    return _write(
+        root / "finetune" / dataset / method / f"k{k}" / f"s{seed}" / "metrics.json",
+        {
+            "dataset": dataset,
+            "method": method,
+            "k": k,
+            "seed": seed,
+            "git": "x",
+            "seconds": 1.0,
+            "test": {"accuracy": acc, "mean_class_accuracy": macc, "n": 10},
+            "protocol": {"dataset": dataset, "seed": seed},
+        },
+    )
 
 
 def _ucpr_metrics(r1: float) -> dict:
-    return {"R@1": r1, "R@5": r1 + 0.2, "R@10": r1 + 0.3, "MRR": r1 + 0.1, "mean_rank": 3.0, "median_rank": 2.0,
-            "category_mAP": 0.5, "category_R@1": 0.6}
+    return {
+        "R@1": r1,
+        "R@5": r1 + 0.2,
+        "R@10": r1 + 0.3,
+        "MRR": r1 + 0.1,
+        "mean_rank": 3.0,
+        "median_rank": 2.0,
+        "category_mAP": 0.5,
+        "category_R@1": 0.6,
+    }
 
 
 def ucpr_json(root: Path, method: str, query: str, gallery: str, r1: float) -> str:
     # eval_ucpr's layout: per-ablation metrics under "ablations", the random-ranking expectation under "chance"
-    return _write(root / "ucpr" / "demo" / method / f"{query}--{gallery}.json",
-                  {"dataset": "demo", "method": method, "query": query, "gallery": gallery, "n_shapes": 40,
-                   "ablations": {"point_xyz": _ucpr_metrics(r1 / 2), "none": _ucpr_metrics(r1)},
-                   "chance": _ucpr_metrics(0.025), "protocol": {"dataset": "demo"}, "git": "x", "seconds": 1.0})
+    return _write(
+        root / "ucpr" / "demo" / method / f"{query}--{gallery}.json",
+        {
+            "dataset": "demo",
+            "method": method,
+            "query": query,
+            "gallery": gallery,
+            "n_shapes": 40,
+            "ablations": {"point_xyz": _ucpr_metrics(r1 / 2), "none": _ucpr_metrics(r1)},
+            "chance": _ucpr_metrics(0.025),
+            "protocol": {"dataset": "demo"},
+            "git": "x",
+            "seconds": 1.0,
+        },
+    )
 
 
 def cpac_json(root: Path, method: str, context: str, mae: float) -> str:
     # eval_cpac's layout: identity in protocol; metrics.<predictor>.pooled.{mae, rmse, iou}
     def block(m: float, iou: float | None) -> dict:
-        return {"pooled": {"mae": m, "rmse": m * 1.5, "bias": 0.0, "iou": iou, "n_points": 640},
-                "per_shape": {}, "per_class": {}}
-    return _write(root / "cpac" / "demo" / method / f"{context}.json",
-                  {"protocol": {"dataset": "demo", "method": method, "context_backend": context,
-                                "cpac": {"tau": 0.03}},
-                   "tau": 0.03, "n_eval_shapes": 10,
-                   "metrics": {"probe": block(mae, 0.4), "constant": block(0.2, None), "context_nn": block(0.1, 0.3)},
-                   "git": "x", "seconds": 1.0})
+        return {
+            "pooled": {"mae": m, "rmse": m * 1.5, "bias": 0.0, "iou": iou, "n_points": 640},
+            "per_shape": {},
+            "per_class": {},
+        }
+
+    return _write(
+        root / "cpac" / "demo" / method / f"{context}.json",
+        {
+            "protocol": {"dataset": "demo", "method": method, "context_backend": context, "cpac": {"tau": 0.03}},
+            "tau": 0.03,
+            "n_eval_shapes": 10,
+            "metrics": {"probe": block(mae, 0.4), "constant": block(0.2, None), "context_nn": block(0.1, 0.3)},
+            "git": "x",
+            "seconds": 1.0,
+        },
+    )
 
 
 def _qg(values: list[float]) -> dict:
     per_split = [{"split_id": i, "rank@1": v, "rank@5": 1.0, "rank@10": 1.0, "mAP": v} for i, v in enumerate(values)]
-    return {"rank@1": sum(values) / len(values), "rank@5": 1.0, "rank@10": 1.0, "mAP": sum(values) / len(values),
-            "std": {}, "per_split": per_split, "n_splits": len(values)}
+    return {
+        "rank@1": sum(values) / len(values),
+        "rank@5": 1.0,
+        "rank@10": 1.0,
+        "mAP": sum(values) / len(values),
+        "std": {},
+        "per_split": per_split,
+        "n_splits": len(values),
+    }
 
 
 def heads_jsons(root: Path) -> tuple[str, str]:
-    metric = _write(root / "heads" / "metric" / "shape" / "demo" / "nepa" / "metrics.json",
-                    {"space": "shape/demo/nepa", "test_qg": {"projected": _qg([0.5, 0.7, 0.9]), "raw": _qg([0.4])}})
-    retrieval = _write(root / "heads" / "retrieval" / "demo" / "nepa" / "metrics.json",
-                       {"dataset": "demo", "method": "nepa", "head": _qg([0.6, 0.8]), "raw": _qg([0.5, 0.5]),
-                        "head_pre_bn": _qg([0.55, 0.65]), "descriptor_raw": {**_qg([0.3, 0.4]), "descriptor": {}}})
+    metric = _write(
+        root / "heads" / "metric" / "shape" / "demo" / "nepa" / "metrics.json",
+        {"space": "shape/demo/nepa", "test_qg": {"projected": _qg([0.5, 0.7, 0.9]), "raw": _qg([0.4])}},
+    )
+    retrieval = _write(
+        root / "heads" / "retrieval" / "demo" / "nepa" / "metrics.json",
+        {
+            "dataset": "demo",
+            "method": "nepa",
+            "head": _qg([0.6, 0.8]),
+            "raw": _qg([0.5, 0.5]),
+            "head_pre_bn": _qg([0.55, 0.65]),
+            "descriptor_raw": {**_qg([0.3, 0.4]), "descriptor": {}},
+        },
+    )
     return metric, retrieval
 
 
 def align_json(root: Path) -> str:
-    return _write(root / "align" / "demo" / "nepa" / "metrics.json",
-                  {"dataset": "demo", "method": "nepa", "fold": 1,
-                   "test": {"t2m": {"R@1": 0.1, "R@3": 0.3, "R@5": 0.5, "R@10": 0.9},
-                            "m2t": {"R@1": 0.2, "R@3": 0.4, "R@5": 0.6, "R@10": 1.0}}})
+    return _write(
+        root / "align" / "demo" / "nepa" / "metrics.json",
+        {
+            "dataset": "demo",
+            "method": "nepa",
+            "fold": 1,
+            "test": {
+                "t2m": {"R@1": 0.1, "R@3": 0.3, "R@5": 0.5, "R@10": 0.9},
+                "m2t": {"R@1": 0.2, "R@3": 0.4, "R@5": 0.6, "R@10": 1.0},
+            },
+        },
+    )
 
 
 def all_inputs(root: Path) -> dict[str, list[str]]:
@@ -84,19 +149,37 @@ def all_inputs(root: Path) -> dict[str, list[str]]:
     finetune += [finetune_json(root, "demo", "nepa", 1, s, a, a) for s, a in enumerate([0.5, 0.7])]
     finetune += [finetune_json(root, "demo", "nepa", 0, 0, 0.9, 0.85)]
     metric, retrieval = heads_jsons(root)
-    return {"finetune": finetune,
-            "ucpr": [ucpr_json(root, "nepa", "mesh", "udfgrid", 0.3), ucpr_json(root, "mae", "mesh", "udfgrid", 0.4)],
-            "cpac": [cpac_json(root, "nepa", "pointcloud_noray", 0.05)],
-            "metric_heads": [metric], "retrieval_heads": [retrieval], "align": [align_json(root)]}
+    return {
+        "finetune": finetune,
+        "ucpr": [ucpr_json(root, "nepa", "mesh", "udfgrid", 0.3), ucpr_json(root, "mae", "mesh", "udfgrid", 0.4)],
+        "cpac": [cpac_json(root, "nepa", "pointcloud_noray", 0.05)],
+        "metric_heads": [metric],
+        "retrieval_heads": [retrieval],
+        "align": [align_json(root)],
+    }
 
 
-PARAMS = {"datasets": ["demo"], "title": "Demo results", "stage_version": 1,
-          "finetune": {"datasets": ["demo"], "methods": ["scratch", "nepa"], "k": [0, 1], "seeds": [0, 1, 2]}}
+PARAMS = {
+    "datasets": ["demo"],
+    "title": "Demo results",
+    "stage_version": 1,
+    "finetune": {"datasets": ["demo"], "methods": ["scratch", "nepa"], "k": [0, 1], "seeds": [0, 1, 2]},
+}
 
 
 def run_stage(inputs: dict, out: Path, params: dict = PARAMS) -> int:
-    return report_stage.main(["--params", json.dumps(params), "--inputs", json.dumps(inputs),
-                              "--out-dir", str(out / "tables"), "--plots-dir", str(out / "plots")])
+    return report_stage.main(
+        [
+            "--params",
+            json.dumps(params),
+            "--inputs",
+            json.dumps(inputs),
+            "--out-dir",
+            str(out / "tables"),
+            "--plots-dir",
+            str(out / "plots"),
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------------- tables
@@ -107,8 +190,12 @@ def test_mean_std_is_the_sample_std_and_undefined_for_one_run() -> None:
 
 
 def test_table_formats_and_csv_round_trip() -> None:
-    table = Table("t", "T", [Column("name", "Name"), Column("acc", "acc", "r", mean_std=True),
-                             Column("x", "x", "r")], group_key="dataset")
+    table = Table(
+        "t",
+        "T",
+        [Column("name", "Name"), Column("acc", "acc", "r", mean_std=True), Column("x", "x", "r")],
+        group_key="dataset",
+    )
     table.add(["a_b", MeanStd.of([0.2, 0.4, 0.6]), 1 / 3], group="d1")
     table.add(["c", MeanStd.of([0.5]), None], group="d1")
     md = table.to_markdown()
@@ -159,8 +246,13 @@ def test_ucpr_cpac_retrieval_text3d_tables(tmp_path: Path) -> None:
     report = build.build(all_inputs(tmp_path), PARAMS)
     ucpr = read_csv(report.tables["ucpr"].to_csv())
     assert [(r["method"], r["ablation"]) for r in ucpr] == [
-        ("mae", "none"), ("mae", "point_xyz"), ("mae", "chance"),
-        ("nepa", "none"), ("nepa", "point_xyz"), ("nepa", "chance")]
+        ("mae", "none"),
+        ("mae", "point_xyz"),
+        ("mae", "chance"),
+        ("nepa", "none"),
+        ("nepa", "point_xyz"),
+        ("nepa", "chance"),
+    ]
     assert ucpr[3]["pair"] == "mesh -> udfgrid" and float(ucpr[3]["R@1"]) == pytest.approx(0.3)
     assert float(ucpr[3]["MRR"]) == pytest.approx(0.4) and float(ucpr[3]["category_mAP"]) == pytest.approx(0.5)
     assert ucpr[3]["n_query"] == "40"
@@ -170,13 +262,20 @@ def test_ucpr_cpac_retrieval_text3d_tables(tmp_path: Path) -> None:
     assert float(cpac[0]["MAE"]) == pytest.approx(0.05) and float(cpac[0]["RMSE"]) == pytest.approx(0.075)
     assert cpac[1]["IoU"] == "" and cpac[0]["context"] == "pointcloud_noray" and cpac[0]["n_shapes"] == "10"
     cpac_md = report.tables["cpac"].to_markdown()
-    assert "IoU@0.030" in cpac_md and "| nepa | pointcloud_noray | baseline: constant | 10 | 0.200 | 0.300 | - |" \
-        in cpac_md
+    assert (
+        "IoU@0.030" in cpac_md
+        and "| nepa | pointcloud_noray | baseline: constant | 10 | 0.200 | 0.300 | - |" in cpac_md
+    )
 
     retrieval = read_csv(report.tables["retrieval"].to_csv())
     assert [(r["head"], r["embedding"]) for r in retrieval] == [
-        ("metric", "metric head"), ("metric", "raw"), ("retrieval", "retrieval head"),
-        ("retrieval", "retrieval head (pre-BN)"), ("retrieval", "raw"), ("retrieval", "descriptor (raw)")]
+        ("metric", "metric head"),
+        ("metric", "raw"),
+        ("retrieval", "retrieval head"),
+        ("retrieval", "retrieval head (pre-BN)"),
+        ("retrieval", "raw"),
+        ("retrieval", "descriptor (raw)"),
+    ]
     # metric head rank@1 over splits 0.5, 0.7, 0.9: mean 0.7, sample std 0.2 (the JSON's own std is ddof=0)
     assert float(retrieval[0]["rank@1_mean"]) == pytest.approx(0.7) and retrieval[0]["n_split"] == "3"
     assert float(retrieval[0]["rank@1_std"]) == pytest.approx(0.2)
@@ -192,8 +291,10 @@ def test_ucpr_cpac_retrieval_text3d_tables(tmp_path: Path) -> None:
 
 
 def test_ucpr_results_layout_is_read_too(tmp_path: Path) -> None:
-    path = _write(tmp_path / "u.json", {"dataset": "d", "method": "m", "query": "mesh", "gallery": "udfgrid",
-                                        "results": {"none": _ucpr_metrics(0.1)}})
+    path = _write(
+        tmp_path / "u.json",
+        {"dataset": "d", "method": "m", "query": "mesh", "gallery": "udfgrid", "results": {"none": _ucpr_metrics(0.1)}},
+    )
     rows = collect.ucpr_rows([path])
     assert rows["ablation"].tolist() == ["none"] and rows["R@10"].tolist() == pytest.approx([0.4])
 
@@ -290,19 +391,33 @@ def test_metrics_jsonl_has_every_file_once_without_timings(tmp_path):
 
 
 def test_promptsg_variants_are_rows_of_the_retrieval_table_beside_their_floors(tmp_path: Path) -> None:
-    full = _write(tmp_path / "full.json", {"dataset": "d", "method": "point_mae", "variant": "full",
-                                           "head": _qg([0.8, 0.6]), "raw": _qg([0.3, 0.5]),
-                                           "descriptor_raw": _qg([0.2, 0.2])})
-    bare = _write(tmp_path / "bare.json", {"dataset": "d", "method": "point_mae", "variant": "no_interaction",
-                                           "head": _qg([0.4, 0.4])})
+    full = _write(
+        tmp_path / "full.json",
+        {
+            "dataset": "d",
+            "method": "point_mae",
+            "variant": "full",
+            "head": _qg([0.8, 0.6]),
+            "raw": _qg([0.3, 0.5]),
+            "descriptor_raw": _qg([0.2, 0.2]),
+        },
+    )
+    bare = _write(
+        tmp_path / "bare.json",
+        {"dataset": "d", "method": "point_mae", "variant": "no_interaction", "head": _qg([0.4, 0.4])},
+    )
     rows = collect.retrieval_rows([], [], [full, bare])
     got = {(r["model"], r["embedding"]): r["mAP"] for r in rows.to_dict("records")}
-    assert got == {("point_mae/full", "PromptSG"): [0.8, 0.6], ("point_mae/full", "raw"): [0.3, 0.5],
-                   ("point_mae/full", "descriptor (raw)"): [0.2, 0.2],
-                   ("point_mae/no_interaction", "PromptSG"): [0.4, 0.4]}
+    assert got == {
+        ("point_mae/full", "PromptSG"): [0.8, 0.6],
+        ("point_mae/full", "raw"): [0.3, 0.5],
+        ("point_mae/full", "descriptor (raw)"): [0.2, 0.2],
+        ("point_mae/no_interaction", "PromptSG"): [0.4, 0.4],
+    }
     assert set(rows["head"]) == {"promptsg"}
     table = build.retrieval_table(rows)
     assert table.n_rows == 4
     with pytest.raises(ValueError, match="variant"):
-        collect.retrieval_rows([], [], [_write(tmp_path / "anon.json", {"dataset": "d", "method": "m",
-                                                                         "head": _qg([0.1])})])
+        collect.retrieval_rows(
+            [], [], [_write(tmp_path / "anon.json", {"dataset": "d", "method": "m", "head": _qg([0.1])})]
+        )

@@ -15,9 +15,9 @@ import torch
 
 from pipeline3d.embed import backbones
 from pipeline3d.embed.backbones import build_text_backbone
+from pipeline3d.embed.retrieval_head import RetrievalModel, load_retrieval_head
 from pipeline3d.embed.vectors import write_vectors
 from pipeline3d.jobs import retrieval_head
-from pipeline3d.embed.retrieval_head import RetrievalModel, load_retrieval_head
 from pipeline3d.jobs.retrieval_head import RetrievalObjective, pk_indices
 from pipeline3d.models import pseudo_prompt
 from pipeline3d.models.pseudo_prompt import encode_with_pseudo_tokens, prepare_template, text_tower, word_embeddings
@@ -57,11 +57,22 @@ def data(tmp_path_factory):
             signal_part = centres[c] + 0.3 * rng.normal(size=SIGNAL)
             vecs.append(np.concatenate([signal_part, 4.0 * rng.normal(size=NOISE)]))
             ids.append(sid)
-            rows.append({"shape_id": sid, "label": c, "label_name": f"class{c}",
-                         "split": "train" if i < N_TRAIN else "test", "group": sid})
+            rows.append(
+                {
+                    "shape_id": sid,
+                    "label": c,
+                    "label_name": f"class{c}",
+                    "split": "train" if i < N_TRAIN else "test",
+                    "group": sid,
+                }
+            )
     table = pd.DataFrame(rows)
-    write_vectors(root / "emb.parquet", ids, np.asarray(vecs, np.float32),
-                  {"model": "synthetic", "weights_sha256": "0" * 64, "preprocessing": "{}"})
+    write_vectors(
+        root / "emb.parquet",
+        ids,
+        np.asarray(vecs, np.float32),
+        {"model": "synthetic", "weights_sha256": "0" * 64, "preprocessing": "{}"},
+    )
     table[["shape_id", "label", "label_name"]].to_parquet(root / "manifest.parquet")
     table[["shape_id", "label", "split", "group"]].to_parquet(root / "ttv.parquet")
     test = table[table["split"] == "test"]
@@ -70,36 +81,73 @@ def data(tmp_path_factory):
         r = np.random.default_rng(100 + split_id)
         for c, part in test.groupby("label"):
             query = part["shape_id"].iloc[int(r.integers(len(part)))]
-            qg += [{"split_id": split_id, "shape_id": s, "label": c, "role": "query" if s == query else "gallery"}
-                   for s in part["shape_id"]]
+            qg += [
+                {"split_id": split_id, "shape_id": s, "label": c, "role": "query" if s == query else "gallery"}
+                for s in part["shape_id"]
+            ]
     pd.DataFrame(qg).to_parquet(root / "qg.parquet")
-    files = {"shape_embeddings": str(root / "emb.parquet"), "manifest": str(root / "manifest.parquet"),
-             "ttv": str(root / "ttv.parquet"), "qg": str(root / "qg.parquet")}
+    files = {
+        "shape_embeddings": str(root / "emb.parquet"),
+        "manifest": str(root / "manifest.parquet"),
+        "ttv": str(root / "ttv.parquet"),
+        "qg": str(root / "qg.parquet"),
+    }
     return files, dict(zip(ids, np.asarray(vecs, np.float32)))
 
 
 def _params(clip_dir, *, steps=150, ti=False, weights=None, **head):
     return {
-        "seed": 3, "dataset": "syn", "method": "nepa", "stage_version": 1,
-        "head": {"neck_dim": 16, "arcface": {"margin": 0.3, "scale": 16.0},
-                 "loss_weights": weights or {"ce": 1.0, "triplet": 1.0, "supcon": 0.5},
-                 "triplet_margin": 0.3, "supcon_temperature": 0.1,
-                 "textual_inversion": {"enabled": ti, "n_tokens": 2, "template": TEMPLATE, "weight": 0.5},
-                 "steps": steps, "batch_size": 24, "lr": 1e-2, **head},
-        "text": {"name": "clip-tiny", "model": f"local-dir:{clip_dir}", "weights": None, "random_init": True,
-                 "templates": ["a 3D model of a {}."], "batch_size": 64, "datasets": []},
+        "seed": 3,
+        "dataset": "syn",
+        "method": "nepa",
+        "stage_version": 1,
+        "head": {
+            "neck_dim": 16,
+            "arcface": {"margin": 0.3, "scale": 16.0},
+            "loss_weights": weights or {"ce": 1.0, "triplet": 1.0, "supcon": 0.5},
+            "triplet_margin": 0.3,
+            "supcon_temperature": 0.1,
+            "textual_inversion": {"enabled": ti, "n_tokens": 2, "template": TEMPLATE, "weight": 0.5},
+            "steps": steps,
+            "batch_size": 24,
+            "lr": 1e-2,
+            **head,
+        },
+        "text": {
+            "name": "clip-tiny",
+            "model": f"local-dir:{clip_dir}",
+            "weights": None,
+            "random_init": True,
+            "templates": ["a 3D model of a {}."],
+            "batch_size": 64,
+            "datasets": [],
+        },
     }
 
 
 def _main(params, files, tmp, name="out", threads=1):
     out = tmp / name
-    argv = ["--params", json.dumps(params), "--inputs", json.dumps(files), "--state-dir", str(out / "state"),
-            "--threads", str(threads), "--head", str(out / "head.safetensors"), "--head-json", str(out / "head.json"),
-            "--metrics", str(out / "metrics.json")]
+    argv = [
+        "--params",
+        json.dumps(params),
+        "--inputs",
+        json.dumps(files),
+        "--state-dir",
+        str(out / "state"),
+        "--threads",
+        str(threads),
+        "--head",
+        str(out / "head.safetensors"),
+        "--head-json",
+        str(out / "head.json"),
+        "--metrics",
+        str(out / "metrics.json"),
+    ]
     return train_retrieval_head.main(argv), out
 
 
 # ---- pseudo-token prompts ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("short_pass", [True, False])  # causal shortcut (prompt positions only) or all 77
 @pytest.mark.parametrize("word", ["chair", "nightstand", "xylophone"])  # 1, 2 and 3 BPE tokens
@@ -141,6 +189,7 @@ def test_pseudo_tokens_get_gradients_and_bad_layouts_are_refused(tiny_text):
 
 # ---- batches and losses -----------------------------------------------------------------------------------------
 
+
 def test_pk_batches_come_from_the_generator():
     rows = [torch.arange(0, 6), torch.arange(6, 8), torch.arange(8, 20)]
     draw = lambda seed: pk_indices(rows, 2, 4, torch.Generator().manual_seed(seed))  # noqa: E731
@@ -154,13 +203,22 @@ def test_pk_batches_come_from_the_generator():
 def _objective(tiny_text, weights, text_weight=0.5):
     torch.manual_seed(0)
     tower = text_tower(tiny_text.model)
-    model = RetrievalModel(12, 8, 4, margin=0.3, scale=16.0, token_dim=tower.width, text_dim=tiny_text.dim,
-                           n_tokens=1)
+    model = RetrievalModel(12, 8, 4, margin=0.3, scale=16.0, token_dim=tower.width, text_dim=tiny_text.dim, n_tokens=1)
     x = torch.randn(40, 12)
     y = torch.arange(40) % 4
-    return RetrievalObjective(model, x, y, k=4, p=4, weights=weights, triplet_margin=0.3, supcon_temperature=0.1,
-                              text_backbone=tiny_text, prompt=prepare_template(tiny_text.tokenizer, TEMPLATE),
-                              text_weight=text_weight)
+    return RetrievalObjective(
+        model,
+        x,
+        y,
+        k=4,
+        p=4,
+        weights=weights,
+        triplet_margin=0.3,
+        supcon_temperature=0.1,
+        text_backbone=tiny_text,
+        prompt=prepare_template(tiny_text.tokenizer, TEMPLATE),
+        text_weight=text_weight,
+    )
 
 
 def _grads(objective):
@@ -168,8 +226,15 @@ def _grads(objective):
     loss, logs = objective(None, step=0, total_steps=1, generator=torch.Generator().manual_seed(9))
     loss.backward()
     logs = {k: float(v) for k, v in logs.items()}  # scalar tensors left on the device by the objective
-    return loss, logs, {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-                        for n, p in objective.named_parameters() if p.requires_grad}
+    return (
+        loss,
+        logs,
+        {
+            n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+            for n, p in objective.named_parameters()
+            if p.requires_grad
+        },
+    )
 
 
 def test_every_term_is_logged_and_a_zero_weight_removes_its_gradient(tiny_text):
@@ -181,8 +246,9 @@ def test_every_term_is_logged_and_a_zero_weight_removes_its_gradient(tiny_text):
     per_term = {}
     for term in ("ce", "triplet", "supcon", "text_align"):
         only = {t: (1.0 if t == term else 0.0) for t in weights}
-        _, term_logs, per_term[term] = _grads(_objective(tiny_text, only, text_weight=1.0 if term == "text_align"
-                                                         else 0.0))
+        _, term_logs, per_term[term] = _grads(
+            _objective(tiny_text, only, text_weight=1.0 if term == "text_align" else 0.0)
+        )
         assert term_logs[term] == pytest.approx(logs[term], rel=1e-6)  # still logged at weight 0 for the others
     # gradients are linear in the weights: dropping a term (weight 0) removes exactly its contribution
     scale = {**weights, "text_align": 0.3}
@@ -197,6 +263,7 @@ def test_every_term_is_logged_and_a_zero_weight_removes_its_gradient(tiny_text):
 
 
 # ---- the stage ----------------------------------------------------------------------------------------------------
+
 
 def test_training_beats_raw_embeddings_and_export_round_trips(data, clip_dir, tmp_path, monkeypatch):
     files, vectors = data
@@ -223,8 +290,7 @@ def test_training_beats_raw_embeddings_and_export_round_trips(data, clip_dir, tm
     head_model = load_retrieval_head(out / "head.safetensors", out / "head.json")
     ids = sorted(vectors)
     first = head_model.embed(np.stack([vectors[i] for i in ids]))
-    again = load_retrieval_head(out / "head.safetensors", out / "head.json").embed(
-        np.stack([vectors[i] for i in ids]))
+    again = load_retrieval_head(out / "head.safetensors", out / "head.json").embed(np.stack([vectors[i] for i in ids]))
     assert first.shape == (len(ids), 16) and first.dtype == np.float32 and np.array_equal(first, again)
     # the published head reproduces the stage's own evaluation
     from pipeline3d.eval.retrieval import qg_rank_map
@@ -267,8 +333,10 @@ def test_sigterm_then_resume_gives_the_uninterrupted_head_byte_for_byte(data, cl
     metrics = json.loads((resumed / "metrics.json").read_text())
     assert metrics["head"] == ref_metrics["head"]
     sidecar = json.loads((resumed / "head.json").read_text())
-    assert sidecar["text"]["weights_sha256"] == backbones.build_text_backbone(
-        f"local-dir:{clip_dir}", allow_random_init=True, seed=3).weights.sha256
+    assert (
+        sidecar["text"]["weights_sha256"]
+        == backbones.build_text_backbone(f"local-dir:{clip_dir}", allow_random_init=True, seed=3).weights.sha256
+    )
     assert sidecar["text"]["n_tokens"] == 2 and sidecar["text"]["template"] == TEMPLATE
     log_lines = [json.loads(line) for line in (resumed / "state" / "train_log.jsonl").read_text().splitlines()]
     assert all({"ce", "triplet", "supcon", "text_align"} <= set(line) for line in log_lines)
@@ -284,8 +352,16 @@ def _pc_cache(root, ids, seed=0):
     rng = np.random.default_rng(seed)
     stretch = [(1, 1, 1), (1, 1, 0.05), (1, 0.3, 0.3), (1, 1, 1), (1, 1, 0.1), (1, 0.05, 0.05)]
     n = 256
-    with ShardWriter(root / "shard-0000.h5", dataset="syn", shard=0, n_shards=1, kind="pointcloud",
-                     profile={"pc_points": n}, keys=("pc_xyz",), compression="none") as writer:
+    with ShardWriter(
+        root / "shard-0000.h5",
+        dataset="syn",
+        shard=0,
+        n_shards=1,
+        kind="pointcloud",
+        profile={"pc_points": n},
+        keys=("pc_xyz",),
+        compression="none",
+    ) as writer:
         for sid in ids:
             c = int(sid.split("/")[1][1:])
             p = rng.normal(size=(n, 3))
@@ -298,7 +374,8 @@ def _pc_cache(root, ids, seed=0):
             p = (p * stretch[c] + 0.01 * rng.normal(size=(n, 3))) @ q.T * rng.uniform(0.5, 2.0)
             writer.append(sid, {"pc_xyz": p.astype(np.float32)})
     pd.DataFrame({"shape_id": ids, "shard": 0, "shard_file": "shard-0000.h5", "row": range(len(ids))}).to_parquet(
-        root / "index.parquet")
+        root / "index.parquet"
+    )
     return {"index": str(root / "index.parquet"), "shards": [str(root / "shard-0000.h5")]}
 
 

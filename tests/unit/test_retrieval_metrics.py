@@ -11,14 +11,22 @@ from pipeline3d.eval.retrieval import average_precision, qg_rank_map, rank_map, 
 
 
 def test_ranks_ap_and_recall_by_hand_with_ties_in_gallery_order():
-    sim = np.array([[0.5, 0.9, 0.5, 0.1],    # order 1, 0, 2, 3 (tie 0/2 keeps gallery order)
-                    [0.5, 0.9, 0.5, 0.1],
-                    [0.1, 0.2, 0.3, 0.4],    # order 3, 2, 1, 0
-                    [0.0, 0.0, 0.0, 0.0]])   # all tied: gallery order
-    rel = np.array([[False, False, True, True],   # relevant at ranks 3, 4
-                    [True, False, False, False],  # relevant at rank 2
-                    [False, False, False, False],  # no relevant item
-                    [False, True, False, True]])  # ranks 2, 4
+    sim = np.array(
+        [
+            [0.5, 0.9, 0.5, 0.1],  # order 1, 0, 2, 3 (tie 0/2 keeps gallery order)
+            [0.5, 0.9, 0.5, 0.1],
+            [0.1, 0.2, 0.3, 0.4],  # order 3, 2, 1, 0
+            [0.0, 0.0, 0.0, 0.0],
+        ]
+    )  # all tied: gallery order
+    rel = np.array(
+        [
+            [False, False, True, True],  # relevant at ranks 3, 4
+            [True, False, False, False],  # relevant at rank 2
+            [False, False, False, False],  # no relevant item
+            [False, True, False, True],
+        ]
+    )  # ranks 2, 4
     assert ranks(sim, rel).tolist() == [3, 2, 0, 2]
     ap = average_precision(sim, rel)
     np.testing.assert_allclose(ap[[0, 1, 3]], [(1 / 3 + 2 / 4) / 2, 1 / 2, (1 / 2 + 2 / 4) / 2], atol=1e-12)
@@ -77,16 +85,30 @@ def test_rank_map_by_hand():
     assert (out["n_query"], out["n_gallery"], out["n_query_without_relevant"]) == (2, 4, 0)
 
 
-VECTORS = {"d/a/1": [1.0, 0.0], "d/a/2": [0.8, 0.6], "d/a/3": [0.6, 0.8], "d/b/1": [0.0, 1.0],
-           "d/b/2": [-0.6, 0.8], "d/c/1": [1.0, 1.0]}
+VECTORS = {
+    "d/a/1": [1.0, 0.0],
+    "d/a/2": [0.8, 0.6],
+    "d/a/3": [0.6, 0.8],
+    "d/b/1": [0.0, 1.0],
+    "d/b/2": [-0.6, 0.8],
+    "d/c/1": [1.0, 1.0],
+}
 LABELS = {"d/a/1": 0, "d/a/2": 0, "d/a/3": 0, "d/b/1": 1, "d/b/2": 1, "d/c/1": 2}
 
 
 def _qg() -> pd.DataFrame:
-    rows = [(0, "d/a/1", "query"), (0, "d/b/1", "query"), (0, "d/b/2", "gallery"), (0, "d/a/3", "gallery"),
-            (0, "d/a/2", "gallery"),
-            (1, "d/a/3", "query"), (1, "d/c/1", "query"), (1, "d/b/2", "gallery"), (1, "d/b/1", "gallery"),
-            (1, "d/a/1", "gallery")]
+    rows = [
+        (0, "d/a/1", "query"),
+        (0, "d/b/1", "query"),
+        (0, "d/b/2", "gallery"),
+        (0, "d/a/3", "gallery"),
+        (0, "d/a/2", "gallery"),
+        (1, "d/a/3", "query"),
+        (1, "d/c/1", "query"),
+        (1, "d/b/2", "gallery"),
+        (1, "d/b/1", "gallery"),
+        (1, "d/a/1", "gallery"),
+    ]
     return pd.DataFrame([(s, i, LABELS[i], r) for s, i, r in rows], columns=["split_id", "shape_id", "label", "role"])
 
 

@@ -13,9 +13,16 @@ import pytest
 from pipeline3d.data.splits import allocate
 from pipeline3d.stages import make_splits
 
-SPLITS_CFG = {"train": 0.8, "val": 0.1, "kfold": 5,
-              "unpaired": {"train_mesh": 0.34, "train_pc": 0.33, "train_udf": 0.33},
-              "fewshot_k": [1, 5], "fewshot_seeds": [0, 1], "query_gallery_splits": 3, "query_per_class": 2}
+SPLITS_CFG = {
+    "train": 0.8,
+    "val": 0.1,
+    "kfold": 5,
+    "unpaired": {"train_mesh": 0.34, "train_pc": 0.33, "train_udf": 0.33},
+    "fewshot_k": [1, 5],
+    "fewshot_seeds": [0, 1],
+    "query_gallery_splits": 3,
+    "query_per_class": 2,
+}
 CLASS_SIZES = {0: 60, 1: 40, 2: 21, 3: 7, 4: 3, 5: 1}
 FAMILIES = ("ttv", "kfold", "unpaired", "fewshot", "qg")
 
@@ -27,15 +34,21 @@ def make_dataset(with_source_split: bool = False, seed: int = 0) -> tuple[pd.Dat
     for c, n in CLASS_SIZES.items():
         ids += [f"ds/c{c}/m{i:03d}" for i in range(n)]
         labels += [c] * n
-    manifest = pd.DataFrame({"shape_id": ids, "dataset": "ds", "kind": "mesh", "label": labels,
-                             "label_name": [f"class{c}" for c in labels],
-                             "source_split": (np.where(rng.random(len(ids)) < 0.75, "train", "test")
-                                              if with_source_split else "")})
+    manifest = pd.DataFrame(
+        {
+            "shape_id": ids,
+            "dataset": "ds",
+            "kind": "mesh",
+            "label": labels,
+            "label_name": [f"class{c}" for c in labels],
+            "source_split": (np.where(rng.random(len(ids)) < 0.75, "train", "test") if with_source_split else ""),
+        }
+    )
     group = {sid: sid for sid in ids}
     for c in (0, 1, 2):  # groups of 2 and 3 inside the big classes
         members = [s for s in ids if s.startswith(f"ds/c{c}/")]
         for start in range(0, 12, 6):
-            for m in members[start + 1: start + 3]:
+            for m in members[start + 1 : start + 3]:
                 group[m] = members[start]
             group[members[start + 3]] = members[start + 4]
     group["ds/c1/m039"] = group["ds/c0/m050"] = "ds/c0/m050"  # a near-duplicate across classes
@@ -49,10 +62,19 @@ def make_dataset(with_source_split: bool = False, seed: int = 0) -> tuple[pd.Dat
 def run(tmp_path, manifest, dups, seed=0, kind="mesh", cfg=SPLITS_CFG, name="out") -> dict[str, pd.DataFrame]:
     manifest.to_parquet(tmp_path / f"{name}-manifest.parquet")
     dups.to_parquet(tmp_path / f"{name}-dups.parquet")
-    params = {"seed": seed, "dataset": "ds", "source": {"kind": kind, "path": "x"}, "splits": cfg,
-              "stage_version": 1}
-    rc = make_splits.main(["--params", json.dumps(params), "--manifest", str(tmp_path / f"{name}-manifest.parquet"),
-                           "--duplicates", str(tmp_path / f"{name}-dups.parquet"), "--out-dir", str(tmp_path / name)])
+    params = {"seed": seed, "dataset": "ds", "source": {"kind": kind, "path": "x"}, "splits": cfg, "stage_version": 1}
+    rc = make_splits.main(
+        [
+            "--params",
+            json.dumps(params),
+            "--manifest",
+            str(tmp_path / f"{name}-manifest.parquet"),
+            "--duplicates",
+            str(tmp_path / f"{name}-dups.parquet"),
+            "--out-dir",
+            str(tmp_path / name),
+        ]
+    )
     assert rc == 0
     return {f: pd.read_parquet(tmp_path / name / f"{f}.parquet") for f in FAMILIES}
 
@@ -125,8 +147,13 @@ def test_source_splits_are_respected(sourced):
 def test_near_duplicate_groups_never_straddle(which, plain, sourced):
     tables, dups = (plain[0], plain[1]) if which == "plain" else (sourced[0], sourced[2])
     group = dups.set_index("shape_id")["group"]
-    for family, key, scope in [("ttv", "split", []), ("kfold", "fold", []), ("unpaired", "split", []),
-                               ("fewshot", "role", ["k", "seed"]), ("qg", "role", ["split_id"])]:
+    for family, key, scope in [
+        ("ttv", "split", []),
+        ("kfold", "fold", []),
+        ("unpaired", "split", []),
+        ("fewshot", "role", ["k", "seed"]),
+        ("qg", "role", ["split_id"]),
+    ]:
         t = tables[family].assign(group=lambda d: d["shape_id"].map(group))
         if family == "ttv":  # "excluded" members are used nowhere (see test_source_splits_are_respected)
             t = t[t["split"] != "excluded"]
@@ -265,10 +292,22 @@ def test_manifest_row_order_does_not_matter(tmp_path):
 def test_a_new_item_does_not_move_the_others(tmp_path):
     manifest, dups = make_dataset()
     a = run(tmp_path, manifest, dups, name="a")["ttv"].set_index("shape_id")["split"]
-    extra = pd.DataFrame({"shape_id": ["ds/c0/zzz"], "dataset": "ds", "kind": "mesh", "label": 0,
-                          "label_name": "class0", "source_split": ""})
-    b = run(tmp_path, pd.concat([manifest, extra]), pd.concat([dups, pd.DataFrame(
-        {"shape_id": ["ds/c0/zzz"], "group": ["ds/c0/zzz"], "group_size": [1]})]), name="b")["ttv"]
+    extra = pd.DataFrame(
+        {
+            "shape_id": ["ds/c0/zzz"],
+            "dataset": "ds",
+            "kind": "mesh",
+            "label": 0,
+            "label_name": "class0",
+            "source_split": "",
+        }
+    )
+    b = run(
+        tmp_path,
+        pd.concat([manifest, extra]),
+        pd.concat([dups, pd.DataFrame({"shape_id": ["ds/c0/zzz"], "group": ["ds/c0/zzz"], "group_size": [1]})]),
+        name="b",
+    )["ttv"]
     b = b.set_index("shape_id")["split"]
     # a handful may move (per-class counts change by one), not a reshuffle
     assert (a != b.reindex(a.index)).sum() <= 3
@@ -280,8 +319,16 @@ def test_missing_columns_name_the_file(tmp_path, capsys):
     manifest.drop(columns=["source_split"]).to_parquet(tmp_path / "m.parquet")
     dups.to_parquet(tmp_path / "d.parquet")
     params = {"seed": 0, "dataset": "ds", "source": {"kind": "mesh"}, "splits": SPLITS_CFG, "stage_version": 1}
-    argv = ["--params", json.dumps(params), "--manifest", str(tmp_path / "m.parquet"), "--duplicates",
-            str(tmp_path / "d.parquet"), "--out-dir", str(tmp_path / "o")]
+    argv = [
+        "--params",
+        json.dumps(params),
+        "--manifest",
+        str(tmp_path / "m.parquet"),
+        "--duplicates",
+        str(tmp_path / "d.parquet"),
+        "--out-dir",
+        str(tmp_path / "o"),
+    ]
     assert make_splits.main(argv) == 1
     err = capsys.readouterr().err
     assert "m.parquet: the manifest lacks columns ['source_split']" in err
@@ -300,6 +347,19 @@ def test_unfingerprinted_items_are_left_out_and_unknown_ones_refused(tmp_path, c
     manifest[manifest["shape_id"] != "ds/c2/m020"].to_parquet(tmp_path / "m.parquet")
     dups.to_parquet(tmp_path / "d.parquet")
     params = {"seed": 0, "dataset": "ds", "source": {"kind": "mesh"}, "splits": SPLITS_CFG, "stage_version": 1}
-    assert make_splits.main(["--params", json.dumps(params), "--manifest", str(tmp_path / "m.parquet"),
-                             "--duplicates", str(tmp_path / "d.parquet"), "--out-dir", str(tmp_path / "o")]) == 1
+    assert (
+        make_splits.main(
+            [
+                "--params",
+                json.dumps(params),
+                "--manifest",
+                str(tmp_path / "m.parquet"),
+                "--duplicates",
+                str(tmp_path / "d.parquet"),
+                "--out-dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     assert "not in" in capsys.readouterr().err

@@ -18,8 +18,19 @@ import pytest
 
 from pipeline3d.cli import main
 from pipeline3d.log import FORMAT, log_stage_end, log_stage_start, slurm_job_id
-from pipeline3d.status import (Job, Status, StatusError, _is_snakemake_run, classify, collect, log_failure,
-                               parse_job_blocks, read_job_log, render_table, slurm_comment)
+from pipeline3d.status import (
+    Job,
+    Status,
+    StatusError,
+    _is_snakemake_run,
+    classify,
+    collect,
+    log_failure,
+    parse_job_blocks,
+    read_job_log,
+    render_table,
+    slurm_comment,
+)
 
 # make_a: 3 jobs with two outputs each; make_b fails for s=y (traceback + ERROR line in its log, exit 1);
 # make_c needs every make_b output, so it stays pending.
@@ -54,8 +65,13 @@ rule make_c:
 def workflow(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("wf")
     (root / "Snakefile").write_text(SNAKEFILE)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--keep-going", "all"], cwd=root,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--keep-going", "all"],
+        cwd=root,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0, "make_b[y] should have failed"
     assert (root / "results/b/x.txt").exists() and not (root / "results/b/y.txt").exists()
     return root
@@ -117,8 +133,12 @@ def stage_program(log: Path, body: str, *, as_stage: bool = True, env: dict | No
     """) + textwrap.dedent(body)
     with open(log, "w") as out:
         outside_slurm = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # even under srun
-        return subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT,
-                                env={**outside_slurm, "PYTHONPATH": SRC, **(env or {})})
+        return subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**outside_slurm, "PYTHONPATH": SRC, **(env or {})},
+        )
 
 
 def run_stage_program(log: Path, body: str, **kwargs) -> int:
@@ -213,7 +233,7 @@ def fake_squeue(folder: Path, *lines: str) -> Path:
     """An executable that records its arguments and prints ``lines`` as squeue would (tab-separated)."""
     (folder / "squeue-out").write_text("".join(line + "\n" for line in lines))
     script = folder / "squeue"
-    script.write_text(f"#!/bin/sh\necho \"$@\" > {folder / 'squeue-args'}\ncat {folder / 'squeue-out'}\n")
+    script.write_text(f'#!/bin/sh\necho "$@" > {folder / "squeue-args"}\ncat {folder / "squeue-out"}\n')
     script.chmod(0o755)
     return script
 
@@ -229,8 +249,9 @@ def test_slurm_jobs_are_queued_running_or_failed_from_squeue(tmp_path):
         return state_of(tmp_path, squeue=(str(fake_squeue(bin_dir, *lines)),))
 
     # submitted, not started: no log yet; the newest submission of this rule+wildcards in this directory counts
-    job = with_squeue(f"40\tFAILED\t{wd}\t{comment}", f"41\tPENDING\t{wd}\t{comment}",
-                      f"99\tRUNNING\t/elsewhere\t{comment}")
+    job = with_squeue(
+        f"40\tFAILED\t{wd}\t{comment}", f"41\tPENDING\t{wd}\t{comment}", f"99\tRUNNING\t/elsewhere\t{comment}"
+    )
     assert (job.state, job.detail, job.external_jobid) == ("queued", "SLURM job 41 is PENDING", "41")
     args = (bin_dir / "squeue-args").read_text()
     assert "--states=all" in args and "--user=" in args and "%Z" in args and "%k" in args
@@ -255,8 +276,9 @@ def test_slurm_jobs_are_queued_running_or_failed_from_squeue(tmp_path):
     assert job.state == "running" and "squeue does not answer here" in job.detail and job.external_jobid == "4242"
 
     # the stage returned 0 in SLURM job 4242, but the job failed after it (Snakemake found no outputs)
-    run_stage_program(tmp_path / "logs/x.log", "sys.exit(log_stage_end(log, 'embed_x', 0))\n",
-                      env={"SLURM_JOB_ID": "4242"})
+    run_stage_program(
+        tmp_path / "logs/x.log", "sys.exit(log_stage_end(log, 'embed_x', 0))\n", env={"SLURM_JOB_ID": "4242"}
+    )
     job = with_squeue(f"4242\tFAILED\t{wd}\t{comment}")
     assert (job.state, job.detail) == ("failed", "SLURM job 4242 FAILED")
 
@@ -313,12 +335,16 @@ def test_log_failure_reads_the_tail(tmp_path):
 
 
 def test_parse_job_blocks_with_shell_commands_and_localrules():
-    text = ("rule a:\n    output: o/1.txt, o/1.aux\n    log: l/1.log\n    jobid: 1\n    wildcards: s=1\n"
-            "echo hi > o/1.txt\n\nlocalrule all:\n    input: o/1.txt\n    jobid: 0\n"
-            "checkpoint c:\n    output: o/c\n    jobid: 2\n")
+    text = (
+        "rule a:\n    output: o/1.txt, o/1.aux\n    log: l/1.log\n    jobid: 1\n    wildcards: s=1\n"
+        "echo hi > o/1.txt\n\nlocalrule all:\n    input: o/1.txt\n    jobid: 0\n"
+        "checkpoint c:\n    output: o/c\n    jobid: 2\n"
+    )
     jobs = parse_job_blocks(text)
     assert [(j.rule, j.outputs, j.logs, j.wildcards) for j in jobs] == [
-        ("a", ("o/1.txt", "o/1.aux"), ("l/1.log",), "s=1"), ("c", ("o/c",), (), "")]
+        ("a", ("o/1.txt", "o/1.aux"), ("l/1.log",), "s=1"),
+        ("c", ("o/c",), (), ""),
+    ]
 
 
 def test_table_is_aligned_and_coloured_only_when_asked(status):

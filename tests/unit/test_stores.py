@@ -10,9 +10,22 @@ from pipeline3d.io.shards import ShardReader, ShardWriter, quarantine, shard_of,
 
 EXPECTED_FIRST_SHARDS = [3, 1, 0, 0, 2]
 
-PROFILE = {"pc_points": 8, "pt_pool": 6, "pt_surface_ratio": 0.5, "pt_surface_sigma": 0.02, "n_views": 2,
-           "rays_per_view": 4, "camera_radius": 2.2, "pc_grid": 4, "pc_dilate": 1, "df_grid": 4, "df_dilate": 1,
-           "grid_mode": "edt", "band_voxels": 3, "voxel_pool_dist": False}
+PROFILE = {
+    "pc_points": 8,
+    "pt_pool": 6,
+    "pt_surface_ratio": 0.5,
+    "pt_surface_sigma": 0.02,
+    "n_views": 2,
+    "rays_per_view": 4,
+    "camera_radius": 2.2,
+    "pc_grid": 4,
+    "pc_dilate": 1,
+    "df_grid": 4,
+    "df_dilate": 1,
+    "grid_mode": "edt",
+    "band_voxels": 3,
+    "voxel_pool_dist": False,
+}
 
 
 def fake_arrays(kind, seed):

@@ -9,9 +9,9 @@ import pytest
 from scipy import ndimage
 from scipy.interpolate import RegularGridInterpolator
 
-from pipeline3d.io.cache_schema import ARRAYS, PRIMITIVE_ARRAYS
-from pipeline3d.data.unpaired_store import materialize
 from pipeline3d.data.cache import cache_mesh
+from pipeline3d.data.unpaired_store import materialize
+from pipeline3d.io.cache_schema import ARRAYS, PRIMITIVE_ARRAYS
 from pipeline3d.io.shards import ShardReader, ShardWriter
 from pipeline3d.tokens import BACKENDS, get_backend
 from tokens_fixtures import PROFILE, meshes, write_mesh_cache, write_pointcloud_shard
@@ -62,9 +62,15 @@ def test_point_cloud_backends_never_read_mesh_arrays(cache, name):
     assert not set(get_backend(name).keys(occ_grid=8)) & mesh_derived
 
 
-@pytest.mark.parametrize("name, dist, rays", [("mesh", "pool_dist_mesh", "mesh"), ("pointcloud", "pool_dist_pc", "pc"),
-                                              ("pointcloud_noray", "pool_dist_pc", None),
-                                              ("udfgrid", "pool_dist_grid", None)])
+@pytest.mark.parametrize(
+    "name, dist, rays",
+    [
+        ("mesh", "pool_dist_mesh", "mesh"),
+        ("pointcloud", "pool_dist_pc", "pc"),
+        ("pointcloud_noray", "pool_dist_pc", None),
+        ("udfgrid", "pool_dist_grid", None),
+    ],
+)
 def test_pools_come_from_the_backends_own_arrays(cache, name, dist, rays):
     _, _, shards = cache
     backend = get_backend(name)
@@ -116,8 +122,7 @@ def test_stored_voxel_distances_are_read_instead_of_computed_with_the_same_bits(
     shapes = meshes()
     sid = "ds/ring/torus"
     path = tmp_path / "stored.h5"
-    with ShardWriter(path, dataset="ds", shard=0, n_shards=1, kind="mesh",
-                     profile=stored_profile.as_dict()) as writer:
+    with ShardWriter(path, dataset="ds", shard=0, n_shards=1, kind="mesh", profile=stored_profile.as_dict()) as writer:
         writer.append(sid, cache_mesh(*shapes[sid], sid, 0, stored_profile))
     with backend.open(path) as reader:
         keys = backend.keys(0, reader.allowed)
@@ -154,10 +159,10 @@ def test_occupancy_target_is_what_the_backend_sees(cache, name):
 def test_pc_only_unpaired_store_serves_the_pc_backends(cache, tmp_path):
     root, index, shards = cache
     ids = pd.read_parquet(index)["shape_id"].tolist()
-    table = pd.DataFrame({"shape_id": ids, "label": 0,
-                          "split": ["train_pc", "train_pc", "train_mesh", "train_udf", "eval"]})
-    table["primitive"] = table["split"].map({"train_pc": "pc", "train_mesh": "mesh", "train_udf": "udf",
-                                             "eval": "all"})
+    table = pd.DataFrame(
+        {"shape_id": ids, "label": 0, "split": ["train_pc", "train_pc", "train_mesh", "train_udf", "eval"]}
+    )
+    table["primitive"] = table["split"].map({"train_pc": "pc", "train_mesh": "mesh", "train_udf": "udf", "eval": "all"})
     table.to_parquet(tmp_path / "unpaired.parquet")
     store = tmp_path / "train_pc.h5"
     assert materialize("train_pc", tmp_path / "unpaired.parquet", index, shards, store, dataset="ds") == 2

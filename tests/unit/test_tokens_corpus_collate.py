@@ -46,14 +46,16 @@ def test_order_is_a_pure_function_of_seed_and_epoch():
 
 
 def test_without_replacement_is_a_seeded_permutation_of_every_item():
-    corpus = MixedCorpus([(Sized(4), 9.0), (Sized(0), 0.0), (Sized(6), 1.0)], samples_per_epoch=None, seed=0,
-                         replacement=False)
+    corpus = MixedCorpus(
+        [(Sized(4), 9.0), (Sized(0), 0.0), (Sized(6), 1.0)], samples_per_epoch=None, seed=0, replacement=False
+    )
     order = corpus.order(0)
     assert len(corpus) == 10
     assert sorted(map(tuple, order.tolist())) == [(0, i) for i in range(4)] + [(2, i) for i in range(6)]
     assert not np.array_equal(order, corpus.order(1))
-    assert np.array_equal(order, MixedCorpus([(Sized(4), 1), (Sized(0), 0), (Sized(6), 1)], None, 0,
-                                             replacement=False).order(0))
+    assert np.array_equal(
+        order, MixedCorpus([(Sized(4), 1), (Sized(0), 0), (Sized(6), 1)], None, 0, replacement=False).order(0)
+    )
     cut = MixedCorpus([(Sized(4), 1.0), (Sized(6), 1.0)], samples_per_epoch=7, seed=0, replacement=False)
     assert len(set(map(tuple, cut.order(0).tolist()))) == 7
     with pytest.raises(ValueError, match="exceeds"):
@@ -87,8 +89,10 @@ def datasets(tmp_path_factory):
     ids = sorted(LABELS)
     entries = resolve_entries(index, shards, ids, [LABELS[s] for s in ids])
     tok = {"n_point": 6, "n_ray": 4, "qa_tokens": False}
-    return (ShapeTokenDataset(entries, "mesh", tok, seed=0, mode="train"),
-            ShapeTokenDataset(entries, "pointcloud_noray", tok, seed=0, mode="train", mc_draws=3))
+    return (
+        ShapeTokenDataset(entries, "mesh", tok, seed=0, mode="train"),
+        ShapeTokenDataset(entries, "pointcloud_noray", tok, seed=0, mode="train", mc_draws=3),
+    )
 
 
 def test_repeated_items_in_an_epoch_get_different_tokens(datasets):
@@ -141,9 +145,16 @@ def test_collate_pads_to_the_longest_sequence(datasets):
 
 def test_collate_pads_two_views_separately():
     def sample(n, n2):
-        return {"feat": np.ones((n, 15), np.float32), "type_id": np.ones(n, np.int64), "pos": np.arange(n),
-                "v2_feat": np.ones((n2, 15), np.float32), "v2_type_id": np.ones(n2, np.int64),
-                "v2_pos": np.arange(n2), "shape_index": 0, "label": -1}
+        return {
+            "feat": np.ones((n, 15), np.float32),
+            "type_id": np.ones(n, np.int64),
+            "pos": np.arange(n),
+            "v2_feat": np.ones((n2, 15), np.float32),
+            "v2_type_id": np.ones(n2, np.int64),
+            "v2_pos": np.arange(n2),
+            "shape_index": 0,
+            "label": -1,
+        }
 
     batch = collate([sample(5, 3), sample(2, 4)])
     assert batch["feat"].shape == (2, 5, 15) and batch["v2_feat"].shape == (2, 4, 15)

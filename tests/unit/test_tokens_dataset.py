@@ -62,8 +62,10 @@ def test_eval_draws_are_keyed_by_shape_id_not_path_or_position(cache, tmp_path):
     # a copy of the cache at another path, entries in another order, a different training seed
     for shard in shards:
         shutil.copy(shard, tmp_path / shard.name)
-    moved = [CacheEntry(e.shape_id, str(tmp_path / e.shard_path.rsplit("/", 1)[1]), e.row, e.label)
-             for e in reversed(entries)]
+    moved = [
+        CacheEntry(e.shape_id, str(tmp_path / e.shard_path.rsplit("/", 1)[1]), e.row, e.label)
+        for e in reversed(entries)
+    ]
     other = ShapeTokenDataset(moved, "pointcloud", TOK, seed=99, mode="eval")
     n = len(entries)
     for i in range(n):
@@ -74,8 +76,9 @@ def test_eval_draws_are_keyed_by_shape_id_not_path_or_position(cache, tmp_path):
     assert not np.array_equal(a["feat"], ds.item(0, draw=1)["feat"])
     reseeded = ShapeTokenDataset(entries, "pointcloud", {**TOK, "eval_seed": 4}, seed=0, mode="eval")
     assert not np.array_equal(a["feat"], reseeded.item(0)["feat"])
-    assert [int(s["draw"]) for s in ShapeTokenDataset(entries, "pointcloud", TOK, seed=0, mode="eval",
-                                                      mc_draws=3).draws(1)] == [0, 1, 2]
+    assert [
+        int(s["draw"]) for s in ShapeTokenDataset(entries, "pointcloud", TOK, seed=0, mode="eval", mc_draws=3).draws(1)
+    ] == [0, 1, 2]
 
 
 def test_train_draws_depend_on_seed_epoch_and_draw_and_are_reproducible(cache):

@@ -33,7 +33,8 @@ def test_position_table_size(qa, expected):
 
 def test_type_ids_are_the_contract():
     assert (L.BOS, L.POINT, L.RAY, L.MISSING_RAY, L.EOS, L.Q_POINT, L.A_POINT, L.Q_RAY, L.A_RAY, L.PAD) == tuple(
-        range(10))
+        range(10)
+    )
     assert L.N_TYPES == 10 and L.FEAT_DIM == 15 and len(L.TYPE_NAMES) == 10
 
 
@@ -70,6 +71,10 @@ def test_rays_sorted_by_azimuth_then_polar_angle():
     same = np.diff(az) == 0
     assert same.sum() == 196 and np.all(np.diff(po)[same] >= 0)
     # azimuth is the primary key: a large polar angle at a small azimuth still comes first
-    two = np.array([[np.sin(3.0) * np.cos(0.5), np.sin(3.0) * np.sin(0.5), np.cos(3.0)],
-                    [np.sin(0.2) * np.cos(0.1), np.sin(0.2) * np.sin(0.1), np.cos(0.2)]])
+    two = np.array(
+        [
+            [np.sin(3.0) * np.cos(0.5), np.sin(3.0) * np.sin(0.5), np.cos(3.0)],
+            [np.sin(0.2) * np.cos(0.1), np.sin(0.2) * np.sin(0.1), np.cos(0.2)],
+        ]
+    )
     assert ray_direction_order(two).tolist() == [1, 0]

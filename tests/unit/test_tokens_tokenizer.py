@@ -10,15 +10,22 @@ from tokens_fixtures import naive_morton
 
 def make_pools(n_pt=300, n_ray=200, seed=0, rays=True):
     rng = np.random.default_rng(seed)
-    pools = {"pt_xyz": rng.uniform(-1, 1, (n_pt, 3)).astype(np.float32),
-             "pt_dist": rng.uniform(0.01, 1, n_pt).astype(np.float32)}
+    pools = {
+        "pt_xyz": rng.uniform(-1, 1, (n_pt, 3)).astype(np.float32),
+        "pt_dist": rng.uniform(0.01, 1, n_pt).astype(np.float32),
+    }
     if rays:
         d = rng.normal(size=(n_ray, 3))
         d /= np.linalg.norm(d, axis=1, keepdims=True)
         hit = (rng.random(n_ray) < 0.5).astype(np.uint8)
         n = rng.normal(size=(n_ray, 3))
-        pools.update(ray_o=(-2.2 * d).astype(np.float32), ray_d=d.astype(np.float32), ray_hit=hit,
-                     ray_t=(rng.uniform(1.2, 3.2, n_ray) * hit).astype(np.float32), ray_n=n.astype(np.float32))
+        pools.update(
+            ray_o=(-2.2 * d).astype(np.float32),
+            ray_d=d.astype(np.float32),
+            ray_hit=hit,
+            ray_t=(rng.uniform(1.2, 3.2, n_ray) * hit).astype(np.float32),
+            ray_n=n.astype(np.float32),
+        )
     return pools
 
 
@@ -53,8 +60,9 @@ def test_legacy_sequence_layout_and_contents():
     np.testing.assert_array_equal(rays[:, L.RAY_ORIGIN], pools["ray_o"][r])
     np.testing.assert_array_equal(rays[:, L.RAY_HIT], hit)
     np.testing.assert_array_equal(rays[:, L.RAY_T], pools["ray_t"][r] * hit)
-    np.testing.assert_allclose(rays[:, L.XYZ], (pools["ray_o"][r] + pools["ray_t"][r, None] * pools["ray_d"][r])
-                               * hit[:, None], rtol=1e-6)
+    np.testing.assert_allclose(
+        rays[:, L.XYZ], (pools["ray_o"][r] + pools["ray_t"][r, None] * pools["ray_d"][r]) * hit[:, None], rtol=1e-6
+    )
     np.testing.assert_array_equal(rays[:, L.RAY_NORMAL], pools["ray_n"][r] * hit[:, None])
     assert 0 < hit.sum() < 12
     assert not rays[hit == 0][:, [0, 1, 2, 9, 11, 12, 13, 14]].any()  # a miss carries no surface
@@ -107,11 +115,11 @@ def test_positions_do_not_depend_on_other_segments(qa):
     zero_rays = tokenize(make_pools(), {**c, "n_ray": 0}, np.random.default_rng(5))
     for feat, type_id, pos in (with_rays, no_rays):
         assert pos[-1] == 1 + P + R and type_id[-1] == L.EOS
-        assert pos[1:1 + P].tolist() == list(range(1, 1 + P))
-    assert with_rays[2][1 + P:1 + P + R].tolist() == list(range(1 + P, 1 + P + R))
+        assert pos[1 : 1 + P].tolist() == list(range(1, 1 + P))
+    assert with_rays[2][1 + P : 1 + P + R].tolist() == list(range(1 + P, 1 + P + R))
     assert len(no_rays[1]) == 1 + P + 1  # BOS + points + EOS: nothing for the rays
     assert not np.isin(no_rays[1], [L.MISSING_RAY, L.PAD, L.RAY, L.Q_RAY, L.A_RAY]).any()
-    np.testing.assert_array_equal(no_rays[0][:1 + P], with_rays[0][:1 + P])  # same points either way
+    np.testing.assert_array_equal(no_rays[0][: 1 + P], with_rays[0][: 1 + P])  # same points either way
     assert len(zero_rays[1]) == 1 + P + 1 and zero_rays[2][-1] == 1 + P  # n_ray = 0: R = 0
 
 
@@ -177,7 +185,7 @@ def test_fine_tune_keeps_the_pretrained_layout(qa):
     _, type_id, pos = tokenize(make_pools(), fine, np.random.default_rng(1))
     assert len(type_id) == 1 + 8 * per + 1
     assert pos[-1] == L.eos_position(pre) == 1 + per * (16 + 12)
-    assert pos[1:1 + 8 * per].tolist() == list(range(1, 1 + 8 * per))
+    assert pos[1 : 1 + 8 * per].tolist() == list(range(1, 1 + 8 * per))
     assert L.n_positions(fine) == L.n_positions(pre)
     with pytest.raises(ValueError, match="capacity"):
         L.TokenConfig.of({**fine, "n_point": 32})

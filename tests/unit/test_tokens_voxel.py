@@ -117,5 +117,7 @@ def test_voxel_tokens_are_deterministic_and_cached_records_stay_small(cache):
     record = first.shape_record(0)
     dist_at = record["pools"]["pt_dist"]
     assert 0 < dist_at.nbytes
-    assert not any(isinstance(v, np.ndarray) and v.size == PROFILE.pc_grid ** 3 and v.dtype == np.float64
-                   for v in vars(dist_at).values())
+    assert not any(
+        isinstance(v, np.ndarray) and v.size == PROFILE.pc_grid**3 and v.dtype == np.float64
+        for v in vars(dist_at).values()
+    )

@@ -15,8 +15,13 @@ LOG = logging.getLogger("test")
 
 
 def _draw() -> tuple:
-    return (random.random(), random.gauss(0, 1), float(np.random.rand()), float(np.random.randn()),
-            torch.rand(3).tolist())
+    return (
+        random.random(),
+        random.gauss(0, 1),
+        float(np.random.rand()),
+        float(np.random.randn()),
+        torch.rand(3).tolist(),
+    )
 
 
 def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):

@@ -21,26 +21,52 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_toy import clean_launch_env  # noqa: F401 - autouse fixture
-from train_toy import _LAUNCH_VARS, ToyData, make_objective, run_script, seed_globals
-
 from pipeline3d.objectives import OBJECTIVES
 from pipeline3d.train import TrainConfig, checkpoint, metrics, train
 from pipeline3d.train.distributed import LaunchEnv, detect_launch, first_slurm_host
+from train_toy import (
+    _LAUNCH_VARS,
+    ToyData,
+    clean_launch_env,  # noqa: F401 - autouse fixture
+    make_objective,
+    run_script,
+    seed_globals,
+)
 
-CFG = {"steps": 10, "batch_size": 8, "grad_accum": 2, "lr": 0.01, "warmup_steps": 1, "checkpoint_every": 4,
-       "log_every": 1, "seed": 2}
+CFG = {
+    "steps": 10,
+    "batch_size": 8,
+    "grad_accum": 2,
+    "lr": 0.01,
+    "warmup_steps": 1,
+    "checkpoint_every": 4,
+    "log_every": 1,
+    "seed": 2,
+}
 
 
 def test_torchrun_environment_wins():
-    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234",
-           "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}
+    env = {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "n1",
+        "MASTER_PORT": "1234",
+        "SLURM_PROCID": "0",
+        "SLURM_STEP_NUM_TASKS": "1",
+    }
     assert detect_launch(env) == LaunchEnv(3, 4, 1, "torchrun", "n1", 1234)
 
 
 def test_srun_step_environment():
-    env = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
-           "SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[07-08]"}
+    env = {
+        "SLURM_PROCID": "5",
+        "SLURM_STEP_NUM_TASKS": "8",
+        "SLURM_NTASKS": "8",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_NODELIST": "gpu[07-08]",
+    }
     launch = detect_launch(env)
     assert (launch.rank, launch.world_size, launch.local_rank, launch.launcher) == (5, 8, 1, "slurm")
     assert (launch.master_addr, launch.master_port) == ("gpu07", 24242)
@@ -54,8 +80,9 @@ def test_single_process_cases():
     assert detect_launch({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}).world_size == 1
 
 
-@pytest.mark.parametrize("nodelist, host", [("node1", "node1"), ("gpu[03-05,09]", "gpu03"),
-                                            ("a[1,4],b2", "a1"), ("cn-01,cn-02", "cn-01")])
+@pytest.mark.parametrize(
+    "nodelist, host", [("node1", "node1"), ("gpu[03-05,09]", "gpu03"), ("a[1,4],b2", "a1"), ("cn-01,cn-02", "cn-01")]
+)
 def test_first_slurm_host(nodelist, host):
     assert first_slurm_host(nodelist) == host
 
@@ -70,11 +97,13 @@ def _curve(path: Path) -> list[tuple[int, float, float]]:
 
 @pytest.mark.slow  # one torchrun launch with two workers
 def test_two_process_gloo_run_matches_single_process_and_resumes(tmp_path):
-    plain, noisy, preempted = (_spec(tmp_path, "plain", noise=False), _spec(tmp_path, "noisy"),
-                               _spec(tmp_path, "preempted"))
+    plain, noisy, preempted = (
+        _spec(tmp_path, "plain", noise=False),
+        _spec(tmp_path, "noisy"),
+        _spec(tmp_path, "preempted"),
+    )
     partial = _spec(tmp_path, "partial", noise=False, partial=True, cfg={**CFG, "steps": 2})
-    phases = [plain, noisy, {**preempted, "signal_at": 5, "signal": "SIGUSR1", "signal_ranks": [1]}, preempted,
-              partial]
+    phases = [plain, noisy, {**preempted, "signal_at": 5, "signal": "SIGUSR1", "signal_ranks": [1]}, preempted, partial]
     for i, phase in enumerate(phases[1:]):  # the first phase joins torchrun's rendezvous itself (see train_toy)
         phase["group_file"] = str(tmp_path / f"group{i}")
     proc = run_script({"phases": phases, "watchdog": 90}, nproc=2)
@@ -112,9 +141,21 @@ def test_two_process_gloo_run_matches_single_process_and_resumes(tmp_path):
 def test_every_objective_trains_under_ddp_and_ranks_end_identical(tmp_path):
     script = Path(__file__).resolve().parent / "ddp_objectives.py"
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith("SLURM_")}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
-                          env={**env, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     for name in OBJECTIVES:
         ranks = [json.loads((tmp_path / f"{name}.rank{r}.json").read_text()) for r in (0, 1)]

@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
-from train_toy import ToyEncoder
-
 from pipeline3d.train import load_encoder, save_encoder
+from train_toy import ToyEncoder
 
 
 def _factory(name, **config):
@@ -23,8 +22,11 @@ def test_round_trip_restores_every_tensor(tmp_path):
     sidecar = save_encoder(encoder, tmp_path / "enc.safetensors", tmp_path / "enc.json", {"steps": 12, "run": "x"})
     on_disk = json.loads((tmp_path / "enc.json").read_text())
     assert on_disk == sidecar
-    assert (on_disk["encoder"], on_disk["config"], on_disk["extra"]) == ("toy_mlp", encoder.config,
-                                                                         {"steps": 12, "run": "x"})
+    assert (on_disk["encoder"], on_disk["config"], on_disk["extra"]) == (
+        "toy_mlp",
+        encoder.config,
+        {"steps": 12, "run": "x"},
+    )
     assert on_disk["n_params"] == sum(p.numel() for p in encoder.parameters())
 
     rebuilt = load_encoder(tmp_path / "enc.safetensors", tmp_path / "enc.json", factory=_factory)

@@ -10,20 +10,36 @@ import numpy as np
 import pytest
 import torch
 
-from train_toy import clean_launch_env  # noqa: F401 - autouse fixture
-from train_toy import POOL, ToyData, ToyEpoch, make_objective, seed_globals, state_bytes
-
 from pipeline3d.train import EXIT_INTERRUPTED, TrainConfig, checkpoint, metrics, train
 from pipeline3d.train.batches import MicroBatchSampler, step_generator
+from train_toy import (
+    POOL,
+    ToyData,
+    ToyEpoch,
+    clean_launch_env,  # noqa: F401 - autouse fixture
+    make_objective,
+    seed_globals,
+    state_bytes,
+)
 
-CFG = TrainConfig(steps=8, batch_size=4, grad_accum=2, lr=0.01, warmup_steps=2, min_lr_ratio=0.1, checkpoint_every=3,
-                  log_every=2, seed=3)
+CFG = TrainConfig(
+    steps=8,
+    batch_size=4,
+    grad_accum=2,
+    lr=0.01,
+    warmup_steps=2,
+    min_lr_ratio=0.1,
+    checkpoint_every=3,
+    log_every=2,
+    seed=3,
+)
 
 
 def _signal_at(step: int, sig: int = signal.SIGUSR1):
     def hook(completed: int) -> None:
         if completed == step:
             os.kill(os.getpid(), sig)
+
     return hook
 
 
@@ -136,12 +152,15 @@ def test_unreadable_checkpoint_is_moved_aside(tmp_path, caplog):
 
 def test_micro_batches_partition_each_global_batch():
     world, accum, bs = 2, 2, 8
-    per_rank = [list(MicroBatchSampler(n_batches=3, batch_size=bs, start_batch=1, rank=r, world_size=world,
-                                       grad_accum=accum)) for r in range(world)]
-    assert all(len(batches) == 2 * accum and all(len(b) == bs // (world * accum) for b in batches)
-               for batches in per_rank)
+    per_rank = [
+        list(MicroBatchSampler(n_batches=3, batch_size=bs, start_batch=1, rank=r, world_size=world, grad_accum=accum))
+        for r in range(world)
+    ]
+    assert all(
+        len(batches) == 2 * accum and all(len(b) == bs // (world * accum) for b in batches) for batches in per_rank
+    )
     for k, first in enumerate((8, 16)):  # global batches 1 and 2; batch 0 was consumed before the resume
-        got = sorted(i for r in range(world) for b in per_rank[r][k * accum:(k + 1) * accum] for i in b)
+        got = sorted(i for r in range(world) for b in per_rank[r][k * accum : (k + 1) * accum] for i in b)
         assert got == list(range(first, first + bs))
     assert per_rank[0][0] == [8, 10] and per_rank[1][0] == [9, 11]  # strided rank slices
 
@@ -166,8 +185,9 @@ class _Exploding(torch.nn.Module):
 
 def test_non_finite_loss_stops_without_checkpointing_it(tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite loss nan at step 2"):
-        train(_Exploding(), ToyData(), TrainConfig(steps=5, batch_size=4, checkpoint_every=1), tmp_path,
-              config_hash="x")
+        train(
+            _Exploding(), ToyData(), TrainConfig(steps=5, batch_size=4, checkpoint_every=1), tmp_path, config_hash="x"
+        )
     assert checkpoint.load(tmp_path / "last.ckpt")["step"] == 2
 
 
@@ -180,8 +200,13 @@ def test_config_errors_are_clear(tmp_path):
         TrainConfig(steps=1, batch_size=2, amp="fp8")
     assert TrainConfig.from_dict({"steps": 1, "batch_size": 2, "betas": [0.9, 0.95]}).betas == (0.9, 0.95)
     with pytest.raises(ValueError, match="fewer than one global batch"):
-        train(make_objective(), ToyData(samples_per_epoch=3), TrainConfig(steps=1, batch_size=4), tmp_path,
-              config_hash="x")
+        train(
+            make_objective(),
+            ToyData(samples_per_epoch=3),
+            TrainConfig(steps=1, batch_size=4),
+            tmp_path,
+            config_hash="x",
+        )
 
 
 class _CountingHook:

@@ -17,18 +17,32 @@ from pathlib import Path
 
 import pytest
 
+from pipeline3d.train import EXIT_INTERRUPTED, checkpoint, metrics
 from train_toy import run_script
 
-from pipeline3d.train import EXIT_INTERRUPTED, checkpoint, metrics
-
 # 20 samples per epoch / global batch 4 = 5 steps per epoch; 2 accumulation micro-batches of 2.
-CFG = {"steps": 12, "batch_size": 4, "grad_accum": 2, "lr": 0.01, "warmup_steps": 2, "min_lr_ratio": 0.1,
-       "clip_grad": 1.0, "checkpoint_every": 3, "log_every": 1, "seed": 7, "num_workers": 0}
+CFG = {
+    "steps": 12,
+    "batch_size": 4,
+    "grad_accum": 2,
+    "lr": 0.01,
+    "warmup_steps": 2,
+    "min_lr_ratio": 0.1,
+    "clip_grad": 1.0,
+    "checkpoint_every": 3,
+    "log_every": 1,
+    "seed": 7,
+    "num_workers": 0,
+}
 
 
 def _spec(tmp: Path, **over) -> dict:
-    return {"state_dir": str(tmp / "state"), "out": str(tmp / "final.safetensors"),
-            "cfg": {**CFG, **over.pop("cfg", {})}, **over}
+    return {
+        "state_dir": str(tmp / "state"),
+        "out": str(tmp / "final.safetensors"),
+        "cfg": {**CFG, **over.pop("cfg", {})},
+        **over,
+    }
 
 
 def _result(spec: dict) -> dict:
@@ -36,8 +50,10 @@ def _result(spec: dict) -> dict:
 
 
 def _curve(spec: dict) -> list[tuple]:
-    return [(r["step"], r["epoch"], r["loss"], r["lr"], r["grad_norm"], r["mse"])
-            for r in metrics.read(Path(spec["state_dir"]) / "metrics.jsonl")]
+    return [
+        (r["step"], r["epoch"], r["loss"], r["lr"], r["grad_norm"], r["mse"])
+        for r in metrics.read(Path(spec["state_dir"]) / "metrics.jsonl")
+    ]
 
 
 def _ckpt(spec: dict) -> dict:
@@ -55,8 +71,13 @@ def test_sigterm_then_sigkill_mid_epoch_then_rerun_is_byte_identical(tmp_path):
     assert "stopping at step 4 on SIGTERM" in preempted.stderr
     assert (_ckpt(spec)["step"], _ckpt(spec)["epoch"], _ckpt(spec)["batch_index"]) == (4, 0, 4)
     assert _result(spec)["interrupted"] is True
-    assert _result(reference) == {"steps": 12, "steps_run": 12, "final_loss": _result(reference)["final_loss"],
-                                  "resumed_from": None, "interrupted": False}
+    assert _result(reference) == {
+        "steps": 12,
+        "steps_run": 12,
+        "final_loss": _result(reference)["final_loss"],
+        "resumed_from": None,
+        "interrupted": False,
+    }
 
     killed = run_script({**spec, "kill_at": 8, "cfg": {**CFG, "num_workers": 1}})
     assert killed.returncode == -signal.SIGKILL, killed.stderr

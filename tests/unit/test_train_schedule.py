@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from train_toy import ToyObjective
-
 from pipeline3d.train.optim import build_optimizer, param_groups
 from pipeline3d.train.schedule import lr_at
+from train_toy import ToyObjective
 
 KW = {"base_lr": 1e-3, "warmup_steps": 10, "total_steps": 110, "min_lr_ratio": 0.1}
 
@@ -51,11 +50,24 @@ class _WithFreeParams(nn.Module):
 
 def test_decay_only_on_weight_matrices():
     groups = {g["weight_decay"]: set(g["names"]) for g in param_groups(_WithFreeParams(), 0.05)}
-    assert groups[0.05] == {"scale", "body.encoder.inp.weight", "body.encoder.mid.weight", "body.head.weight",
-                            "tied.weight"}
-    assert groups[0.0] == {"pos_embed", "mask_token", "body.encoder.inp.bias", "body.encoder.kind_embed.weight",
-                           "body.encoder.norm.weight", "body.encoder.norm.bias", "body.encoder.mid.bias",
-                           "body.head.bias", "tied.bias"}
+    assert groups[0.05] == {
+        "scale",
+        "body.encoder.inp.weight",
+        "body.encoder.mid.weight",
+        "body.head.weight",
+        "tied.weight",
+    }
+    assert groups[0.0] == {
+        "pos_embed",
+        "mask_token",
+        "body.encoder.inp.bias",
+        "body.encoder.kind_embed.weight",
+        "body.encoder.norm.weight",
+        "body.encoder.norm.bias",
+        "body.encoder.mid.bias",
+        "body.head.bias",
+        "tied.bias",
+    }
     # The frozen EMA teacher is not optimised at all.
     assert not any("teacher" in n for names in groups.values() for n in names)
 

@@ -75,15 +75,18 @@ def test_snakemake_in_a_slurm_job_ignores_the_warning_signal_and_a_stage_under_i
         assert ignore_warning_signal_in_slurm_job({"SLURM_JOB_ID": "7"})
         assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
         os.kill(os.getpid(), signal.SIGUSR1)  # survived
-        stage = ("import logging, os, signal\n"
-                 "from pipeline3d.train.signals import stop_on_signals\n"
-                 "os.kill(os.getpid(), signal.SIGUSR1)  # before the handler: inherited ignore, no death\n"
-                 "with stop_on_signals(logging.getLogger()) as stop:\n"
-                 "    os.kill(os.getpid(), signal.SIGUSR1)\n"
-                 "    print(stop.signal_name)\n")
+        stage = (
+            "import logging, os, signal\n"
+            "from pipeline3d.train.signals import stop_on_signals\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)  # before the handler: inherited ignore, no death\n"
+            "with stop_on_signals(logging.getLogger()) as stop:\n"
+            "    os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "    print(stop.signal_name)\n"
+        )
         # through a shell, as Snakemake runs a rule's command
-        out = subprocess.run(["bash", "-c", f'"{sys.executable}" -c "$0"', stage], capture_output=True, text=True,
-                             timeout=120)
+        out = subprocess.run(
+            ["bash", "-c", f'"{sys.executable}" -c "$0"', stage], capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0 and out.stdout.strip() == "SIGUSR1", out.stderr
     finally:
         signal.signal(signal.SIGUSR1, before)

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_toy import ToyData, make_objective, seed_globals
 
 from pipeline3d.train import TrainConfig, metrics, train
 from pipeline3d.train.wandb_sink import metrics_sinks
+from train_toy import ToyData, make_objective, seed_globals
 
 CFG = TrainConfig(steps=4, batch_size=4, lr=0.01, checkpoint_every=4, log_every=2, seed=3)
 
@@ -31,7 +31,7 @@ def _history(path: Path) -> list[dict[str, float]]:
             pos += block - pos % block
             continue
         length, kind = struct.unpack_from("<HB", data, pos + 4)
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 0 and length == 0:
             break
         pending = chunk if kind in (1, 2) else pending + chunk
@@ -63,8 +63,9 @@ def test_offline_run_mirrors_every_record_without_network(tmp_path, no_network, 
     history = _history(next(runs[0].glob("run-*.wandb")))
     assert [row["_step"] for row in history] == [2, 4]
     for row, record in zip(history, records):
-        assert {k: row[k] for k in record if k != "step"} == pytest.approx({k: v for k, v in record.items()
-                                                                            if k != "step"})
+        assert {k: row[k] for k in record if k != "step"} == pytest.approx(
+            {k: v for k, v in record.items() if k != "step"}
+        )
 
 
 def test_disabled_never_imports_wandb(tmp_path):

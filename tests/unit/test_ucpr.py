@@ -15,30 +15,53 @@ import pytest
 import torch
 
 from pipeline3d.embed.shapes import embed_shapes, eval_token_config
-from pipeline3d.eval.ucpr import (ABLATIONS, METRIC_KEYS, ablate, allocate, chance_levels, check_seeds,
-                                  expected_rank_stats, instance_metrics, stratified_subset, tie_counts)
+from pipeline3d.eval.ucpr import (
+    ABLATIONS,
+    METRIC_KEYS,
+    ablate,
+    allocate,
+    chance_levels,
+    check_seeds,
+    expected_rank_stats,
+    instance_metrics,
+    stratified_subset,
+    tie_counts,
+)
 from pipeline3d.models.registry import create_encoder
 from pipeline3d.stages import eval_ucpr
 from pipeline3d.tokens.collate import collate
 from pipeline3d.tokens.dataset import CacheEntry, ShapeTokenDataset
 from pipeline3d.tokens.layout import A_POINT, DIST, FEAT_DIM, N_TYPES, POINT, Q_POINT, n_positions
-
 from tokens_fixtures import LABELS, write_labelled_mesh_dataset
 
 PRETRAIN_TOKENS = {"n_point": 24, "n_ray": 12, "qa_tokens": True, "add_eos": True, "eval_seed": 0}
 CLASS_NAMES = {0: "ring", 1: "solid"}
-UCPR = {"max_files": None, "n_point": 16, "n_ray": 8, "mc_draws": 2, "pool": "eos", "query_seed": 0,
-        "gallery_seed": 999, "ablations": ["none", "point_xyz", "point_dist"], "batch_size": 3}
+UCPR = {
+    "max_files": None,
+    "n_point": 16,
+    "n_ray": 8,
+    "mc_draws": 2,
+    "pool": "eos",
+    "query_seed": 0,
+    "gallery_seed": 999,
+    "ablations": ["none", "point_xyz", "point_dist"],
+    "batch_size": 3,
+}
 
 
 # ---- tie-aware ranks and MRR -----------------------------------------------------------------------------------
 
+
 def test_tie_aware_rank_reciprocal_rank_and_hits_on_a_hand_example():
     # true match = column of the row index
-    sim = np.array([[0.9, 0.1, 0.2, 0.3],    # unique best: rank 1
-                    [0.5, 0.5, 0.7, 0.1],    # one above, one tied: positions 2 or 3
-                    [0.4, 0.4, 0.4, 0.4],    # all tied: positions 1..4
-                    [0.9, 0.8, 0.7, 0.6]])   # last: rank 4
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.3],  # unique best: rank 1
+            [0.5, 0.5, 0.7, 0.1],  # one above, one tied: positions 2 or 3
+            [0.4, 0.4, 0.4, 0.4],  # all tied: positions 1..4
+            [0.9, 0.8, 0.7, 0.6],
+        ]
+    )  # last: rank 4
     greater, ties = tie_counts(sim, np.arange(4))
     assert greater.tolist() == [0, 1, 0, 3] and ties.tolist() == [0, 1, 3, 0]
     rank, rr, hit = expected_rank_stats(greater, ties, (1, 2, 3), 4)
@@ -82,6 +105,7 @@ def test_perfect_retrieval_and_chance_category_map_by_simulation():
     assert m["R@1"] == 1.0 and m["MRR"] == 1.0 and m["mean_rank"] == 1.0 and m["category_R@1"] == 1.0
     # the closed-form chance category mAP matches random rankings
     from pipeline3d.eval.retrieval import average_precision
+
     sims = rng.random((4000, 20))
     rel = labels[np.arange(4000) % 20][:, None] == labels[None, :]
     assert chance_levels(labels)["category_mAP"] == pytest.approx(np.nanmean(average_precision(sims, rel)), abs=0.01)
@@ -89,11 +113,12 @@ def test_perfect_retrieval_and_chance_category_map_by_simulation():
 
 # ---- stratified subset -----------------------------------------------------------------------------------------
 
+
 def test_allocation_is_proportional_with_largest_remainder_and_a_floor_of_one():
     assert allocate({0: 60, 1: 30, 2: 10}, 10) == {0: 6, 1: 3, 2: 1}
     assert allocate({0: 50, 1: 30, 2: 20}, 7) == {0: 4, 1: 2, 2: 1}  # 3.5, 2.1, 1.4 -> the 0.5 remainder wins
-    assert allocate({0: 97, 1: 2, 2: 1}, 10) == {0: 8, 1: 1, 2: 1}   # tiny classes still get one each
-    assert allocate({0: 97, 1: 2, 2: 1}, 2) == {0: 2, 1: 0, 2: 0}    # fewer slots than classes: no floor
+    assert allocate({0: 97, 1: 2, 2: 1}, 10) == {0: 8, 1: 1, 2: 1}  # tiny classes still get one each
+    assert allocate({0: 97, 1: 2, 2: 1}, 2) == {0: 2, 1: 0, 2: 0}  # fewer slots than classes: no floor
     rng = random.Random(0)
     for _ in range(200):
         sizes = {c: rng.randint(1, 40) for c in range(rng.randint(1, 8))}
@@ -131,6 +156,7 @@ def test_stratified_subset_proportions_determinism_and_input_order():
 
 # ---- seeds -----------------------------------------------------------------------------------------------------
 
+
 def test_same_query_and_gallery_seed_is_refused():
     with pytest.raises(ValueError, match="query_seed and eval.ucpr.gallery_seed are both 7"):
         check_seeds(7, 7)
@@ -146,8 +172,12 @@ def test_each_ablation_zeroes_exactly_its_slots_on_exactly_its_token_types():
     g = torch.Generator().manual_seed(0)
     type_id = torch.arange(N_TYPES).repeat(3, 2)  # every type, several times per row
     feat = torch.rand((*type_id.shape, FEAT_DIM), generator=g) + 0.5  # all non-zero
-    batch = {"feat": feat, "type_id": type_id, "pos": torch.zeros_like(type_id),
-             "valid": torch.ones_like(type_id, dtype=torch.bool)}
+    batch = {
+        "feat": feat,
+        "type_id": type_id,
+        "pos": torch.zeros_like(type_id),
+        "valid": torch.ones_like(type_id, dtype=torch.bool),
+    }
     before = feat.clone()
     assert torch.equal(ablate(batch, "none")["feat"], before)
     for name, (slots, types) in EXPECTED_SLOTS.items():
@@ -174,12 +204,14 @@ def mesh_ds(tmp_path_factory):
     ids = sorted(LABELS)
     unpaired = ["eval", "eval", "train_mesh", "eval", "eval"]
     pd.DataFrame({"shape_id": ids, "label": [LABELS[s] for s in ids], "split": unpaired}).to_parquet(
-        root / "unpaired.parquet")
+        root / "unpaired.parquet"
+    )
     return {**files, "unpaired": str(root / "unpaired.parquet")}
 
 
 def _dataset(mesh_ds, backend, qa_tokens):
     from pipeline3d.data.cache_lookup import locate_rows
+
     where = locate_rows(mesh_ds["index"], mesh_ds["shards"])
     entries = [CacheEntry(s, str(where[s][0]), int(where[s][1]), LABELS[s]) for s in sorted(LABELS)]
     tok = eval_token_config(PRETRAIN_TOKENS | {"qa_tokens": qa_tokens}, n_point=16, n_ray=8, eval_seed=0)
@@ -215,8 +247,15 @@ def test_point_dist_ablation_changes_what_reaches_the_model(mesh_ds, backend, qa
     vectors = {}
     for name in ("none", "point_dist"):
         spy = Spy(inner)
-        vectors[name] = embed_shapes(spy, ds, batch_size=8, pool="eos", causal=True,
-                                     transform=lambda b, n=name: ablate(b, n), normalize_draws=True)
+        vectors[name] = embed_shapes(
+            spy,
+            ds,
+            batch_size=8,
+            pool="eos",
+            causal=True,
+            transform=lambda b, n=name: ablate(b, n),
+            normalize_draws=True,
+        )
         seen = torch.cat([f.reshape(-1, FEAT_DIM) for f in spy.seen])
         reached = seen[:, DIST]
         assert (reached != 0).any() if name == "none" else (reached == 0).all()
@@ -226,14 +265,24 @@ def test_point_dist_ablation_changes_what_reaches_the_model(mesh_ds, backend, qa
 
 # ---- the stage -------------------------------------------------------------------------------------------------
 
+
 def _params(**ucpr):
-    return {"seed": 0, "dataset": "ds", "method": "nepa", "query": "mesh", "gallery": "udfgrid",
-            "ucpr": UCPR | ucpr, "tokens": PRETRAIN_TOKENS, "stage_version": 1}
+    return {
+        "seed": 0,
+        "dataset": "ds",
+        "method": "nepa",
+        "query": "mesh",
+        "gallery": "udfgrid",
+        "ucpr": UCPR | ucpr,
+        "tokens": PRETRAIN_TOKENS,
+        "stage_version": 1,
+    }
 
 
 def _run(params, inputs, out):
-    return eval_ucpr.main(["--params", json.dumps(params), "--inputs", json.dumps(inputs), "--metrics", str(out),
-                           "--threads", "1"])
+    return eval_ucpr.main(
+        ["--params", json.dumps(params), "--inputs", json.dumps(inputs), "--metrics", str(out), "--threads", "1"]
+    )
 
 
 def test_stage_end_to_end(tmp_path, mesh_ds):
@@ -252,8 +301,9 @@ def test_stage_end_to_end(tmp_path, mesh_ds):
         assert res["R@1"] <= res["R@5"] <= res["R@10"] == 1.0  # 4 shapes: always in the top 10
     assert m["chance"]["mean_rank"] == 2.5
     # every ablation removed real values on both sides (the reference's dist ablation removed none)
-    assert all(m["ablation_zeroed_values"][a][side] > 0 for a in ("point_xyz", "point_dist")
-               for side in ("query", "gallery"))
+    assert all(
+        m["ablation_zeroed_values"][a][side] > 0 for a in ("point_xyz", "point_dist") for side in ("query", "gallery")
+    )
     # max_files: a class-stratified subset; same bytes of results on a rerun
     out2 = tmp_path / "ucpr2.json"
     assert _run(_params(max_files=2, ablations=["none"]), mesh_ds, out2) == 0
@@ -267,8 +317,9 @@ def test_stage_end_to_end(tmp_path, mesh_ds):
 
 def test_stage_falls_back_to_ttv_test_without_an_unpaired_split(tmp_path, mesh_ds):
     empty = tmp_path / "unpaired.parquet"
-    pd.DataFrame({"shape_id": pd.Series([], dtype=str), "label": pd.Series([], dtype="int64"),
-                  "split": pd.Series([], dtype=str)}).to_parquet(empty)
+    pd.DataFrame(
+        {"shape_id": pd.Series([], dtype=str), "label": pd.Series([], dtype="int64"), "split": pd.Series([], dtype=str)}
+    ).to_parquet(empty)
     out = tmp_path / "ucpr.json"
     assert _run(_params(ablations=["none"]), mesh_ds | {"unpaired": str(empty)}, out) == 0
     m = json.loads(out.read_text())

@@ -17,8 +17,9 @@ DESCRIPTION = {"format": "toy", "format_version": 1, "config": {"z": 1, "a": [1,
 def test_same_tensors_and_description_give_the_same_bytes_and_the_returned_hash(tmp_path):
     first = write_weights(tmp_path / "a.safetensors", TENSORS, DESCRIPTION)
     # another insertion order of both maps: safetensors and the JSON header must not depend on it
-    second = write_weights(tmp_path / "b.safetensors", dict(reversed(TENSORS.items())),
-                           dict(reversed(DESCRIPTION.items())))
+    second = write_weights(
+        tmp_path / "b.safetensors", dict(reversed(TENSORS.items())), dict(reversed(DESCRIPTION.items()))
+    )
     assert first == second == file_sha256(tmp_path / "a.safetensors")
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     loaded = load_verified(tmp_path / "a.safetensors", first, "head.json")
@@ -32,12 +33,15 @@ def test_weights_that_do_not_match_the_description_are_refused(tmp_path):
         load_verified(tmp_path / "w.safetensors", sha, "head.json")
 
 
-@pytest.mark.parametrize("content, problem", [
-    ("{not json", "cannot read the toy head description"),
-    (json.dumps({"format": "other", "format_version": 1}), r"not a toy v1 description \(format 'other' v1\)"),
-    (json.dumps({"format": "toy", "format_version": 2}), r"not a toy v1 description \(format 'toy' v2\)"),
-    (json.dumps([1, 2]), "not a toy v1 description"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("{not json", "cannot read the toy head description"),
+        (json.dumps({"format": "other", "format_version": 1}), r"not a toy v1 description \(format 'other' v1\)"),
+        (json.dumps({"format": "toy", "format_version": 2}), r"not a toy v1 description \(format 'toy' v2\)"),
+        (json.dumps([1, 2]), "not a toy v1 description"),
+    ],
+)
 def test_sidecar_problems_name_the_file(tmp_path, content, problem):
     path = tmp_path / "head.json"
     path.write_text(content)

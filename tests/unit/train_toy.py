@@ -76,7 +76,7 @@ class ToyObjective(nn.Module):
         weight = 1.0 + (0.01 * (random.random() + float(np.random.rand())) if self.noise else 0.0)
         loss = weight * mse + 0.1 * consistency
         if self.partial and int(os.environ.get("RANK", "0")) == 0:
-            loss = loss + (self.rank0_only ** 2).sum()
+            loss = loss + (self.rank0_only**2).sum()
         return loss, {"mse": float(mse.detach()), "consistency": float(consistency.detach())}
 
     @torch.no_grad()
@@ -98,8 +98,11 @@ class ToyEpoch(Dataset):
         item = int(self.order[i])
         rng = rng_for(self.seed, "toy-item", str(item))
         x = rng.standard_normal(DIM).astype(np.float32)
-        return {"x": torch.from_numpy(x), "kind": torch.tensor(item % 3),
-                "y": torch.tensor(float(np.sin(x[0]) + x[1] * x[2] - 0.5 * x[3]), dtype=torch.float32)}
+        return {
+            "x": torch.from_numpy(x),
+            "kind": torch.tensor(item % 3),
+            "y": torch.tensor(float(np.sin(x[0]) + x[1] * x[2] - 0.5 * x[3]), dtype=torch.float32),
+        }
 
 
 class ToyData:
@@ -155,8 +158,9 @@ def run_script(spec: dict, *, nproc: int = 1, timeout: float = 120) -> subproces
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith("SLURM_")}
     env.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
     # Own session: on a timeout the whole tree (torchrun and its workers) is killed, not just the launcher.
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                          start_new_session=True) as proc:
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -182,20 +186,34 @@ def run_phase(spec: dict) -> int:
             os.kill(os.getpid(), getattr(signal, spec["signal"]))
 
     seed_globals(spec.get("global_seed", 123))
-    objective = make_objective(spec.get("init_seed", 0) + rank, noise=spec.get("noise", True), hook=hook,
-                               partial=spec.get("partial", False))
+    objective = make_objective(
+        spec.get("init_seed", 0) + rank, noise=spec.get("noise", True), hook=hook, partial=spec.get("partial", False)
+    )
     data = ToyData(seed=spec.get("data_seed", 0), samples_per_epoch=spec.get("samples_per_epoch", 20))
-    result = train(objective, data, TrainConfig(**spec["cfg"]), spec["state_dir"],
-                   config_hash=spec.get("config_hash", "toy"))
+    result = train(
+        objective, data, TrainConfig(**spec["cfg"]), spec["state_dir"], config_hash=spec.get("config_hash", "toy")
+    )
     if result.is_main:
         out = Path(spec["out"])
         out.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in objective.state_dict().items()}, str(out))
-        save_encoder(objective.encoder, out.with_suffix(".encoder.safetensors"), out.with_suffix(".encoder.json"),
-                     {"steps": result.steps})
-        out.with_suffix(".result.json").write_text(json.dumps({
-            "steps": result.steps, "steps_run": result.steps_run, "final_loss": result.final_loss,
-            "resumed_from": result.resumed_from, "interrupted": result.interrupted}))
+        save_encoder(
+            objective.encoder,
+            out.with_suffix(".encoder.safetensors"),
+            out.with_suffix(".encoder.json"),
+            {"steps": result.steps},
+        )
+        out.with_suffix(".result.json").write_text(
+            json.dumps(
+                {
+                    "steps": result.steps,
+                    "steps_run": result.steps_run,
+                    "final_loss": result.final_loss,
+                    "resumed_from": result.resumed_from,
+                    "interrupted": result.interrupted,
+                }
+            )
+        )
     return result.exit_code
 
 
@@ -215,9 +233,12 @@ def main(argv: list[str]) -> int:
     code = 0
     for phase in spec.get("phases", [spec]):
         if phase.get("group_file"):
-            torch.distributed.init_process_group("gloo", init_method=f"file://{phase['group_file']}",
-                                                 rank=int(os.environ["RANK"]),
-                                                 world_size=int(os.environ["WORLD_SIZE"]))
+            torch.distributed.init_process_group(
+                "gloo",
+                init_method=f"file://{phase['group_file']}",
+                rank=int(os.environ["RANK"]),
+                world_size=int(os.environ["WORLD_SIZE"]),
+            )
         code = run_phase(phase)
         if phase.get("group_file"):
             torch.distributed.destroy_process_group()

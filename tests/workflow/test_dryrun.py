@@ -79,11 +79,22 @@ def test_every_job_declares_log_benchmark_and_resources(workdir: Path) -> None:
 
 
 # the rules that train or run a network (embedding, heads, submission inference): the rest is CPU work
-TRAINING_RULES = {"pretrain_encoder", "finetune_classifier", "finetune_episode", "embed_image", "embed_text",
-                  "embed_shape",
-                  "tune_metric_head", "train_metric_head", "align_text3d", "submit_text3d", "train_retrieval_head",
-                  "train_promptsg",
-                  "eval_ucpr", "eval_cpac"}
+TRAINING_RULES = {
+    "pretrain_encoder",
+    "finetune_classifier",
+    "finetune_episode",
+    "embed_image",
+    "embed_text",
+    "embed_shape",
+    "tune_metric_head",
+    "train_metric_head",
+    "align_text3d",
+    "submit_text3d",
+    "train_retrieval_head",
+    "train_promptsg",
+    "eval_ucpr",
+    "eval_cpac",
+}
 
 
 def test_training_jobs_ask_for_a_gpu_and_nothing_else_does(workdir: Path) -> None:
@@ -104,7 +115,7 @@ def rule_blocks() -> dict[str, str]:
         text = path.read_text()
         heads = list(re.finditer(r"^( *)rule (\w+):", text, flags=re.M))
         for head, nxt in zip(heads, heads[1:] + [None]):
-            blocks[head.group(2)] = text[head.start(): nxt.start() if nxt else len(text)]
+            blocks[head.group(2)] = text[head.start() : nxt.start() if nxt else len(text)]
     return blocks
 
 
@@ -191,19 +202,33 @@ def test_paper_config_plans_the_seed_tables(workdir: Path) -> None:
     assert result.returncode == 0, result.tail()
     shards, ucpr, cpac = config["cache"]["shards"], config["eval"]["ucpr"], config["eval"]["cpac"]
     assert job_counts(result.output) == {
-        "ingest_dataset": 2, "build_cache_shard": 2 * shards, "index_cache": 2, "fingerprint_dataset": 2,
-        "make_splits": 2 * SPLIT_FAMILIES, "materialize_unpaired": UNPAIRED_SPLITS,
-        "pretrain_encoder": 4, "finetune_classifier": 75, "tabulate_fewshot": 1,
-        "eval_ucpr": len(ucpr["methods"]) * 4, "eval_cpac": len(cpac["methods"]), "report": 1, "all": 1,
+        "ingest_dataset": 2,
+        "build_cache_shard": 2 * shards,
+        "index_cache": 2,
+        "fingerprint_dataset": 2,
+        "make_splits": 2 * SPLIT_FAMILIES,
+        "materialize_unpaired": UNPAIRED_SPLITS,
+        "pretrain_encoder": 4,
+        "finetune_classifier": 75,
+        "tabulate_fewshot": 1,
+        "eval_ucpr": len(ucpr["methods"]) * 4,
+        "eval_cpac": len(cpac["methods"]),
+        "report": 1,
+        "all": 1,
     }
     assert ucpr["max_files"] == 1000 and ucpr["query_seed"] != ucpr["gallery_seed"]
     # --cpus-per-task covers the DataLoader workers the config asks for, beside torch's threads
-    planned = {(job.rule, job.threads) for job in planned_jobs(result.output)
-               if job.rule in ("pretrain_encoder", "finetune_classifier", "eval_ucpr")
-               and "/descriptor/" not in job.fields["output"]}
-    assert planned == {("pretrain_encoder", 2 + config["pretrain"]["num_workers"]),
-                       ("finetune_classifier", 1 + config["finetune"]["num_workers"]),
-                       ("eval_ucpr", 1 + ucpr["num_workers"])}
+    planned = {
+        (job.rule, job.threads)
+        for job in planned_jobs(result.output)
+        if job.rule in ("pretrain_encoder", "finetune_classifier", "eval_ucpr")
+        and "/descriptor/" not in job.fields["output"]
+    }
+    assert planned == {
+        ("pretrain_encoder", 2 + config["pretrain"]["num_workers"]),
+        ("finetune_classifier", 1 + config["finetune"]["num_workers"]),
+        ("eval_ucpr", 1 + ucpr["num_workers"]),
+    }
     assert ucpr["num_workers"] > 0
 
 

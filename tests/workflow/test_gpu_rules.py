@@ -32,7 +32,7 @@ def _imports(name: str) -> set[str]:
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            parts = package[:len(package) - node.level + 1] if node.level else []
+            parts = package[: len(package) - node.level + 1] if node.level else []
             target = ".".join(parts + ([node.module] if node.module else []))
             if target.startswith("pipeline3d"):
                 out.add(target)
@@ -77,8 +77,8 @@ def test_a_rule_declares_a_gpu_exactly_when_its_job_uses_a_device():
 
 
 def test_the_static_listing_sees_both_ways_a_job_picks_its_device():
-    assert "pipeline3d.jobs.embed_image" in _device_users("embed_image")          # job_device() in its job
-    assert "pipeline3d.jobs.finetune" in _device_users("finetune_episode")        # the training loop, two hops
+    assert "pipeline3d.jobs.embed_image" in _device_users("embed_image")  # job_device() in its job
+    assert "pipeline3d.jobs.finetune" in _device_users("finetune_episode")  # the training loop, two hops
     assert _device_users("report") == [] and _device_users("build_cache_shard") == []
 
 
@@ -89,8 +89,14 @@ def test_parsing_the_workflow_imports_no_torch():
     import sys
 
     sources = [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
-    imports = sorted({line.strip().split("  #")[0] for path in sources for line in path.read_text().splitlines()
-                      if re.match(r"\s*(from|import) pipeline3d", line)})
+    imports = sorted(
+        {
+            line.strip().split("  #")[0]
+            for path in sources
+            for line in path.read_text().splitlines()
+            if re.match(r"\s*(from|import) pipeline3d", line)
+        }
+    )
     assert any("logging_env" in line for line in imports)
     code = "\n".join(imports) + "\nimport sys\nsys.exit('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -34,7 +34,7 @@ def imported_subpackages(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = list(module[:-node.level])
+                base = list(module[: -node.level])
                 target = base + (node.module.split(".") if node.module else [])
                 names = [target + [alias.name] for alias in node.names] if not node.module else [target]
             else:

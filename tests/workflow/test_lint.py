@@ -46,7 +46,7 @@ def lint_json(workdir: Path) -> dict:
         [sys.executable, "-c", _LINT_JSON], cwd=workdir, env=smk_env(workdir), capture_output=True, text=True
     )
     assert api.returncode == 0, api.stderr[-3000:]
-    return json.loads(api.stdout[api.stdout.index("{"):])
+    return json.loads(api.stdout[api.stdout.index("{") :])
 
 
 def unexpected_lints(report: dict) -> list[str]:

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smk import ROOT, job_counts, planned_jobs, run_snakemake
-
 from pipeline3d.config import validate
 from pipeline3d.io.rawpaths import raw_inputs, raw_paths
+from smk import ROOT, job_counts, planned_jobs, run_snakemake
 
 PROFILE_KEYS = {"executor", "default-resources", "set-resources", "jobs", "slurm-status-command"}
 
@@ -55,8 +54,11 @@ def test_the_docs_have_yaml_examples():
     assert kinds == {"config", "profile"}, BLOCKS
 
 
-@pytest.mark.parametrize("doc, line, block", [b for b in BLOCKS if not PROFILE_KEYS & set(b[2])],
-                         ids=lambda v: str(v) if not isinstance(v, dict) else "")
+@pytest.mark.parametrize(
+    "doc, line, block",
+    [b for b in BLOCKS if not PROFILE_KEYS & set(b[2])],
+    ids=lambda v: str(v) if not isinstance(v, dict) else "",
+)
 def test_config_example_validates_and_dry_runs(workdir: Path, doc: str, line: int, block: dict):
     config = yaml.safe_load(yaml.safe_dump(block))
     validate(config)  # a one-line error naming the key if the example is wrong
@@ -68,8 +70,11 @@ def test_config_example_validates_and_dry_runs(workdir: Path, doc: str, line: in
     assert job_counts(result.output).get("ingest_dataset") == len(config["datasets"])
 
 
-@pytest.mark.parametrize("doc, line, block", [b for b in BLOCKS if PROFILE_KEYS & set(b[2])],
-                         ids=lambda v: str(v) if not isinstance(v, dict) else "")
+@pytest.mark.parametrize(
+    "doc, line, block",
+    [b for b in BLOCKS if PROFILE_KEYS & set(b[2])],
+    ids=lambda v: str(v) if not isinstance(v, dict) else "",
+)
 def test_profile_overlay_example_dry_runs(workdir: Path, doc: str, line: int, block: dict):
     overlay = workdir / "mycluster"
     overlay.mkdir()

@@ -46,6 +46,8 @@ def locate_rows(index_path: str | Path, shard_paths: Sequence[str | Path]) -> di
             where[sid] = (path, row)
     missing = sorted(wanted - set(where))
     if missing:
-        raise ValueError(f"{index_path}: {len(missing)} indexed shapes are in none of the {len(shard_paths)} shards "
-                         f"(first: {missing[:3]})")
+        raise ValueError(
+            f"{index_path}: {len(missing)} indexed shapes are in none of the {len(shard_paths)} shards "
+            f"(first: {missing[:3]})"
+        )
     return where

@@ -74,8 +74,15 @@ class DemoConfig:
     @classmethod
     def from_params(cls, params: dict) -> DemoConfig:
         """Build from the stage params (``seed`` + the config ``demo`` section); other keys are ignored."""
-        ints = {"seed": 0, "train_per_class": 1, "test_per_class": 1, "scans_per_class": 1, "scan_points": 16,
-                "image_views": 1, "image_size": 8}
+        ints = {
+            "seed": 0,
+            "train_per_class": 1,
+            "test_per_class": 1,
+            "scans_per_class": 1,
+            "scan_points": 16,
+            "image_views": 1,
+            "image_size": 8,
+        }
         missing = sorted({*ints, "classes", "duplicate_fraction"} - set(params))
         if missing:
             raise DemoConfigError(f"demo params lack {', '.join(missing)}")
@@ -86,8 +93,12 @@ class DemoConfig:
                 raise DemoConfigError(f"demo.{key}: expected an integer >= {minimum}, got {value!r}")
             values[key] = value
         classes = params["classes"]
-        if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes)
-                or len(set(classes)) != len(classes)):
+        if (
+            not isinstance(classes, list)
+            or not classes
+            or not all(isinstance(c, str) for c in classes)
+            or len(set(classes)) != len(classes)
+        ):
             raise DemoConfigError(f"demo.classes: expected a non-empty list of distinct names, got {classes!r}")
         check_classes(classes)
         fraction = params["duplicate_fraction"]
@@ -147,9 +158,11 @@ def scan_models(cfg: DemoConfig) -> list[ModelSpec]:
     """The held-out scanned instances; about two thirds of each class go to 'train', the rest to 'test'."""
     n = cfg.scans_per_class
     n_test = max(1, math.floor(n / 3 + 0.5)) if n >= 2 else 0
-    return [ModelSpec(cls, mid, mid, label, "train" if i < n - n_test else "test")
-            for label, cls in enumerate(cfg.classes)
-            for i, mid in enumerate(model_id(cls, "scan", j) for j in range(n))]
+    return [
+        ModelSpec(cls, mid, mid, label, "train" if i < n - n_test else "test")
+        for label, cls in enumerate(cfg.classes)
+        for i, mid in enumerate(model_id(cls, "scan", j) for j in range(n))
+    ]
 
 
 def model_mesh(cfg: DemoConfig, spec: ModelSpec) -> trimesh.Trimesh:
@@ -237,12 +250,22 @@ def caption(class_name: str) -> str:
 
 def image_metadata(spec: ModelSpec, view: int) -> dict:
     """The JSON beside each PNG (the fields an image-text data set carries; ShapeNet-style shape reference)."""
-    return {"label": spec.class_name, "caption": caption(spec.class_name),
-            "shape": f"{spec.class_name}/{spec.model_id}", "view": view, "split": ""}
+    return {
+        "label": spec.class_name,
+        "caption": caption(spec.class_name),
+        "shape": f"{spec.class_name}/{spec.model_id}",
+        "view": view,
+        "split": "",
+    }
 
 
-def write_image_archive(path: str | Path, cfg: DemoConfig, specs: list[ModelSpec],
-                        meshes: dict[str, trimesh.Trimesh], progress: Progress | None = None) -> int:
+def write_image_archive(
+    path: str | Path,
+    cfg: DemoConfig,
+    specs: list[ModelSpec],
+    meshes: dict[str, trimesh.Trimesh],
+    progress: Progress | None = None,
+) -> int:
     """The uncompressed tar of ``<key>.png`` + ``<key>.json`` pairs, written atomically; returns the image count."""
     members: list[tuple[str, Callable[[], bytes]]] = []
     for spec in specs:
@@ -341,8 +364,13 @@ def write_scan_h5(path: str | Path, points: np.ndarray, labels: np.ndarray) -> N
             h5.create_dataset("mask", data=np.ones(points.shape[:2], dtype=np.int64), track_times=False)
 
 
-def write_scans(train_path: str | Path, test_path: str | Path, cfg: DemoConfig, specs: list[ModelSpec],
-                progress: Progress | None = None) -> dict[str, int]:
+def write_scans(
+    train_path: str | Path,
+    test_path: str | Path,
+    cfg: DemoConfig,
+    specs: list[ModelSpec],
+    progress: Progress | None = None,
+) -> dict[str, int]:
     """Scan every spec and write the training and test h5 files; returns the row count per split."""
     rows: dict[str, list[tuple[np.ndarray, int]]] = {"train": [], "test": []}
     for spec in specs:
@@ -358,33 +386,53 @@ def write_scans(train_path: str | Path, test_path: str | Path, cfg: DemoConfig, 
 # ---------------------------------------------------------------------------------------------- everything
 
 
-def generate_meshes(cfg: DemoConfig, specs: list[ModelSpec],
-                    progress: Progress | None = None) -> Iterator[tuple[str, trimesh.Trimesh]]:
+def generate_meshes(
+    cfg: DemoConfig, specs: list[ModelSpec], progress: Progress | None = None
+) -> Iterator[tuple[str, trimesh.Trimesh]]:
     for spec in specs:
         yield spec.model_id, model_mesh(cfg, spec)
         if progress is not None:
             progress.step()
 
 
-def write_demo(cfg: DemoConfig, meshes_path: str | Path, scans_train_path: str | Path, scans_test_path: str | Path,
-               images_path: str | Path, logger: logging.Logger | None = None) -> dict[str, int]:
+def write_demo(
+    cfg: DemoConfig,
+    meshes_path: str | Path,
+    scans_train_path: str | Path,
+    scans_test_path: str | Path,
+    images_path: str | Path,
+    logger: logging.Logger | None = None,
+) -> dict[str, int]:
     """Write the three demo archives; returns counts for the log."""
     logger = logger or logging.getLogger(f"pipeline3d.{STAGE}")
     specs = archive_models(cfg)
     scans = scan_models(cfg)
     n_dup = sum(s.duplicate_of is not None for s in specs)
-    logger.info("%d classes | %d archive models (%d near-duplicates) | %d scans | %d images", len(cfg.classes),
-                len(specs), n_dup, len(scans), len(specs) * cfg.image_views)
+    logger.info(
+        "%d classes | %d archive models (%d near-duplicates) | %d scans | %d images",
+        len(cfg.classes),
+        len(specs),
+        n_dup,
+        len(scans),
+        len(specs) * cfg.image_views,
+    )
     meshes = dict(generate_meshes(cfg, specs, Progress(logger, len(specs), "meshes", every=100)))
     n_members = write_mesh_archive(meshes_path, specs, meshes)
-    logger.info("wrote %s (%d meshes, %d faces in total)", meshes_path, n_members,
-                sum(len(m.faces) for m in meshes.values()))
+    logger.info(
+        "wrote %s (%d meshes, %d faces in total)", meshes_path, n_members, sum(len(m.faces) for m in meshes.values())
+    )
     n_images = write_image_archive(images_path, cfg, specs, meshes, Progress(logger, len(specs), "rendered", every=100))
     logger.info("wrote %s (%d depth images)", images_path, n_images)
-    split_counts = write_scans(scans_train_path, scans_test_path, cfg, scans,
-                               Progress(logger, len(scans), "scans", every=50))
-    logger.info("wrote %s (%d scans) and %s (%d scans)", scans_train_path, split_counts["train"], scans_test_path,
-                split_counts["test"])
+    split_counts = write_scans(
+        scans_train_path, scans_test_path, cfg, scans, Progress(logger, len(scans), "scans", every=50)
+    )
+    logger.info(
+        "wrote %s (%d scans) and %s (%d scans)",
+        scans_train_path,
+        split_counts["train"],
+        scans_test_path,
+        split_counts["test"],
+    )
     if split_counts["test"] == 0:
         logger.warning("demo.scans_per_class is 1: the test scan file is empty")
     # The scans' integer labels index demo.classes; ship the names beside them (the ModelNet40-h5 convention
@@ -392,5 +440,10 @@ def write_demo(cfg: DemoConfig, meshes_path: str | Path, scans_train_path: str |
     names_path = Path(scans_train_path).parent / CLASS_NAMES_FILE
     write_text(names_path, "".join(f"{name}\n" for name in cfg.classes))
     logger.info("wrote %s", names_path)
-    return {"meshes": n_members, "duplicates": n_dup, "images": n_images, "scans_train": split_counts["train"],
-            "scans_test": split_counts["test"]}
+    return {
+        "meshes": n_members,
+        "duplicates": n_dup,
+        "images": n_images,
+        "scans_train": split_counts["train"],
+        "scans_test": split_counts["test"],
+    }

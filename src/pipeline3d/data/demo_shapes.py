@@ -51,8 +51,7 @@ def cylinder_z(radius: float, z0: float, z1: float, xy=(0.0, 0.0), sections: int
 
 
 def cylinder_between(radius: float, start, end, sections: int = SECTIONS) -> trimesh.Trimesh:
-    return trimesh.creation.cylinder(radius=radius, segment=np.array([start, end], dtype=np.float64),
-                                     sections=sections)
+    return trimesh.creation.cylinder(radius=radius, segment=np.array([start, end], dtype=np.float64), sections=sections)
 
 
 def ellipsoid(radii, center, subdivisions: int = 2) -> trimesh.Trimesh:
@@ -71,8 +70,9 @@ def shell(r0: float, r1: float, z0: float, z1: float, thickness: float, sections
     return revolved([(r0, z0), (r1, z1), (r1 - thickness, z1), (r0 - thickness, z0), (r0, z0)], sections)
 
 
-def tube_arc(major: float, minor: float, angle0: float, angle1: float, n_major: int = 12,
-             n_minor: int = 8) -> trimesh.Trimesh:
+def tube_arc(
+    major: float, minor: float, angle0: float, angle1: float, n_major: int = 12, n_minor: int = 8
+) -> trimesh.Trimesh:
     """A closed tube of radius ``minor`` along an arc of radius ``major`` in the XZ plane (a mug handle).
 
     Angles are measured from +X towards +Z; both ends are capped with a fan.
@@ -82,8 +82,9 @@ def tube_arc(major: float, minor: float, angle0: float, angle1: float, n_major: 
     radial = np.stack([np.cos(theta), np.zeros_like(theta), np.sin(theta)], axis=1)
     centre = major * radial
     y_axis = np.array([0.0, 1.0, 0.0])
-    ring = (centre[:, None, :] + minor * (np.cos(phi)[None, :, None] * radial[:, None, :]
-                                          + np.sin(phi)[None, :, None] * y_axis))
+    ring = centre[:, None, :] + minor * (
+        np.cos(phi)[None, :, None] * radial[:, None, :] + np.sin(phi)[None, :, None] * y_axis
+    )
     vertices = [ring.reshape(-1, 3), centre[[0, -1]]]
     faces = []
     for i in range(n_major):
@@ -107,8 +108,9 @@ def sheared(mesh: trimesh.Trimesh, x_per_y: float = 0.0, x_per_z: float = 0.0) -
     return mesh
 
 
-def tapered_box(length: float, width: float, height: float, top_length: float, top_shift: float,
-                base_center) -> trimesh.Trimesh:
+def tapered_box(
+    length: float, width: float, height: float, top_length: float, top_shift: float, base_center
+) -> trimesh.Trimesh:
     """A box whose top face is shorter along X (a car cabin with raked windscreens); base centred at base_center."""
     mesh = trimesh.creation.box(extents=[length, width, height])
     vertices = mesh.vertices.copy()
@@ -152,9 +154,11 @@ def table(rng: np.random.Generator) -> list[trimesh.Trimesh]:
     height, top_t = rng.uniform(0.60, 0.78), rng.uniform(0.03, 0.06)
     if rng.random() < 0.3:  # round pedestal table
         radius = rng.uniform(0.45, 0.65)
-        return [cylinder_z(radius, height - top_t, height, sections=32),
-                cylinder_z(rng.uniform(0.04, 0.07), 0.03, height - top_t, sections=12),
-                cylinder_z(rng.uniform(0.20, 0.32), 0.0, 0.03, sections=24)]
+        return [
+            cylinder_z(radius, height - top_t, height, sections=32),
+            cylinder_z(rng.uniform(0.04, 0.07), 0.03, height - top_t, sections=12),
+            cylinder_z(rng.uniform(0.20, 0.32), 0.0, 0.03, sections=24),
+        ]
     width, depth = rng.uniform(0.9, 1.6), rng.uniform(0.5, 0.9)
     leg, inset = rng.uniform(0.04, 0.08), rng.uniform(0.02, 0.10)
     round_legs, stretcher = rng.random() < 0.4, rng.random() < 0.3
@@ -195,8 +199,10 @@ def lamp(rng: np.random.Generator) -> list[trimesh.Trimesh]:
 def mug(rng: np.random.Generator) -> list[trimesh.Trimesh]:
     radius, height = rng.uniform(0.035, 0.055), rng.uniform(0.08, 0.12)
     wall = rng.uniform(0.004, 0.008)
-    body = revolved([(0.0, 0.0), (radius, 0.0), (radius, height), (radius - wall, height), (radius - wall, wall),
-                     (0.0, wall)], sections=24)
+    body = revolved(
+        [(0.0, 0.0), (radius, 0.0), (radius, height), (radius - wall, height), (radius - wall, wall), (0.0, wall)],
+        sections=24,
+    )
     major = height * rng.uniform(0.28, 0.40)
     handle = tube_arc(major, rng.uniform(0.005, 0.009), -np.pi * 0.55, np.pi * 0.55)
     handle.apply_scale([rng.uniform(0.8, 1.3), 1.0, 1.0])  # rounder or flatter handle
@@ -209,11 +215,21 @@ def bottle(rng: np.random.Generator) -> list[trimesh.Trimesh]:
     neck_r = radius * rng.uniform(0.25, 0.45)
     cap_h = rng.uniform(0.012, 0.025)
     s = np.linspace(0.0, 1.0, 6)[1:-1]
-    shoulder = [(neck_r + (radius - neck_r) * np.cos(t * np.pi / 2), body_h + shoulder_h * np.sin(t * np.pi / 2))
-                for t in s]
+    shoulder = [
+        (neck_r + (radius - neck_r) * np.cos(t * np.pi / 2), body_h + shoulder_h * np.sin(t * np.pi / 2)) for t in s
+    ]
     top = body_h + shoulder_h + neck_h
-    body = revolved([(0.0, 0.0), (radius, 0.0), (radius, body_h), *shoulder, (neck_r, body_h + shoulder_h),
-                     (neck_r, top), (0.0, top)])
+    body = revolved(
+        [
+            (0.0, 0.0),
+            (radius, 0.0),
+            (radius, body_h),
+            *shoulder,
+            (neck_r, body_h + shoulder_h),
+            (neck_r, top),
+            (0.0, top),
+        ]
+    )
     return [body, cylinder_z(neck_r * 1.2, top - cap_h * 0.3, top + cap_h, sections=16)]
 
 
@@ -225,8 +241,15 @@ def bowl(rng: np.random.Generator) -> list[trimesh.Trimesh]:
     angles = np.linspace(0.0, np.pi / 2, 9)
     outer = [(rim_r * np.sin(a), foot_h + depth * (1 - np.cos(a))) for a in angles if rim_r * np.sin(a) > foot_r]
     inner = [((rim_r - wall) * np.sin(a), foot_h + wall + (depth - wall) * (1 - np.cos(a))) for a in angles[::-1]]
-    profile = [(0.0, 0.0), (foot_r, 0.0), (foot_r, foot_h), *outer, (rim_r, foot_h + depth), *inner[:-1],
-               (0.0, foot_h + wall)]
+    profile = [
+        (0.0, 0.0),
+        (foot_r, 0.0),
+        (foot_r, foot_h),
+        *outer,
+        (rim_r, foot_h + depth),
+        *inner[:-1],
+        (0.0, foot_h + wall),
+    ]
     return [revolved(profile, sections=28)]
 
 
@@ -250,9 +273,11 @@ def bed(rng: np.random.Generator) -> list[trimesh.Trimesh]:
     footboard = rng.random() < 0.5
     n_pillows = 1 if width < 1.2 else 2
     frame_top = leg_h + frame_h
-    parts = [box([width, length, frame_h], [0, 0, leg_h + frame_h / 2]),
-             box([width - 0.04, length - 0.06, mattress_h], [0, 0.01, frame_top + mattress_h / 2]),
-             box([width, board, frame_top + head_h], [0, length / 2 + board / 2, (frame_top + head_h) / 2])]
+    parts = [
+        box([width, length, frame_h], [0, 0, leg_h + frame_h / 2]),
+        box([width - 0.04, length - 0.06, mattress_h], [0, 0.01, frame_top + mattress_h / 2]),
+        box([width, board, frame_top + head_h], [0, length / 2 + board / 2, (frame_top + head_h) / 2]),
+    ]
     if footboard:
         foot_h = frame_top + mattress_h * rng.uniform(0.6, 1.4)
         parts.append(box([width, board, foot_h], [0, -length / 2 - board / 2, foot_h / 2]))
@@ -294,8 +319,9 @@ def airplane(rng: np.random.Generator) -> list[trimesh.Trimesh]:
     for i in range(n_engines):
         y = (span / 2) * (0.35 if i < 2 else 0.65) * (1 if i % 2 == 0 else -1)
         x = wing_x - sweep * abs(y) + chord * 0.3
-        parts.append(cylinder_between(radius * 0.45, [x - 0.12, y, -radius * 0.9], [x + 0.05, y, -radius * 0.9],
-                                      sections=14))
+        parts.append(
+            cylinder_between(radius * 0.45, [x - 0.12, y, -radius * 0.9], [x + 0.05, y, -radius * 0.9], sections=14)
+        )
     return parts
 
 
@@ -306,9 +332,17 @@ def car(rng: np.random.Generator) -> list[trimesh.Trimesh]:
     cabin_len, cabin_h = length * rng.uniform(0.40, 0.75), rng.uniform(0.10, 0.17)
     cabin_x, rake = length * rng.uniform(-0.15, 0.05), rng.uniform(0.55, 0.85)
     floor = wheel_r * 0.9
-    parts = [box([length, width, body_h], [0, 0, floor + body_h / 2]),
-             tapered_box(cabin_len, width * 0.9, cabin_h, cabin_len * rake, -cabin_len * (1 - rake) * 0.2,
-                         [cabin_x, 0.0, floor + body_h])]
+    parts = [
+        box([length, width, body_h], [0, 0, floor + body_h / 2]),
+        tapered_box(
+            cabin_len,
+            width * 0.9,
+            cabin_h,
+            cabin_len * rake,
+            -cabin_len * (1 - rake) * 0.2,
+            [cabin_x, 0.0, floor + body_h],
+        ),
+    ]
     for sx in (-1, 1):
         for sy in (-1, 1):
             x, y = sx * (length / 2 - 1.4 * wheel_r), sy * (width / 2 - wheel_w / 2 + 0.01)
@@ -317,8 +351,16 @@ def car(rng: np.random.Generator) -> list[trimesh.Trimesh]:
 
 
 GENERATORS: dict[str, Generator] = {
-    "chair": chair, "table": table, "lamp": lamp, "mug": mug, "bottle": bottle, "bowl": bowl, "shelf": shelf,
-    "bed": bed, "airplane": airplane, "car": car,
+    "chair": chair,
+    "table": table,
+    "lamp": lamp,
+    "mug": mug,
+    "bottle": bottle,
+    "bowl": bowl,
+    "shelf": shelf,
+    "bed": bed,
+    "airplane": airplane,
+    "car": car,
 }
 KNOWN_CLASSES: tuple[str, ...] = tuple(GENERATORS)
 
@@ -327,8 +369,10 @@ def check_classes(classes) -> None:
     """Raise UnknownClassError naming every class without a generator."""
     unknown = [c for c in classes if c not in GENERATORS]
     if unknown:
-        raise UnknownClassError(f"demo.classes: no generator for {', '.join(map(repr, unknown))} "
-                                f"(known classes: {', '.join(KNOWN_CLASSES)})")
+        raise UnknownClassError(
+            f"demo.classes: no generator for {', '.join(map(repr, unknown))} "
+            f"(known classes: {', '.join(KNOWN_CLASSES)})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- assembly
@@ -375,8 +419,7 @@ def make_shape(class_name: str, rng: np.random.Generator) -> trimesh.Trimesh:
 
 def jittered(mesh: trimesh.Trimesh, rng: np.random.Generator, sigma: float) -> trimesh.Trimesh:
     """A near-duplicate: every vertex moved by Gaussian noise of ``sigma`` (in units of the bbox diagonal)."""
-    moved = trimesh.Trimesh(mesh.vertices + rng.normal(0.0, sigma, size=mesh.vertices.shape), mesh.faces,
-                            process=False)
+    moved = trimesh.Trimesh(mesh.vertices + rng.normal(0.0, sigma, size=mesh.vertices.shape), mesh.faces, process=False)
     out = finish(normalize(moved))
     check_mesh(out, "demo near-duplicate")
     return out

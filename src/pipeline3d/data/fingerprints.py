@@ -64,13 +64,13 @@ def bits_to_hex(bits: np.ndarray) -> str:
     pad = (-len(bits)) % 8
     packed = np.packbits(np.concatenate([np.zeros(pad, bool), bits]))
     text = packed.tobytes().hex()
-    return text[len(text) - math.ceil(len(bits) / 4):]
+    return text[len(text) - math.ceil(len(bits) / 4) :]
 
 
 def hex_to_bits(text: str, n_bits: int) -> np.ndarray:
     value = np.frombuffer(bytes.fromhex(text.rjust(2 * math.ceil(len(text) / 2), "0")), dtype=np.uint8)
     bits = np.unpackbits(value).astype(bool)
-    return bits[len(bits) - n_bits:]
+    return bits[len(bits) - n_bits :]
 
 
 def pack_codes(bits: np.ndarray) -> np.ndarray:
@@ -89,8 +89,9 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ view hashes
-def depth_images(ray_t: np.ndarray, ray_hit: np.ndarray, *, views: int, rays_per_view: int,
-                 camera_radius: float) -> np.ndarray:
+def depth_images(
+    ray_t: np.ndarray, ray_hit: np.ndarray, *, views: int, rays_per_view: int, camera_radius: float
+) -> np.ndarray:
     """(views, side, side) uint8 depth images from a shape's ray answers (first ``views`` camera views).
 
     Hits map linearly from the nearest possible depth (R - 1 -> 255) to the farthest (R + 1 -> 32); misses and the
@@ -116,8 +117,9 @@ def phash_bits(image: Image.Image | np.ndarray, hash_size: int) -> np.ndarray:
     return imagehash.phash(image, hash_size=hash_size).hash.ravel().astype(bool)
 
 
-def view_hash_bits(ray_t: np.ndarray, ray_hit: np.ndarray, *, views: int, rays_per_view: int,
-                   camera_radius: float, hash_size: int) -> np.ndarray:
+def view_hash_bits(
+    ray_t: np.ndarray, ray_hit: np.ndarray, *, views: int, rays_per_view: int, camera_radius: float, hash_size: int
+) -> np.ndarray:
     """(views, hash_size^2) phash bits of a shape's first ``views`` depth images."""
     images = depth_images(ray_t, ray_hit, views=views, rays_per_view=rays_per_view, camera_radius=camera_radius)
     return np.stack([phash_bits(img, hash_size) for img in images])
@@ -147,13 +149,16 @@ def soft_occupancy(udf_grid: np.ndarray, grid: int = GEOMETRY_GRID, sigma: float
         side = target
     f = side // grid
     blocks = field.reshape(grid, f, grid, f, grid, f).sum(axis=5).sum(axis=3).sum(axis=1)
-    return (blocks / np.float32(f ** 3)).astype(np.float32)
+    return (blocks / np.float32(f**3)).astype(np.float32)
 
 
 def cube_symmetries() -> list[tuple[tuple[int, int, int], tuple[bool, bool, bool]]]:
     """The 48 axis permutations x axis flips (identity first): the symmetry group of the cube."""
-    return [(perm, flips) for perm in itertools.permutations(range(3))
-            for flips in itertools.product((False, True), repeat=3)]
+    return [
+        (perm, flips)
+        for perm in itertools.permutations(range(3))
+        for flips in itertools.product((False, True), repeat=3)
+    ]
 
 
 def apply_symmetry(field: np.ndarray, perm: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> np.ndarray:
@@ -167,7 +172,7 @@ def apply_symmetry(field: np.ndarray, perm: tuple[int, int, int], flips: tuple[b
 @lru_cache(maxsize=4)
 def _symmetry_gathers(grid: int) -> np.ndarray:
     """(48, grid^3) index arrays: field.ravel()[gather[g]] is the field under symmetry g."""
-    cells = np.arange(grid ** 3).reshape(grid, grid, grid)
+    cells = np.arange(grid**3).reshape(grid, grid, grid)
     return np.stack([apply_symmetry(cells, p, f).ravel() for p, f in cube_symmetries()])
 
 
@@ -186,8 +191,11 @@ def _projection(grid: int, bits: int) -> np.ndarray:
     # under the 48 symmetries would give the variants as bit permutations of one projection, but for a symmetric
     # shape the bits of symmetric hyperplanes coincide, so its distance estimates get |symmetry group| times the
     # variance: measured jittered-copy distances reached 50 bits. Independent bits cost one stacked GEMM.)
-    return rng_for(0, "fingerprints", f"{_PROJECTION_KEY}/{grid}/{bits}").standard_normal(
-        (grid ** 3, bits)).astype(np.float32)
+    return (
+        rng_for(0, "fingerprints", f"{_PROJECTION_KEY}/{grid}/{bits}")
+        .standard_normal((grid**3, bits))
+        .astype(np.float32)
+    )
 
 
 @dataclass
@@ -213,6 +221,6 @@ def geometry_hashes(fields: np.ndarray, batch: int = 64) -> GeometryHashes:
     gathers = _symmetry_gathers(grid)
     values = np.empty((n, len(gathers), GEOMETRY_BITS), dtype=np.float32)
     for s in range(0, n, batch):
-        stacked = flat[s:s + batch][:, gathers]  # (b, 48, G^3)
-        values[s:s + batch] = (stacked.reshape(-1, flat.shape[1]) @ proj).reshape(-1, len(gathers), GEOMETRY_BITS)
+        stacked = flat[s : s + batch][:, gathers]  # (b, 48, G^3)
+        values[s : s + batch] = (stacked.reshape(-1, flat.shape[1]) @ proj).reshape(-1, len(gathers), GEOMETRY_BITS)
     return GeometryHashes(plain=values[:, 0] > 0, sym=values.mean(axis=1) > 0, variants=values > 0)

@@ -27,7 +27,6 @@ group id is the smallest shape id in the group, whatever order the pairs are fou
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,11 +122,12 @@ def _rotation_distance2(geo: GeometryCodes, i: np.ndarray, j: np.ndarray) -> np.
     """
     out = np.empty(len(i), dtype=np.int32)
     for s in range(0, len(i), VERIFY_CHUNK):
-        ii, jj = i[s:s + VERIFY_CHUNK], j[s:s + VERIFY_CHUNK]
+        ii, jj = i[s : s + VERIFY_CHUNK], j[s : s + VERIFY_CHUNK]
         d_ij = np.bitwise_count(geo.plain[ii][:, None, :] ^ geo.variants[jj]).sum(axis=-1, dtype=np.int32)
         d_ji = np.bitwise_count(geo.plain[jj][:, None, :] ^ geo.variants[ii][:, geo.inverse]).sum(
-            axis=-1, dtype=np.int32)
-        out[s:s + VERIFY_CHUNK] = (d_ij + d_ji).min(axis=1)
+            axis=-1, dtype=np.int32
+        )
+        out[s : s + VERIFY_CHUNK] = (d_ij + d_ji).min(axis=1)
     return out
 
 
@@ -136,8 +136,9 @@ def _normalised(d: np.ndarray, limit: float) -> np.ndarray:
     return d * np.float32(1.0 / max(float(limit), 0.5))
 
 
-def find_near_duplicates(view_codes: np.ndarray, rule: DuplicateRule, geometry: GeometryCodes | None = None,
-                         block_bytes: int = BLOCK_BYTES) -> DuplicateResult:
+def find_near_duplicates(
+    view_codes: np.ndarray, rule: DuplicateRule, geometry: GeometryCodes | None = None, block_bytes: int = BLOCK_BYTES
+) -> DuplicateResult:
     """Exact blocked all-pairs search; ``view_codes`` (N, W) uint64 are the views' packed hashes concatenated."""
     view_codes = np.ascontiguousarray(view_codes, dtype=np.uint64)
     n = view_codes.shape[0]
@@ -157,8 +158,10 @@ def find_near_duplicates(view_codes: np.ndarray, rule: DuplicateRule, geometry: 
     view_t = np.ascontiguousarray(view_codes.T)
     if use_geo:
         glimit = int(rule.geometry_threshold)
-        geo = GeometryCodes(*(np.ascontiguousarray(a, dtype=np.uint64) for a in
-                              (geometry.plain, geometry.sym, geometry.variants)), np.asarray(geometry.inverse))
+        geo = GeometryCodes(
+            *(np.ascontiguousarray(a, dtype=np.uint64) for a in (geometry.plain, geometry.sym, geometry.variants)),
+            np.asarray(geometry.inverse),
+        )
         plain_t, sym_t = np.ascontiguousarray(geo.plain.T), np.ascontiguousarray(geo.sym.T)
 
     for a in range(0, n, block):
@@ -235,12 +238,14 @@ def duplicates_table(shape_ids: list[str], result: DuplicateResult) -> pd.DataFr
     sizes = np.bincount(result.root, minlength=len(ids))
     has = result.nearest >= 0
     nearest = np.where(has, ids[np.where(has, result.nearest, 0)], None) if len(ids) else np.array([], object)
-    return pd.DataFrame({
-        "shape_id": pd.array(ids, dtype="string"),
-        "group": pd.array(ids[result.root], dtype="string"),
-        "group_size": sizes[result.root].astype(np.int64),
-        "nearest": pd.array(nearest, dtype="string"),
-        "distance": result.view_distance.astype(np.float64),
-        "geometry_distance": result.geometry_distance.astype(np.float64),
-        "score": np.where(np.isfinite(result.score), result.score, np.nan),
-    })
+    return pd.DataFrame(
+        {
+            "shape_id": pd.array(ids, dtype="string"),
+            "group": pd.array(ids[result.root], dtype="string"),
+            "group_size": sizes[result.root].astype(np.int64),
+            "nearest": pd.array(nearest, dtype="string"),
+            "distance": result.view_distance.astype(np.float64),
+            "geometry_distance": result.geometry_distance.astype(np.float64),
+            "score": np.where(np.isfinite(result.score), result.score, np.nan),
+        }
+    )

@@ -61,8 +61,12 @@ def framing_camera(eye: np.ndarray, radius: float, size: int) -> PinholeCamera:
     distance = float(np.linalg.norm(eye))
     if distance <= radius:
         raise ValueError(f"camera at distance {distance:.3f} is inside the bounding ball (radius {radius:.3f})")
-    return PinholeCamera(eye=np.asarray(eye, dtype=np.float64), target=np.zeros(3),
-                         half_fov=float(np.arcsin(radius / distance)), size=size)
+    return PinholeCamera(
+        eye=np.asarray(eye, dtype=np.float64),
+        target=np.zeros(3),
+        half_fov=float(np.arcsin(radius / distance)),
+        size=size,
+    )
 
 
 def ray_intersector(mesh: trimesh.Trimesh):

@@ -18,8 +18,8 @@ import h5py
 import pandas as pd
 
 from ..io.shards import validate_shard
-from .cache_lookup import locate_rows
 from ..io.tables import read_parquet
+from .cache_lookup import locate_rows
 
 TTV_SPLITS = ("train", "val", "test", "all")
 
@@ -78,8 +78,10 @@ def _episode_rows(episodes_path: str | Path, setting: str, fold: int) -> pd.Data
     table = _read_table(episodes_path, {"setting", "fold", "shape_id", "label", "episode_label", "role"})
     rows = table[(table["setting"] == setting) & (table["fold"] == fold)]
     if rows.empty:
-        raise ValueError(f"{episodes_path}: no episode {setting} fold {fold} (a skipped setting or fold is named in "
-                         "the parquet metadata)")
+        raise ValueError(
+            f"{episodes_path}: no episode {setting} fold {fold} (a skipped setting or fold is named in "
+            "the parquet metadata)"
+        )
     return rows
 
 
@@ -103,8 +105,10 @@ def cached_rows(labels: dict[str, int], index_path: str | Path, shard_paths: Seq
     where = locate_rows(index_path, shard_paths)
     absent = sorted(set(labels) - set(where))
     if absent:
-        raise ValueError(f"{len(absent)} shapes of the split are not in the cache {index_path} "
-                         f"(first: {absent[:3]}); was the cache built from another manifest?")
+        raise ValueError(
+            f"{len(absent)} shapes of the split are not in the cache {index_path} "
+            f"(first: {absent[:3]}); was the cache built from another manifest?"
+        )
     return [CacheRow(sid, str(where[sid][0]), int(where[sid][1]), int(labels[sid])) for sid in sorted(labels)]
 
 

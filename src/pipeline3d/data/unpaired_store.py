@@ -19,12 +19,12 @@ import h5py
 
 from ..contract import SPLIT_PRIMITIVE
 from ..io.atomic import atomic_path
+from ..io.cache_schema import PRIMITIVE_ARRAYS
 from ..io.h5integrity import seal_attrs
 from ..io.shards import ShardReader, ShardWriter, array_codecs, profile_hash
+from ..io.tables import read_parquet
 from ..log import Progress
 from .cache_lookup import locate_rows
-from ..io.cache_schema import PRIMITIVE_ARRAYS
-from ..io.tables import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,24 @@ def split_ids(unpaired_path: str | Path, split: str) -> list[str]:
     rows = table[table["split"] == split]
     wrong = rows[rows["primitive"] != SPLIT_PRIMITIVE[split]]
     if len(wrong):
-        raise ValueError(f"{unpaired_path}: split {split} rows with primitive {wrong['primitive'].iloc[0]!r}, "
-                         f"expected {SPLIT_PRIMITIVE[split]!r}")
+        raise ValueError(
+            f"{unpaired_path}: split {split} rows with primitive {wrong['primitive'].iloc[0]!r}, "
+            f"expected {SPLIT_PRIMITIVE[split]!r}"
+        )
     return sorted(rows["shape_id"].astype(str))
 
 
-def materialize(split: str, unpaired_path: str | Path, index_path: str | Path, shard_paths: Sequence[str | Path],
-                out: str | Path, *, dataset: str, cache_profile: dict | None = None, compression: str = "gzip") -> int:
+def materialize(
+    split: str,
+    unpaired_path: str | Path,
+    index_path: str | Path,
+    shard_paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    dataset: str,
+    cache_profile: dict | None = None,
+    compression: str = "gzip",
+) -> int:
     """Write the store of one unpaired split (``compression``: cache.compression); returns the number of shapes."""
     if split not in SPLIT_PRIMITIVE:
         raise ValueError(f"unknown unpaired split {split!r} (expected one of {sorted(SPLIT_PRIMITIVE)})")
@@ -53,8 +64,10 @@ def materialize(split: str, unpaired_path: str | Path, index_path: str | Path, s
     where = locate_rows(index_path, shard_paths)
     absent = [sid for sid in ids if sid not in where]
     if absent:
-        raise ValueError(f"{unpaired_path}: {len(absent)} shapes of split {split} are not in the cache index "
-                         f"{index_path} (first: {absent[:3]})")
+        raise ValueError(
+            f"{unpaired_path}: {len(absent)} shapes of split {split} are not in the cache index "
+            f"{index_path} (first: {absent[:3]})"
+        )
     readers: dict[Path, ShardReader] = {}
     try:
         for p in shard_paths:
@@ -72,15 +85,24 @@ def materialize(split: str, unpaired_path: str | Path, index_path: str | Path, s
         progress = Progress(log, len(ids), "copied", every=2000)
         out = Path(out)
         with atomic_path(out) as tmp:
-            with ShardWriter(tmp, dataset=dataset, shard=0, n_shards=1, kind=kind, profile=profile,
-                             keys=keys, compression=array_codecs(compression)) as writer:
+            with ShardWriter(
+                tmp,
+                dataset=dataset,
+                shard=0,
+                n_shards=1,
+                kind=kind,
+                profile=profile,
+                keys=keys,
+                compression=array_codecs(compression),
+            ) as writer:
                 for sid in ids:
                     path, row = where[sid]
                     writer.append(sid, readers[Path(path)].read(row, keys))
                     progress.step()
             with h5py.File(tmp, "r+") as h5:
-                h5.attrs.update(unpaired_split=split, primitive=primitive,
-                                source_shards=json.dumps([str(p) for p in shard_paths]))
+                h5.attrs.update(
+                    unpaired_split=split, primitive=primitive, source_shards=json.dumps([str(p) for p in shard_paths])
+                )
                 seal_attrs(h5)  # the attributes changed after the writer sealed them
     finally:
         for reader in readers.values():

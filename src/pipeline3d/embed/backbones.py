@@ -77,12 +77,15 @@ def state_dict_sha256(module: nn.Module) -> str:
 
 def _refuse_hub_name(name: str, config_key: str) -> None:
     if name.lower().startswith(_HUB_SCHEMAS):
-        raise ValueError(f"{config_key}: model name {name!r} loads from a hub, and downloads are disabled; "
-                         "name the architecture and give a local weight file")
+        raise ValueError(
+            f"{config_key}: model name {name!r} loads from a hub, and downloads are disabled; "
+            "name the architecture and give a local weight file"
+        )
 
 
-def resolve_weights(weights: str | os.PathLike | None, config_key: str, what: str,
-                    allow_random_init: bool) -> Path | None:
+def resolve_weights(
+    weights: str | os.PathLike | None, config_key: str, what: str, allow_random_init: bool
+) -> Path | None:
     """The weight file to load, or None for an explicitly allowed random init.
 
     A path that is given but missing is always an error, even with ``allow_random_init``: a typo must not silently
@@ -93,12 +96,14 @@ def resolve_weights(weights: str | os.PathLike | None, config_key: str, what: st
             return None
         raise MissingWeightsError(
             f"{config_key}: no weight file configured for {what}. Weights are loaded from local files only "
-            f"(no downloads): set {config_key} to the file, or allow random init explicitly for a smoke test.")
+            f"(no downloads): set {config_key} to the file, or allow random init explicitly for a smoke test."
+        )
     path = Path(weights).expanduser()
     if not path.is_file():
         raise MissingWeightsError(
             f"{config_key}: weight file for {what} not found: {path}. Weights are loaded from local files only "
-            "(no downloads): put the file there or fix the path in the config.")
+            "(no downloads): put the file there or fix the path in the config."
+        )
     return path.resolve()
 
 
@@ -118,12 +123,18 @@ def _seeded_init(seed: int, name: str, random_init: bool) -> Iterator[None]:
 
 
 def _warn_random_init(kind: str, name: str, config_key: str) -> None:
-    log.warning("%s backbone %s has RANDOM weights (%s unset, random init allowed explicitly): its vectors carry "
-                "no learned meaning; use this only for smoke tests", kind, name, config_key)
+    log.warning(
+        "%s backbone %s has RANDOM weights (%s unset, random init allowed explicitly): its vectors carry "
+        "no learned meaning; use this only for smoke tests",
+        kind,
+        name,
+        config_key,
+    )
 
 
-def _metadata(model: str, weights: WeightsInfo, preprocessing: dict[str, Any], dim: int,
-              modality: str) -> dict[str, str]:
+def _metadata(
+    model: str, weights: WeightsInfo, preprocessing: dict[str, Any], dim: int, modality: str
+) -> dict[str, str]:
     return {
         "model": model,
         "modality": modality,
@@ -155,9 +166,16 @@ class ImageBackbone:
         return _metadata(self.name, self.weights, self.preprocessing, self.dim, "image")
 
 
-def build_image_backbone(name: str, weights: str | os.PathLike | None, *, config_key: str = "embed.image.weights",
-                         img_size: int | None = None, allow_random_init: bool = False, seed: int = 0,
-                         **model_kwargs: Any) -> ImageBackbone:
+def build_image_backbone(
+    name: str,
+    weights: str | os.PathLike | None,
+    *,
+    config_key: str = "embed.image.weights",
+    img_size: int | None = None,
+    allow_random_init: bool = False,
+    seed: int = 0,
+    **model_kwargs: Any,
+) -> ImageBackbone:
     """A timm model ``name`` with the weights of the local file ``weights`` (safetensors or a torch state dict).
 
     ``img_size`` builds the model for that input size (ViTs resample their position embeddings from the
@@ -179,8 +197,9 @@ def build_image_backbone(name: str, weights: str | os.PathLike | None, *, config
                 model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
             else:
                 log.info("image backbone %s: loading weights from %s", name, path)
-                model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                                          num_classes=0, **kwargs)
+                model = timm.create_model(
+                    name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=0, **kwargs
+                )
         except TypeError as exc:  # e.g. img_size for a CNN, whose input size is free anyway
             raise ValueError(f"timm model {name!r} does not take the arguments {sorted(kwargs)}: {exc}") from exc
         except (RuntimeError, KeyError, ValueError) as exc:
@@ -206,14 +225,24 @@ def build_image_backbone(name: str, weights: str | os.PathLike | None, *, config
         "pooling": "timm default (num_classes=0)",
         "normalize": "l2",
     }
-    info = (WeightsInfo("file", str(path), file_sha256(path)) if path is not None
-            else WeightsInfo(RANDOM_INIT, "", state_dict_sha256(model)))
+    info = (
+        WeightsInfo("file", str(path), file_sha256(path))
+        if path is not None
+        else WeightsInfo(RANDOM_INIT, "", state_dict_sha256(model))
+    )
     # Pooled-feature width; models with a conv head after pooling (MobileNetV3) report it as head_hidden_size.
     dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
-    backbone = ImageBackbone(name=name, model=model, transform=transform, preprocessing=preprocessing,
-                             weights=info, dim=dim)
-    log.info("image backbone %s: dim %d | weights %s %s | preprocessing %s", name, backbone.dim, info.source,
-             info.sha256[:16], json.dumps(preprocessing, sort_keys=True))
+    backbone = ImageBackbone(
+        name=name, model=model, transform=transform, preprocessing=preprocessing, weights=info, dim=dim
+    )
+    log.info(
+        "image backbone %s: dim %d | weights %s %s | preprocessing %s",
+        name,
+        backbone.dim,
+        info.source,
+        info.sha256[:16],
+        json.dumps(preprocessing, sort_keys=True),
+    )
     return backbone
 
 
@@ -258,9 +287,15 @@ def _combined_sha256(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def build_text_backbone(name: str, weights: str | os.PathLike | None = None, *,
-                        config_key: str = "embed.text.weights", allow_random_init: bool = False, seed: int = 0,
-                        keep_image_tower: bool = False) -> TextBackbone:
+def build_text_backbone(
+    name: str,
+    weights: str | os.PathLike | None = None,
+    *,
+    config_key: str = "embed.text.weights",
+    allow_random_init: bool = False,
+    seed: int = 0,
+    keep_image_tower: bool = False,
+) -> TextBackbone:
     """The open_clip text tower of architecture ``name`` with the CLIP weights in the local file ``weights``.
 
     ``name`` is a built-in open_clip architecture (e.g. "EVA02-L-14-336") or ``local-dir:<folder>`` holding
@@ -271,7 +306,7 @@ def build_text_backbone(name: str, weights: str | os.PathLike | None = None, *,
 
     _refuse_hub_name(name, config_key)
     if name.startswith(_OPEN_CLIP_LOCAL_DIR):
-        folder = Path(name[len(_OPEN_CLIP_LOCAL_DIR):]).expanduser()
+        folder = Path(name[len(_OPEN_CLIP_LOCAL_DIR) :]).expanduser()
         if weights is not None and str(weights) != "":
             raise ValueError(f"{config_key}: {name!r} reads its weights from the folder; leave {config_key} empty")
         if not (folder / "open_clip_config.json").is_file():
@@ -280,7 +315,8 @@ def build_text_backbone(name: str, weights: str | os.PathLike | None = None, *,
         if not files and not allow_random_init:
             raise MissingWeightsError(
                 f"{config_key}: no weight file ({', '.join(_WEIGHT_SUFFIXES)}) in open_clip folder {folder}. "
-                "Weights are loaded from local files only (no downloads).")
+                "Weights are loaded from local files only (no downloads)."
+            )
         path = folder.resolve() if files else None
         create_args: dict[str, Any] = {}
         # Seed a random init by the folder's config, not its location, so it is the same on every machine.
@@ -299,8 +335,14 @@ def build_text_backbone(name: str, weights: str | os.PathLike | None = None, *,
             log.info("text backbone %s: loading weights from %s", name, path)
         try:
             model, _, image_transform = open_clip.create_model_and_transforms(
-                name, device="cpu", precision="fp32", pretrained_image=False, pretrained_text=False,
-                load_weights=path is not None, **create_args)
+                name,
+                device="cpu",
+                precision="fp32",
+                pretrained_image=False,
+                pretrained_text=False,
+                load_weights=path is not None,
+                **create_args,
+            )
         except (RuntimeError, KeyError, ValueError) as exc:
             if path is None:
                 raise
@@ -312,8 +354,11 @@ def build_text_backbone(name: str, weights: str | os.PathLike | None = None, *,
     tokenizer = open_clip.get_tokenizer(name)
     context_length = int(getattr(tokenizer, "context_length", 0) or getattr(model, "context_length", 77))
 
-    info = (WeightsInfo("file", str(path), _combined_sha256(files)) if path is not None
-            else WeightsInfo(RANDOM_INIT, "", state_dict_sha256(model)))
+    info = (
+        WeightsInfo("file", str(path), _combined_sha256(files))
+        if path is not None
+        else WeightsInfo(RANDOM_INIT, "", state_dict_sha256(model))
+    )
     with torch.inference_mode():
         dim = int(model.encode_text(tokenizer([""])).shape[-1])
     preprocessing = {
@@ -322,8 +367,22 @@ def build_text_backbone(name: str, weights: str | os.PathLike | None = None, *,
         "context_length": context_length,
         "normalize": "l2",
     }
-    backbone = TextBackbone(name=name, model=model, tokenizer=tokenizer, context_length=context_length,
-                            preprocessing=preprocessing, weights=info, dim=dim, image_transform=image_transform)
-    log.info("text backbone %s: dim %d | weights %s %s | context %d", name, dim, info.source, info.sha256[:16],
-             context_length)
+    backbone = TextBackbone(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        context_length=context_length,
+        preprocessing=preprocessing,
+        weights=info,
+        dim=dim,
+        image_transform=image_transform,
+    )
+    log.info(
+        "text backbone %s: dim %d | weights %s %s | context %d",
+        name,
+        dim,
+        info.source,
+        info.sha256[:16],
+        context_length,
+    )
     return backbone

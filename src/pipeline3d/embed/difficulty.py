@@ -88,8 +88,10 @@ def parse_bands(cfg: Mapping) -> BandSpec:
     for prev, band in zip(bands, bands[1:]):
         overlap = band.lo <= prev.hi if by == "rank" else band.lo < prev.hi
         if overlap:
-            raise ValueError(f"difficulty bands {prev.name!r} and {band.name!r} overlap: {[prev.lo, prev.hi]} and "
-                             f"{[band.lo, band.hi]}")
+            raise ValueError(
+                f"difficulty bands {prev.name!r} and {band.name!r} overlap: {[prev.lo, prev.hi]} and "
+                f"{[band.lo, band.hi]}"
+            )
     return BandSpec(by, tuple(bands))
 
 
@@ -123,18 +125,24 @@ def band_table(neighbours: Neighbours, ids: Sequence[str] | np.ndarray, spec: Ba
     keep = band_of >= 0  # row-major: anchor order, then rank
     anchor_rows = np.broadcast_to(neighbours.query_rows[:, None], (n_q, k))[keep]
     names = np.array(spec.names, dtype=object)
-    table = pd.DataFrame({
-        "anchor_id": ids[anchor_rows],
-        "band": names[band_of[keep]],
-        "neighbour_id": ids[neighbours.rows[keep]],
-        "rank": ranks[keep],
-        score_column(neighbours.metric): neighbours.scores[keep],
-    })
+    table = pd.DataFrame(
+        {
+            "anchor_id": ids[anchor_rows],
+            "band": names[band_of[keep]],
+            "neighbour_id": ids[neighbours.rows[keep]],
+            "rank": ranks[keep],
+            score_column(neighbours.metric): neighbours.scores[keep],
+        }
+    )
     for column in ("anchor_id", "band", "neighbour_id"):
         table[column] = table[column].astype(str)
     counts = table["band"].value_counts()
-    LOG.info("difficulty bands (%s): %d anchors, %s", spec.by, n_q,
-             ", ".join(f"{name} {int(counts.get(name, 0))} pairs" for name in spec.names))
+    LOG.info(
+        "difficulty bands (%s): %d anchors, %s",
+        spec.by,
+        n_q,
+        ", ".join(f"{name} {int(counts.get(name, 0))} pairs" for name in spec.names),
+    )
     return table
 
 
@@ -149,9 +157,17 @@ def _difficulty_quantile(scores: np.ndarray, valid: np.ndarray, metric: str) -> 
     return out
 
 
-def difficulty_bands(embeddings: np.ndarray, ids: Sequence[str] | np.ndarray, spec: BandSpec, *,
-                     k: int | None = None, identity: Sequence | np.ndarray | None = None, metric: Metric = "cosine",
-                     block_size: int = 1024, db_block_size: int = 16384) -> pd.DataFrame:
+def difficulty_bands(
+    embeddings: np.ndarray,
+    ids: Sequence[str] | np.ndarray,
+    spec: BandSpec,
+    *,
+    k: int | None = None,
+    identity: Sequence | np.ndarray | None = None,
+    metric: Metric = "cosine",
+    block_size: int = 1024,
+    db_block_size: int = 16384,
+) -> pd.DataFrame:
     """Exact kNN of every item (same-identity items excluded) cut into bands; see ``band_table``."""
     ids = np.asarray(ids, dtype=object)
     if ids.shape != (len(embeddings),):
@@ -171,8 +187,14 @@ def difficulty_bands(embeddings: np.ndarray, ids: Sequence[str] | np.ndarray, sp
     return band_table(result, ids, spec)
 
 
-def write_difficulty(path: str | os.PathLike, table: pd.DataFrame, spec: BandSpec, metric: str, k: int,
-                     extra: Mapping[str, object] | None = None) -> None:
+def write_difficulty(
+    path: str | os.PathLike,
+    table: pd.DataFrame,
+    spec: BandSpec,
+    metric: str,
+    k: int,
+    extra: Mapping[str, object] | None = None,
+) -> None:
     """Write the band table to parquet atomically; the spec, metric and k go into the file's metadata."""
     expected = [*COLUMNS, score_column(metric)]
     if list(table.columns) != expected:

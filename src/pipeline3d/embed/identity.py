@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .vectors import Embeddings
 from ..io.tables import read_parquet
+from .vectors import Embeddings
 
 IDENTITIES = ("label", "group", "none")
 
@@ -57,12 +57,15 @@ def _group_table(ttv: str | Path, duplicates: str | Path | None) -> pd.DataFrame
                 return read_parquet(path, columns=["shape_id", "group"])
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path}: cannot read near-duplicate groups: {exc}") from exc
-    raise ValueError(f"difficulty.identity = group needs near-duplicate groups: {ttv} has no 'group' column"
-                     + ("" if duplicates is None else f" and neither has {duplicates}"))
+    raise ValueError(
+        f"difficulty.identity = group needs near-duplicate groups: {ttv} has no 'group' column"
+        + ("" if duplicates is None else f" and neither has {duplicates}")
+    )
 
 
-def row_identity(emb: Embeddings, how: str, *, manifest: str | Path, ttv: str | Path,
-                 duplicates: str | Path | None = None) -> list[str]:
+def row_identity(
+    emb: Embeddings, how: str, *, manifest: str | Path, ttv: str | Path, duplicates: str | Path | None = None
+) -> list[str]:
     """One identity string per row of ``emb`` (equal strings are never neighbours).
 
     Groups come from the ttv table's ``group`` column, else from ``duplicates`` (fingerprints' duplicates.parquet).
@@ -77,8 +80,13 @@ def row_identity(emb: Embeddings, how: str, *, manifest: str | Path, ttv: str | 
             labels = emb.columns["label"]
         else:
             table = read_parquet(manifest, columns=["shape_id", "label"])
-            labels = _lookup(dict(zip(table["shape_id"].astype(str), table["label"].astype(int))), emb.ids, keys,
-                             "label", str(manifest))
+            labels = _lookup(
+                dict(zip(table["shape_id"].astype(str), table["label"].astype(int))),
+                emb.ids,
+                keys,
+                "label",
+                str(manifest),
+            )
         return [f"label:{int(v)}" for v in labels]
     table = _group_table(ttv, duplicates)
     groups = dict(zip(table["shape_id"].astype(str), table["group"].astype(str)))

@@ -68,8 +68,9 @@ class ImageTokenBackbone(nn.Module):
         super().__init__()
         model = backbone.model
         if not hasattr(model, "forward_features"):
-            raise TypeError(f"image backbone {backbone.name}: {type(model).__name__} has no forward_features "
-                            "(not a timm model?)")
+            raise TypeError(
+                f"image backbone {backbone.name}: {type(model).__name__} has no forward_features (not a timm model?)"
+            )
         self.model = model
         self.name = backbone.name
         self.transform = backbone.transform  # PIL RGB -> (3, S, S), what ImageItems applies
@@ -97,11 +98,15 @@ class ImageTokenBackbone(nn.Module):
         elif features.ndim == 4:
             tokens = features.flatten(1, 2) if self.channels_last else features.flatten(2).transpose(1, 2)
         else:
-            raise RuntimeError(f"image backbone {self.name}: forward_features returned shape "
-                               f"{tuple(features.shape)}; expected (B, N, C) tokens or a (B, C, H, W) feature map")
+            raise RuntimeError(
+                f"image backbone {self.name}: forward_features returned shape "
+                f"{tuple(features.shape)}; expected (B, N, C) tokens or a (B, C, H, W) feature map"
+            )
         if tokens.shape[-1] != self.dim:
-            raise RuntimeError(f"image backbone {self.name}: forward_features gave {tokens.shape[-1]} channels "
-                               f"(shape {tuple(features.shape)}), expected num_features = {self.dim}")
+            raise RuntimeError(
+                f"image backbone {self.name}: forward_features gave {tokens.shape[-1]} channels "
+                f"(shape {tuple(features.shape)}), expected num_features = {self.dim}"
+            )
         valid = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return tokens.float(), valid
 
@@ -157,8 +162,17 @@ class ImageItems(torch.utils.data.Dataset):
     ``transform`` is the backbone's eval transform (``ImageBackbone.transform`` / ``ImageTokenBackbone.transform``).
     """
 
-    def __init__(self, ids: Sequence[str], images: Sequence[bytes], labels: Sequence[int], transform: Callable, *,
-                 train: bool = False, seed: int = 0, augment: ImageAugment | None = None):
+    def __init__(
+        self,
+        ids: Sequence[str],
+        images: Sequence[bytes],
+        labels: Sequence[int],
+        transform: Callable,
+        *,
+        train: bool = False,
+        seed: int = 0,
+        augment: ImageAugment | None = None,
+    ):
         if not len(ids) == len(images) == len(labels):
             raise ValueError(f"{len(ids)} ids, {len(images)} images and {len(labels)} labels")
         self.ids = [str(i) for i in ids]
@@ -172,8 +186,9 @@ class ImageItems(torch.utils.data.Dataset):
         self.augment = augment if augment is not None else ImageAugment()
 
     @classmethod
-    def from_rows(cls, rows: ImageRows, transform: Callable, *, ids: Sequence[str] | None = None,
-                  **kwargs: Any) -> ImageItems:
+    def from_rows(
+        cls, rows: ImageRows, transform: Callable, *, ids: Sequence[str] | None = None, **kwargs: Any
+    ) -> ImageItems:
         """Items of ``sources.image_items`` rows: all of them (shape-id order) or ``ids`` (in that order)."""
         labels = rows.columns["label"]
         if ids is None:
@@ -181,15 +196,28 @@ class ImageItems(torch.utils.data.Dataset):
         row_of = {sid: k for k, sid in enumerate(rows.ids)}
         unknown = [sid for sid in ids if sid not in row_of]
         if unknown:
-            raise ValueError(f"image items: {len(unknown)} ids are not image items of the dataset "
-                             f"(first: {unknown[:3]})")
+            raise ValueError(
+                f"image items: {len(unknown)} ids are not image items of the dataset (first: {unknown[:3]})"
+            )
         picked = [row_of[sid] for sid in ids]
-        return cls([rows.ids[k] for k in picked], [rows.images[k] for k in picked], [labels[k] for k in picked],
-                   transform, **kwargs)
+        return cls(
+            [rows.ids[k] for k in picked],
+            [rows.images[k] for k in picked],
+            [labels[k] for k in picked],
+            transform,
+            **kwargs,
+        )
 
     @classmethod
-    def from_store(cls, manifest_path: str | Path, items_path: str | Path, transform: Callable, *,
-                   ids: Sequence[str] | None = None, **kwargs: Any) -> ImageItems:
+    def from_store(
+        cls,
+        manifest_path: str | Path,
+        items_path: str | Path,
+        transform: Callable,
+        *,
+        ids: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> ImageItems:
         """Items of an ingested image dataset, read as the embedding stage reads them (``image_items``).
 
         Every item's bytes are read (into memory) first; to make train and eval items of one dataset, read the rows
@@ -218,9 +246,11 @@ class ImageItems(torch.utils.data.Dataset):
     def item(self, index: int, epoch: int = 0, draw: int = 0) -> dict[str, torch.Tensor]:
         """{"pixels": float32 (3, S, S), "label": int64 (), "index": int64 ()} of item ``index``."""
         index = int(index)
-        return {PIXELS: self.pixels(index, epoch, draw),
-                LABEL: torch.tensor(int(self.labels[index]), dtype=torch.int64),
-                INDEX: torch.tensor(index, dtype=torch.int64)}
+        return {
+            PIXELS: self.pixels(index, epoch, draw),
+            LABEL: torch.tensor(int(self.labels[index]), dtype=torch.int64),
+            INDEX: torch.tensor(index, dtype=torch.int64),
+        }
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.item(index, 0, 0)

@@ -71,8 +71,9 @@ def array_to_rgb(image: np.ndarray, key: str = "<array>") -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
 
 
-def embed_images(backbone: ImageBackbone, images: Sequence[bytes], *, batch_size: int = 32,
-                 keys: Sequence[str] | None = None) -> np.ndarray:
+def embed_images(
+    backbone: ImageBackbone, images: Sequence[bytes], *, batch_size: int = 32, keys: Sequence[str] | None = None
+) -> np.ndarray:
     """Float32 (N, D) L2-normalised vectors of the encoded (PNG/JPEG) ``images``, in input order.
 
     ``keys`` (e.g. shape ids) only name the item in a decode error.
@@ -80,14 +81,16 @@ def embed_images(backbone: ImageBackbone, images: Sequence[bytes], *, batch_size
     return _embed(backbone, images, decode_rgb, batch_size, keys)
 
 
-def embed_arrays(backbone: ImageBackbone, images: Sequence[np.ndarray], *, batch_size: int = 32,
-                 keys: Sequence[str] | None = None) -> np.ndarray:
+def embed_arrays(
+    backbone: ImageBackbone, images: Sequence[np.ndarray], *, batch_size: int = 32, keys: Sequence[str] | None = None
+) -> np.ndarray:
     """Like ``embed_images`` for uint8 pixel arrays (see ``array_to_rgb``)."""
     return _embed(backbone, images, array_to_rgb, batch_size, keys)
 
 
-def _embed(backbone: ImageBackbone, images: Sequence, to_rgb: Callable, batch_size: int,
-           keys: Sequence[str] | None) -> np.ndarray:
+def _embed(
+    backbone: ImageBackbone, images: Sequence, to_rgb: Callable, batch_size: int, keys: Sequence[str] | None
+) -> np.ndarray:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if keys is not None and len(keys) != len(images):
@@ -99,17 +102,21 @@ def _embed(backbone: ImageBackbone, images: Sequence, to_rgb: Callable, batch_si
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            pixels = torch.stack([
-                backbone.transform(to_rgb(images[i], keys[i] if keys is not None else f"#{i}"))
-                for i in range(start, stop)
-            ])
+            pixels = torch.stack(
+                [
+                    backbone.transform(to_rgb(images[i], keys[i] if keys is not None else f"#{i}"))
+                    for i in range(start, stop)
+                ]
+            )
             if stop - start < batch_size:
                 pad = torch.zeros((batch_size - (stop - start), *pixels.shape[1:]), dtype=pixels.dtype)
                 pixels = torch.cat([pixels, pad])
             features = backbone.model(pixels.to(device))[: stop - start]
             if features.ndim != 2 or features.shape[1] != backbone.dim:
-                raise RuntimeError(f"{backbone.name} returned features of shape {tuple(features.shape)}, "
-                                   f"expected (batch, {backbone.dim}); was it built with num_classes=0?")
+                raise RuntimeError(
+                    f"{backbone.name} returned features of shape {tuple(features.shape)}, "
+                    f"expected (batch, {backbone.dim}); was it built with num_classes=0?"
+                )
             out[start:stop] = to_host(F.normalize(features.float(), dim=-1))
             progress.step(stop - start)
     if not np.isfinite(out).all():

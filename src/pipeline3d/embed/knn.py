@@ -70,9 +70,17 @@ class Neighbours:
         return (self.rows >= 0).sum(axis=1)
 
 
-def knn(x: np.ndarray, k: int, *, metric: Metric = "cosine", identity: Sequence | np.ndarray | None = None,
-        rows: np.ndarray | Sequence[int] | None = None, block_size: int = 1024, db_block_size: int = 16384,
-        margin: int | None = None) -> Neighbours:
+def knn(
+    x: np.ndarray,
+    k: int,
+    *,
+    metric: Metric = "cosine",
+    identity: Sequence | np.ndarray | None = None,
+    rows: np.ndarray | Sequence[int] | None = None,
+    block_size: int = 1024,
+    db_block_size: int = 16384,
+    margin: int | None = None,
+) -> Neighbours:
     """The k nearest neighbours of ``x[rows]`` (default: every row) among all rows of ``x``.
 
     An item is never its own neighbour, nor a neighbour of any item with an equal ``identity`` (e.g. a shape id
@@ -90,10 +98,18 @@ def knn(x: np.ndarray, k: int, *, metric: Metric = "cosine", identity: Sequence 
     return Neighbours(result.rows, result.scores, metric, query_rows, result.n_rescanned)
 
 
-def search(queries: np.ndarray, database: np.ndarray, k: int, *, metric: Metric = "cosine",
-           query_identity: Sequence | np.ndarray | None = None,
-           database_identity: Sequence | np.ndarray | None = None, block_size: int = 1024,
-           db_block_size: int = 16384, margin: int | None = None) -> Neighbours:
+def search(
+    queries: np.ndarray,
+    database: np.ndarray,
+    k: int,
+    *,
+    metric: Metric = "cosine",
+    query_identity: Sequence | np.ndarray | None = None,
+    database_identity: Sequence | np.ndarray | None = None,
+    block_size: int = 1024,
+    db_block_size: int = 16384,
+    margin: int | None = None,
+) -> Neighbours:
     """The k nearest ``database`` rows of each row of ``queries`` (e.g. text embeddings against shapes).
 
     With identities (both or neither), a database row whose identity equals the query's is never returned.
@@ -109,12 +125,20 @@ def search(queries: np.ndarray, database: np.ndarray, k: int, *, metric: Metric 
     if query_identity is None:
         q_codes, d_codes = np.full(nq, -1, dtype=np.int64), np.full(nd, -2, dtype=np.int64)
     else:
-        both = _identity_codes(np.concatenate([_as_identity(query_identity, nq, "query_identity"),
-                                               _as_identity(database_identity, nd, "database_identity")]), nq + nd)
+        both = _identity_codes(
+            np.concatenate(
+                [
+                    _as_identity(query_identity, nq, "query_identity"),
+                    _as_identity(database_identity, nd, "database_identity"),
+                ]
+            ),
+            nq + nd,
+        )
         q_codes, d_codes = both[:nq], both[nq:]
     index = _Database(database, metric, d_codes)
-    result = index.search(_Queries(queries, metric, np.arange(nq, dtype=np.int64)), q_codes, k, block_size,
-                          db_block_size, margin)
+    result = index.search(
+        _Queries(queries, metric, np.arange(nq, dtype=np.int64)), q_codes, k, block_size, db_block_size, margin
+    )
     return Neighbours(result.rows, result.scores, metric, None, result.n_rescanned)
 
 
@@ -224,18 +248,20 @@ class _Database:
             return np.ascontiguousarray(self.x, dtype=np.float32)  # no copy for C-ordered float32 input
         out = np.empty(self.x.shape, dtype=np.float32)
         for lo in range(0, n, 8192):
-            rows = order[lo:lo + 8192]
+            rows = order[lo : lo + 8192]
             v = self.x[rows].astype(np.float64)
-            out[lo:lo + 8192] = v / self.norms[rows, None] if self.metric == "cosine" else v
+            out[lo : lo + 8192] = v / self.norms[rows, None] if self.metric == "cosine" else v
         return out
 
     def group_sizes(self, q_codes: np.ndarray) -> np.ndarray:
         """Number of database rows sharing each query's identity (all excluded for that query)."""
-        return (np.searchsorted(self.sorted_codes, q_codes, side="right")
-                - np.searchsorted(self.sorted_codes, q_codes, side="left"))
+        return np.searchsorted(self.sorted_codes, q_codes, side="right") - np.searchsorted(
+            self.sorted_codes, q_codes, side="left"
+        )
 
-    def search(self, queries: _Queries, q_codes: np.ndarray, k: int, block_size: int, db_block_size: int,
-               margin: int | None) -> _Result:
+    def search(
+        self, queries: _Queries, q_codes: np.ndarray, k: int, block_size: int, db_block_size: int, margin: int | None
+    ) -> _Result:
         """Exact top-k of every query."""
         k = int(k)
         n_db, dim = self.x.shape
@@ -252,16 +278,34 @@ class _Database:
                 cand_s32, cand_rows = self._candidates(queries, q_codes, lo, hi, n_cand)
                 for r0 in range(lo, hi, _REFINE_ROWS):
                     r1 = min(r0 + _REFINE_ROWS, hi)
-                    rescan = self._refine(queries, q_codes, r0, r1, cand_s32[r0 - lo:r1 - lo],
-                                          cand_rows[r0 - lo:r1 - lo], k, dim, rows, scores)
+                    rescan = self._refine(
+                        queries,
+                        q_codes,
+                        r0,
+                        r1,
+                        cand_s32[r0 - lo : r1 - lo],
+                        cand_rows[r0 - lo : r1 - lo],
+                        k,
+                        dim,
+                        rows,
+                        scores,
+                    )
                     for i in rescan:
                         self._rescan_row(queries, q_codes, i, k, db_block_size, rows, scores)
                     n_rescanned += len(rescan)
                 progress.step(hi - lo)
         if self.metric == "euclidean":
             np.sqrt(scores, out=scores)
-        LOG.info("knn (%s): %d queries x %d items, dim %d, k=%d, %d candidates per query; %d queries rescanned in "
-                 "float64", self.metric, nq, n_db, dim, k, n_cand, n_rescanned)
+        LOG.info(
+            "knn (%s): %d queries x %d items, dim %d, k=%d, %d candidates per query; %d queries rescanned in float64",
+            self.metric,
+            nq,
+            n_db,
+            dim,
+            k,
+            n_cand,
+            n_rescanned,
+        )
         out_rows, out_scores = np.empty_like(rows), np.empty_like(scores)
         out_rows[order], out_scores[order] = rows, scores
         return _Result(out_rows, out_scores, n_rescanned)
@@ -285,8 +329,9 @@ class _Database:
         blocks = [(int(lo), int(min(lo + block_size, hi))) for a, hi in runs for lo in range(a, hi, block_size)]
         return order, blocks
 
-    def _candidates(self, queries: _Queries, q_codes: np.ndarray, lo: int, hi: int,
-                    n_cand: int) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(
+        self, queries: _Queries, q_codes: np.ndarray, lo: int, hi: int, n_cand: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Float32 scores (float64 array, -inf = no candidate) and database rows of the ``n_cand`` best admissible
         items of queries lo..hi. Scores are 'larger is better': cosine, or 2 q.y - |y|^2 for euclidean."""
         q32, codes = queries.block32(lo, hi), q_codes[lo:hi]
@@ -337,8 +382,19 @@ class _Database:
         diff = q64[:, None, :] - y64
         return -np.einsum("ikj,ikj->ik", diff, diff)
 
-    def _refine(self, queries: _Queries, q_codes: np.ndarray, r0: int, r1: int, cand_s32: np.ndarray,
-                cand_rows: np.ndarray, k: int, dim: int, out_rows: np.ndarray, out_scores: np.ndarray) -> list[int]:
+    def _refine(
+        self,
+        queries: _Queries,
+        q_codes: np.ndarray,
+        r0: int,
+        r1: int,
+        cand_s32: np.ndarray,
+        cand_rows: np.ndarray,
+        k: int,
+        dim: int,
+        out_rows: np.ndarray,
+        out_scores: np.ndarray,
+    ) -> list[int]:
         """Re-score candidates in float64, rank them, and return the query positions that need a full rescan."""
         valid = np.isfinite(cand_s32)
         safe_rows = np.where(valid, cand_rows, 0)
@@ -360,20 +416,38 @@ class _Database:
             kth = kth + q_norms**2
         worst32 = np.where(valid, cand_s32, np.inf).min(axis=1)
         certified = (n_valid < n_cand) | (worst32 + self._tolerance(q_norms, dim) < kth)
-        return self._store(r0, r1, top_rows, top_s, top_valid, out_rows, out_scores,
-                           [r0 + int(i) for i in np.flatnonzero(~certified)])
+        return self._store(
+            r0, r1, top_rows, top_s, top_valid, out_rows, out_scores, [r0 + int(i) for i in np.flatnonzero(~certified)]
+        )
 
-    def _store(self, r0: int, r1: int, top_rows: np.ndarray, top_s: np.ndarray, top_valid: np.ndarray,
-               out_rows: np.ndarray, out_scores: np.ndarray, rescan: list[int]) -> list[int]:
+    def _store(
+        self,
+        r0: int,
+        r1: int,
+        top_rows: np.ndarray,
+        top_s: np.ndarray,
+        top_valid: np.ndarray,
+        out_rows: np.ndarray,
+        out_scores: np.ndarray,
+        rescan: list[int],
+    ) -> list[int]:
         kk = top_rows.shape[1]  # < k only when the database itself is smaller than k
         out_rows[r0:r1, :kk] = np.where(top_valid, top_rows, -1)
         out_scores[r0:r1, :kk] = self._report(np.where(top_valid, top_s, np.nan))
         return rescan
 
-    def _rescan_row(self, queries: _Queries, q_codes: np.ndarray, i: int, k: int, db_block_size: int,
-                    out_rows: np.ndarray, out_scores: np.ndarray) -> None:
+    def _rescan_row(
+        self,
+        queries: _Queries,
+        q_codes: np.ndarray,
+        i: int,
+        k: int,
+        db_block_size: int,
+        out_rows: np.ndarray,
+        out_scores: np.ndarray,
+    ) -> None:
         """Exact float64 top-k of one query over the whole database (the rare uncertified case)."""
-        q64, q_norm = queries.block64(i, i + 1), queries.norms[i:i + 1]
+        q64, q_norm = queries.block64(i, i + 1), queries.norms[i : i + 1]
         best_rows = np.empty(0, dtype=np.int64)
         best_s = np.empty(0, dtype=np.float64)
         n_db = self.x.shape[0]
@@ -387,8 +461,8 @@ class _Database:
             best_rows, best_s = best_rows[keep], best_s[keep]
         out_rows[i] = -1
         out_scores[i] = np.nan
-        out_rows[i, :best_rows.size] = best_rows
-        out_scores[i, :best_rows.size] = self._report(best_s)
+        out_rows[i, : best_rows.size] = best_rows
+        out_scores[i, : best_rows.size] = self._report(best_s)
 
     def _gather64(self, rows: np.ndarray) -> np.ndarray:
         """Database rows (any index shape) as float64, shape rows.shape + (D,)."""
@@ -412,8 +486,8 @@ def _best_columns(s: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, 
 def _row_norms(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     out = np.empty(rows.shape[0], dtype=np.float64)
     for lo in range(0, rows.shape[0], 8192):
-        v = x[rows[lo:lo + 8192]].astype(np.float64)
-        out[lo:lo + 8192] = np.sqrt((v * v).sum(axis=1))
+        v = x[rows[lo : lo + 8192]].astype(np.float64)
+        out[lo : lo + 8192] = np.sqrt((v * v).sum(axis=1))
     return out
 
 

@@ -48,16 +48,19 @@ def project(vectors: np.ndarray, head: nn.Module, *, batch_size: int = 4096) -> 
     head.eval()
     device = next(head.parameters()).device
     try:
-        chunks = [head(torch.tensor(vectors[i:i + batch_size], device=device)).float().cpu().numpy()
-                  for i in range(0, len(vectors), batch_size)]
+        chunks = [
+            head(torch.tensor(vectors[i : i + batch_size], device=device)).float().cpu().numpy()
+            for i in range(0, len(vectors), batch_size)
+        ]
     finally:
         head.train(was_training)
     out_dim = chunks[0].shape[1] if chunks else int(getattr(head, "out_dim", 0))
     return np.concatenate(chunks) if chunks else np.zeros((0, out_dim), dtype=np.float32)
 
 
-def save_metric_head(head: nn.Module, safetensors_path: str | Path, json_path: str | Path,
-                     extra: Mapping[str, Any]) -> dict[str, Any]:
+def save_metric_head(
+    head: nn.Module, safetensors_path: str | Path, json_path: str | Path, extra: Mapping[str, Any]
+) -> dict[str, Any]:
     """Write the head's weights (safetensors) and its JSON description (written last); returns the JSON.
 
     ``extra`` must hold ``config`` (``head_config``: in_dim, out_dim, hidden, layers, dropout, normalize) and
@@ -69,11 +72,19 @@ def save_metric_head(head: nn.Module, safetensors_path: str | Path, json_path: s
         if key not in source:
             raise ValueError(f"metric head export: source metadata lacks {key!r}")
     safetensors_path = Path(safetensors_path)
-    sha256 = write_weights(safetensors_path, head.state_dict(),
-                           {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config})
-    sidecar = {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "source": source,
-               "weights": safetensors_path.name, "sha256": sha256,
-               "n_params": int(sum(p.numel() for p in head.parameters())), "extra": extra}
+    sha256 = write_weights(
+        safetensors_path, head.state_dict(), {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config}
+    )
+    sidecar = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **config,
+        "source": source,
+        "weights": safetensors_path.name,
+        "sha256": sha256,
+        "n_params": int(sum(p.numel() for p in head.parameters())),
+        "extra": extra,
+    }
     write_json(json_path, sidecar)
     return sidecar
 
@@ -90,9 +101,11 @@ def load_metric_head(safetensors_path: str | Path, json_path: str | Path) -> nn.
     try:
         head.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{safetensors_path}: weights do not fit the head described by {json_path} "
-                         f"(in_dim {sidecar['in_dim']}, out_dim {sidecar['out_dim']}, hidden {sidecar['hidden']}): "
-                         f"{exc}") from exc
+        raise ValueError(
+            f"{safetensors_path}: weights do not fit the head described by {json_path} "
+            f"(in_dim {sidecar['in_dim']}, out_dim {sidecar['out_dim']}, hidden {sidecar['hidden']}): "
+            f"{exc}"
+        ) from exc
     return head.eval()
 
 

@@ -51,8 +51,9 @@ class BandNegatives:
             raise ValueError(f"unknown band {band!r}; bands are {list(self.bands)}") from None
 
 
-def build_band_negatives(table: pd.DataFrame, bands: Sequence[str], pool_ids: Sequence[str],
-                         pool_labels: np.ndarray) -> BandNegatives:
+def build_band_negatives(
+    table: pd.DataFrame, bands: Sequence[str], pool_ids: Sequence[str], pool_labels: np.ndarray
+) -> BandNegatives:
     """CSR negatives of the pool items from a difficulty band table (see the module docstring)."""
     bands = tuple(str(b) for b in bands)
     missing = {"anchor_id", "band", "neighbour_id", "rank"} - set(table.columns)
@@ -73,10 +74,16 @@ def build_band_negatives(table: pd.DataFrame, bands: Sequence[str], pool_ids: Se
 
     in_pool = ~np.isnan(anchor) & ~np.isnan(neighbour)
     anchor_ok = ~np.isnan(anchor)
-    dropped = {"anchor_outside_pool": int((~anchor_ok).sum()),
-               "neighbour_outside_pool": int((anchor_ok & np.isnan(neighbour)).sum())}
-    anchor, neighbour, band, rank = (anchor[in_pool].astype(np.int64), neighbour[in_pool].astype(np.int64),
-                                     band[in_pool], rank[in_pool])
+    dropped = {
+        "anchor_outside_pool": int((~anchor_ok).sum()),
+        "neighbour_outside_pool": int((anchor_ok & np.isnan(neighbour)).sum()),
+    }
+    anchor, neighbour, band, rank = (
+        anchor[in_pool].astype(np.int64),
+        neighbour[in_pool].astype(np.int64),
+        band[in_pool],
+        rank[in_pool],
+    )
     same_label = pool_labels[anchor] == pool_labels[neighbour]
     dropped["same_label"] = int(same_label.sum())
     keep = ~same_label
@@ -86,8 +93,14 @@ def build_band_negatives(table: pd.DataFrame, bands: Sequence[str], pool_ids: Se
     order = np.lexsort((neighbour, rank, rows))  # row, then rank (ties by pool index): a fixed layout
     indptr = np.zeros(len(bands) * n_pool + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=len(bands) * n_pool), out=indptr[1:])
-    negatives = BandNegatives(bands, n_pool, indptr, neighbour[order].astype(np.int64),
-                              _fallbacks(np.diff(indptr).reshape(len(bands), n_pool)), dropped)
+    negatives = BandNegatives(
+        bands,
+        n_pool,
+        indptr,
+        neighbour[order].astype(np.int64),
+        _fallbacks(np.diff(indptr).reshape(len(bands), n_pool)),
+        dropped,
+    )
     if any(dropped.values()):
         LOG.info("band negatives: left out %s", ", ".join(f"{v} pairs ({k})" for k, v in dropped.items() if v))
     return negatives
@@ -105,8 +118,9 @@ def _fallbacks(counts: np.ndarray) -> np.ndarray:
     return source
 
 
-def sample_negatives(negatives: "BandNegativeTensors", band: int, anchors: torch.Tensor,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_negatives(
+    negatives: "BandNegativeTensors", band: int, anchors: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One uniform negative per anchor from band ``band`` (or its fallback) -> (pool indices, used fallback)."""
     source = negatives.source_band[band, anchors]
     if bool((source < 0).any()):
@@ -130,8 +144,12 @@ class BandNegativeTensors:
 
     @classmethod
     def of(cls, negatives: BandNegatives) -> "BandNegativeTensors":
-        return cls(negatives.n_pool, torch.from_numpy(negatives.indptr), torch.from_numpy(negatives.indices),
-                   torch.from_numpy(negatives.source_band))
+        return cls(
+            negatives.n_pool,
+            torch.from_numpy(negatives.indptr),
+            torch.from_numpy(negatives.indices),
+            torch.from_numpy(negatives.source_band),
+        )
 
 
 @dataclass(frozen=True)
@@ -162,8 +180,9 @@ class SameLabelPositives:
         return {name: torch.from_numpy(getattr(self, name)) for name in ("order", "start", "size", "slot")}
 
 
-def sample_positives(tables: dict[str, torch.Tensor], anchors: torch.Tensor,
-                     generator: torch.Generator) -> torch.Tensor:
+def sample_positives(
+    tables: dict[str, torch.Tensor], anchors: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """One uniform other same-label pool item per anchor (anchors must have one)."""
     size = tables["size"][anchors]
     if bool((size < 2).any()):

@@ -82,12 +82,18 @@ class PromptSG(nn.Module):
         self.backbone = backbone
         self.inversion = TextualInversion(c.token_dim, c.word_dim, c.n_tokens) if c.inversion else None
         self.to_text = nn.Linear(c.bnneck_dim, c.text_dim) if c.inversion else None
-        self.interaction = (MultiModalInteraction(c.token_dim, c.text_dim, heads=c.interaction_heads,
-                                                  layers=c.interaction_layers) if c.interaction else None)
+        self.interaction = (
+            MultiModalInteraction(c.token_dim, c.text_dim, heads=c.interaction_heads, layers=c.interaction_layers)
+            if c.interaction
+            else None
+        )
         self.fc = nn.Linear(c.token_dim, c.bnneck_dim)
         self.neck = BNNeck(c.bnneck_dim)
-        self.classifier = (ArcFace(c.bnneck_dim, c.n_classes, margin=c.arcface_margin, scale=c.arcface_scale)
-                           if c.classifier == "arcface" else nn.Linear(c.bnneck_dim, c.n_classes))
+        self.classifier = (
+            ArcFace(c.bnneck_dim, c.n_classes, margin=c.arcface_margin, scale=c.arcface_scale)
+            if c.classifier == "arcface"
+            else nn.Linear(c.bnneck_dim, c.n_classes)
+        )
         self._text: Any = None
         self._prompt: PromptTemplate | None = None
         # the shared prompt without inversion: computed once from the frozen tower (not trained, not saved)
@@ -170,11 +176,17 @@ class ShapeTokenBackbone(nn.Module):
 
 # ---- publishing -------------------------------------------------------------------------------------------------
 
+
 def text_info(text_backbone: Any, text_cfg: Mapping[str, Any], prompt: PromptTemplate) -> dict[str, Any]:
     """What the JSON records of the frozen text tower: enough to rebuild it and to check it is the same one."""
-    return {"model": text_cfg["model"], "weights": text_cfg.get("weights"),
-            "random_init": bool(text_cfg.get("random_init", False)), "weights_sha256": text_backbone.weights.sha256,
-            "template": prompt.template, "placeholder": prompt.placeholder}
+    return {
+        "model": text_cfg["model"],
+        "weights": text_cfg.get("weights"),
+        "random_init": bool(text_cfg.get("random_init", False)),
+        "weights_sha256": text_backbone.weights.sha256,
+        "template": prompt.template,
+        "placeholder": prompt.placeholder,
+    }
 
 
 def save_promptsg(model: PromptSG, description: Mapping[str, Any], folder: str | Path) -> dict[str, Any]:
@@ -187,21 +199,35 @@ def save_promptsg(model: PromptSG, description: Mapping[str, Any], folder: str |
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    encoder = save_encoder(model.backbone.encoder, folder / "encoder.safetensors", folder / "encoder.json",
-                           extra={"causal": model.backbone.causal, "tokens": description.get("tokens"),
-                                  "trained_by": FORMAT})
+    encoder = save_encoder(
+        model.backbone.encoder,
+        folder / "encoder.safetensors",
+        folder / "encoder.json",
+        extra={"causal": model.backbone.causal, "tokens": description.get("tokens"), "trained_by": FORMAT},
+    )
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": asdict(model.config)}
     head_state = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
     sha256 = write_weights(folder / "head.safetensors", head_state, header)
-    sidecar = {**description, **header, "weights": "head.safetensors", "sha256": sha256,
-               "backbone": {"kind": "shape_encoder", "weights": "encoder.safetensors", "json": "encoder.json",
-                            "sha256": encoder["sha256"], "causal": model.backbone.causal}}
+    sidecar = {
+        **description,
+        **header,
+        "weights": "head.safetensors",
+        "sha256": sha256,
+        "backbone": {
+            "kind": "shape_encoder",
+            "weights": "encoder.safetensors",
+            "json": "encoder.json",
+            "sha256": encoder["sha256"],
+            "causal": model.backbone.causal,
+        },
+    }
     write_json(folder / "head.json", sidecar)
     return sidecar
 
 
-def load_promptsg(folder: str | Path, *, text_weights: str | Path | None = None,
-                  device: str | torch.device = "cpu") -> PromptSG:
+def load_promptsg(
+    folder: str | Path, *, text_weights: str | Path | None = None, device: str | torch.device = "cpu"
+) -> PromptSG:
     """Rebuild a published PromptSG model (eval mode, the frozen text tower attached): the backbone from its encoder
     files, the head from head.safetensors (sha256 checked against head.json), the text tower from ``text_weights``
     (default: the path the JSON records), refused when its sha256 differs from the one it was trained with."""
@@ -220,16 +246,24 @@ def load_promptsg(folder: str | Path, *, text_weights: str | Path | None = None,
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if not k.startswith("backbone.")]
     if missing or unexpected:
-        raise ValueError(f"{folder / sidecar['weights']}: does not fit the model in {head_json} (missing {missing}, "
-                         f"unexpected {unexpected})")
+        raise ValueError(
+            f"{folder / sidecar['weights']}: does not fit the model in {head_json} (missing {missing}, "
+            f"unexpected {unexpected})"
+        )
     text = sidecar["text"]
     if model.needs_text:
-        backbone = build_text_backbone(text["model"], text_weights or text.get("weights"),
-                                       allow_random_init=bool(text.get("random_init", False)),
-                                       seed=int(sidecar.get("seed", 0)))
+        backbone = build_text_backbone(
+            text["model"],
+            text_weights or text.get("weights"),
+            allow_random_init=bool(text.get("random_init", False)),
+            seed=int(sidecar.get("seed", 0)),
+        )
         if backbone.weights.sha256 != text["weights_sha256"]:
-            raise ValueError(f"{head_json}: the text weights have sha256 {backbone.weights.sha256[:16]}..., not the "
-                             f"{text['weights_sha256'][:16]}... it was trained with")
-        model.attach_text(backbone, prepare_template(backbone.tokenizer, text["template"],
-                                                     placeholder=text["placeholder"]))
+            raise ValueError(
+                f"{head_json}: the text weights have sha256 {backbone.weights.sha256[:16]}..., not the "
+                f"{text['weights_sha256'][:16]}... it was trained with"
+            )
+        model.attach_text(
+            backbone, prepare_template(backbone.tokenizer, text["template"], placeholder=text["placeholder"])
+        )
     return model.to(device).eval()

@@ -32,12 +32,29 @@ class RetrievalModel(nn.Module):
     """Everything that is trained: Linear + BNNeck (the published embedding), ArcFace, and with textual inversion
     the pseudo-token MLP and the shape -> text-width projection."""
 
-    def __init__(self, in_dim: int, neck_dim: int, n_classes: int, *, margin: float, scale: float,
-                 token_dim: int | None = None, text_dim: int | None = None, n_tokens: int = 1) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        neck_dim: int,
+        n_classes: int,
+        *,
+        margin: float,
+        scale: float,
+        token_dim: int | None = None,
+        text_dim: int | None = None,
+        n_tokens: int = 1,
+    ) -> None:
         super().__init__()
-        self.config = {"in_dim": int(in_dim), "neck_dim": int(neck_dim), "n_classes": int(n_classes),
-                       "margin": float(margin), "scale": float(scale), "token_dim": token_dim, "text_dim": text_dim,
-                       "n_tokens": int(n_tokens)}
+        self.config = {
+            "in_dim": int(in_dim),
+            "neck_dim": int(neck_dim),
+            "n_classes": int(n_classes),
+            "margin": float(margin),
+            "scale": float(scale),
+            "token_dim": token_dim,
+            "text_dim": text_dim,
+            "n_tokens": int(n_tokens),
+        }
         self.fc = nn.Linear(in_dim, neck_dim)
         self.neck = BNNeck(neck_dim)
         self.arcface = ArcFace(neck_dim, n_classes, margin=margin, scale=scale)
@@ -57,7 +74,7 @@ class RetrievalModel(nn.Module):
         x = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
         if x.ndim != 2 or x.shape[1] != self.config["in_dim"]:
             raise ValueError(f"expected (N, {self.config['in_dim']}) vectors, got {tuple(x.shape)}")
-        out = [self(x[i:i + batch_size].to(device))[1].cpu() for i in range(0, x.shape[0], batch_size)]
+        out = [self(x[i : i + batch_size].to(device))[1].cpu() for i in range(0, x.shape[0], batch_size)]
         self.train(was_training)
         return (torch.cat(out) if out else torch.zeros(0, self.config["neck_dim"])).numpy().astype(np.float32)
 
@@ -67,24 +84,47 @@ def embed(head: RetrievalModel, vectors: np.ndarray) -> np.ndarray:
     return head.embed(vectors)
 
 
-def describe(model: RetrievalModel, names: list[str], emb: Embeddings, params: Mapping[str, Any],
-             head: Mapping[str, Any], text_info: dict[str, Any] | None, *, steps: int) -> dict[str, Any]:
+def describe(
+    model: RetrievalModel,
+    names: list[str],
+    emb: Embeddings,
+    params: Mapping[str, Any],
+    head: Mapping[str, Any],
+    text_info: dict[str, Any] | None,
+    *,
+    steps: int,
+) -> dict[str, Any]:
     """The JSON sidecar's content (without the weights' file name and sha256)."""
     meta = emb.metadata
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "config": dict(model.config),
-        "class_names": names, "arcface": {"margin": model.config["margin"], "scale": model.config["scale"],
-                                          "n_classes": model.config["n_classes"]},
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": dict(model.config),
+        "class_names": names,
+        "arcface": {
+            "margin": model.config["margin"],
+            "scale": model.config["scale"],
+            "n_classes": model.config["n_classes"],
+        },
         "embedding": {"feature": "post-BN", "dim": model.config["neck_dim"], "metric": "cosine"},
-        "input": {"dataset": params["dataset"], "method": params["method"], "dim": emb.dim,
-                  "model": meta.get("model"), "weights_sha256": meta.get("weights_sha256"),
-                  "preprocessing": meta.get("preprocessing")},
-        "text": text_info, "settings": dict(head), "seed": int(params["seed"]), "steps": int(steps),
+        "input": {
+            "dataset": params["dataset"],
+            "method": params["method"],
+            "dim": emb.dim,
+            "model": meta.get("model"),
+            "weights_sha256": meta.get("weights_sha256"),
+            "preprocessing": meta.get("preprocessing"),
+        },
+        "text": text_info,
+        "settings": dict(head),
+        "seed": int(params["seed"]),
+        "steps": int(steps),
     }
 
 
-def save_retrieval_head(model: RetrievalModel, description: Mapping[str, Any], safetensors_path: str | Path,
-                        json_path: str | Path) -> dict[str, Any]:
+def save_retrieval_head(
+    model: RetrievalModel, description: Mapping[str, Any], safetensors_path: str | Path, json_path: str | Path
+) -> dict[str, Any]:
     """Write the weights (safetensors, deterministic bytes) then the JSON sidecar, both atomically; returns the JSON.
 
     ``description`` is kept as is (``describe`` makes it in the job; may be empty), except that the format and the
@@ -97,14 +137,23 @@ def save_retrieval_head(model: RetrievalModel, description: Mapping[str, Any], s
     return sidecar
 
 
-def load_retrieval_head(safetensors_path: str | Path, json_path: str | Path, *,
-                        device: str | torch.device = "cpu") -> RetrievalModel:
+def load_retrieval_head(
+    safetensors_path: str | Path, json_path: str | Path, *, device: str | torch.device = "cpu"
+) -> RetrievalModel:
     """Rebuild a published head (sha256 checked against the JSON) in eval mode; ``.embed(vectors)`` embeds."""
     sidecar = read_sidecar(json_path, fmt=FORMAT, version=FORMAT_VERSION, what="retrieval head")
     tensors = load_verified(safetensors_path, sidecar.get("sha256"), json_path, device=device)
     c = sidecar["config"]
-    model = RetrievalModel(c["in_dim"], c["neck_dim"], c["n_classes"], margin=c["margin"], scale=c["scale"],
-                           token_dim=c["token_dim"], text_dim=c["text_dim"], n_tokens=c["n_tokens"])
+    model = RetrievalModel(
+        c["in_dim"],
+        c["neck_dim"],
+        c["n_classes"],
+        margin=c["margin"],
+        scale=c["scale"],
+        token_dim=c["token_dim"],
+        text_dim=c["text_dim"],
+        n_tokens=c["n_tokens"],
+    )
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -30,8 +30,8 @@ from torch import nn
 
 from ..device import model_device, to_device, to_host
 from ..log import Progress
-from ..tokens.eval_batches import eval_batches
 from ..tokens.dataset import ShapeTokenDataset
+from ..tokens.eval_batches import eval_batches
 from ..tokens.layout import PAD, TokenConfig, max_tokens
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,10 @@ def encoder_files(weights: str | Path, sidecar: str | Path) -> EncoderFiles:
     weights, sidecar = Path(weights), Path(sidecar)
     for name, path in (("weights", weights), ("encoder_json", sidecar)):
         if not path.is_file():
-            raise ValueError(f"input {name!r}: pretrained encoder file {path} does not exist (run pretrain_encoder "
-                             "for this method first)")
+            raise ValueError(
+                f"input {name!r}: pretrained encoder file {path} does not exist (run pretrain_encoder "
+                "for this method first)"
+            )
     try:
         description = json.loads(sidecar.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -86,11 +88,20 @@ def eval_token_config(pretrained: Mapping[str, Any], *, n_point: int, n_ray: int
     cap_point = pretrained.get("layout_n_point") or pretrained["n_point"]
     cap_ray = pretrained.get("layout_n_ray") or pretrained["n_ray"]
     if n_point > cap_point or n_ray > cap_ray:
-        raise ValueError(f"embed.shape: n_point={n_point}, n_ray={n_ray} exceed the pretrained layout "
-                         f"({cap_point} points, {cap_ray} rays)")
-    cfg = {"n_point": int(n_point), "n_ray": int(n_ray), "qa_tokens": bool(pretrained.get("qa_tokens", False)),
-           "add_eos": bool(pretrained.get("add_eos", True)), "drop_ray_prob": 0.0, "eval_seed": int(eval_seed),
-           "layout_n_point": int(cap_point), "layout_n_ray": int(cap_ray)}
+        raise ValueError(
+            f"embed.shape: n_point={n_point}, n_ray={n_ray} exceed the pretrained layout "
+            f"({cap_point} points, {cap_ray} rays)"
+        )
+    cfg = {
+        "n_point": int(n_point),
+        "n_ray": int(n_ray),
+        "qa_tokens": bool(pretrained.get("qa_tokens", False)),
+        "add_eos": bool(pretrained.get("add_eos", True)),
+        "drop_ray_prob": 0.0,
+        "eval_seed": int(eval_seed),
+        "layout_n_point": int(cap_point),
+        "layout_n_ray": int(cap_ray),
+    }
     TokenConfig.of(cfg)  # validates
     return cfg
 
@@ -107,15 +118,27 @@ def pad_batch(batch: dict[str, torch.Tensor], rows: int, length: int) -> dict[st
     type_id = torch.full((rows, length), PAD, dtype=torch.int64)
     pos = torch.zeros((rows, length), dtype=torch.int64)
     valid = torch.zeros((rows, length), dtype=torch.bool)
-    feat[:b, :t], type_id[:b, :t], pos[:b, :t], valid[:b, :t] = (batch["feat"], batch["type_id"], batch["pos"],
-                                                                  batch["valid"])
+    feat[:b, :t], type_id[:b, :t], pos[:b, :t], valid[:b, :t] = (
+        batch["feat"],
+        batch["type_id"],
+        batch["pos"],
+        batch["valid"],
+    )
     return {"feat": feat, "type_id": type_id, "pos": pos, "valid": valid}
 
 
 @torch.no_grad()
-def embed_shapes(encoder: nn.Module, dataset: ShapeTokenDataset, *, batch_size: int, pool: str,
-                 causal: bool, transform: Callable[[dict], dict] | None = None,
-                 normalize_draws: bool = False, num_workers: int = 0) -> np.ndarray:
+def embed_shapes(
+    encoder: nn.Module,
+    dataset: ShapeTokenDataset,
+    *,
+    batch_size: int,
+    pool: str,
+    causal: bool,
+    transform: Callable[[dict], dict] | None = None,
+    normalize_draws: bool = False,
+    num_workers: int = 0,
+) -> np.ndarray:
     """Float32 (N, d) L2-normalised vectors of every shape of an eval-mode dataset (mean over its draws).
 
     ``transform``: optional function applied to each collated batch before padding (e.g. a feature ablation);

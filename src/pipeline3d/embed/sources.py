@@ -23,13 +23,12 @@ import numpy as np
 import pandas as pd
 
 from ..data.cache_lookup import locate_rows
-from ..data.fingerprints import RAY_ARRAYS
-from ..data.fingerprints import depth_images
+from ..data.fingerprints import RAY_ARRAYS, depth_images
 from ..io.itemstore import ItemStore
 from ..io.shards import ShardReader
+from ..io.tables import read_parquet
 from ..log import Progress
 from .text import prompt_texts
-from ..io.tables import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +87,17 @@ def image_items(manifest_path: str | Path, items_path: str | Path) -> ImageRows:
         stored = set(store.shape_ids)
         absent = [sid for sid in ids if sid not in stored]
         if absent:
-            raise ValueError(f"{items_path}: {len(absent)} manifest items are not in the item store "
-                             f"(first: {absent[:3]}); it was written from another manifest")
+            raise ValueError(
+                f"{items_path}: {len(absent)} manifest items are not in the item store "
+                f"(first: {absent[:3]}); it was written from another manifest"
+            )
         images = [store.image_bytes(store.row_of(sid)) for sid in ids]
     rows = manifest.loc[ids]
-    return ImageRows(ids, images, {"label": rows["label"].astype(int).tolist(),
-                                   "label_name": rows["label_name"].astype(str).tolist()})
+    return ImageRows(
+        ids,
+        images,
+        {"label": rows["label"].astype(int).tolist(), "label_name": rows["label_name"].astype(str).tolist()},
+    )
 
 
 def view_indices(n_views: int, views: int) -> list[int]:
@@ -103,8 +107,9 @@ def view_indices(n_views: int, views: int) -> list[int]:
     return [(v * n_views) // views for v in range(views)]
 
 
-def depth_view_items(manifest_path: str | Path, index_path: str | Path, shard_paths: Sequence[str | Path],
-                     views: int) -> tuple[ImageRows, list[int]]:
+def depth_view_items(
+    manifest_path: str | Path, index_path: str | Path, shard_paths: Sequence[str | Path], views: int
+) -> tuple[ImageRows, list[int]]:
     """uint8 depth images of ``views`` evenly spaced views of every cached shape; returns (rows, view indices).
 
     Rows are ordered by shape id, then view. Columns: shape_id, view (the cache's camera index), label.
@@ -114,8 +119,10 @@ def depth_view_items(manifest_path: str | Path, index_path: str | Path, shard_pa
     ids = sorted(where)
     unknown = [sid for sid in ids if sid not in manifest.index]
     if unknown:
-        raise ValueError(f"{index_path}: {len(unknown)} cached shapes are not in {manifest_path} (first: "
-                         f"{unknown[:3]}); the cache was built from another manifest")
+        raise ValueError(
+            f"{index_path}: {len(unknown)} cached shapes are not in {manifest_path} (first: "
+            f"{unknown[:3]}); the cache was built from another manifest"
+        )
     by_shard: dict[Path, list[tuple[int, str]]] = defaultdict(list)
     for sid in ids:
         path, row = where[sid]
@@ -134,9 +141,13 @@ def depth_view_items(manifest_path: str | Path, index_path: str | Path, shard_pa
             t_key, hit_key = RAY_ARRAYS[kind]
             for row, sid in sorted(by_shard[path]):
                 arrays = reader.read(row, (t_key, hit_key))
-                images = depth_images(arrays[t_key], arrays[hit_key], views=int(prof["n_views"]),
-                                      rays_per_view=int(prof["rays_per_view"]),
-                                      camera_radius=float(prof["camera_radius"]))
+                images = depth_images(
+                    arrays[t_key],
+                    arrays[hit_key],
+                    views=int(prof["n_views"]),
+                    rays_per_view=int(prof["rays_per_view"]),
+                    camera_radius=float(prof["camera_radius"]),
+                )
                 rendered[sid] = images[picked]
                 progress.step()
     out = ImageRows([], [], {"shape_id": [], "view": [], "label": []})
@@ -194,8 +205,14 @@ def text_items(manifest_path: str | Path, templates: Sequence[str]) -> TextRows:
         for i, (template, prompt) in enumerate(zip(templates, prompt_texts(name, templates))):
             rows.append((f"class:{name}#t{i}", prompt, "prompt", None, uncaptioned[name], name, template))
     n_captions = sum(r[2] == "caption" for r in rows)
-    log.info("%d captions, %d class prompts (%d classes x %d templates)", n_captions, len(rows) - n_captions,
-             len(uncaptioned), len(templates))
+    log.info(
+        "%d captions, %d class prompts (%d classes x %d templates)",
+        n_captions,
+        len(rows) - n_captions,
+        len(uncaptioned),
+        len(templates),
+    )
     names = ("text", "kind", "shape_id", "label", "label_name", "template")
-    return TextRows([r[0] for r in rows], [r[1] for r in rows],
-                    {name: [r[k + 1] for r in rows] for k, name in enumerate(names)})
+    return TextRows(
+        [r[0] for r in rows], [r[1] for r in rows], {name: [r[k + 1] for r in rows] for k, name in enumerate(names)}
+    )

@@ -67,8 +67,10 @@ class TextEmbeddingCache:
             table = read_table(part)
             meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
             if meta.get("namespace") != namespace or meta.get("format") != _CACHE_FORMAT:
-                raise ValueError(f"text cache part {part} belongs to {meta.get('namespace')!r} "
-                                 f"({meta.get('format')}), not {namespace!r}: remove the stray file")
+                raise ValueError(
+                    f"text cache part {part} belongs to {meta.get('namespace')!r} "
+                    f"({meta.get('format')}), not {namespace!r}: remove the stray file"
+                )
             captions = table.column("text").to_pylist()
             dim = table.schema.field("vector").type.list_size
             vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dim)
@@ -86,10 +88,12 @@ class TextEmbeddingCache:
             raise ValueError(f"{len(texts)} texts for vectors of shape {vectors.shape}")
         digest = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()[:24]
         path = self.folder(namespace) / f"part-{digest}.parquet"
-        table = pa.table({
-            "text": pa.array(list(texts), pa.string()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
-        })
+        table = pa.table(
+            {
+                "text": pa.array(list(texts), pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+            }
+        )
         write_parquet(path, table, metadata={"namespace": namespace, "format": _CACHE_FORMAT})
         return path
 
@@ -103,8 +107,14 @@ def _encode(backbone: TextBackbone, texts: Sequence[str], batch_size: int) -> np
         return to_host(F.normalize(features[: len(texts)].float(), dim=-1))
 
 
-def embed_texts(backbone: TextBackbone, texts: Sequence[str], *, batch_size: int = 64,
-                cache: TextEmbeddingCache | None = None, flush_seconds: float = 60.0) -> np.ndarray:
+def embed_texts(
+    backbone: TextBackbone,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    cache: TextEmbeddingCache | None = None,
+    flush_seconds: float = 60.0,
+) -> np.ndarray:
     """Float32 (N, D) L2-normalised vectors of ``texts`` in input order; each distinct text is encoded once.
 
     With a ``cache``, texts already in it are not encoded again and new vectors are added to it.
@@ -118,8 +128,14 @@ def embed_texts(backbone: TextBackbone, texts: Sequence[str], *, batch_size: int
     namespace = f"{backbone.cache_namespace}|batch{batch_size}"
     known = cache.lookup(namespace, distinct) if cache is not None else {}
     todo = [t for t in distinct if t not in known]
-    log.info("text embeddings (%s): %d texts, %d distinct, %d cached, %d to encode", backbone.name, len(texts),
-             len(distinct), len(known), len(todo))
+    log.info(
+        "text embeddings (%s): %d texts, %d distinct, %d cached, %d to encode",
+        backbone.name,
+        len(texts),
+        len(distinct),
+        len(known),
+        len(todo),
+    )
 
     progress = Progress(log, len(todo), f"encoded texts ({backbone.name})", every=max(batch_size, 1000))
     pending_texts: list[str] = []
@@ -135,7 +151,7 @@ def embed_texts(backbone: TextBackbone, texts: Sequence[str], *, batch_size: int
         last_flush = time.monotonic()
 
     for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
+        chunk = todo[start : start + batch_size]
         vectors = _encode(backbone, chunk, batch_size)
         known.update(zip(chunk, vectors))
         pending_texts.extend(chunk)
@@ -165,8 +181,14 @@ def prompt_texts(class_name: str, templates: Sequence[str]) -> list[str]:
     return prompts
 
 
-def class_embeddings(backbone: TextBackbone, class_names: Sequence[str], templates: Sequence[str], *,
-                     batch_size: int = 64, cache: TextEmbeddingCache | None = None) -> np.ndarray:
+def class_embeddings(
+    backbone: TextBackbone,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    *,
+    batch_size: int = 64,
+    cache: TextEmbeddingCache | None = None,
+) -> np.ndarray:
     """Float32 (C, D): per class, the L2-normalised mean of its template prompts' normalised vectors.
 
     (The usual CLIP prompt ensemble: averaging over phrasings gives a steadier class vector than one prompt.)

@@ -30,21 +30,30 @@ FORMAT = "pipeline3d-text3d-alignment"
 FORMAT_VERSION = 1
 
 
-def save_alignment(model: TextShapeAlignment, backbone: TextBackbone, projection_path: str | Path,
-                   text_tower_path: str | Path, head_json_path: str | Path, *, projection_config: Mapping[str, Any],
-                   text_config: Mapping[str, Any], seed: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+def save_alignment(
+    model: TextShapeAlignment,
+    backbone: TextBackbone,
+    projection_path: str | Path,
+    text_tower_path: str | Path,
+    head_json_path: str | Path,
+    *,
+    projection_config: Mapping[str, Any],
+    text_config: Mapping[str, Any],
+    seed: int,
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
     """Write the three files (JSON last) and return the JSON. ``text_config`` is the embed.text section (model,
     weights, random_init); ``seed`` is the one the base text tower was built with (random init depends on it)."""
     projection_path, text_tower_path = Path(projection_path), Path(text_tower_path)
     tower = model.text_tower
-    projection_sha = write_weights(projection_path, model.projection.state_dict(),
-                                   {"format": FORMAT, "part": "projection"})
+    projection_sha = write_weights(
+        projection_path, model.projection.state_dict(), {"format": FORMAT, "part": "projection"}
+    )
     text_sha = write_weights(text_tower_path, tower.trainable_state(), {"format": FORMAT, "part": "text"})
     head = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "projection": {"config": dict(projection_config), "file": projection_path.name,
-                       "sha256": projection_sha},
+        "projection": {"config": dict(projection_config), "file": projection_path.name, "sha256": projection_sha},
         "text": {
             "model": text_config["model"],
             "weights_file": Path(backbone.weights.path).name if backbone.weights.path else "",
@@ -78,8 +87,14 @@ class LoadedAlignment:
     head: dict[str, Any]
 
 
-def load_alignment(head_json: str | Path, projection_path: str | Path, text_tower_path: str | Path,
-                   text_config: Mapping[str, Any], *, device: str | torch.device = "cpu") -> LoadedAlignment:
+def load_alignment(
+    head_json: str | Path,
+    projection_path: str | Path,
+    text_tower_path: str | Path,
+    text_config: Mapping[str, Any],
+    *,
+    device: str | torch.device = "cpu",
+) -> LoadedAlignment:
     """Rebuild a saved alignment: the base text tower from ``text_config`` (embed.text: model, weights,
     random_init) + the saved unfrozen weights, and the projection MLP. Mismatching files, a different text model
     or different base weights are errors naming the file. Built on the CPU, then moved to ``device``."""
@@ -89,17 +104,25 @@ def load_alignment(head_json: str | Path, projection_path: str | Path, text_towe
     projection_state = load_verified(projection_path, head["projection"]["sha256"], head_json)
     tensors = load_verified(text_tower_path, text["sha256"], head_json)
     if text_config["model"] != text["model"]:
-        raise ValueError(f"{head_json}: trained on text model {text['model']!r}, but the config names "
-                         f"{text_config['model']!r}")
-    backbone = build_text_backbone(text_config["model"], text_config.get("weights"),
-                                   allow_random_init=bool(text_config.get("random_init", False)),
-                                   seed=int(text["seed"]))
+        raise ValueError(
+            f"{head_json}: trained on text model {text['model']!r}, but the config names {text_config['model']!r}"
+        )
+    backbone = build_text_backbone(
+        text_config["model"],
+        text_config.get("weights"),
+        allow_random_init=bool(text_config.get("random_init", False)),
+        seed=int(text["seed"]),
+    )
     if backbone.weights.sha256 != text["base_weights_sha256"]:
-        raise ValueError(f"{head_json}: the base text weights have sha256 {backbone.weights.sha256[:16]}..., "
-                         f"not the {text['base_weights_sha256'][:16]}... it was trained from")
+        raise ValueError(
+            f"{head_json}: the base text weights have sha256 {backbone.weights.sha256[:16]}..., "
+            f"not the {text['base_weights_sha256'][:16]}... it was trained from"
+        )
     if sorted(tensors) != sorted(text["trainable_keys"]):
-        raise ValueError(f"{text_tower_path}: holds {len(tensors)} tensors, head.json lists "
-                         f"{len(text['trainable_keys'])} trainable keys")
+        raise ValueError(
+            f"{text_tower_path}: holds {len(tensors)} tensors, head.json lists "
+            f"{len(text['trainable_keys'])} trainable keys"
+        )
     load_trainable_state(backbone.model, tensors, source=str(text_tower_path))
     tower = PartiallyFrozenTextTower(backbone.model, int(text["trainable_blocks"]))
     projection = ProjectionHead(**head["projection"]["config"])
@@ -112,7 +135,12 @@ def load_alignment(head_json: str | Path, projection_path: str | Path, text_towe
     # requires_grad stays as in training: torch's attention picks its kernel by it (even under no_grad), and the
     # rebuilt model must give the very features it was validated with.
     tower.train(False)
-    log.info("loaded alignment %s: text %s (%d of %d blocks trained), projection %s", head_json, text["model"],
-             text["trainable_blocks"], text["n_blocks"], head["projection"]["config"])
+    log.info(
+        "loaded alignment %s: text %s (%d of %d blocks trained), projection %s",
+        head_json,
+        text["model"],
+        text["trainable_blocks"],
+        text["n_blocks"],
+        head["projection"]["config"],
+    )
     return LoadedAlignment(backbone=backbone, tower=tower, projection=projection, head=head)
-

@@ -42,8 +42,15 @@ def _as_str(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def write_vectors(path: str | os.PathLike, ids: Sequence[str], vectors: np.ndarray, metadata: Mapping[str, Any], *,
-                  id_column: str = "shape_id", columns: Mapping[str, Sequence[Any]] | None = None) -> None:
+def write_vectors(
+    path: str | os.PathLike,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    metadata: Mapping[str, Any],
+    *,
+    id_column: str = "shape_id",
+    columns: Mapping[str, Sequence[Any]] | None = None,
+) -> None:
     """Write ``vectors`` (N, D) keyed by unique string ``ids`` to ``path`` atomically.
 
     ``metadata`` values that are not strings are stored as canonical JSON. ``columns`` adds per-row columns
@@ -116,7 +123,13 @@ def read_vectors(path: str | os.PathLike) -> Embeddings:
         raise ValueError(f"{path}: column {VECTOR_COLUMN!r} has null entries")
     vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
     ids = table.column(id_column).to_pylist()
-    columns = {name: table.column(name).to_pylist() for name in table.column_names
-               if name not in (id_column, VECTOR_COLUMN)}
-    return Embeddings(ids=ids, vectors=np.ascontiguousarray(vectors, dtype=np.float32), columns=columns,
-                      metadata=meta, id_column=id_column)
+    columns = {
+        name: table.column(name).to_pylist() for name in table.column_names if name not in (id_column, VECTOR_COLUMN)
+    }
+    return Embeddings(
+        ids=ids,
+        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+        columns=columns,
+        metadata=meta,
+        id_column=id_column,
+    )

@@ -44,5 +44,10 @@ def classification_report(logits: np.ndarray, label: np.ndarray, names: list[str
     """accuracy, mean class accuracy and per-class accuracy from (N, D, C) draw logits."""
     pred = average_draws(logits).argmax(axis=1)
     per_class = per_class_accuracy(pred, label, names)
-    return {"accuracy": accuracy(pred, label), "mean_class_accuracy": mean_class_accuracy(per_class),
-            "per_class_accuracy": per_class, "n": int(len(label)), "draws": int(np.asarray(logits).shape[1])}
+    return {
+        "accuracy": accuracy(pred, label),
+        "mean_class_accuracy": mean_class_accuracy(per_class),
+        "per_class_accuracy": per_class,
+        "n": int(len(label)),
+        "draws": int(np.asarray(logits).shape[1]),
+    }

@@ -36,11 +36,14 @@ STAGE = "eval_cpac"
 TARGET_KEY = "pool_dist_mesh"
 TARGET_PRIMITIVE = "mesh"
 ROLES = ("head", "test")
-LEGACY_CAVEAT = ("legacy tokens have no query-only type: each query is a POINT token with its distance slot set to "
-                 "0, which the model reads as an on-surface point")
+LEGACY_CAVEAT = (
+    "legacy tokens have no query-only type: each query is a POINT token with its distance slot set to "
+    "0, which the model reads as an on-surface point"
+)
 
 
 # -- ridge ---------------------------------------------------------------------------------------------------------
+
 
 class RidgeAccumulator:
     """Normal equations of a ridge regression with an unpenalised bias, accumulated in float64 block by block."""
@@ -80,8 +83,10 @@ class RidgeAccumulator:
         try:
             beta = np.linalg.solve(self.gram + np.diag(penalty), self.moment)
         except np.linalg.LinAlgError as exc:
-            raise ValueError(f"ridge: singular normal equations ({self.n} points, {self.dim} features, "
-                             f"lambda {lam}); use a positive ridge_lambda") from exc
+            raise ValueError(
+                f"ridge: singular normal equations ({self.n} points, {self.dim} features, "
+                f"lambda {lam}); use a positive ridge_lambda"
+            ) from exc
         return beta[:-1], float(beta[-1])
 
 
@@ -98,6 +103,7 @@ def ridge_predict(x: np.ndarray, weights: np.ndarray, bias: float) -> np.ndarray
 
 # -- metrics -------------------------------------------------------------------------------------------------------
 
+
 def iou_at(y: np.ndarray, yhat: np.ndarray, tau: float) -> float | None:
     """|{y ≤ τ} ∩ {ŷ ≤ τ}| / |{y ≤ τ} ∪ {ŷ ≤ τ}|; None when the union is empty (undefined)."""
     near, near_hat = np.asarray(y) <= tau, np.asarray(yhat) <= tau
@@ -111,8 +117,13 @@ def point_metrics(y: np.ndarray, yhat: np.ndarray, tau: float) -> dict[str, Any]
     if y.shape != yhat.shape or y.size == 0:
         raise ValueError(f"need equal, non-empty target and prediction arrays (got {y.shape} and {yhat.shape})")
     err = yhat - y
-    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())), "bias": float(err.mean()),
-            "iou": iou_at(y, yhat, tau), "n_points": int(y.size)}
+    return {
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "bias": float(err.mean()),
+        "iou": iou_at(y, yhat, tau),
+        "n_points": int(y.size),
+    }
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, Any]:
@@ -122,8 +133,9 @@ def _mean_std(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": float(arr.mean()), "std": float(arr.std()), "n": int(arr.size)}
 
 
-def summarize(y: np.ndarray, yhat: np.ndarray, labels: Sequence[int], class_names: Mapping[int, str],
-              tau: float) -> dict[str, Any]:
+def summarize(
+    y: np.ndarray, yhat: np.ndarray, labels: Sequence[int], class_names: Mapping[int, str], tau: float
+) -> dict[str, Any]:
     """Metrics of (S, Q) targets / predictions of S shapes (labels: one per shape).
 
     ``pooled``: over all points; ``per_class``: class name -> pooled within the class (+ n_shapes);
@@ -132,20 +144,23 @@ def summarize(y: np.ndarray, yhat: np.ndarray, labels: Sequence[int], class_name
     y, yhat = np.asarray(y, dtype=np.float64), np.asarray(yhat, dtype=np.float64)
     labels = np.asarray(labels)
     if y.ndim != 2 or y.shape != yhat.shape or len(labels) != len(y):
-        raise ValueError(f"summarize: need (S, Q) targets and predictions and S labels (got {y.shape}, "
-                         f"{yhat.shape}, {labels.shape})")
+        raise ValueError(
+            f"summarize: need (S, Q) targets and predictions and S labels (got {y.shape}, {yhat.shape}, {labels.shape})"
+        )
     per_class = {}
     for label in sorted(set(labels.tolist())):
         mask = labels == label
         name = str(class_names.get(int(label), label))
         per_class[name] = point_metrics(y[mask], yhat[mask], tau) | {"n_shapes": int(mask.sum())}
     shapes = [point_metrics(y[s], yhat[s], tau) for s in range(len(y))]
-    per_shape = {key: _mean_std([m[key] for m in shapes if m[key] is not None])
-                 for key in ("mae", "rmse", "bias", "iou")}
+    per_shape = {
+        key: _mean_std([m[key] for m in shapes if m[key] is not None]) for key in ("mae", "rmse", "bias", "iou")
+    }
     return {"pooled": point_metrics(y, yhat, tau), "per_class": per_class, "per_shape": per_shape}
 
 
 # -- shape selection -----------------------------------------------------------------------------------------------
+
 
 def stratified_subset(ids: Sequence[str], labels: Sequence[int], k: int | None, salt: str) -> list[str]:
     """At most ``k`` of ``ids`` (None = all), class-stratified, sorted by id.
@@ -177,6 +192,7 @@ def stratified_subset(ids: Sequence[str], labels: Sequence[int], k: int | None, 
 
 # -- the probe over streamed shapes ---------------------------------------------------------------------------------
 
+
 def fit_head(results: Iterable[ShapeResult], lam: float) -> tuple[np.ndarray, float, float, int]:
     """(weights, bias, target mean, n_shapes) of the ridge head on streamed results (shape order)."""
     acc: RidgeAccumulator | None = None
@@ -191,8 +207,14 @@ def fit_head(results: Iterable[ShapeResult], lam: float) -> tuple[np.ndarray, fl
     return weights, bias, acc.y_mean, n_shapes
 
 
-def evaluate(results: Iterable[ShapeResult], weights: np.ndarray, bias: float, y_mean: float,
-             class_names: Mapping[int, str], tau: float) -> tuple[dict[str, Any], int]:
+def evaluate(
+    results: Iterable[ShapeResult],
+    weights: np.ndarray,
+    bias: float,
+    y_mean: float,
+    class_names: Mapping[int, str],
+    tau: float,
+) -> tuple[dict[str, Any], int]:
     """Metrics of the probe and of the baselines (constant = head-train mean, context_nn, context_bound)."""
     ys, preds, nns, bounds, labels = [], [], [], [], []
     for r in results:
@@ -204,10 +226,10 @@ def evaluate(results: Iterable[ShapeResult], weights: np.ndarray, bias: float, y
     if not ys:
         raise ValueError("no shapes to evaluate CPAC on")
     y = np.stack(ys)
-    out = {"probe": summarize(y, np.stack(preds), labels, class_names, tau),
-           "constant": summarize(y, np.full_like(y, y_mean), labels, class_names, tau),
-           "context_nn": summarize(y, np.stack(nns), labels, class_names, tau),
-           "context_bound": summarize(y, np.stack(bounds), labels, class_names, tau)}
+    out = {
+        "probe": summarize(y, np.stack(preds), labels, class_names, tau),
+        "constant": summarize(y, np.full_like(y, y_mean), labels, class_names, tau),
+        "context_nn": summarize(y, np.stack(nns), labels, class_names, tau),
+        "context_bound": summarize(y, np.stack(bounds), labels, class_names, tau),
+    }
     return out, len(ys)
-
-

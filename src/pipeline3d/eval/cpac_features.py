@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def query_features(encoder: nn.Module, sequences: Sequence[CpacSequence], *, batch_size: int,
-                   causal: bool) -> list[np.ndarray]:
+def query_features(
+    encoder: nn.Module, sequences: Sequence[CpacSequence], *, batch_size: int, causal: bool
+) -> list[np.ndarray]:
     """Float64 (Q, d) final hidden states at each sequence's query tokens.
 
     Every pass has ``batch_size`` rows (short batches padded with all-masked rows) and all sequences have the same
@@ -37,7 +38,7 @@ def query_features(encoder: nn.Module, sequences: Sequence[CpacSequence], *, bat
     device = model_device(encoder)
     out: list[np.ndarray] = []
     for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start:start + batch_size]
+        chunk = sequences[start : start + batch_size]
         feat = torch.zeros((batch_size, length, L.FEAT_DIM), dtype=torch.float32)
         type_id = torch.full((batch_size, length), L.PAD, dtype=torch.int64)
         pos = torch.zeros((batch_size, length), dtype=torch.int64)
@@ -47,8 +48,7 @@ def query_features(encoder: nn.Module, sequences: Sequence[CpacSequence], *, bat
             feat[b], type_id[b] = torch.from_numpy(s.feat), torch.from_numpy(s.type_id)
             pos[b], valid[b] = torch.from_numpy(s.pos), True
             block[b, :, torch.from_numpy(s.query_slots)] = True  # nobody attends to a query (but itself)
-        h = encoder(*to_device((feat, type_id, pos, valid), device), causal=causal,
-                    extra_block=block.to(device)).h
+        h = encoder(*to_device((feat, type_id, pos, valid), device), causal=causal, extra_block=block.to(device)).h
         for b, s in enumerate(chunk):
             out.append(to_host(h[b, torch.from_numpy(s.query_slots).to(device)], np.float64))
     return out
@@ -70,8 +70,18 @@ def baselines(seq: CpacSequence) -> tuple[np.ndarray, np.ndarray]:
     return gaps.min(axis=1), (gaps + seq.context_dist[None, :]).min(axis=1)
 
 
-def encode_shapes(encoder: nn.Module, shapes: Sequence[CpacShape], backend: str, cfg: TokenConfig, *,
-                  n_query: int, seed: int, role: str, batch_size: int, causal: bool) -> Iterator[ShapeResult]:
+def encode_shapes(
+    encoder: nn.Module,
+    shapes: Sequence[CpacShape],
+    backend: str,
+    cfg: TokenConfig,
+    *,
+    n_query: int,
+    seed: int,
+    role: str,
+    batch_size: int,
+    causal: bool,
+) -> Iterator[ShapeResult]:
     """ShapeResults of ``shapes`` (in order), batch by batch."""
     if batch_size < 1:
         raise ValueError(f"cpac.batch_size must be >= 1 (got {batch_size})")
@@ -79,7 +89,7 @@ def encode_shapes(encoder: nn.Module, shapes: Sequence[CpacShape], backend: str,
     progress = Progress(log, len(shapes), f"{role} shapes ({backend} context)", every=max(batch_size, 500))
     try:
         for start in range(0, len(shapes), batch_size):
-            chunk = shapes[start:start + batch_size]
+            chunk = shapes[start : start + batch_size]
             seqs, targets = [], []
             for shape in chunk:
                 pools, exact = source.load(shape)

@@ -34,6 +34,7 @@ from ..tokens.ordering import morton_order
 from ..tokens.tokenizer import tokenize
 from .cpac import ROLES, STAGE
 
+
 def draw_rng(seed: int, role: str, shape_id: str) -> np.random.Generator:
     """The generator of one shape's context/query draw for ``role`` (head fitting or testing)."""
     if role not in ROLES:
@@ -41,14 +42,16 @@ def draw_rng(seed: int, role: str, shape_id: str) -> np.random.Generator:
     return rng_for(seed, STAGE, f"{role}|{shape_id}")
 
 
-def draw_context_query(pool_size: int, n_context: int, n_query: int,
-                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def draw_context_query(
+    pool_size: int, n_context: int, n_query: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint (context, query) pool indices from one draw without replacement."""
     if n_context < 1 or n_query < 1:
         raise ValueError(f"n_context and n_query must be >= 1 (got {n_context}, {n_query})")
     if pool_size < n_context + n_query:
-        raise ValueError(f"a pool of {pool_size} points cannot give {n_context} context + {n_query} query points "
-                         "without overlap")
+        raise ValueError(
+            f"a pool of {pool_size} points cannot give {n_context} context + {n_query} query points without overlap"
+        )
     idx = rng.choice(pool_size, size=n_context + n_query, replace=False)
     return idx[:n_context], idx[n_context:]
 
@@ -58,11 +61,19 @@ def context_token_config(pretrained: Mapping[str, Any], n_context: int) -> Token
     cap_point = int(pretrained.get("layout_n_point") or pretrained["n_point"])
     cap_ray = int(pretrained.get("layout_n_ray") or pretrained["n_ray"])
     if n_context >= cap_point:
-        raise ValueError(f"cpac.n_context = {n_context} leaves no point slot for the queries in the pretrained "
-                         f"layout ({cap_point} points): use n_context <= {cap_point - 1}")
-    return TokenConfig(n_point=int(n_context), n_ray=0, qa_tokens=bool(pretrained.get("qa_tokens", False)),
-                       add_eos=bool(pretrained.get("add_eos", True)), drop_ray_prob=0.0,
-                       layout_n_point=cap_point, layout_n_ray=cap_ray)
+        raise ValueError(
+            f"cpac.n_context = {n_context} leaves no point slot for the queries in the pretrained "
+            f"layout ({cap_point} points): use n_context <= {cap_point - 1}"
+        )
+    return TokenConfig(
+        n_point=int(n_context),
+        n_ray=0,
+        qa_tokens=bool(pretrained.get("qa_tokens", False)),
+        add_eos=bool(pretrained.get("add_eos", True)),
+        drop_ray_prob=0.0,
+        layout_n_point=cap_point,
+        layout_n_ray=cap_ray,
+    )
 
 
 def query_position(cfg: TokenConfig) -> int:
@@ -85,8 +96,7 @@ class CpacSequence:
     context_dist: np.ndarray  # (C,) the context backend's distances
 
 
-def build_sequence(pools: Mapping[str, Any], cfg: TokenConfig, n_query: int,
-                   rng: np.random.Generator) -> CpacSequence:
+def build_sequence(pools: Mapping[str, Any], cfg: TokenConfig, n_query: int, rng: np.random.Generator) -> CpacSequence:
     """Draw context + queries from a backend's pools and lay out ``[BOS] + context + queries + [EOS]``.
 
     The context goes through the real tokenizer (given only the drawn context points, it Morton-orders them and
@@ -109,6 +119,14 @@ def build_sequence(pools: Mapping[str, Any], cfg: TokenConfig, n_query: int,
     feat = np.concatenate([feat_c[:split], q_feat, feat_c[split:]])
     type_id = np.concatenate([type_c[:split], q_type, type_c[split:]])
     pos = np.concatenate([pos_c[:split], q_pos, pos_c[split:]])
-    return CpacSequence(feat=feat, type_id=type_id, pos=pos, query_slots=np.arange(split, split + n_query),
-                     query_index=qry, context_index=ctx, query_xyz=pt_xyz[qry].astype(np.float64),
-                     context_xyz=pt_xyz[ctx].astype(np.float64), context_dist=ctx_dist.astype(np.float64))
+    return CpacSequence(
+        feat=feat,
+        type_id=type_id,
+        pos=pos,
+        query_slots=np.arange(split, split + n_query),
+        query_index=qry,
+        context_index=ctx,
+        query_xyz=pt_xyz[qry].astype(np.float64),
+        context_xyz=pt_xyz[ctx].astype(np.float64),
+        context_dist=ctx_dist.astype(np.float64),
+    )

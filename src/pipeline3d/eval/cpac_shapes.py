@@ -14,6 +14,7 @@ from ..io.shards import ShardReader
 from ..tokens.backends import Backend, get_backend
 from .cpac import TARGET_KEY, TARGET_PRIMITIVE
 
+
 @dataclass(frozen=True)
 class CpacShape:
     shape_id: str
@@ -36,8 +37,10 @@ class ShapeSource:
             target = ShardReader(path, TARGET_PRIMITIVE)
             if TARGET_KEY not in target.allowed:
                 target.close()
-                raise ValueError(f"{path}: the cache holds no exact mesh distances ({TARGET_KEY}); CPAC needs the "
-                                 "cache of a mesh dataset")
+                raise ValueError(
+                    f"{path}: the cache holds no exact mesh distances ({TARGET_KEY}); CPAC needs the "
+                    "cache of a mesh dataset"
+                )
             self._target[path] = target
         return self._context[path], self._target[path]
 
@@ -56,8 +59,9 @@ class ShapeSource:
         self._context, self._target = {}, {}
 
 
-def shapes_from(where: Mapping[str, tuple[str | os.PathLike, int]], labels: Mapping[str, int],
-                ids: Sequence[str]) -> list[CpacShape]:
+def shapes_from(
+    where: Mapping[str, tuple[str | os.PathLike, int]], labels: Mapping[str, int], ids: Sequence[str]
+) -> list[CpacShape]:
     """CpacShapes of ``ids`` (sorted) from a cache lookup (shape id -> (shard, row)); every id must be cached."""
     missing = sorted(set(ids) - set(where))
     if missing:

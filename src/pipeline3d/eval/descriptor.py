@@ -69,9 +69,16 @@ def _eigen_ratios(centred: np.ndarray) -> np.ndarray:
     return np.concatenate([eig / total, eig[1:] / eig[0]])
 
 
-def shape_distribution(points: np.ndarray, rng: np.random.Generator, *, n_points: int = DEFAULTS["n_points"],
-                       bins: int = DEFAULTS["bins"], n_pairs: int = DEFAULTS["n_pairs"],
-                       n_triples: int = DEFAULTS["n_triples"], d3: bool = DEFAULTS["d3"]) -> np.ndarray:
+def shape_distribution(
+    points: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    n_points: int = DEFAULTS["n_points"],
+    bins: int = DEFAULTS["bins"],
+    n_pairs: int = DEFAULTS["n_pairs"],
+    n_triples: int = DEFAULTS["n_triples"],
+    d3: bool = DEFAULTS["d3"],
+) -> np.ndarray:
     """The descriptor of one point cloud: [D2, A3, (D3,) radial histograms, eigenvalue ratios] as float32.
 
     ``n_points``: a random subsample of at most that many points (0: all); the length is ``(3 + d3) * bins + 5``.
@@ -82,14 +89,16 @@ def shape_distribution(points: np.ndarray, rng: np.random.Generator, *, n_points
     if not np.isfinite(pts).all():
         raise ValueError("points contain NaN or infinite values")
     if bins < 1 or n_pairs < 1 or n_triples < 1 or (0 < n_points < 3) or n_points < 0:
-        raise ValueError(f"need bins, n_pairs, n_triples >= 1 and n_points 0 or >= 3 (got {bins}, {n_pairs}, "
-                         f"{n_triples}, {n_points})")
+        raise ValueError(
+            f"need bins, n_pairs, n_triples >= 1 and n_points 0 or >= 3 (got {bins}, {n_pairs}, "
+            f"{n_triples}, {n_points})"
+        )
     if 0 < n_points < len(pts):
         pts = pts[np.sort(rng.choice(len(pts), size=n_points, replace=False))]
     m = len(pts)
     centred = pts - pts.mean(axis=0)
     radius = np.linalg.norm(centred, axis=1)
-    rms = float(np.sqrt(np.mean(radius ** 2)))
+    rms = float(np.sqrt(np.mean(radius**2)))
     scale = 1.0 / rms if rms > 0.0 else 0.0  # all points coincide: every distance is 0
     q = centred * scale
 
@@ -123,8 +132,9 @@ def settings(knobs: Mapping[str, Any] | None) -> dict[str, Any]:
     return {**DEFAULTS, **knobs}
 
 
-def descriptor_features(rows: Sequence[CacheRow], *, seed: int, backend: str = "pointcloud_noray",
-                        knobs: Mapping[str, Any] | None = None) -> np.ndarray:
+def descriptor_features(
+    rows: Sequence[CacheRow], *, seed: int, backend: str = "pointcloud_noray", knobs: Mapping[str, Any] | None = None
+) -> np.ndarray:
     """(N, F) float32 descriptors of cached shapes, in ``rows`` order, from their ``pc_xyz`` read through
     ``backend`` (so a backend whose primitive cannot see the surface points is refused). Each shape's draws come
     from ``rng_for(seed, "descriptor", shape id)``: its vector does not depend on which other shapes are read."""
@@ -146,6 +156,7 @@ def descriptor_features(rows: Sequence[CacheRow], *, seed: int, backend: str = "
 
 
 # ---- linear classifier ------------------------------------------------------------------------------------------
+
 
 def standardiser(train_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) of the training features; a constant feature gets std 1 (it stays constant, i.e. 0)."""
@@ -182,8 +193,9 @@ def _scaler(train_x: np.ndarray):
 def _check_labels(train_x: np.ndarray, train_y: np.ndarray, n_classes: int) -> np.ndarray:
     train_y = np.asarray(train_y, dtype=np.int64)
     if len(train_y) == 0 or len(train_y) != len(train_x):
-        raise ValueError(f"need a non-empty training set with one label per row ({len(train_x)} rows, "
-                         f"{len(train_y)} labels)")
+        raise ValueError(
+            f"need a non-empty training set with one label per row ({len(train_x)} rows, {len(train_y)} labels)"
+        )
     if train_y.min() < 0 or train_y.max() >= n_classes:
         raise ValueError(f"training labels must lie in [0, {n_classes}), got {train_y.min()}..{train_y.max()}")
     return train_y
@@ -196,8 +208,16 @@ def _train_predict(xt: np.ndarray, yt: np.ndarray, x: np.ndarray, c: float, n_cl
     return _probabilities(model, x, present, n_classes)
 
 
-def select_c(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, *, n_classes: int,
-             seed: int = 0, c_grid: Sequence[float] = C_GRID) -> tuple[float, dict[str, float]]:
+def select_c(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    *,
+    n_classes: int,
+    seed: int = 0,
+    c_grid: Sequence[float] = C_GRID,
+) -> tuple[float, dict[str, float]]:
     """The C of ``c_grid`` with the highest validation accuracy (ties -> the smaller C), and every C's accuracy.
 
     Only the validation labels are read; with a single training class every C predicts the same, so the smallest
@@ -206,19 +226,31 @@ def select_c(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y:
     train_y = _check_labels(train_x, train_y, n_classes)
     val_y = np.asarray(val_y, dtype=np.int64)
     if len(val_y) == 0 or len(val_y) != len(val_x):
-        raise ValueError(f"need a non-empty validation set with one label per row ({len(val_x)} rows, "
-                         f"{len(val_y)} labels)")
+        raise ValueError(
+            f"need a non-empty validation set with one label per row ({len(val_x)} rows, {len(val_y)} labels)"
+        )
     scaled = _scaler(train_x)
     xt, xv = scaled(train_x), scaled(val_x)
-    scores = {c: float((_train_predict(xt, train_y, xv, c, n_classes, seed).argmax(axis=1) == val_y).mean())
-              for c in sorted(float(c) for c in c_grid)}
+    scores = {
+        c: float((_train_predict(xt, train_y, xv, c, n_classes, seed).argmax(axis=1) == val_y).mean())
+        for c in sorted(float(c) for c in c_grid)
+    }
     best = max(scores.values())
     return min(c for c, s in scores.items() if s == best), {str(c): s for c, s in scores.items()}
 
 
-def fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, n_classes: int,
-                val_x: np.ndarray | None = None, val_y: np.ndarray | None = None, seed: int = 0,
-                c: float | None = None, c_grid: Sequence[float] = C_GRID) -> np.ndarray:
+def fit_predict(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    *,
+    n_classes: int,
+    val_x: np.ndarray | None = None,
+    val_y: np.ndarray | None = None,
+    seed: int = 0,
+    c: float | None = None,
+    c_grid: Sequence[float] = C_GRID,
+) -> np.ndarray:
     """(N_test, n_classes) probabilities of a logistic regression fitted on (train_x, train_y).
 
     C: ``c`` when given; else chosen by ``select_c`` on (val_x, val_y) when that set is non-empty; else
@@ -228,7 +260,10 @@ def fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *,
     train_y = _check_labels(train_x, train_y, n_classes)
     if c is None:
         has_val = val_x is not None and val_y is not None and len(val_y) > 0
-        c = select_c(train_x, train_y, val_x, val_y, n_classes=n_classes, seed=seed, c_grid=c_grid)[0] \
-            if has_val else DEFAULT_C
+        c = (
+            select_c(train_x, train_y, val_x, val_y, n_classes=n_classes, seed=seed, c_grid=c_grid)[0]
+            if has_val
+            else DEFAULT_C
+        )
     scaled = _scaler(train_x)
     return _train_predict(scaled(train_x), train_y, scaled(test_x), float(c), n_classes, seed)

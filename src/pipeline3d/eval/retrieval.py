@@ -92,8 +92,13 @@ def _unit_rows(x: np.ndarray, what: str) -> np.ndarray:
     return x / norm
 
 
-def rank_map(query_vecs: np.ndarray, query_labels: np.ndarray, gallery_vecs: np.ndarray,
-             gallery_labels: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, MetricValue]:
+def rank_map(
+    query_vecs: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_vecs: np.ndarray,
+    gallery_labels: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, MetricValue]:
     """Cosine retrieval of queries against a gallery; a gallery item is relevant when it has the query's label.
 
     Returns {"rank@K" for K in ks (CMC), "mAP", "n_query", "n_gallery", "n_query_without_relevant"}. Rates are
@@ -124,8 +129,9 @@ def rank_map(query_vecs: np.ndarray, query_labels: np.ndarray, gallery_vecs: np.
     return out
 
 
-def _vector_lookup(vectors_by_id: Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray]
-                   ) -> tuple[dict[str, int], np.ndarray]:
+def _vector_lookup(
+    vectors_by_id: Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray],
+) -> tuple[dict[str, int], np.ndarray]:
     """id -> row and the (N, D) matrix, from a dict of vectors or an (ids, vectors) pair."""
     if isinstance(vectors_by_id, Mapping):
         ids = list(vectors_by_id)
@@ -153,9 +159,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
 
 
-def qg_rank_map(vectors_by_id: Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray],
-                labels_by_id: Mapping[str, int] | None, qg: pd.DataFrame,
-                ks: Sequence[int] = (1, 5, 10)) -> dict:
+def qg_rank_map(
+    vectors_by_id: Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray],
+    labels_by_id: Mapping[str, int] | None,
+    qg: pd.DataFrame,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict:
     """``rank_map`` on every query/gallery split of a qg table (split_id, shape_id, role, label), then mean and std.
 
     Args:
@@ -193,8 +202,14 @@ def qg_rank_map(vectors_by_id: Mapping[str, np.ndarray] | tuple[Sequence[str], n
         if unlabeled:
             raise ValueError(f"{len(unlabeled)} qg shape id(s) have no label, e.g. {unlabeled[:5]}")
         labels = np.array([labels_by_id[s] for s in ids])
-    table = pd.DataFrame({"split_id": qg["split_id"].to_numpy(), "shape_id": ids.to_numpy(),
-                          "role": qg["role"].to_numpy(), "label": labels})
+    table = pd.DataFrame(
+        {
+            "split_id": qg["split_id"].to_numpy(),
+            "shape_id": ids.to_numpy(),
+            "role": qg["role"].to_numpy(),
+            "label": labels,
+        }
+    )
 
     metrics = [f"rank@{k}" for k in ks] + ["mAP"]
     per_split: list[dict] = []
@@ -206,10 +221,16 @@ def qg_rank_map(vectors_by_id: Mapping[str, np.ndarray] | tuple[Sequence[str], n
         if both:
             raise ValueError(f"qg split {split_id}: {len(both)} shape(s) are both query and gallery, e.g. {both[:5]}")
         if query.empty or gallery.empty:
-            raise ValueError(f"qg split {split_id} has {len(query)} queries and {len(gallery)} gallery items; "
-                             "both must be non-empty")
-        result = rank_map(matrix[[row[s] for s in query["shape_id"]]], query["label"].to_numpy(),
-                          matrix[[row[s] for s in gallery["shape_id"]]], gallery["label"].to_numpy(), ks)
+            raise ValueError(
+                f"qg split {split_id} has {len(query)} queries and {len(gallery)} gallery items; both must be non-empty"
+            )
+        result = rank_map(
+            matrix[[row[s] for s in query["shape_id"]]],
+            query["label"].to_numpy(),
+            matrix[[row[s] for s in gallery["shape_id"]]],
+            gallery["label"].to_numpy(),
+            ks,
+        )
         per_split.append({"split_id": int(split_id), **result})
 
     out: dict = {}

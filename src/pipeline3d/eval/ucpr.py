@@ -43,11 +43,14 @@ CHUNK = 512  # query rows scored at once: bounds the (chunk, N) similarity block
 
 # -- protocol checks ---------------------------------------------------------------------------------------------
 
+
 def check_seeds(query_seed: int, gallery_seed: int) -> None:
     if int(query_seed) == int(gallery_seed):
-        raise ValueError(f"eval.ucpr.query_seed and eval.ucpr.gallery_seed are both {int(query_seed)}: with one seed "
-                         "the query and gallery draws share their query coordinates and retrieval is trivial; "
-                         "set different seeds")
+        raise ValueError(
+            f"eval.ucpr.query_seed and eval.ucpr.gallery_seed are both {int(query_seed)}: with one seed "
+            "the query and gallery draws share their query coordinates and retrieval is trivial; "
+            "set different seeds"
+        )
 
 
 def check_ablations(names: Iterable[str]) -> list[str]:
@@ -63,6 +66,7 @@ def check_ablations(names: Iterable[str]) -> list[str]:
 
 
 # -- ablations ---------------------------------------------------------------------------------------------------
+
 
 def ablation_mask(type_id: torch.Tensor, name: str) -> torch.Tensor:
     """Bool (B, T, FEAT_DIM): the feature entries ``name`` zeroes (all False for "none")."""
@@ -100,6 +104,7 @@ def n_zeroed(batch: Mapping[str, torch.Tensor], name: str) -> int:
 
 
 # -- eval subset -------------------------------------------------------------------------------------------------
+
 
 def allocate(class_sizes: Mapping[int, int], total: int) -> dict[int, int]:
     """Per-class quotas summing to ``min(total, N)``: proportional, largest remainder, each class >= 1 if possible.
@@ -152,13 +157,15 @@ def stratified_subset(labels: Mapping[str, int], max_files: int | None, seed: in
 
 # -- metrics -----------------------------------------------------------------------------------------------------
 
+
 def _harmonic(n: int) -> np.ndarray:
     """H[k] = 1 + 1/2 + ... + 1/k for k = 0..n (H[0] = 0)."""
     return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1))])
 
 
-def _checked(query: np.ndarray, gallery: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray,
-                                                                                          np.ndarray]:
+def _checked(
+    query: np.ndarray, gallery: np.ndarray, labels: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     q = np.asarray(query, dtype=np.float64)
     g = np.asarray(gallery, dtype=np.float64)
     lab = np.asarray(labels)
@@ -182,8 +189,9 @@ def tie_counts(sim: np.ndarray, true_col: np.ndarray) -> tuple[np.ndarray, np.nd
     return greater.astype(np.int64), ties.astype(np.int64)
 
 
-def expected_rank_stats(greater: np.ndarray, ties: np.ndarray, ks: Sequence[int], n_gallery: int
-                        ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+def expected_rank_stats(
+    greater: np.ndarray, ties: np.ndarray, ks: Sequence[int], n_gallery: int
+) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """Per query, under a uniformly random order of tied items: (expected rank, expected 1/rank, P(rank <= k)).
 
     The match is equally likely at each of the positions greater+1 .. greater+ties+1.
@@ -196,8 +204,9 @@ def expected_rank_stats(greater: np.ndarray, ties: np.ndarray, ks: Sequence[int]
     return rank, rr, hit
 
 
-def instance_metrics(query: np.ndarray, gallery: np.ndarray, labels: Sequence[int], ks: Sequence[int] = KS,
-                     chunk: int = CHUNK) -> dict[str, float]:
+def instance_metrics(
+    query: np.ndarray, gallery: np.ndarray, labels: Sequence[int], ks: Sequence[int] = KS, chunk: int = CHUNK
+) -> dict[str, float]:
     """UCPR metrics of cosine retrieval where query i's match is gallery i (see the module docstring).
 
     Returns R@k (k in ``ks``), MRR, mean_rank, median_rank (tie-aware), category_mAP (all gallery items of the
@@ -225,9 +234,13 @@ def instance_metrics(query: np.ndarray, gallery: np.ndarray, labels: Sequence[in
         cat1.append((top & relevant).sum(axis=1) / top.sum(axis=1))
     rank = np.concatenate(ranks)
     out = {f"R@{k}": float(np.concatenate(hits[k]).mean()) for k in ks}
-    out |= {"MRR": float(np.concatenate(rrs).mean()), "mean_rank": float(rank.mean()),
-            "median_rank": float(np.median(rank)), "category_mAP": float(np.concatenate(aps).mean()),
-            "category_R@1": float(np.concatenate(cat1).mean())}
+    out |= {
+        "MRR": float(np.concatenate(rrs).mean()),
+        "mean_rank": float(rank.mean()),
+        "median_rank": float(np.median(rank)),
+        "category_mAP": float(np.concatenate(aps).mean()),
+        "category_R@1": float(np.concatenate(cat1).mean()),
+    }
     return out
 
 
@@ -246,12 +259,18 @@ def chance_levels(labels: Sequence[int], ks: Sequence[int] = KS) -> dict[str, fl
     r = counts[inverse].astype(np.float64)
     ap = np.ones(n) if n == 1 else (h_n + (r - 1) / (n - 1) * (n - h_n)) / n
     out = {f"R@{k}": min(k, n) / n for k in ks}
-    out |= {"MRR": h_n / n, "mean_rank": (n + 1) / 2, "median_rank": (n + 1) / 2,
-            "category_mAP": float(ap.mean()), "category_R@1": float((r / n).mean())}
+    out |= {
+        "MRR": h_n / n,
+        "mean_rank": (n + 1) / 2,
+        "median_rank": (n + 1) / 2,
+        "category_mAP": float(ap.mean()),
+        "category_R@1": float((r / n).mean()),
+    }
     return out
 
 
 # -- eval set ----------------------------------------------------------------------------------------------------
+
 
 def eval_set(unpaired_path: str | None, ttv_path: str) -> tuple[dict[str, int], str]:
     """(shape id -> label, where from) of the UCPR eval shapes.
@@ -259,9 +278,8 @@ def eval_set(unpaired_path: str | None, ttv_path: str) -> tuple[dict[str, int], 
     The unpaired split's "eval" shapes; a dataset without an unpaired split (an empty table: point-cloud datasets
     have none) uses its ttv "test" shapes. An unpaired table with rows but no "eval" shape is an error.
     """
-    from ..io.tables import read_parquet
-
     from ..data.selection import ttv_labels
+    from ..io.tables import read_parquet
 
     if unpaired_path:
         try:

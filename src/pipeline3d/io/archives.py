@@ -56,10 +56,12 @@ class Limits:
 
     @classmethod
     def from_config(cls, ingest: dict) -> "Limits":
-        return cls(max_members=int(ingest.get("max_members", cls.max_members)),
-                   max_total_bytes=int(ingest.get("max_total_bytes", cls.max_total_bytes)),
-                   max_member_bytes=int(ingest.get("max_member_bytes", cls.max_member_bytes)),
-                   max_ratio=float(ingest.get("max_ratio", cls.max_ratio)))
+        return cls(
+            max_members=int(ingest.get("max_members", cls.max_members)),
+            max_total_bytes=int(ingest.get("max_total_bytes", cls.max_total_bytes)),
+            max_member_bytes=int(ingest.get("max_member_bytes", cls.max_member_bytes)),
+            max_ratio=float(ingest.get("max_ratio", cls.max_ratio)),
+        )
 
 
 class ArchiveRefused(Exception):
@@ -171,8 +173,12 @@ def sniff(path: Path) -> str:
     return "unknown"
 
 
-def open_raw(path: str | os.PathLike, limits: Limits, prefetch: Callable[[str], bool] | None = None,
-             prefetch_max_bytes: int = 1 << 20) -> RawSource:
+def open_raw(
+    path: str | os.PathLike,
+    limits: Limits,
+    prefetch: Callable[[str], bool] | None = None,
+    prefetch_max_bytes: int = 1 << 20,
+) -> RawSource:
     """Scan a directory or archive; members whose name satisfies ``prefetch`` (and are at most
     ``prefetch_max_bytes``) are read during the scan into ``RawSource.prefetched`` (e.g. the JSON of images).
 
@@ -224,8 +230,13 @@ def _scan_directory(root: Path, label: str, limits: Limits, prefetch, prefetch_m
                 rel = f"{rel_dir}/{d}" if rel_dir else d
                 target = os.path.realpath(full)
                 if not inside(target):
-                    src.rejects.append(Reject(source_of(printable(rel)), "link",
-                                              f"directory symlink leaves the root (-> {printable(target)})"))
+                    src.rejects.append(
+                        Reject(
+                            source_of(printable(rel)),
+                            "link",
+                            f"directory symlink leaves the root (-> {printable(target)})",
+                        )
+                    )
                 else:
                     log.debug("%s: directory symlink inside the root not followed", source_of(rel))
         for fname in sorted(filenames):
@@ -239,8 +250,9 @@ def _scan_directory(root: Path, label: str, limits: Limits, prefetch, prefetch_m
                 if stat.S_ISLNK(st.st_mode):
                     target = os.path.realpath(full)
                     if not inside(target):
-                        src.rejects.append(Reject(source_of(rel), "link",
-                                                  f"symlink leaves the root (-> {printable(target)})"))
+                        src.rejects.append(
+                            Reject(source_of(rel), "link", f"symlink leaves the root (-> {printable(target)})")
+                        )
                         continue
                     st = os.stat(full)
             except FileNotFoundError:
@@ -272,8 +284,9 @@ def _scan_directory(root: Path, label: str, limits: Limits, prefetch, prefetch_m
     return _random_access(src, read_one, prefetch, prefetch_max_bytes)
 
 
-def _random_access(src: "RawSource", read_one: Callable[[Member], bytes | Reject], prefetch,
-                   prefetch_max_bytes: int) -> "RawSource":
+def _random_access(
+    src: "RawSource", read_one: Callable[[Member], bytes | Reject], prefetch, prefetch_max_bytes: int
+) -> "RawSource":
     """Finish a source whose members can be read in any order: prefetch the small wanted ones, then serve reads."""
     if prefetch is not None:
         for m in src.members:
@@ -305,13 +318,13 @@ def zip_entry_count(fh) -> int | None:
     pos = tail.rfind(b"PK\x05\x06")
     if pos < 0 or pos + 22 > len(tail):
         return None
-    total = struct.unpack("<H", tail[pos + 10: pos + 12])[0]
+    total = struct.unpack("<H", tail[pos + 10 : pos + 12])[0]
     if total != 0xFFFF:
         return total
     loc = pos - 20  # zip64 end-of-central-directory locator sits right before the EOCD record
-    if loc < 0 or tail[loc: loc + 4] != b"PK\x06\x07":
+    if loc < 0 or tail[loc : loc + 4] != b"PK\x06\x07":
         return None
-    offset = struct.unpack("<Q", tail[loc + 8: loc + 16])[0]
+    offset = struct.unpack("<Q", tail[loc + 8 : loc + 16])[0]
     if offset + 56 > size:
         return None
     fh.seek(offset)
@@ -347,14 +360,21 @@ def _check_zip_totals(infos: list[zipfile.ZipInfo], archive_bytes: int, limits: 
     total = sum(i.file_size for i in infos)
     compressed = sum(i.compress_size for i in infos)
     if compressed > archive_bytes:
-        raise ArchiveRefused("ratio", f"members claim {compressed} compressed bytes from a {archive_bytes}-byte "
-                                      f"archive: overlapping entries (a zip bomb)")
+        raise ArchiveRefused(
+            "ratio",
+            f"members claim {compressed} compressed bytes from a {archive_bytes}-byte "
+            f"archive: overlapping entries (a zip bomb)",
+        )
     if total > limits.max_total_bytes:
-        raise ArchiveRefused("too_many_bytes", f"members add up to {total} bytes, more than max_total_bytes="
-                                               f"{limits.max_total_bytes}")
+        raise ArchiveRefused(
+            "too_many_bytes", f"members add up to {total} bytes, more than max_total_bytes={limits.max_total_bytes}"
+        )
     if total > RATIO_FLOOR_BYTES and total > limits.max_ratio * max(archive_bytes, 1):
-        raise ArchiveRefused("ratio", f"{total} uncompressed bytes from {archive_bytes} archive bytes "
-                                      f"(ratio {total / max(archive_bytes, 1):.0f} > max_ratio={limits.max_ratio:g})")
+        raise ArchiveRefused(
+            "ratio",
+            f"{total} uncompressed bytes from {archive_bytes} archive bytes "
+            f"(ratio {total / max(archive_bytes, 1):.0f} > max_ratio={limits.max_ratio:g})",
+        )
 
 
 def _scan_zip(path: Path, label: str, limits: Limits, prefetch, prefetch_max_bytes: int) -> RawSource:
@@ -393,8 +413,14 @@ def _scan_zip(path: Path, label: str, limits: Limits, prefetch, prefetch_max_byt
             src.rejects.append(_too_big(source, info.file_size, limits))
             continue
         if info.file_size > RATIO_FLOOR_BYTES and info.file_size > limits.max_ratio * max(info.compress_size, 1):
-            src.rejects.append(Reject(source, "ratio", f"{info.file_size} bytes from {info.compress_size} compressed "
-                                                       f"(ratio > max_ratio={limits.max_ratio:g})"))
+            src.rejects.append(
+                Reject(
+                    source,
+                    "ratio",
+                    f"{info.file_size} bytes from {info.compress_size} compressed "
+                    f"(ratio > max_ratio={limits.max_ratio:g})",
+                )
+            )
             continue
         member = Member(index=len(src.members), name=name, size=info.file_size, source=source)
         src.members.append(member)
@@ -412,14 +438,26 @@ def _scan_zip(path: Path, label: str, limits: Limits, prefetch, prefetch_max_byt
         try:
             with zf.open(info) as fh:  # never more than the member's own ratio allows, whatever its header says
                 data = _bounded_read(fh, min(limits.max_member_bytes, _ratio_cap(info.compress_size, limits)))
-        except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, NotImplementedError,
-                RuntimeError, ValueError) as exc:
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            lzma.LZMAError,
+            OSError,
+            EOFError,
+            NotImplementedError,
+            RuntimeError,
+            ValueError,
+        ) as exc:
             return Reject(member.source, "read_error", f"{type(exc).__name__}: {exc}")
         if len(data) > limits.max_member_bytes:
             return _too_big(member.source, len(data), limits)
         if len(data) > _ratio_cap(info.compress_size, limits):
-            return Reject(member.source, "ratio", f"more than {len(data) - 1} bytes from {info.compress_size} "
-                                                  f"compressed (ratio > max_ratio={limits.max_ratio:g})")
+            return Reject(
+                member.source,
+                "ratio",
+                f"more than {len(data) - 1} bytes from {info.compress_size} "
+                f"compressed (ratio > max_ratio={limits.max_ratio:g})",
+            )
         return data
 
     return _random_access(src, read_one, prefetch, prefetch_max_bytes)
@@ -448,15 +486,25 @@ class _CountingReader:
         lim = self.limits
         if self.count > lim.max_total_bytes:
             raise _Exceeded("too_many_bytes", f"uncompresses to more than max_total_bytes={lim.max_total_bytes}")
-        if (self.compressed_bytes is not None and self.count > RATIO_FLOOR_BYTES
-                and self.count > lim.max_ratio * max(self.compressed_bytes, 1)):
-            raise _Exceeded("ratio", f"more than {self.count} bytes from {self.compressed_bytes} compressed bytes "
-                                     f"(ratio > max_ratio={lim.max_ratio:g})")
+        if (
+            self.compressed_bytes is not None
+            and self.count > RATIO_FLOOR_BYTES
+            and self.count > lim.max_ratio * max(self.compressed_bytes, 1)
+        ):
+            raise _Exceeded(
+                "ratio",
+                f"more than {self.count} bytes from {self.compressed_bytes} compressed bytes "
+                f"(ratio > max_ratio={lim.max_ratio:g})",
+            )
         return data
 
 
-_OPENERS = {"gz": lambda fh: gzip.GzipFile(fileobj=fh, mode="rb"), "bz2": lambda fh: bz2.BZ2File(fh, mode="rb"),
-            "xz": lambda fh: lzma.LZMAFile(fh, mode="rb"), "tar": lambda fh: fh}
+_OPENERS = {
+    "gz": lambda fh: gzip.GzipFile(fileobj=fh, mode="rb"),
+    "bz2": lambda fh: bz2.BZ2File(fh, mode="rb"),
+    "xz": lambda fh: lzma.LZMAFile(fh, mode="rb"),
+    "tar": lambda fh: fh,
+}
 _STREAM_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError, ValueError, UnicodeError)
 
 

@@ -49,18 +49,50 @@ KIND_ARRAYS = {
 
 # What each primitive (backend family / unpaired split) may read.
 PRIMITIVE_ARRAYS = {
-    "mesh": ("pc_xyz", "pc_normal", "pool_xyz", "pool_dist_mesh", "ray_origin", "ray_dir", "ray_hit_mesh",
-             "ray_t_mesh", "ray_normal_mesh"),
-    "pc": ("pc_xyz", "pc_normal", "pool_xyz", "pool_dist_pc", "pool_dist_voxel", "ray_origin", "ray_dir",
-           "ray_hit_pc", "ray_t_pc", "ray_normal_pc"),
+    "mesh": (
+        "pc_xyz",
+        "pc_normal",
+        "pool_xyz",
+        "pool_dist_mesh",
+        "ray_origin",
+        "ray_dir",
+        "ray_hit_mesh",
+        "ray_t_mesh",
+        "ray_normal_mesh",
+    ),
+    "pc": (
+        "pc_xyz",
+        "pc_normal",
+        "pool_xyz",
+        "pool_dist_pc",
+        "pool_dist_voxel",
+        "ray_origin",
+        "ray_dir",
+        "ray_hit_pc",
+        "ray_t_pc",
+        "ray_normal_pc",
+    ),
     "udf": ("pool_xyz", "pool_dist_grid", "occ_grid", "udf_grid"),
     "all": tuple(ARRAYS),
 }
 
 # The cache-profile keys that change what the arrays contain (shard attrs record them; a mismatch = foreign).
-PROFILE_KEYS = ("pc_points", "pt_pool", "pt_surface_ratio", "pt_surface_sigma", "n_views", "rays_per_view",
-                "camera_radius", "pc_grid", "pc_dilate", "df_grid", "df_dilate", "grid_mode", "band_voxels",
-                "voxel_pool_dist")
+PROFILE_KEYS = (
+    "pc_points",
+    "pt_pool",
+    "pt_surface_ratio",
+    "pt_surface_sigma",
+    "n_views",
+    "rays_per_view",
+    "camera_radius",
+    "pc_grid",
+    "pc_dilate",
+    "df_grid",
+    "df_dilate",
+    "grid_mode",
+    "band_voxels",
+    "voxel_pool_dist",
+)
 
 
 def kind_arrays(kind: str, profile: dict) -> tuple[str, ...]:

@@ -22,6 +22,8 @@ def scale_problem(points: np.ndarray) -> str | None:
         return f"coordinates up to {largest:.3g} (more than {MAX_ABS_COORD:.0e}: squared norms overflow float32)"
     extent = float((pts.max(axis=0) - pts.min(axis=0)).max())
     if extent > 0 and largest / extent > MAX_OFFSET_RATIO:
-        return (f"extent {extent:.3g} at distance {largest:.3g} from the origin (ratio above {MAX_OFFSET_RATIO:.0e}: "
-                f"centring loses float32 precision)")
+        return (
+            f"extent {extent:.3g} at distance {largest:.3g} from the origin (ratio above {MAX_OFFSET_RATIO:.0e}: "
+            f"centring loses float32 precision)"
+        )
     return None

@@ -104,8 +104,11 @@ class CloudFile:
 
         missing = [k for k in ("data", "label") if k not in self._h5 or not isinstance(self._h5[k], h5py.Dataset)]
         if missing:
-            raise ItemError("missing_keys", f"no dataset {' or '.join(map(repr, missing))} "
-                                            f"(has: {', '.join(sorted(self._h5.keys())) or 'nothing'})")
+            raise ItemError(
+                "missing_keys",
+                f"no dataset {' or '.join(map(repr, missing))} "
+                f"(has: {', '.join(sorted(self._h5.keys())) or 'nothing'})",
+            )
         data, label = self._h5["data"], self._h5["label"]
         if data.ndim != 3 or data.shape[2] != 3:
             raise ItemError("bad_shape", f"'data' has shape {data.shape}, expected [N, P, 3]")

@@ -63,8 +63,9 @@ def check_attrs(h5: h5py.File, path: Path | str) -> None:
     """Raise ``IntegrityError`` if the attributes differ from the digest the writer sealed (files without one pass)."""
     expected = h5.attrs.get("attrs_sha256")
     if expected is not None and attrs_digest(h5.attrs) != expected:
-        raise IntegrityError(f"{path}: the file's attributes do not match their checksum (attrs_sha256): the file "
-                             f"is damaged")
+        raise IntegrityError(
+            f"{path}: the file's attributes do not match their checksum (attrs_sha256): the file is damaged"
+        )
 
 
 def read_ids(h5: h5py.File, path: Path | str) -> list[str]:

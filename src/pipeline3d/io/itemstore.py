@@ -54,8 +54,14 @@ class ItemStoreWriter:
         tmp = self._ctx.__enter__()
         self._h5 = h5py.File(tmp, "w", libver=LIBVER)
         for name, _, trailing, dtype in FIELDS[self.kind]:
-            self._h5.create_dataset(name, shape=(0, *trailing), maxshape=(None, *trailing), dtype=dtype,
-                                    chunks=(65536, *trailing) if trailing else (1 << 20,), **CHECKSUM)
+            self._h5.create_dataset(
+                name,
+                shape=(0, *trailing),
+                maxshape=(None, *trailing),
+                dtype=dtype,
+                chunks=(65536, *trailing) if trailing else (1 << 20,),
+                **CHECKSUM,
+            )
         return self
 
     def add(self, shape_id: str, **arrays: np.ndarray) -> None:
@@ -91,10 +97,17 @@ class ItemStoreWriter:
                 for name, offsets, *_ in FIELDS[self.kind]:
                     counts = np.asarray(self._counts[name], dtype=np.int64)
                     self._h5.create_dataset(offsets, data=counts, chunks=(min(len(counts), 1 << 16),), **CHECKSUM)
-                self._h5.create_dataset("shape_id", data=np.array(self._ids, dtype=object),
-                                        dtype=h5py.string_dtype("utf-8"))
-                self._h5.attrs.update(format=FORMAT, version=VERSION, dataset=self.dataset, kind=self.kind,
-                                      n_items=len(self._ids), ids_sha256=ids_digest(self._ids))
+                self._h5.create_dataset(
+                    "shape_id", data=np.array(self._ids, dtype=object), dtype=h5py.string_dtype("utf-8")
+                )
+                self._h5.attrs.update(
+                    format=FORMAT,
+                    version=VERSION,
+                    dataset=self.dataset,
+                    kind=self.kind,
+                    n_items=len(self._ids),
+                    ids_sha256=ids_digest(self._ids),
+                )
                 seal_attrs(self._h5)
         finally:
             self._h5.close()

@@ -36,8 +36,28 @@ from .rejects import ItemError
 
 MESH_FORMATS = {".off": "off", ".obj": "obj", ".ply": "ply", ".stl": "stl"}
 # 3D formats we recognise but do not read: rejected with unsupported_format instead of silently ignored
-UNSUPPORTED_MESH_SUFFIXES = frozenset({".glb", ".gltf", ".3ds", ".dae", ".fbx", ".blend", ".wrl", ".vrml", ".x3d",
-                                       ".3mf", ".vtk", ".vtp", ".dxf", ".step", ".stp", ".iges", ".igs", ".max"})
+UNSUPPORTED_MESH_SUFFIXES = frozenset(
+    {
+        ".glb",
+        ".gltf",
+        ".3ds",
+        ".dae",
+        ".fbx",
+        ".blend",
+        ".wrl",
+        ".vrml",
+        ".x3d",
+        ".3mf",
+        ".vtk",
+        ".vtp",
+        ".dxf",
+        ".step",
+        ".stp",
+        ".iges",
+        ".igs",
+        ".max",
+    }
+)
 AREA_EPS = 1e-12
 PANDAS_MIN_BYTES = 64 << 10
 
@@ -137,7 +157,7 @@ def _parse_ints(tok: _Tokens, which: np.ndarray | None, what: str, allow_slash: 
     ok = (n_digits >= 1) & (n_digits <= 18) & ((pos == ends) | ((stop == 47) & allow_slash))
     if not bool(ok.all()):
         bad = int(np.flatnonzero(~ok)[0])
-        token = bytes(buf[starts[bad]: ends[bad]])[:40]
+        token = bytes(buf[starts[bad] : ends[bad]])[:40]
         raise ItemError("parse_error", f"{what}: {token!r} is not an integer")
     return np.where(negative, -values, values)
 
@@ -158,8 +178,16 @@ def _parse_numbers(block: bytes, counts: np.ndarray, what: str) -> np.ndarray:
         import pandas as pd
 
         try:
-            arr = pd.read_csv(io.BytesIO(block), sep=r"\s+", header=None, dtype=np.float64, engine="c",
-                              na_filter=False, quoting=3, skip_blank_lines=True).to_numpy()
+            arr = pd.read_csv(
+                io.BytesIO(block),
+                sep=r"\s+",
+                header=None,
+                dtype=np.float64,
+                engine="c",
+                na_filter=False,
+                quoting=3,
+                skip_blank_lines=True,
+            ).to_numpy()
             if arr.shape == (len(counts), k):
                 return np.ascontiguousarray(arr).reshape(-1)
         except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
@@ -220,13 +248,13 @@ def parse_off(data: bytes, max_faces: int | None = None) -> tuple[np.ndarray, np
         raise ItemError("parse_error", "no OFF header")
     if m.group(4) or m.group(5):
         raise ItemError("unsupported_format", "4D / nD OFF variant")
-    body = text[m.end():]
+    body = text[m.end() :]
     line_end = body.find(b"\n")
     rest_of_header = body if line_end < 0 else body[:line_end]
     if rest_of_header.strip().upper().startswith(b"BINARY"):
         raise ItemError("unsupported_format", "binary OFF")
     if rest_of_header[:1] not in (b"", b" ", b"\t", b"\v", b"\f") and not rest_of_header[:1].isdigit():
-        raise ItemError("parse_error", f"bad OFF header {text[:m.end() + 10]!r}")
+        raise ItemError("parse_error", f"bad OFF header {text[: m.end() + 10]!r}")
     counts, newlines = _line_layout(body)
     lines = np.flatnonzero(counts)
     if lines.size == 0:
@@ -241,20 +269,22 @@ def parse_off(data: bytes, max_faces: int | None = None) -> tuple[np.ndarray, np
     if max_faces is not None and n_f > max_faces:
         raise ItemError("too_large", f"{n_f} faces declared, more than max_faces={max_faces}")
     if lines.size < 1 + n_v + n_f:
-        raise ItemError("parse_error", f"truncated: header declares {n_v} vertices and {n_f} faces, "
-                                       f"found {lines.size - 1} data lines")
+        raise ItemError(
+            "parse_error",
+            f"truncated: header declares {n_v} vertices and {n_f} faces, found {lines.size - 1} data lines",
+        )
     if lines.size > 1 + n_v + n_f:
         raise ItemError("parse_error", f"{lines.size - 1 - n_v - n_f} unexpected lines after the faces")
     if n_v == 0 or n_f == 0:
         raise ItemError("empty", f"{n_v} vertices, {n_f} faces")
-    v_lines = lines[1: 1 + n_v]
+    v_lines = lines[1 : 1 + n_v]
     v_counts = counts[v_lines]
     if int(v_counts.min()) < 3:
         raise ItemError("parse_error", "a vertex line has fewer than 3 values")
     v_values = _parse_numbers(_block(body, newlines, int(v_lines[0]), int(v_lines[-1])), v_counts, "vertices")
     vertices = _first3(v_values, v_counts)
 
-    f_lines = lines[1 + n_v:]
+    f_lines = lines[1 + n_v :]
     f_counts = counts[f_lines]
     f_values = _parse_numbers(_block(body, newlines, int(f_lines[0]), int(f_lines[-1])), f_counts, "faces")
     first = np.concatenate(([0], np.cumsum(f_counts)[:-1]))  # each face's corner count

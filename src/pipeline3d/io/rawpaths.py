@@ -30,6 +30,7 @@ def raw_input_problems(datasets: Mapping[str, Mapping[str, Any]], produced: Coll
 
     ``produced``: paths the workflow itself writes (the demo generator's outputs), which need not exist yet.
     """
+
     def within(path: str, root: str) -> bool:
         path, root = os.path.normpath(path), os.path.normpath(root)
         return path == root or path.startswith(root + os.sep)
@@ -46,8 +47,10 @@ def raw_input_problems(datasets: Mapping[str, Mapping[str, Any]], produced: Coll
             if made_here(path) or any(within(path, r) for r in missing_roots):
                 continue
             if not os.path.exists(path):  # a file a format expects inside an existing folder
-                problems.append(f"datasets.{name}.path: {path} does not exist (expected in a {ds['format']} "
-                                f"folder of variant {ds.get('variant')})")
+                problems.append(
+                    f"datasets.{name}.path: {path} does not exist (expected in a {ds['format']} "
+                    f"folder of variant {ds.get('variant')})"
+                )
             elif not os.access(path, os.R_OK) or (os.path.isdir(path) and not os.access(path, os.X_OK)):
                 problems.append(f"datasets.{name}.path: {path} is not readable")
     return problems

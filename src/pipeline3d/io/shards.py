@@ -18,11 +18,21 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .cache_schema import ARRAYS, PRIMITIVE_ARRAYS, array_spec, kind_arrays
 from ..versions import CACHE_SCHEMA_VERSION
 from .atomic import atomic_path
-from .h5integrity import (CHECKSUM, LIBVER, READ_ERRORS, IntegrityError, check_attrs, damaged_datasets, ids_digest,
-                          read_failure, read_ids, seal_attrs)
+from .cache_schema import ARRAYS, PRIMITIVE_ARRAYS, array_spec, kind_arrays
+from .h5integrity import (
+    CHECKSUM,
+    LIBVER,
+    READ_ERRORS,
+    IntegrityError,
+    check_attrs,
+    damaged_datasets,
+    ids_digest,
+    read_failure,
+    read_ids,
+    seal_attrs,
+)
 
 FORMAT = "pipeline3d-cache"
 # cache.compression -> h5py (filter, level). gzip at level 1: as small as lzf's output or smaller and as fast to read
@@ -53,8 +63,18 @@ def shard_of(shape_id: str, n_shards: int) -> int:
 class ShardWriter:
     """Write rows (one shape each) into a new shard; atomic: nothing appears at ``path`` unless closed cleanly."""
 
-    def __init__(self, path, *, dataset: str, shard: int, n_shards: int, kind: str, profile: dict,
-                 compression: str | dict[str, str] = "gzip", keys: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        path,
+        *,
+        dataset: str,
+        shard: int,
+        n_shards: int,
+        kind: str,
+        profile: dict,
+        compression: str | dict[str, str] = "gzip",
+        keys: tuple[str, ...] | None = None,
+    ):
         self.path = Path(path)
         self.dataset, self.shard, self.n_shards, self.kind, self.profile = dataset, shard, n_shards, kind, profile
         # ``keys`` restricts the shard to a subset (per-primitive stores physically lack the other arrays).
@@ -63,8 +83,9 @@ class ShardWriter:
         self.compression = compression
         codecs = set(compression.values()) if isinstance(compression, dict) else {compression}
         if codecs - set(CODECS):
-            raise ValueError(f"unknown shard compression {sorted(codecs - set(CODECS))} "
-                             f"(cache.compression: one of {sorted(CODECS)})")
+            raise ValueError(
+                f"unknown shard compression {sorted(codecs - set(CODECS))} (cache.compression: one of {sorted(CODECS)})"
+            )
         self._ids: list[str] = []
         self.failed: list[tuple[str, str, str]] = []  # shapes that could not be cached: (shape_id, reason, detail)
 
@@ -77,10 +98,16 @@ class ShardWriter:
             shape, dtype = array_spec(key, self.profile)
             codec = self.compression.get(key, "none") if isinstance(self.compression, dict) else self.compression
             compression, level = CODECS[codec]
-            self._datasets[key] = self._h5.create_dataset(key, shape=(0, *shape), maxshape=(None, *shape),
-                                                          dtype=dtype, chunks=(1, *shape),
-                                                          compression=compression, compression_opts=level,
-                                                          **CHECKSUM)
+            self._datasets[key] = self._h5.create_dataset(
+                key,
+                shape=(0, *shape),
+                maxshape=(None, *shape),
+                dtype=dtype,
+                chunks=(1, *shape),
+                compression=compression,
+                compression_opts=level,
+                **CHECKSUM,
+            )
         return self
 
     def append(self, shape_id: str, arrays: dict[str, np.ndarray]) -> None:
@@ -107,13 +134,22 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
-                self._h5.create_dataset("shape_id", data=np.array(self._ids, dtype=object),
-                                        dtype=h5py.string_dtype("utf-8"))
+                self._h5.create_dataset(
+                    "shape_id", data=np.array(self._ids, dtype=object), dtype=h5py.string_dtype("utf-8")
+                )
                 self._h5.attrs.update(
-                    format=FORMAT, schema_version=CACHE_SCHEMA_VERSION, dataset=self.dataset, shard=self.shard,
-                    n_shards=self.n_shards, kind=self.kind, profile=json.dumps(self.profile, sort_keys=True),
-                    profile_hash=profile_hash(self.profile), n_rows=len(self._ids), arrays=json.dumps(list(self.keys)),
-                    failed=json.dumps(self.failed), ids_sha256=ids_digest(self._ids),
+                    format=FORMAT,
+                    schema_version=CACHE_SCHEMA_VERSION,
+                    dataset=self.dataset,
+                    shard=self.shard,
+                    n_shards=self.n_shards,
+                    kind=self.kind,
+                    profile=json.dumps(self.profile, sort_keys=True),
+                    profile_hash=profile_hash(self.profile),
+                    n_rows=len(self._ids),
+                    arrays=json.dumps(list(self.keys)),
+                    failed=json.dumps(self.failed),
+                    ids_sha256=ids_digest(self._ids),
                 )
                 # Written last: a file without it was never finished.
                 self._h5.attrs["complete"] = 1
@@ -123,8 +159,9 @@ class ShardWriter:
             self._ctx.__exit__(exc_type, exc, tb)
 
 
-def validate_shard(path, *, dataset: str | None = None, shard: int | None = None, profile: dict | None = None,
-                   deep: bool = False) -> str | None:
+def validate_shard(
+    path, *, dataset: str | None = None, shard: int | None = None, profile: dict | None = None, deep: bool = False
+) -> str | None:
     """Return None if ``path`` is a complete shard matching the expectations, else the reason it is not."""
     path = Path(path)
     if not path.exists():

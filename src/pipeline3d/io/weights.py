@@ -58,20 +58,25 @@ def read_sidecar(json_path: str | Path, *, fmt: str, version: int | None, what: 
         sidecar = {}
     if sidecar.get("format") != fmt or (version is not None and sidecar.get("format_version") != version):
         wanted = fmt if version is None else f"{fmt} v{version}"
-        raise ValueError(f"{json_path}: not a {wanted} description "
-                         f"(format {sidecar.get('format')!r} v{sidecar.get('format_version')!r})")
+        raise ValueError(
+            f"{json_path}: not a {wanted} description "
+            f"(format {sidecar.get('format')!r} v{sidecar.get('format_version')!r})"
+        )
     return sidecar
 
 
 def check_sha256(path: str | Path, expected: Any, described_by: str | Path) -> None:
     actual = file_sha256(path)
     if actual != expected:
-        raise IntegrityError(f"{path}: sha256 {actual[:12]} does not match {described_by} ({str(expected)[:12]}); "
-                             "the weights are damaged or do not belong to this description")
+        raise IntegrityError(
+            f"{path}: sha256 {actual[:12]} does not match {described_by} ({str(expected)[:12]}); "
+            "the weights are damaged or do not belong to this description"
+        )
 
 
-def load_verified(path: str | Path, expected_sha256: Any, described_by: str | Path, *,
-                  device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_verified(
+    path: str | Path, expected_sha256: Any, described_by: str | Path, *, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """The tensors of ``path`` after checking its sha256 against the one its description records."""
     from safetensors.torch import load_file
 

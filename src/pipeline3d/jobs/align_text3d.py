@@ -37,16 +37,16 @@ from ..embed.captions import CaptionTable, class_prompts, manifest_captions
 from ..embed.text3d_alignment import save_alignment
 from ..embed.vectors import read_vectors
 from ..eval.retrieval import recall_at_k
-from ..models.heads import ProjectionHead
-from ..models.text_tower import PartiallyFrozenTextTower
-from ..objectives.text3d_alignment import TextShapeAlignment
-from ..objectives.infonce import SymmetricInfoNCE
-from ..rng import rng_for, stable_hash
-from ..train.loop import EpochData, TrainConfig, TrainResult, train
-from ..train.checkpoint import run_fingerprint
-from ..train.wandb_sink import metrics_sinks
 from ..io.tables import read_parquet
 from ..log import git_describe
+from ..models.heads import ProjectionHead
+from ..models.text_tower import PartiallyFrozenTextTower
+from ..objectives.infonce import SymmetricInfoNCE
+from ..objectives.text3d_alignment import TextShapeAlignment
+from ..rng import rng_for, stable_hash
+from ..train.checkpoint import run_fingerprint
+from ..train.loop import EpochData, TrainConfig, TrainResult, train
+from ..train.wandb_sink import metrics_sinks
 
 STAGE = "align_text3d"
 VAL_KS = (1, 5, 10)
@@ -56,6 +56,7 @@ EVAL_BATCH = 64
 
 
 # ---- inputs -----------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ShapeSet:
@@ -77,8 +78,10 @@ def shape_set(embeddings_path: str | Path, table: pd.DataFrame) -> ShapeSet:
     ids = table["shape_id"].astype(str).tolist()
     missing = [s for s in ids if s not in row]
     if missing:
-        raise ValueError(f"{embeddings_path}: no vector for {len(missing)} of {len(ids)} shapes, e.g. {missing[:3]} "
-                         "(embeddings of another dataset or an older split?)")
+        raise ValueError(
+            f"{embeddings_path}: no vector for {len(missing)} of {len(ids)} shapes, e.g. {missing[:3]} "
+            "(embeddings of another dataset or an older split?)"
+        )
     vectors = np.ascontiguousarray(emb.vectors[[row[s] for s in ids]], dtype=np.float32)
     return ShapeSet(ids, vectors, table["label"].to_numpy(dtype=np.int64))
 
@@ -97,17 +100,29 @@ def load_captions(params: Mapping[str, Any], files: Mapping[str, Any]) -> Captio
     if spec:
         path = files.get("captions_manifest")
         if not path:
-            raise ValueError(f"align_text3d.captions takes captions from dataset {spec.get('dataset')!r}, but no "
-                             "captions_manifest input was given")
-        return manifest_captions(path, field=spec.get("field", "caption"), shape_field=spec.get("shape_field", "shape"),
-                                 mesh_dataset=params["dataset"], shape_labels=labels)
+            raise ValueError(
+                f"align_text3d.captions takes captions from dataset {spec.get('dataset')!r}, but no "
+                "captions_manifest input was given"
+            )
+        return manifest_captions(
+            path,
+            field=spec.get("field", "caption"),
+            shape_field=spec.get("shape_field", "shape"),
+            mesh_dataset=params["dataset"],
+            shape_labels=labels,
+        )
     templates = params["text"].get("templates") or []
     return class_prompts(_class_names(files["manifest"]), list(labels.values()), templates)
 
 
 def text_backbone(text_cfg: Mapping[str, Any], seed: int) -> TextBackbone:
-    return build_text_backbone(text_cfg["model"], text_cfg.get("weights"), config_key="embed.text.weights",
-                               allow_random_init=bool(text_cfg.get("random_init", False)), seed=seed)
+    return build_text_backbone(
+        text_cfg["model"],
+        text_cfg.get("weights"),
+        config_key="embed.text.weights",
+        allow_random_init=bool(text_cfg.get("random_init", False)),
+        seed=seed,
+    )
 
 
 def tokenize(backbone: TextBackbone, texts: Sequence[str]) -> tuple[torch.Tensor, np.ndarray]:
@@ -120,22 +135,31 @@ def tokenize(backbone: TextBackbone, texts: Sequence[str]) -> tuple[torch.Tensor
 
 # ---- model --------------------------------------------------------------------------------------------------------
 
+
 def projection_config(align: Mapping[str, Any], in_dim: int, out_dim: int) -> dict[str, Any]:
-    return {"in_dim": int(in_dim), "out_dim": int(out_dim), "hidden": int(align["hidden"]),
-            "layers": int(align.get("layers", 2)), "dropout": float(align.get("dropout", 0.0)), "normalize": True,
-            "standardize": bool(align.get("standardize", True))}
+    return {
+        "in_dim": int(in_dim),
+        "out_dim": int(out_dim),
+        "hidden": int(align["hidden"]),
+        "layers": int(align.get("layers", 2)),
+        "dropout": float(align.get("dropout", 0.0)),
+        "normalize": True,
+        "standardize": bool(align.get("standardize", True)),
+    }
 
 
-def build_model(backbone: TextBackbone, align: Mapping[str, Any], shape_dim: int, *, seed: int,
-                key: str) -> tuple[TextShapeAlignment, dict[str, Any]]:
+def build_model(
+    backbone: TextBackbone, align: Mapping[str, Any], shape_dim: int, *, seed: int, key: str
+) -> tuple[TextShapeAlignment, dict[str, Any]]:
     """The objective with a projection initialised from (seed, key); returns it and the projection config."""
     tower = PartiallyFrozenTextTower(backbone.model, int(align.get("trainable_blocks", 4)))
     config = projection_config(align, shape_dim, backbone.dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(rng_for(seed, STAGE, f"{key}|projection").integers(0, 2**63 - 1)))
         projection = ProjectionHead(**config)
-    loss = SymmetricInfoNCE(init_temperature=float(align.get("init_temperature", 0.07)),
-                            max_scale=float(align.get("max_scale", 100.0)))
+    loss = SymmetricInfoNCE(
+        init_temperature=float(align.get("init_temperature", 0.07)), max_scale=float(align.get("max_scale", 100.0))
+    )
     head_scale = float(align.get("head_lr", align["lr"])) / float(align["lr"])
     return TextShapeAlignment(tower, projection, loss, head_lr_scale=head_scale), config
 
@@ -146,7 +170,7 @@ def encode_texts(tower: PartiallyFrozenTextTower, tokens: torch.Tensor, batch_si
     was = tower.training
     tower.train(False)
     device = model_device(tower)
-    out = [to_host(tower.encode(tokens[i:i + batch_size].to(device))) for i in range(0, tokens.shape[0], batch_size)]
+    out = [to_host(tower.encode(tokens[i : i + batch_size].to(device))) for i in range(0, tokens.shape[0], batch_size)]
     tower.train(was)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), dtype=np.float32)
 
@@ -157,13 +181,14 @@ def project_shapes(projection: ProjectionHead, vectors: np.ndarray, batch_size: 
     projection.eval()
     x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     device = model_device(projection)
-    out = [to_host(projection(x[i:i + batch_size].to(device))) for i in range(0, x.shape[0], batch_size)]
+    out = [to_host(projection(x[i : i + batch_size].to(device))) for i in range(0, x.shape[0], batch_size)]
     projection.train(was)
     return np.concatenate(out).astype(np.float32)
 
 
-def retrieval_scores(text: np.ndarray, shapes: np.ndarray, relevant: np.ndarray,
-                     ks: Sequence[int]) -> dict[str, dict[str, float]]:
+def retrieval_scores(
+    text: np.ndarray, shapes: np.ndarray, relevant: np.ndarray, ks: Sequence[int]
+) -> dict[str, dict[str, float]]:
     """Recall@K both ways: text->mesh (captions query the shapes) and mesh->text (shapes query the captions)."""
     sim = text.astype(np.float64) @ shapes.astype(np.float64).T
     t2m = recall_at_k(sim, relevant, ks)
@@ -176,6 +201,7 @@ def selection_score(scores: Mapping[str, Mapping[str, float]]) -> float:
 
 
 # ---- training data ------------------------------------------------------------------------------------------------
+
 
 class PairEpochs:
     """Per epoch: every training shape once (keyed order) with one of its captions (keyed draw)."""
@@ -190,14 +216,25 @@ class PairEpochs:
     def pairs(self, epoch: int) -> list[tuple[int, int]]:
         """(shape index, caption index) pairs of ``epoch`` in visiting order."""
         if self._cache is None or self._cache[0] != epoch:
-            order = sorted(range(len(self.shape_ids)), key=lambda i: (
-                stable_hash(f"{STAGE}|order|{self.key}|seed={self.seed}|epoch={epoch}|{self.shape_ids[i]}"),
-                self.shape_ids[i]))
+            order = sorted(
+                range(len(self.shape_ids)),
+                key=lambda i: (
+                    stable_hash(f"{STAGE}|order|{self.key}|seed={self.seed}|epoch={epoch}|{self.shape_ids[i]}"),
+                    self.shape_ids[i],
+                ),
+            )
             pairs = []
             for i in order:
                 cands = self.candidates[i]
-                pick = 0 if len(cands) == 1 else int(
-                    rng_for(self.seed, f"{STAGE}.caption", f"{self.shape_ids[i]}|epoch={epoch}").integers(len(cands)))
+                pick = (
+                    0
+                    if len(cands) == 1
+                    else int(
+                        rng_for(self.seed, f"{STAGE}.caption", f"{self.shape_ids[i]}|epoch={epoch}").integers(
+                            len(cands)
+                        )
+                    )
+                )
                 pairs.append((i, int(cands[pick])))
             self._cache = (epoch, pairs)
         return self._cache[1]
@@ -216,12 +253,21 @@ def make_collate(vectors: np.ndarray, tokens: torch.Tensor, token_row: np.ndarra
 
 # ---- validation hook ------------------------------------------------------------------------------------------
 
+
 class BestRetrieval:
     """A loop hook: every ``every`` steps, Recall@K both ways on the validation fold; keeps the best trainable
     state by mean R@5 (strictly better wins). Its state (best score/step/weights, history) is checkpointed."""
 
-    def __init__(self, shapes: ShapeSet, captions: CaptionTable, tokens: torch.Tensor, token_row: np.ndarray, *,
-                 every: int, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        shapes: ShapeSet,
+        captions: CaptionTable,
+        tokens: torch.Tensor,
+        token_row: np.ndarray,
+        *,
+        every: int,
+        log: logging.Logger,
+    ) -> None:
         self.shapes, self.captions, self.tokens, self.token_row = shapes, captions, tokens, token_row
         self.relevant = captions.relevance(shapes.ids, shapes.labels)
         self.every, self.log = every, log
@@ -240,14 +286,28 @@ class BestRetrieval:
         if score > self.best_score:
             self.best_score, self.best_step = score, int(step)
             self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        self.log.info("step %d | val t2m R@1/5/10 %s | m2t %s | score %.4f | best %.4f at step %d", step,
-                      _fmt(scores["t2m"]), _fmt(scores["m2t"]), score, self.best_score, self.best_step)
-        return {"val_t2m_r5": scores["t2m"][f"R@{SELECT_K}"], "val_m2t_r5": scores["m2t"][f"R@{SELECT_K}"],
-                "val_score": score}
+        self.log.info(
+            "step %d | val t2m R@1/5/10 %s | m2t %s | score %.4f | best %.4f at step %d",
+            step,
+            _fmt(scores["t2m"]),
+            _fmt(scores["m2t"]),
+            score,
+            self.best_score,
+            self.best_step,
+        )
+        return {
+            "val_t2m_r5": scores["t2m"][f"R@{SELECT_K}"],
+            "val_m2t_r5": scores["m2t"][f"R@{SELECT_K}"],
+            "val_score": score,
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_score": self.best_score, "best_step": self.best_step, "best_state": self.best_state or {},
-                "history": json.dumps(self.history)}
+        return {
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "best_state": self.best_state or {},
+            "history": json.dumps(self.history),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best_score, self.best_step = float(state["best_score"]), int(state["best_step"])
@@ -260,6 +320,7 @@ def _fmt(recalls: Mapping[str, float]) -> str:
 
 
 # ---- one fold -------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class AlignmentRun:
@@ -279,8 +340,14 @@ def fold_split(kfold_path: str | Path, fold: int) -> tuple[pd.DataFrame, pd.Data
     return table[table["fold"] != fold], table[table["fold"] == fold]
 
 
-def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, *,
-        log: logging.Logger, extra_hooks: Sequence[Any] = ()) -> tuple[AlignmentRun | None, TrainResult]:
+def run(
+    params: Mapping[str, Any],
+    files: Mapping[str, Any],
+    state_dir: str | Path,
+    *,
+    log: logging.Logger,
+    extra_hooks: Sequence[Any] = (),
+) -> tuple[AlignmentRun | None, TrainResult]:
     """Train one fold; returns (run, result), run None when interrupted (or not the main process).
     ``extra_hooks`` run after the validation hook (tests: a signal at a given step)."""
     align, seed, fold = params["align"], int(params["seed"]), int(params["fold"])
@@ -296,16 +363,25 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     if not has.any():
         raise ValueError(f"{key}: none of the {len(train_shapes)} training shapes has a caption ({captions.source})")
     if not has.all():
-        log.info("%s: %d of %d training shapes have no caption and are not used", key, int((~has).sum()),
-                 len(train_shapes))
-    train_shapes = ShapeSet([s for s, h in zip(train_shapes.ids, has) if h], train_shapes.vectors[has],
-                            train_shapes.labels[has])
+        log.info(
+            "%s: %d of %d training shapes have no caption and are not used", key, int((~has).sum()), len(train_shapes)
+        )
+    train_shapes = ShapeSet(
+        [s for s, h in zip(train_shapes.ids, has) if h], train_shapes.vectors[has], train_shapes.labels[has]
+    )
     per_shape = [c for c, h in zip(per_shape, has) if h]
     val_captions = captions.for_shapes(val_shapes.ids, val_shapes.labels)
     if len(val_captions) == 0:
         raise ValueError(f"{key}: no caption describes a shape of validation fold {fold} ({len(val_shapes)} shapes)")
-    log.info("%s: %s | train %d shapes (%d captions) | val %d shapes, %d captions", key, captions.source,
-             len(train_shapes), int(sum(len(c) for c in per_shape)), len(val_shapes), len(val_captions))
+    log.info(
+        "%s: %s | train %d shapes (%d captions) | val %d shapes, %d captions",
+        key,
+        captions.source,
+        len(train_shapes),
+        int(sum(len(c) for c in per_shape)),
+        len(val_shapes),
+        len(val_captions),
+    )
 
     backbone = text_backbone(params["text"], seed)
     model, proj_config = build_model(backbone, align, train_shapes.vectors.shape[1], seed=seed, key=key)
@@ -319,54 +395,99 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
         raise ValueError(f"{key}: contrastive training needs at least 2 shapes per batch, have {len(train_shapes)}")
     steps = int(align["steps"])
     every = max(1, min(int(align["eval_every"]), steps))
-    cfg = TrainConfig(steps=steps, batch_size=batch, lr=float(align["lr"]),
-                      weight_decay=float(align.get("weight_decay", 0.01)),
-                      warmup_steps=int(round(float(align.get("warmup_frac", 0.05)) * steps)), min_lr_ratio=0.01,
-                      clip_grad=1.0, checkpoint_every=int(align.get("checkpoint_every") or every),
-                      log_every=min(every, 50), seed=seed)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=batch,
+        lr=float(align["lr"]),
+        weight_decay=float(align.get("weight_decay", 0.01)),
+        warmup_steps=int(round(float(align.get("warmup_frac", 0.05)) * steps)),
+        min_lr_ratio=0.01,
+        clip_grad=1.0,
+        checkpoint_every=int(align.get("checkpoint_every") or every),
+        log_every=min(every, 50),
+        seed=seed,
+    )
     hook = BestRetrieval(val_shapes, val_captions, val_tokens, val_row, every=every, log=log)
     hook(0, model)  # the untrained model's score: the baseline, and a candidate (a resume overwrites it)
     epochs = PairEpochs(train_shapes.ids, per_shape, seed=seed, key=key)
-    result = train(model, EpochData(lambda epoch: epochs.pairs(epoch), make_collate(train_shapes.vectors, tokens,
-                                                                                      token_row)),
-                   cfg, state_dir, config_hash=run_fingerprint(params, files), log=log,
-                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=[hook, *extra_hooks],
-                   sinks=metrics_sinks(params, state_dir, log=log))
+    result = train(
+        model,
+        EpochData(lambda epoch: epochs.pairs(epoch), make_collate(train_shapes.vectors, tokens, token_row)),
+        cfg,
+        state_dir,
+        config_hash=run_fingerprint(params, files),
+        log=log,
+        metrics_path=Path(state_dir) / "train_log.jsonl",
+        hooks=[hook, *extra_hooks],
+        sinks=metrics_sinks(params, state_dir, log=log),
+    )
     if result.interrupted or not result.is_main:
         return None, result
     model.load_state_dict(hook.best_state)
     model.eval()
     best = next(h for h in hook.history if h["step"] == hook.best_step)
     metrics = {
-        "dataset": params["dataset"], "method": params["method"], "fold": fold, "seed": seed,
-        "caption_source": captions.source, "steps": result.steps, "best_step": hook.best_step,
+        "dataset": params["dataset"],
+        "method": params["method"],
+        "fold": fold,
+        "seed": seed,
+        "caption_source": captions.source,
+        "steps": result.steps,
+        "best_step": hook.best_step,
         "selection": f"mean(t2m R@{SELECT_K}, m2t R@{SELECT_K}) on validation fold {fold}",
         "val": {"t2m": best["t2m"], "m2t": best["m2t"], "score": best["score"]},
         "initial_val_score": hook.history[0]["score"],
         "history": hook.history,
         "temperature": model.loss.temperature,
-        "train_shapes": len(train_shapes), "val_shapes": len(val_shapes), "val_captions": len(val_captions),
-        "text": {"model": params["text"]["model"], "weights_sha256": backbone.weights.sha256,
-                 "trainable_blocks": model.text_tower.trainable_blocks, "n_blocks": model.text_tower.layout.n_blocks},
+        "train_shapes": len(train_shapes),
+        "val_shapes": len(val_shapes),
+        "val_captions": len(val_captions),
+        "text": {
+            "model": params["text"]["model"],
+            "weights_sha256": backbone.weights.sha256,
+            "trainable_blocks": model.text_tower.trainable_blocks,
+            "n_blocks": model.text_tower.layout.n_blocks,
+        },
     }
     return AlignmentRun(model, backbone, proj_config, metrics), result
 
 
-def stage(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, out: Mapping[str, str],
-          log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult]:
+def stage(
+    params: Mapping[str, Any],
+    files: Mapping[str, Any],
+    state_dir: str | Path,
+    out: Mapping[str, str],
+    log: logging.Logger,
+) -> tuple[dict[str, Any] | None, TrainResult]:
     """The align_text3d job: train one fold and publish the alignment (``out``: projection, text_tower, head_json,
     metrics)."""
     run_, result = run(params, files, state_dir, log=log)
     if run_ is None:
         return None, result
-    save_alignment(run_.model, run_.backbone, out["projection"], out["text_tower"], out["head_json"],
-                   projection_config=run_.projection_config, text_config=params["text"], seed=int(params["seed"]),
-                   extra={"dataset": params["dataset"], "method": params["method"], "fold": int(params["fold"]),
-                          "best_step": run_.metrics["best_step"], "val": run_.metrics["val"], "git": git_describe()})
+    save_alignment(
+        run_.model,
+        run_.backbone,
+        out["projection"],
+        out["text_tower"],
+        out["head_json"],
+        projection_config=run_.projection_config,
+        text_config=params["text"],
+        seed=int(params["seed"]),
+        extra={
+            "dataset": params["dataset"],
+            "method": params["method"],
+            "fold": int(params["fold"]),
+            "best_step": run_.metrics["best_step"],
+            "val": run_.metrics["val"],
+            "git": git_describe(),
+        },
+    )
     return run_.metrics, result
 
 
 def summary(metrics: Mapping[str, Any]) -> str:
     val = metrics["val"]
-    return (f"fold {metrics['fold']}: best step {metrics['best_step']} | val t2m R@5 {val['t2m']['R@5']:.4f} | "
-            f"m2t R@5 {val['m2t']['R@5']:.4f} | temperature {metrics['temperature']:.4f}")
+    return (
+        f"fold {metrics['fold']}: best step {metrics['best_step']} | val t2m R@5 {val['t2m']['R@5']:.4f} | "
+        f"m2t R@5 {val['m2t']['R@5']:.4f} | temperature {metrics['temperature']:.4f}"
+    )

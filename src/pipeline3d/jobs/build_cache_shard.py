@@ -6,15 +6,17 @@ import logging
 import time
 from pathlib import Path
 
-from ..io.itemstore import ItemStore
-from ..io.shards import ShardWriter, array_codecs, shard_of
-from ..log import Progress
-from ..io.cache_schema import profile_of
 from ..data.cache.build import CacheProfile, StageTimer, cache_mesh, cache_pointcloud
 from ..data.cache.errors import ShapeError
+from ..io.cache_schema import profile_of
+from ..io.itemstore import ItemStore
+from ..io.shards import ShardWriter, array_codecs, shard_of
 from ..io.tables import read_parquet
+from ..log import Progress
 
 CACHEABLE_KINDS = ("mesh", "pointcloud")
+
+
 class ShardJobError(ValueError):
     """A problem with the job's inputs or configuration (not with one shape)."""
 
@@ -26,13 +28,21 @@ def shard_ids(manifest_path: str | Path, store: ItemStore, shard: int, n_shards:
     except (OSError, ValueError, KeyError) as exc:
         raise ShardJobError(f"{manifest_path}: cannot read the manifest's shape_id column: {exc}") from exc
     if ids != store.shape_ids:
-        raise ShardJobError(f"{manifest_path} and {store.path} disagree ({len(ids)} vs {len(store.shape_ids)} "
-                            "shape ids, or a different order): rebuild the ingest outputs together")
+        raise ShardJobError(
+            f"{manifest_path} and {store.path} disagree ({len(ids)} vs {len(store.shape_ids)} "
+            "shape ids, or a different order): rebuild the ingest outputs together"
+        )
     return [sid for sid in ids if shard_of(sid, n_shards) == shard]
 
 
-def build_shard(params: dict, shard: int, manifest_path: str | Path, items_path: str | Path, out_path: str | Path,
-                logger: logging.Logger) -> tuple[int, list[tuple[str, str, str]], dict[str, float]]:
+def build_shard(
+    params: dict,
+    shard: int,
+    manifest_path: str | Path,
+    items_path: str | Path,
+    out_path: str | Path,
+    logger: logging.Logger,
+) -> tuple[int, list[tuple[str, str, str]], dict[str, float]]:
     """Write the shard; returns (shapes cached, failures (shape_id, reason, detail), seconds per stage)."""
     cache = params["cache"]
     n_shards = int(cache["shards"])
@@ -46,12 +56,20 @@ def build_shard(params: dict, shard: int, manifest_path: str | Path, items_path:
         if store.kind not in CACHEABLE_KINDS:
             raise ShardJobError(f"{items_path}: a {store.kind!r} dataset has no shape cache")
         ids = shard_ids(manifest_path, store, shard, n_shards)
-        logger.info("shard %d/%d of %s: %d of %d %s items", shard, n_shards, params["dataset"], len(ids),
-                    len(store), store.kind)
+        logger.info(
+            "shard %d/%d of %s: %d of %d %s items", shard, n_shards, params["dataset"], len(ids), len(store), store.kind
+        )
         progress = Progress(logger, len(ids), "cached", every=100)
         start = time.perf_counter()
-        with ShardWriter(out_path, dataset=params["dataset"], shard=shard, n_shards=n_shards, kind=store.kind,
-                         profile=profile_of(cache), compression=array_codecs(cache["compression"])) as writer:
+        with ShardWriter(
+            out_path,
+            dataset=params["dataset"],
+            shard=shard,
+            n_shards=n_shards,
+            kind=store.kind,
+            profile=profile_of(cache),
+            compression=array_codecs(cache["compression"]),
+        ) as writer:
             for shape_id in ids:
                 try:
                     with timer("load"):

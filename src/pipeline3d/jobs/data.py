@@ -28,20 +28,36 @@ def component_rows(i: int, part: Mapping[str, Any], files: Mapping[str, Any]) ->
         labels = ttv_labels(files[f"c{i}_split"], part["split"])
         return cached_rows(labels, files[f"c{i}_index"], files[f"c{i}_shards"])
     except KeyError as exc:
-        raise ValueError(f"corpus component {i} ({part['dataset']}/{part['split']}): the job was given no {exc} "
-                         "input") from None
+        raise ValueError(
+            f"corpus component {i} ({part['dataset']}/{part['split']}): the job was given no {exc} input"
+        ) from None
 
 
-def corpus_datasets(corpus: Sequence[Mapping[str, Any]], files: Mapping[str, Any], tok_cfg: Mapping[str, Any], *,
-                    seed: int, occ_grid: int = 0, two_views: bool = False,
-                    augment: Mapping[str, Any] | None = None) -> list[tuple[ShapeTokenDataset, float]]:
+def corpus_datasets(
+    corpus: Sequence[Mapping[str, Any]],
+    files: Mapping[str, Any],
+    tok_cfg: Mapping[str, Any],
+    *,
+    seed: int,
+    occ_grid: int = 0,
+    two_views: bool = False,
+    augment: Mapping[str, Any] | None = None,
+) -> list[tuple[ShapeTokenDataset, float]]:
     """(dataset, weight) per corpus component, in training mode. An empty component is an error, named."""
     out = []
     for i, part in enumerate(corpus):
         rows = component_rows(i, part, files)
         if not rows:
             raise ValueError(f"corpus component {i} ({part['dataset']}/{part['split']}) has no shapes")
-        ds = ShapeTokenDataset(entries_of(rows), part["backend"], tok_cfg, seed=seed, mode="train",
-                               occ_grid=occ_grid, two_views=two_views, augment=augment)
+        ds = ShapeTokenDataset(
+            entries_of(rows),
+            part["backend"],
+            tok_cfg,
+            seed=seed,
+            mode="train",
+            occ_grid=occ_grid,
+            two_views=two_views,
+            augment=augment,
+        )
         out.append((ds, float(part.get("weight", 1.0))))
     return out

@@ -42,12 +42,19 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
 def run(params: Mapping[str, Any], files: Mapping[str, Any], *, log: logging.Logger) -> dict[str, Any]:
     """The descriptor floor on the per-class K-shot split of ``params`` (files: manifest, ttv, fewshot, index,
     shards)."""
-    return run_with_split(params, files, finetune.fewshot_split(params, files),
-                          finetune.class_names(files["manifest"]), log=log)
+    return run_with_split(
+        params, files, finetune.fewshot_split(params, files), finetune.class_names(files["manifest"]), log=log
+    )
 
 
-def run_with_split(params: Mapping[str, Any], files: Mapping[str, Any], labels: Mapping[str, Mapping[str, int]],
-                   names: list[str], *, log: logging.Logger) -> dict[str, Any]:
+def run_with_split(
+    params: Mapping[str, Any],
+    files: Mapping[str, Any],
+    labels: Mapping[str, Mapping[str, int]],
+    names: list[str],
+    *,
+    log: logging.Logger,
+) -> dict[str, Any]:
     """Fit on ``labels["train"]``, choose C on ``labels["val"]`` (may be empty), test on ``labels["test"]``.
 
     ``labels`` maps role -> {shape id: label in 0..len(names)-1}; ``params`` holds ``finetune`` (``backend``,
@@ -57,31 +64,49 @@ def run_with_split(params: Mapping[str, Any], files: Mapping[str, Any], labels: 
     key = params.get("key") or f"{params['dataset']}|{method}|k{k}|s{seed}"
     opts = settings(params)
     feature_knobs = {name: opts[name] for name in descriptor.DEFAULTS}
-    split = {role: cached_rows(dict(labels.get(role, {})), files["index"], files["shards"])
-             for role in ("train", "val", "test")}
+    split = {
+        role: cached_rows(dict(labels.get(role, {})), files["index"], files["shards"])
+        for role in ("train", "val", "test")
+    }
     if not split["train"] or not split["test"]:
         raise ValueError(f"{key}: empty train ({len(split['train'])}) or test ({len(split['test'])}) set")
-    log.info("%s: train %d, val %d, test %d shapes, %d classes", key,
-             *(len(split[r]) for r in ("train", "val", "test")), len(names))
+    log.info(
+        "%s: train %d, val %d, test %d shapes, %d classes",
+        key,
+        *(len(split[r]) for r in ("train", "val", "test")),
+        len(names),
+    )
     backend = ft["backend"]
-    x = {role: descriptor.descriptor_features(rows, seed=seed, backend=backend, knobs=feature_knobs)
-         for role, rows in split.items()}
+    x = {
+        role: descriptor.descriptor_features(rows, seed=seed, backend=backend, knobs=feature_knobs)
+        for role, rows in split.items()
+    }
     y = {role: np.array([r.label for r in rows], dtype=np.int64) for role, rows in split.items()}
     n_classes = len(names)
     select = len(split["val"]) > 0
     chosen: dict[str, Any] = {"C": float(opts["default_c"])}
     if select:
-        c, scores = descriptor.select_c(x["train"], y["train"], x["val"], y["val"], n_classes=n_classes, seed=seed,
-                                        c_grid=opts["c_grid"])
+        c, scores = descriptor.select_c(
+            x["train"], y["train"], x["val"], y["val"], n_classes=n_classes, seed=seed, c_grid=opts["c_grid"]
+        )
         chosen = {"C": c, "val_accuracy": scores}
         log.info("%s: C = %g chosen on %d validation shapes (accuracy per C: %s)", key, c, len(y["val"]), scores)
     probs = descriptor.fit_predict(x["train"], y["train"], x["test"], n_classes=n_classes, seed=seed, c=chosen["C"])
     test = classification_report(probs[:, None, :], y["test"], names)
     log.info("%s: test accuracy %.4f (mean class accuracy %.4f)", key, test["accuracy"], test["mean_class_accuracy"])
     metrics = {
-        "dataset": params["dataset"], "method": method, "k": k, "seed": seed, "backend": backend,
-        "class_names": names, "selection": "val" if select else "fixed", "selected_step": None, "steps": 0,
-        "train_shapes": len(split["train"]), "val_shapes": len(split["val"]), "test": test,
+        "dataset": params["dataset"],
+        "method": method,
+        "k": k,
+        "seed": seed,
+        "backend": backend,
+        "class_names": names,
+        "selection": "val" if select else "fixed",
+        "selected_step": None,
+        "steps": 0,
+        "train_shapes": len(split["train"]),
+        "val_shapes": len(split["val"]),
+        "test": test,
         "descriptor": {**opts, **chosen, "features": int(x["train"].shape[1])},
     }
     if select:

@@ -31,12 +31,31 @@ def run(params: dict, files: dict, out: str, log) -> int:
         raise ValueError(f"{files['embeddings']}: cannot read the embeddings: {type(exc).__name__}: {exc}") from exc
     how = cfg.get("identity", "label")
     identity = row_identity(emb, how, manifest=files["manifest"], ttv=files["ttv"], duplicates=files.get("duplicates"))
-    log.info("%s: %d items (dim %d), identity %s (%d distinct), k %d, metric %s", params["space"], len(emb.ids),
-             emb.dim, how, len(set(identity)), k, metric)
-    table = difficulty_bands(emb.vectors, np.asarray(emb.ids, dtype=object), spec, k=k, identity=identity,
-                             metric=metric)
-    write_difficulty(out, table, spec, metric, k, extra={
-        "space": params["space"], "identity": how, "n_items": len(emb.ids),
-        "embeddings": {key: emb.metadata.get(key) for key in ("model", "weights_sha256", "dataset")}})
+    log.info(
+        "%s: %d items (dim %d), identity %s (%d distinct), k %d, metric %s",
+        params["space"],
+        len(emb.ids),
+        emb.dim,
+        how,
+        len(set(identity)),
+        k,
+        metric,
+    )
+    table = difficulty_bands(
+        emb.vectors, np.asarray(emb.ids, dtype=object), spec, k=k, identity=identity, metric=metric
+    )
+    write_difficulty(
+        out,
+        table,
+        spec,
+        metric,
+        k,
+        extra={
+            "space": params["space"],
+            "identity": how,
+            "n_items": len(emb.ids),
+            "embeddings": {key: emb.metadata.get(key) for key in ("model", "weights_sha256", "dataset")},
+        },
+    )
     log.info("wrote %d anchor-neighbour pairs to %s", len(table), out)
     return 0

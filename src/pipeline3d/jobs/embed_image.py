@@ -32,9 +32,15 @@ def run(params: dict, files: dict, out: str, log) -> int:
     if not rows.ids:
         raise ValueError(f"{params['dataset']}: nothing to embed ({kind})")
     log.info("%s: %d images to embed (%s)", params["dataset"], len(rows.ids), kind)
-    backbone = build_image_backbone(img["model"], img.get("weights"), config_key="embed.image.weights",
-                                    img_size=img.get("img_size"), allow_random_init=bool(img.get("random_init")),
-                                    seed=int(params["seed"]), **dict(img.get("model_kwargs") or {}))
+    backbone = build_image_backbone(
+        img["model"],
+        img.get("weights"),
+        config_key="embed.image.weights",
+        img_size=img.get("img_size"),
+        allow_random_init=bool(img.get("random_init")),
+        seed=int(params["seed"]),
+        **dict(img.get("model_kwargs") or {}),
+    )
     backbone.model.to(job_device())
     embed = embed_images if kind == "image" else embed_arrays
     vectors = embed(backbone, rows.images, batch_size=int(img["batch_size"]), keys=rows.ids)

@@ -13,10 +13,10 @@ import json
 
 from ..data.cache_lookup import locate_rows
 from ..device import job_device
-from ..io.weights import file_sha256
 from ..embed.shapes import embed_shapes, encoder_files, eval_token_config, split_column
 from ..embed.sources import read_manifest
 from ..embed.vectors import write_vectors
+from ..io.weights import file_sha256
 from ..tokens.dataset import CacheEntry, ShapeTokenDataset
 from ..train.export import load_encoder
 
@@ -26,8 +26,9 @@ def run(params: dict, files: dict, out: str, log, workers: int = 0) -> int:
     encoder_info = encoder_files(files["weights"], files["encoder_json"])
     pretrained = encoder_info.pretrained_tokens or params["tokens"]
     eval_seed = params.get("eval_seed", params["tokens"].get("eval_seed", 0))
-    tok = eval_token_config(pretrained, n_point=int(shape["n_point"]), n_ray=int(shape["n_ray"]),
-                            eval_seed=int(eval_seed))
+    tok = eval_token_config(
+        pretrained, n_point=int(shape["n_point"]), n_ray=int(shape["n_ray"]), eval_seed=int(eval_seed)
+    )
 
     manifest = read_manifest(files["manifest"])
     where = locate_rows(files["index"], files["shards"])
@@ -36,28 +37,55 @@ def run(params: dict, files: dict, out: str, log, workers: int = 0) -> int:
         raise ValueError(f"{files['index']}: the cache of {params['dataset']} holds no shapes")
     unknown = [sid for sid in ids if sid not in manifest.index]
     if unknown:
-        raise ValueError(f"{files['index']}: {len(unknown)} cached shapes are not in {files['manifest']} "
-                         f"(first: {unknown[:3]})")
+        raise ValueError(
+            f"{files['index']}: {len(unknown)} cached shapes are not in {files['manifest']} (first: {unknown[:3]})"
+        )
     labels = [int(manifest.at[sid, "label"]) for sid in ids]
     entries = [CacheEntry(sid, str(where[sid][0]), int(where[sid][1]), label) for sid, label in zip(ids, labels)]
     mc_draws = int(shape["mc_draws"])
-    dataset = ShapeTokenDataset(entries, shape["backend"], tok, seed=int(params["seed"]), mode="eval",
-                                mc_draws=mc_draws)
+    dataset = ShapeTokenDataset(
+        entries, shape["backend"], tok, seed=int(params["seed"]), mode="eval", mc_draws=mc_draws
+    )
     encoder = load_encoder(encoder_info.weights, encoder_info.sidecar, device=job_device())
-    log.info("%s/%s: %d shapes x %d draws | encoder %s (%s) | backend %s | tokens %s", params["dataset"],
-             params["method"], len(ids), mc_draws, encoder_info.registry_name,
-             "causal" if encoder_info.causal else "bidirectional", shape["backend"], json.dumps(tok, sort_keys=True))
+    log.info(
+        "%s/%s: %d shapes x %d draws | encoder %s (%s) | backend %s | tokens %s",
+        params["dataset"],
+        params["method"],
+        len(ids),
+        mc_draws,
+        encoder_info.registry_name,
+        "causal" if encoder_info.causal else "bidirectional",
+        shape["backend"],
+        json.dumps(tok, sort_keys=True),
+    )
     try:
-        vectors = embed_shapes(encoder, dataset, batch_size=int(shape["batch_size"]), pool=shape["pool"],
-                               causal=encoder_info.causal, num_workers=workers)
+        vectors = embed_shapes(
+            encoder,
+            dataset,
+            batch_size=int(shape["batch_size"]),
+            pool=shape["pool"],
+            causal=encoder_info.causal,
+            num_workers=workers,
+        )
     finally:
         dataset.close()
-    metadata = {"model": encoder_info.registry_name, "weights_sha256": file_sha256(encoder_info.weights),
-                "preprocessing": json.dumps(tok, sort_keys=True), "modality": "shape", "dataset": params["dataset"],
-                "method": params["method"], "backend": shape["backend"], "mc_draws": str(mc_draws),
-                "pool": shape["pool"], "causal": json.dumps(encoder_info.causal)}
-    columns = {"label": labels, "label_name": [str(manifest.at[sid, "label_name"]) for sid in ids],
-               "split": split_column(ids, files["ttv"])}
+    metadata = {
+        "model": encoder_info.registry_name,
+        "weights_sha256": file_sha256(encoder_info.weights),
+        "preprocessing": json.dumps(tok, sort_keys=True),
+        "modality": "shape",
+        "dataset": params["dataset"],
+        "method": params["method"],
+        "backend": shape["backend"],
+        "mc_draws": str(mc_draws),
+        "pool": shape["pool"],
+        "causal": json.dumps(encoder_info.causal),
+    }
+    columns = {
+        "label": labels,
+        "label_name": [str(manifest.at[sid, "label_name"]) for sid in ids],
+        "split": split_column(ids, files["ttv"]),
+    }
     write_vectors(out, ids, vectors, metadata, id_column="shape_id", columns=columns)
     log.info("wrote %d x %d vectors to %s", *vectors.shape, out)
     return 0

@@ -22,11 +22,15 @@ def run(params: dict, files: dict, out: str, cache_dir: str, log) -> int:
     rows = text_items(files["manifest"], list(cfg["templates"]))
     if not rows.ids:
         raise ValueError(f"{files['manifest']}: no items, so no captions or class prompts to embed")
-    backbone = build_text_backbone(cfg["model"], cfg.get("weights"), config_key="embed.text.weights",
-                                   allow_random_init=bool(cfg.get("random_init")), seed=int(params["seed"]))
+    backbone = build_text_backbone(
+        cfg["model"],
+        cfg.get("weights"),
+        config_key="embed.text.weights",
+        allow_random_init=bool(cfg.get("random_init")),
+        seed=int(params["seed"]),
+    )
     backbone.model.to(job_device())
-    vectors = embed_texts(backbone, rows.texts, batch_size=int(cfg["batch_size"]),
-                          cache=TextEmbeddingCache(cache_dir))
+    vectors = embed_texts(backbone, rows.texts, batch_size=int(cfg["batch_size"]), cache=TextEmbeddingCache(cache_dir))
     metadata = {k: v for k, v in backbone.describe().items() if k != "dim"}  # write_vectors sets 'dim' itself
     metadata |= {"dataset": params["dataset"], "templates": json.dumps(list(cfg["templates"]))}
     write_vectors(out, rows.ids, vectors, metadata, id_column="id", columns=rows.columns)

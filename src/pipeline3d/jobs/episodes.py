@@ -47,11 +47,16 @@ def skip_reason(info: Mapping[str, Any], setting: str) -> str | None:
 def episode_split(params: Mapping[str, Any], files: Mapping[str, Any]) -> tuple[dict[str, dict[str, int]], list[str]]:
     """Role -> {shape id: episode label} (train = support, val = none, test = query) and the N class names."""
     setting, fold = params["setting"], int(params["fold"])
-    labels = {"train": episode_labels(files["episodes"], setting=setting, fold=fold, role="support"), "val": {},
-              "test": episode_labels(files["episodes"], setting=setting, fold=fold, role="query")}
+    labels = {
+        "train": episode_labels(files["episodes"], setting=setting, fold=fold, role="support"),
+        "val": {},
+        "test": episode_labels(files["episodes"], setting=setting, fold=fold, role="query"),
+    }
     all_names = finetune.class_names(files["manifest"])
-    names = [all_names[c] if c < len(all_names) else f"class_{c}"
-             for c in episode_classes(files["episodes"], setting=setting, fold=fold)]
+    names = [
+        all_names[c] if c < len(all_names) else f"class_{c}"
+        for c in episode_classes(files["episodes"], setting=setting, fold=fold)
+    ]
     return labels, names
 
 
@@ -60,22 +65,39 @@ def job_params(params: Mapping[str, Any]) -> dict[str, Any]:
     selection on the last step."""
     way, shot = parse_setting(params["setting"])
     key = f"{params['dataset']}|{params['method']}|{params['setting']}|f{int(params['fold'])}"
-    return {**params, "way": way, "shot": shot, "k": shot, "key": key,
-            "finetune": {**params["finetune"], "selection": "last"}}
+    return {
+        **params,
+        "way": way,
+        "shot": shot,
+        "k": shot,
+        "key": key,
+        "finetune": {**params["finetune"], "selection": "last"},
+    }
 
 
-def episode_fields(params: Mapping[str, Any], labels: Mapping[str, Mapping[str, int]],
-                   info: Mapping[str, Any]) -> dict[str, Any]:
+def episode_fields(
+    params: Mapping[str, Any], labels: Mapping[str, Mapping[str, int]], info: Mapping[str, Any]
+) -> dict[str, Any]:
     """What identifies the episode in its metrics, and how many query shapes each class had."""
     per_class = Counter(labels["test"].values())
-    return {"setting": params["setting"], "way": params["way"], "shot": params["shot"], "fold": int(params["fold"]),
-            "support_shapes": len(labels["train"]), "query_shapes": len(labels["test"]),
-            "query_per_class": {"min": min(per_class.values()), "max": max(per_class.values()),
-                                "target": info.get("splits", {}).get("episodes", {}).get("query_per_class")}}
+    return {
+        "setting": params["setting"],
+        "way": params["way"],
+        "shot": params["shot"],
+        "fold": int(params["fold"]),
+        "support_shapes": len(labels["train"]),
+        "query_shapes": len(labels["test"]),
+        "query_per_class": {
+            "min": min(per_class.values()),
+            "max": max(per_class.values()),
+            "target": info.get("splits", {}).get("episodes", {}).get("query_per_class"),
+        },
+    }
 
 
-def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, *,
-        log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult | None]:
+def run(
+    params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, *, log: logging.Logger
+) -> tuple[dict[str, Any] | None, TrainResult | None]:
     """Train on the support set and test on the query set; returns (metrics, result).
 
     metrics is None when training was interrupted (result says how); result is None when no network was trained
@@ -86,14 +108,26 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     reason = skip_reason(info, params["setting"])
     if reason:
         log.warning("%s: setting %s is skipped for this dataset: %s", params["key"], params["setting"], reason)
-        return {"dataset": params["dataset"], "method": params["method"], "setting": params["setting"],
-                "way": params["way"], "shot": params["shot"], "fold": int(params["fold"]), "skipped": reason}, None
+        return {
+            "dataset": params["dataset"],
+            "method": params["method"],
+            "setting": params["setting"],
+            "way": params["way"],
+            "shot": params["shot"],
+            "fold": int(params["fold"]),
+            "skipped": reason,
+        }, None
     labels, names = episode_split(params, files)
     fields = episode_fields(params, labels, info)
     target = fields["query_per_class"]["target"]
     if target and fields["query_per_class"]["min"] < target:
-        log.warning("%s: %d to %d query shapes per class (the protocol asks for %d; the test split holds fewer)",
-                    params["key"], fields["query_per_class"]["min"], fields["query_per_class"]["max"], target)
+        log.warning(
+            "%s: %d to %d query shapes per class (the protocol asks for %d; the test split holds fewer)",
+            params["key"],
+            fields["query_per_class"]["min"],
+            fields["query_per_class"]["max"],
+            target,
+        )
     if params.get("row_kind", params["method"]) == DESCRIPTOR:
         from . import descriptor  # imported here: the floor's dependencies are not the network's
 
@@ -105,8 +139,13 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     return {**metrics, **fields}, result
 
 
-def stage(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, out: Mapping[str, str],
-          log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult | None]:
+def stage(
+    params: Mapping[str, Any],
+    files: Mapping[str, Any],
+    state_dir: str | Path,
+    out: Mapping[str, str],
+    log: logging.Logger,
+) -> tuple[dict[str, Any] | None, TrainResult | None]:
     """The finetune_episode job (the metrics JSON is its only output)."""
     return run(params, files, state_dir, log=log)
 
@@ -115,5 +154,7 @@ def summary(metrics: Mapping[str, Any]) -> str:
     if "test" not in metrics:
         return f"{metrics['setting']} fold {metrics['fold']}: skipped ({metrics.get('skipped')})"
     test = metrics["test"]
-    return (f"{metrics['setting']} fold {metrics['fold']}: test accuracy {test['accuracy']:.4f} (mean class accuracy "
-            f"{test['mean_class_accuracy']:.4f}) over {test['n']} query shapes")
+    return (
+        f"{metrics['setting']} fold {metrics['fold']}: test accuracy {test['accuracy']:.4f} (mean class accuracy "
+        f"{test['mean_class_accuracy']:.4f}) over {test['n']} query shapes"
+    )

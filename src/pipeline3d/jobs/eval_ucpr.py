@@ -19,8 +19,16 @@ from ..data.selection import cached_rows
 from ..device import job_device
 from ..embed.shapes import embed_shapes, encoder_files, eval_token_config
 from ..embed.sources import read_manifest
-from ..eval.ucpr import (ablate, chance_levels, check_ablations, check_seeds, eval_set, instance_metrics, n_zeroed,
-                         stratified_subset)
+from ..eval.ucpr import (
+    ablate,
+    chance_levels,
+    check_ablations,
+    check_seeds,
+    eval_set,
+    instance_metrics,
+    n_zeroed,
+    stratified_subset,
+)
 from ..io.atomic import write_json
 from ..tokens.dataset import CacheEntry, ShapeTokenDataset
 from ..train.export import load_encoder
@@ -55,23 +63,46 @@ def run(params: dict, files: dict, out: str, log, workers: int = 0) -> int:
     rows = cached_rows({sid: labels[sid] for sid in chosen}, files["index"], files["shards"])
     entries = [CacheEntry(r.shape_id, r.shard_path, r.row, r.label) for r in rows]
     manifest = read_manifest(files["manifest"])
-    name_of = {sid: str(manifest.at[sid, "label_name"]) if sid in manifest.index else str(labels[sid])
-               for sid in labels}
+    name_of = {
+        sid: str(manifest.at[sid, "label_name"]) if sid in manifest.index else str(labels[sid]) for sid in labels
+    }
     available = Counter(name_of[sid] for sid in labels)
     counts = Counter(name_of[e.shape_id] for e in entries)
-    log.info("%s/%s %s -> %s: %d of %d %s shapes (%d classes)", params["dataset"], params["method"],
-             params["query"], params["gallery"], len(entries), len(labels), source, len(counts))
+    log.info(
+        "%s/%s %s -> %s: %d of %d %s shapes (%d classes)",
+        params["dataset"],
+        params["method"],
+        params["query"],
+        params["gallery"],
+        len(entries),
+        len(labels),
+        source,
+        len(counts),
+    )
 
     encoder_info = encoder_files(files["weights"], files["encoder_json"])
     pretrained = encoder_info.pretrained_tokens or params["tokens"]
-    toks = {side: eval_token_config(pretrained, n_point=int(cfg["n_point"]), n_ray=int(cfg["n_ray"]), eval_seed=seed)
-            for side, seed in (("query", query_seed), ("gallery", gallery_seed))}
+    toks = {
+        side: eval_token_config(pretrained, n_point=int(cfg["n_point"]), n_ray=int(cfg["n_ray"]), eval_seed=seed)
+        for side, seed in (("query", query_seed), ("gallery", gallery_seed))
+    }
     mc_draws = int(cfg["mc_draws"])
-    datasets = {side: ShapeTokenDataset(entries, params[side], toks[side], seed=int(params["seed"]), mode="eval",
-                                        mc_draws=mc_draws) for side in ("query", "gallery")}
+    datasets = {
+        side: ShapeTokenDataset(
+            entries, params[side], toks[side], seed=int(params["seed"]), mode="eval", mc_draws=mc_draws
+        )
+        for side in ("query", "gallery")
+    }
     encoder = load_encoder(encoder_info.weights, encoder_info.sidecar, device=job_device())
-    embed = partial(embed_shapes, encoder, batch_size=int(cfg["batch_size"]), pool=cfg["pool"], num_workers=workers,
-                    causal=encoder_info.causal, normalize_draws=True)
+    embed = partial(
+        embed_shapes,
+        encoder,
+        batch_size=int(cfg["batch_size"]),
+        pool=cfg["pool"],
+        num_workers=workers,
+        causal=encoder_info.causal,
+        normalize_draws=True,
+    )
 
     shape_labels = [e.label for e in entries]
     results, zeroed = {}, {}
@@ -83,23 +114,37 @@ def run(params: dict, files: dict, out: str, log, workers: int = 0) -> int:
                 vectors[side] = embed(datasets[side], transform=transform)
                 zeroed[name][side] = transform.zeroed
                 if name != "none" and transform.zeroed == 0:
-                    log.warning("ablation %s zeroed nothing on the %s side (%s backend): it equals the baseline",
-                                name, side, params[side])
+                    log.warning(
+                        "ablation %s zeroed nothing on the %s side (%s backend): it equals the baseline",
+                        name,
+                        side,
+                        params[side],
+                    )
             results[name] = instance_metrics(vectors["query"], vectors["gallery"], shape_labels)
             log.info("ablation %-10s %s", name, " ".join(f"{k}={v:.4f}" for k, v in results[name].items()))
     finally:
         for ds in datasets.values():
             ds.close()
 
-    metrics = {**provenance(params, started),
-               "dataset": params["dataset"], "method": params["method"], "query": params["query"],
-               "gallery": params["gallery"], "eval_set": source, "n_shapes": len(entries),
-               "n_eval_available": len(labels), "per_class_counts": dict(sorted(counts.items())),
-               "per_class_available": dict(sorted(available.items())),
-               "encoder": encoder_info.registry_name, "causal": encoder_info.causal,
-               "token_config": {k: v for k, v in toks["query"].items() if k != "eval_seed"},
-               "ranking": "tie-aware: expected rank / reciprocal rank / hit@k under a random order of tied scores",
-               "chance": chance_levels(shape_labels), "ablations": results, "ablation_zeroed_values": zeroed}
+    metrics = {
+        **provenance(params, started),
+        "dataset": params["dataset"],
+        "method": params["method"],
+        "query": params["query"],
+        "gallery": params["gallery"],
+        "eval_set": source,
+        "n_shapes": len(entries),
+        "n_eval_available": len(labels),
+        "per_class_counts": dict(sorted(counts.items())),
+        "per_class_available": dict(sorted(available.items())),
+        "encoder": encoder_info.registry_name,
+        "causal": encoder_info.causal,
+        "token_config": {k: v for k, v in toks["query"].items() if k != "eval_seed"},
+        "ranking": "tie-aware: expected rank / reciprocal rank / hit@k under a random order of tied scores",
+        "chance": chance_levels(shape_labels),
+        "ablations": results,
+        "ablation_zeroed_values": zeroed,
+    }
     write_json(out, metrics)
     log.info("wrote %s", out)
     return 0

@@ -15,15 +15,33 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.cache_lookup import locate_rows
+from ..data.fingerprints import (
+    GEOMETRY_BITS,
+    GEOMETRY_GRID,
+    GEOMETRY_SIGMA,
+    RAY_ARRAYS,
+    SYM_BITS,
+    bits_to_hex,
+    geometry_hashes,
+    image_hash_bits,
+    pack_codes,
+    soft_occupancy,
+    symmetry_inverses,
+    view_hash_bits,
+)
+from ..data.near_duplicates import (
+    DuplicateRule,
+    GeometryCodes,
+    duplicates_table,
+    find_near_duplicates,
+    link_same_source,
+)
 from ..io.atomic import write_parquet
 from ..io.itemstore import ItemStore
 from ..io.shards import ShardReader
-from ..log import Progress
-from ..data.cache_lookup import locate_rows
-from ..data.fingerprints import (RAY_ARRAYS, GEOMETRY_BITS, GEOMETRY_GRID, GEOMETRY_SIGMA, SYM_BITS, bits_to_hex, geometry_hashes,
-                           image_hash_bits, pack_codes, soft_occupancy, symmetry_inverses, view_hash_bits)
-from ..data.near_duplicates import DuplicateRule, GeometryCodes, duplicates_table, find_near_duplicates, link_same_source
 from ..io.tables import read_parquet
+from ..log import Progress
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +93,18 @@ def _select(ids_available: list[str], manifest: list[str], where: str, manifest_
     have, want = set(ids_available), set(manifest)
     extra = sorted(have - want)
     if extra:
-        raise ValueError(f"{where} holds {len(extra)} items that are not in {manifest_path} (first: {extra[:3]}); "
-                         "it was built from another manifest")
+        raise ValueError(
+            f"{where} holds {len(extra)} items that are not in {manifest_path} (first: {extra[:3]}); "
+            "it was built from another manifest"
+        )
     lost = sorted(want - have)
     if lost:
-        log.warning("%d manifest items are not in %s (rejected there) and get no fingerprint; first: %s",
-                    len(lost), where, lost[:5])
+        log.warning(
+            "%d manifest items are not in %s (rejected there) and get no fingerprint; first: %s",
+            len(lost),
+            where,
+            lost[:5],
+        )
     return sorted(have)
 
 
@@ -119,8 +143,13 @@ def hash_cached_shapes(ids: list[str], where: dict[str, tuple[Path, int]], kind:
             for row, sid in sorted(by_shard[path]):
                 arrays = reader.read(row, (t_key, hit_key, "udf_grid"))
                 view_bits[pos[sid]] = view_hash_bits(
-                    arrays[t_key], arrays[hit_key], views=views, rays_per_view=int(prof["rays_per_view"]),
-                    camera_radius=float(prof["camera_radius"]), hash_size=hash_size)
+                    arrays[t_key],
+                    arrays[hit_key],
+                    views=views,
+                    rays_per_view=int(prof["rays_per_view"]),
+                    camera_radius=float(prof["camera_radius"]),
+                    hash_size=hash_size,
+                )
                 batch_pos.append(pos[sid])
                 fields.append(soft_occupancy(arrays["udf_grid"]))
                 if len(batch_pos) == GEOMETRY_BATCH:
@@ -146,27 +175,42 @@ def hash_images(ids: list[str], store: ItemStore, hash_size: int) -> Hashes:
 
 
 def fingerprints_frame(h: Hashes) -> pd.DataFrame:
-    return pd.DataFrame({
-        "shape_id": pd.array(h.ids, dtype="string"),
-        "view_hashes": [[bits_to_hex(v) for v in item] for item in h.view_bits],
-        "geometry_hash": pd.array(h.geometry_hex if h.geometry_hex is not None else [None] * len(h.ids),
-                                  dtype="string"),
-        "geometry_sym_hash": pd.array(h.geometry_sym_hex if h.geometry_sym_hex is not None else [None] * len(h.ids),
-                                      dtype="string"),
-    })
+    return pd.DataFrame(
+        {
+            "shape_id": pd.array(h.ids, dtype="string"),
+            "view_hashes": [[bits_to_hex(v) for v in item] for item in h.view_bits],
+            "geometry_hash": pd.array(
+                h.geometry_hex if h.geometry_hex is not None else [None] * len(h.ids), dtype="string"
+            ),
+            "geometry_sym_hash": pd.array(
+                h.geometry_sym_hex if h.geometry_sym_hex is not None else [None] * len(h.ids), dtype="string"
+            ),
+        }
+    )
 
 
 def log_groups(table: pd.DataFrame, n_pairs: int, n_rotated: int) -> None:
     multi = table[table["group_size"] > 1]
     n_groups = multi["group"].nunique()
-    log.info("%d items, %d near-duplicate pairs (%d only through the rotation-aware geometry distance); "
-             "%d groups with more than one item hold %d items", len(table), n_pairs, n_rotated, n_groups, len(multi))
+    log.info(
+        "%d items, %d near-duplicate pairs (%d only through the rotation-aware geometry distance); "
+        "%d groups with more than one item hold %d items",
+        len(table),
+        n_pairs,
+        n_rotated,
+        n_groups,
+        len(multi),
+    )
     if len(multi):
         largest = multi.sort_values(["group_size", "group"], ascending=[False, True]).iloc[0]
         log.info("largest group: %s with %d items", largest["group"], largest["group_size"])
         if largest["group_size"] > max(10, 0.01 * len(table)):
-            log.warning("group %s has %d items: merges may be chaining; check the thresholds (duplicates.parquet "
-                        "shows each item's nearest neighbour and score)", largest["group"], largest["group_size"])
+            log.warning(
+                "group %s has %d items: merges may be chaining; check the thresholds (duplicates.parquet "
+                "shows each item's nearest neighbour and score)",
+                largest["group"],
+                largest["group_size"],
+            )
 
 
 def run(params: dict, manifest_path, cache_dir, items_dir, fingerprints_path, duplicates_path) -> pd.DataFrame:
@@ -185,8 +229,9 @@ def run(params: dict, manifest_path, cache_dir, items_dir, fingerprints_path, du
         where = locate_rows(cache_dir / "index.parquet", shards)
         ids = _select(list(where), ids_manifest, str(cache_dir / "index.parquet"), manifest_path)
         hashes = hash_cached_shapes(ids, where, kind, fp)
-        rule = DuplicateRule(views=int(fp["views"]), threshold=float(fp["threshold"]),
-                             geometry_threshold=int(fp["geometry_threshold"]))
+        rule = DuplicateRule(
+            views=int(fp["views"]), threshold=float(fp["threshold"]), geometry_threshold=int(fp["geometry_threshold"])
+        )
     else:
         raise ValueError(f"unknown dataset kind {kind!r}")
 
@@ -197,18 +242,40 @@ def run(params: dict, manifest_path, cache_dir, items_dir, fingerprints_path, du
         result = link_same_source(result, image_source_keys(manifest_path, ids))
     table = duplicates_table(ids, result)
     log_groups(table, result.n_pairs, result.n_rotated_pairs)
-    meta = {"pipeline3d.fingerprints": json.dumps({
-        "kind": kind, "hash": "imagehash.phash", "hash_size": int(fp["hash_size"]), "views": rule.views,
-        "geometry": None if kind == "image" else {"signature": "simhash(exp(-udf/sigma) block mean, centred)",
-                                                  "grid": GEOMETRY_GRID, "bits": GEOMETRY_BITS,
-                                                  "invariant_bits": SYM_BITS,
-                                                  "sigma": GEOMETRY_SIGMA, "symmetries": 48}}, sort_keys=True)}
-    rule_meta = {"pipeline3d.duplicate_rule": json.dumps({
-        "near_duplicate_if": "mean per-view Hamming <= threshold OR rotation-aware geometry Hamming <= "
-                             "geometry_threshold", "threshold": rule.threshold,
-        "geometry_threshold": rule.geometry_threshold, "group": "connected component, id = smallest shape_id",
-        "score": "min(distance / threshold, geometry_distance / geometry_threshold) to the nearest item"},
-        sort_keys=True)}
+    meta = {
+        "pipeline3d.fingerprints": json.dumps(
+            {
+                "kind": kind,
+                "hash": "imagehash.phash",
+                "hash_size": int(fp["hash_size"]),
+                "views": rule.views,
+                "geometry": None
+                if kind == "image"
+                else {
+                    "signature": "simhash(exp(-udf/sigma) block mean, centred)",
+                    "grid": GEOMETRY_GRID,
+                    "bits": GEOMETRY_BITS,
+                    "invariant_bits": SYM_BITS,
+                    "sigma": GEOMETRY_SIGMA,
+                    "symmetries": 48,
+                },
+            },
+            sort_keys=True,
+        )
+    }
+    rule_meta = {
+        "pipeline3d.duplicate_rule": json.dumps(
+            {
+                "near_duplicate_if": "mean per-view Hamming <= threshold OR rotation-aware geometry Hamming <= "
+                "geometry_threshold",
+                "threshold": rule.threshold,
+                "geometry_threshold": rule.geometry_threshold,
+                "group": "connected component, id = smallest shape_id",
+                "score": "min(distance / threshold, geometry_distance / geometry_threshold) to the nearest item",
+            },
+            sort_keys=True,
+        )
+    }
     write_parquet(fingerprints_path, fingerprints_frame(hashes), metadata=meta)
     write_parquet(duplicates_path, table, metadata=rule_meta)
     return table

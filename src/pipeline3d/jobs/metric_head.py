@@ -39,8 +39,14 @@ from torch.utils.data import Dataset
 from ..config import canonical_json, cfg_hash
 from ..embed.difficulty import parse_bands, read_difficulty_metadata
 from ..embed.metric_head import build_head, project, save_metric_head
-from ..embed.negatives import (BandNegatives, BandNegativeTensors, SameLabelPositives, build_band_negatives,
-                               sample_negatives, sample_positives)
+from ..embed.negatives import (
+    BandNegatives,
+    BandNegativeTensors,
+    SameLabelPositives,
+    build_band_negatives,
+    sample_negatives,
+    sample_positives,
+)
 from ..embed.vectors import Embeddings, read_vectors
 from ..eval.retrieval import average_precision, qg_rank_map, recall_at_k
 from ..io.tables import read_parquet
@@ -55,11 +61,19 @@ from ..train.wandb_sink import metrics_sinks
 STAGE = "train_metric_head"
 KS = (1, 5, 10)
 # Head settings with defaults (the config may set them; the demo config does not need to).
-DEFAULTS = {"layers": 2, "dropout": 0.0, "metric": "cosine", "warmup_frac": 0.0, "min_lr_ratio": 0.01,
-            "discount": 1.0, "standardize": True}
+DEFAULTS = {
+    "layers": 2,
+    "dropout": 0.0,
+    "metric": "cosine",
+    "warmup_frac": 0.0,
+    "min_lr_ratio": 0.01,
+    "discount": 1.0,
+    "standardize": True,
+}
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class HeadData:
@@ -117,14 +131,21 @@ def load_data(files: Mapping[str, Any], log: logging.Logger) -> HeadData:
     labels = dict(zip(manifest["shape_id"].astype(str), manifest["label"].astype(int)))
     unlabeled = [sid for sid in emb.ids if sid not in labels]
     if unlabeled:
-        raise ValueError(f"{emb_path}: {len(unlabeled)} embedded ids are not in the manifest {files['manifest']} "
-                         f"(first: {unlabeled[:3]}); were they made from another dataset?")
+        raise ValueError(
+            f"{emb_path}: {len(unlabeled)} embedded ids are not in the manifest {files['manifest']} "
+            f"(first: {unlabeled[:3]}); were they made from another dataset?"
+        )
     ttv = _read_table(files["ttv"], {"shape_id", "split"}, "ttv split table")
     has_vector = set(emb.ids)
-    splits = {name: sorted(sid for sid in ttv.loc[ttv["split"] == name, "shape_id"].astype(str) if sid in has_vector)
-              for name in ("train", "val", "test")}
-    groups = (dict(zip(ttv["shape_id"].astype(str), ttv["group"].astype(str))) if "group" in ttv.columns
-              else {sid: sid for sid in ttv["shape_id"].astype(str)})
+    splits = {
+        name: sorted(sid for sid in ttv.loc[ttv["split"] == name, "shape_id"].astype(str) if sid in has_vector)
+        for name in ("train", "val", "test")
+    }
+    groups = (
+        dict(zip(ttv["shape_id"].astype(str), ttv["group"].astype(str)))
+        if "group" in ttv.columns
+        else {sid: sid for sid in ttv["shape_id"].astype(str)}
+    )
     not_embedded = int((~ttv["shape_id"].astype(str).isin(has_vector)).sum())
     if not_embedded:
         log.warning("%d ttv items have no embedding in %s (left out)", not_embedded, emb_path)
@@ -143,23 +164,43 @@ def load_data(files: Mapping[str, Any], log: logging.Logger) -> HeadData:
     positives = SameLabelPositives.of(pool_labels)
     anchors = np.flatnonzero(positives.has_positive() & negatives.has_any()).astype(np.int64)
     if anchors.size == 0:
-        raise ValueError(f"{diff_path}: no train item has both a same-label positive and a band negative "
-                         f"(train items: {len(pool_ids)}, classes: {len(set(pool_labels.tolist()))})")
+        raise ValueError(
+            f"{diff_path}: no train item has both a same-label positive and a band negative "
+            f"(train items: {len(pool_ids)}, classes: {len(set(pool_labels.tolist()))})"
+        )
     counts = negatives.counts()[:, anchors]
-    log.info("pool: %d train items, %d classes | anchors: %d | anchors lacking a band: %s", len(pool_ids),
-             len(set(pool_labels.tolist())), anchors.size,
-             ", ".join(f"{b} {int((counts[i] == 0).sum())}" for i, b in enumerate(negatives.bands)))
+    log.info(
+        "pool: %d train items, %d classes | anchors: %d | anchors lacking a band: %s",
+        len(pool_ids),
+        len(set(pool_labels.tolist())),
+        anchors.size,
+        ", ".join(f"{b} {int((counts[i] == 0).sum())}" for i, b in enumerate(negatives.bands)),
+    )
 
     qg = None
     if files.get("qg"):
         qg = _read_table(files["qg"], {"split_id", "shape_id", "role"}, "qg split table")
         absent = sorted(set(qg["shape_id"].astype(str)) - has_vector)
         if absent:
-            raise ValueError(f"{files['qg']}: {len(absent)} query/gallery items have no embedding in {emb_path} "
-                             f"(first: {absent[:3]})")
+            raise ValueError(
+                f"{files['qg']}: {len(absent)} query/gallery items have no embedding in {emb_path} "
+                f"(first: {absent[:3]})"
+            )
     inputs = [files[k] for k in ("embeddings", "difficulty", "manifest", "ttv", "qg") if files.get(k)]
-    return HeadData(emb, labels, splits, groups, pool_ids, pool_vectors, pool_labels, anchors, negatives, positives,
-                    qg, _file_digest(inputs))
+    return HeadData(
+        emb,
+        labels,
+        splits,
+        groups,
+        pool_ids,
+        pool_vectors,
+        pool_labels,
+        anchors,
+        negatives,
+        positives,
+        qg,
+        _file_digest(inputs),
+    )
 
 
 class AnchorEpoch(Dataset):
@@ -181,20 +222,28 @@ def collate_anchors(samples: list[int]) -> torch.Tensor:
 
 # --- objective ----------------------------------------------------------------------------------------------------
 
+
 def head_config(head_cfg: Mapping[str, Any], in_dim: int) -> dict[str, Any]:
     """The ProjectionHead's constructor arguments (also what the export JSON records)."""
     cfg = {**DEFAULTS, **head_cfg}
-    return {"in_dim": int(in_dim), "out_dim": int(cfg["out_dim"]), "hidden": int(cfg["hidden"]) or None,
-            "layers": int(cfg["layers"]), "dropout": float(cfg["dropout"]), "normalize": True,
-            "standardize": bool(cfg["standardize"])}
+    return {
+        "in_dim": int(in_dim),
+        "out_dim": int(cfg["out_dim"]),
+        "hidden": int(cfg["hidden"]) or None,
+        "layers": int(cfg["layers"]),
+        "dropout": float(cfg["dropout"]),
+        "normalize": True,
+        "standardize": bool(cfg["standardize"]),
+    }
 
 
 class MetricHeadObjective(nn.Module):
     """Triplet objective of the loop (see the module docstring). The pool lives in non-persistent buffers, so
     checkpoints hold only the head and the bandit."""
 
-    def __init__(self, head: nn.Module, data: HeadData, *, margin: float, metric: str, exploration: float,
-                 discount: float = 1.0):
+    def __init__(
+        self, head: nn.Module, data: HeadData, *, margin: float, metric: str, exploration: float, discount: float = 1.0
+    ):
         super().__init__()
         self.head, self.margin, self.metric = head, float(margin), metric
         self.bandit = UCB1Bandit(data.negatives.bands, exploration=exploration, discount=discount)
@@ -209,12 +258,14 @@ class MetricHeadObjective(nn.Module):
         for name, tensor in data.positives.tensors().items():
             self.register_buffer(f"pos_{name}", tensor, persistent=False)
 
-    def forward(self, anchors: torch.Tensor, *, step: int, total_steps: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, anchors: torch.Tensor, *, step: int, total_steps: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         band = self.bandit.select()
         b = self.bands.index(band)
-        positives = sample_positives({k: getattr(self, f"pos_{k}") for k in ("order", "start", "size", "slot")},
-                                     anchors, generator)
+        positives = sample_positives(
+            {k: getattr(self, f"pos_{k}") for k in ("order", "start", "size", "slot")}, anchors, generator
+        )
         neg_tables = BandNegativeTensors(self.n_pool, self.neg_indptr, self.neg_indices, self.neg_source)
         negatives, fell_back = sample_negatives(neg_tables, b, anchors, generator)
         projected = self.head(self.pool[torch.cat([anchors, positives, negatives])])
@@ -223,8 +274,9 @@ class MetricHeadObjective(nn.Module):
         # Counts on the loss's device (NCCL reduces CUDA tensors only; integers are exact in float32 up to 2^24),
         # brought to the host once: the bandit needs the reward now.
         dtype = torch.float64 if loss.device.type == "cpu" else torch.float32
-        counts = torch.stack([violated.sum(), torch.tensor(violated.numel(), device=loss.device),
-                              fell_back.sum().to(loss.device)]).to(dtype)
+        counts = torch.stack(
+            [violated.sum(), torch.tensor(violated.numel(), device=loss.device), fell_back.sum().to(loss.device)]
+        ).to(dtype)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(counts)  # one reward for all ranks: their bandits must not diverge
         violated_n, total_n, fallback_n = counts.tolist()
@@ -250,36 +302,66 @@ class MetricHeadObjective(nn.Module):
 
     def bandit_report(self) -> dict[str, Any]:
         means = self.bandit.means()
-        return {"arms": list(self.bands), "pulls": dict(zip(self.bands, self.bandit.pulls)),
-                "mean_reward": {k: (None if math.isnan(v) else v) for k, v in means.items()},
-                "fallback_anchors": self.fallbacks, "exploration": self.bandit.exploration,
-                "discount": self.bandit.discount}
+        return {
+            "arms": list(self.bands),
+            "pulls": dict(zip(self.bands, self.bandit.pulls)),
+            "mean_reward": {k: (None if math.isnan(v) else v) for k, v in means.items()},
+            "fallback_anchors": self.fallbacks,
+            "exploration": self.bandit.exploration,
+            "discount": self.bandit.discount,
+        }
 
 
 def train_config(head_cfg: Mapping[str, Any], n_anchors: int, seed: int) -> TrainConfig:
     cfg = {**DEFAULTS, **head_cfg}
     steps = int(cfg["steps"])
-    return TrainConfig(steps=steps, batch_size=min(int(cfg["batch_size"]), n_anchors), lr=float(cfg["lr"]),
-                       weight_decay=float(cfg["weight_decay"]), warmup_steps=int(round(cfg["warmup_frac"] * steps)),
-                       min_lr_ratio=float(cfg["min_lr_ratio"]), clip_grad=1.0,
-                       checkpoint_every=max(1, min(int(cfg["checkpoint_every"]), steps)),
-                       log_every=max(1, min(50, steps // 10)), seed=seed)
+    return TrainConfig(
+        steps=steps,
+        batch_size=min(int(cfg["batch_size"]), n_anchors),
+        lr=float(cfg["lr"]),
+        weight_decay=float(cfg["weight_decay"]),
+        warmup_steps=int(round(cfg["warmup_frac"] * steps)),
+        min_lr_ratio=float(cfg["min_lr_ratio"]),
+        clip_grad=1.0,
+        checkpoint_every=max(1, min(int(cfg["checkpoint_every"]), steps)),
+        log_every=max(1, min(50, steps // 10)),
+        seed=seed,
+    )
 
 
-def train_head(data: HeadData, head_cfg: Mapping[str, Any], state_dir: str | Path, *, seed: int, key: str,
-               config_hash: str, log: logging.Logger, hooks: Sequence[Any] = (), sinks: Sequence[Any] = ()
-               ) -> tuple[MetricHeadObjective, TrainResult]:
+def train_head(
+    data: HeadData,
+    head_cfg: Mapping[str, Any],
+    state_dir: str | Path,
+    *,
+    seed: int,
+    key: str,
+    config_hash: str,
+    log: logging.Logger,
+    hooks: Sequence[Any] = (),
+    sinks: Sequence[Any] = (),
+) -> tuple[MetricHeadObjective, TrainResult]:
     """Build and train (or resume) a head; returns the objective (head + bandit) and the loop's result."""
     cfg = {**DEFAULTS, **head_cfg}
     head = build_head(head_config(cfg, data.embeddings.dim), seed=seed, key=key)
     if head.standardize:
         head.fit_input(data.pool_vectors)  # the train items (a resume restores the same buffers)
-    objective = MetricHeadObjective(head, data, margin=cfg["margin"], metric=cfg["metric"],
-                                    exploration=cfg["exploration"], discount=cfg["discount"])
+    objective = MetricHeadObjective(
+        head, data, margin=cfg["margin"], metric=cfg["metric"], exploration=cfg["exploration"], discount=cfg["discount"]
+    )
     tcfg = train_config(cfg, len(data.anchors), seed)
     source = EpochData(lambda epoch: AnchorEpoch(data.anchors, seed, epoch), collate_anchors)
-    result = train(objective, source, tcfg, state_dir, config_hash=config_hash, log=log,
-                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=hooks, sinks=sinks)
+    result = train(
+        objective,
+        source,
+        tcfg,
+        state_dir,
+        config_hash=config_hash,
+        log=log,
+        metrics_path=Path(state_dir) / "train_log.jsonl",
+        hooks=hooks,
+        sinks=sinks,
+    )
     if result.is_main and not result.interrupted:
         log.info("bandit: %s | fallback anchors %d", objective.bandit.summary(), objective.fallbacks)
     return objective, result
@@ -287,18 +369,20 @@ def train_head(data: HeadData, head_cfg: Mapping[str, Any], state_dir: str | Pat
 
 # --- evaluation ---------------------------------------------------------------------------------------------------
 
+
 def validation_items(data: "HeadData") -> tuple[list[str], list[int], list[str], np.ndarray]:
     """(ids, labels, groups, query mask) of the validation retrieval: the val items query a gallery of every other
     val and train item (never a test item). A small val split (one item per class in the demo) still has
     same-class items to find among the train items."""
     ids = [*data.splits["val"], *data.splits["train"]]
     queries = np.zeros(len(ids), dtype=bool)
-    queries[:len(data.splits["val"])] = True
+    queries[: len(data.splits["val"])] = True
     return ids, [data.labels[s] for s in ids], [data.groups.get(s, s) for s in ids], queries
 
 
-def validation_map(vectors: np.ndarray, labels: Sequence[int], groups: Sequence[str],
-                   queries: np.ndarray | None = None) -> dict[str, float]:
+def validation_map(
+    vectors: np.ndarray, labels: Sequence[int], groups: Sequence[str], queries: np.ndarray | None = None
+) -> dict[str, float]:
     """Retrieval among ``vectors`` (cosine; same label = relevant): each query row (``queries`` mask, default all)
     against every other row.
 
@@ -319,8 +403,10 @@ def validation_map(vectors: np.ndarray, labels: Sequence[int], groups: Sequence[
     relevant = (labels[rows, None] == labels[None, :]) & ~excluded
     scored = relevant.any(axis=1)
     if not scored.any():
-        raise ValueError(f"no validation query has a same-label item outside its group ({int(rows.sum())} queries, "
-                         f"{len(labels)} items)")
+        raise ValueError(
+            f"no validation query has a same-label item outside its group ({int(rows.sum())} queries, "
+            f"{len(labels)} items)"
+        )
     ap = average_precision(sim[scored], relevant[scored])
     out = {f"rank@{k}": v for k, v in recall_at_k(sim[scored], relevant[scored], KS).items()}
     return {**out, "mAP": float(ap.mean()), "n_query": int(scored.sum()), "n_items": int(len(labels))}
@@ -332,13 +418,17 @@ def evaluate(objective: MetricHeadObjective, data: HeadData) -> dict[str, Any]:
     if data.qg is not None:
         ids = sorted(set(data.qg["shape_id"].astype(str)))
         raw = data.vectors_of(ids)
-        out["test_qg"] = {"projected": qg_rank_map((ids, project(raw, objective.head)), data.labels, data.qg, KS),
-                          "raw": qg_rank_map((ids, raw), data.labels, data.qg, KS)}
+        out["test_qg"] = {
+            "projected": qg_rank_map((ids, project(raw, objective.head)), data.labels, data.qg, KS),
+            "raw": qg_rank_map((ids, raw), data.labels, data.qg, KS),
+        }
     if data.splits["val"]:
         ids, labels, groups, queries = validation_items(data)
         raw = data.vectors_of(ids)
-        out["val"] = {"projected": validation_map(project(raw, objective.head), labels, groups, queries),
-                      "raw": validation_map(raw, labels, groups, queries)}
+        out["val"] = {
+            "projected": validation_map(project(raw, objective.head), labels, groups, queries),
+            "raw": validation_map(raw, labels, groups, queries),
+        }
     return out
 
 
@@ -347,8 +437,10 @@ def evaluate(objective: MetricHeadObjective, data: HeadData) -> dict[str, Any]:
 
 # --- the job ------------------------------------------------------------------------------------------------------
 
-def effective_head_cfg(params: Mapping[str, Any], best_path: str | Path | None,
-                       log: logging.Logger) -> tuple[dict[str, Any], dict[str, Any] | None]:
+
+def effective_head_cfg(
+    params: Mapping[str, Any], best_path: str | Path | None, log: logging.Logger
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The head section, with the tuned values of an Optuna best.json applied when given."""
     head = dict(params["head"])
     if best_path is None:
@@ -363,47 +455,98 @@ def effective_head_cfg(params: Mapping[str, Any], best_path: str | Path | None,
     unknown = sorted(set(tuned) - set(head))
     if unknown:
         raise ValueError(f"{best_path}: tuned parameter(s) {unknown} are not head settings ({sorted(head)})")
-    log.info("tuned values from %s (trial %s, val mAP %s): %s", best_path, best.get("trial"), best.get("value"),
-             tuned)
+    log.info("tuned values from %s (trial %s, val mAP %s): %s", best_path, best.get("trial"), best.get("value"), tuned)
     head.update(tuned)
     return head, {"path": str(best_path), "params": tuned, "value": best.get("value"), "trial": best.get("trial")}
 
 
-def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, *, log: logging.Logger,
-        hooks: Sequence[Any] = ()) -> tuple[dict[str, Any] | None, MetricHeadObjective, TrainResult, HeadData]:
+def run(
+    params: Mapping[str, Any],
+    files: Mapping[str, Any],
+    state_dir: str | Path,
+    *,
+    log: logging.Logger,
+    hooks: Sequence[Any] = (),
+) -> tuple[dict[str, Any] | None, MetricHeadObjective, TrainResult, HeadData]:
     """Train (resumably) and evaluate; metrics None when interrupted."""
     seed, space = int(params["seed"]), str(params["space"])
     head_cfg, tuned = effective_head_cfg(params, files.get("best"), log)
     data = load_data(files, log)
     fingerprint = cfg_hash(canonical_json({"seed": seed, "space": space, "head": head_cfg, "inputs": data.digest}))
-    objective, result = train_head(data, head_cfg, state_dir, seed=seed, key=space, config_hash=fingerprint, log=log,
-                                   hooks=hooks, sinks=metrics_sinks(params, state_dir, log=log))
+    objective, result = train_head(
+        data,
+        head_cfg,
+        state_dir,
+        seed=seed,
+        key=space,
+        config_hash=fingerprint,
+        log=log,
+        hooks=hooks,
+        sinks=metrics_sinks(params, state_dir, log=log),
+    )
     if result.interrupted or not result.is_main:
         return None, objective, result, data
-    metrics = {"space": space, "seed": seed, "head": head_cfg, "tuned": tuned, "steps": result.steps,
-               "final_loss": result.final_loss, "train_items": len(data.pool_ids), "anchors": int(len(data.anchors)),
-               "negatives_dropped": data.negatives.dropped, "bandit": objective.bandit_report(),
-               **evaluate(objective, data)}
+    metrics = {
+        "space": space,
+        "seed": seed,
+        "head": head_cfg,
+        "tuned": tuned,
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "train_items": len(data.pool_ids),
+        "anchors": int(len(data.anchors)),
+        "negatives_dropped": data.negatives.dropped,
+        "bandit": objective.bandit_report(),
+        **evaluate(objective, data),
+    }
     return metrics, objective, result, data
 
 
-def export(objective: MetricHeadObjective, data: HeadData, head_cfg: Mapping[str, Any], safetensors_path: str | Path,
-           json_path: str | Path, extra: Mapping[str, Any]) -> dict[str, Any]:
+def export(
+    objective: MetricHeadObjective,
+    data: HeadData,
+    head_cfg: Mapping[str, Any],
+    safetensors_path: str | Path,
+    json_path: str | Path,
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
     """Publish a trained head with the provenance of its embedding space."""
-    return save_metric_head(objective.head, safetensors_path, json_path, {
-        "config": head_config(head_cfg, data.embeddings.dim),
-        "source": {k: v for k, v in data.embeddings.metadata.items() if k not in ("id_column",)},
-        **extra})
+    return save_metric_head(
+        objective.head,
+        safetensors_path,
+        json_path,
+        {
+            "config": head_config(head_cfg, data.embeddings.dim),
+            "source": {k: v for k, v in data.embeddings.metadata.items() if k not in ("id_column",)},
+            **extra,
+        },
+    )
 
 
-def stage(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, out: Mapping[str, str],
-          log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult]:
+def stage(
+    params: Mapping[str, Any],
+    files: Mapping[str, Any],
+    state_dir: str | Path,
+    out: Mapping[str, str],
+    log: logging.Logger,
+) -> tuple[dict[str, Any] | None, TrainResult]:
     """The train_metric_head job: train, evaluate and publish the head (``out``: head, head_json, metrics)."""
     metrics, objective, result, data = run(params, files, state_dir, log=log)
     if metrics is not None:
-        export(objective, data, metrics["head"], out["head"], out["head_json"],
-               {"space": params["space"], "seed": int(params["seed"]), "steps": result.steps,
-                "tuned": metrics["tuned"], "git": git_describe()})
+        export(
+            objective,
+            data,
+            metrics["head"],
+            out["head"],
+            out["head_json"],
+            {
+                "space": params["space"],
+                "seed": int(params["seed"]),
+                "steps": result.steps,
+                "tuned": metrics["tuned"],
+                "git": git_describe(),
+            },
+        )
     return metrics, result
 
 
@@ -411,5 +554,6 @@ def summary(metrics: Mapping[str, Any]) -> str:
     if "test_qg" not in metrics:
         return f"head for {metrics['space']} trained ({metrics['steps']} steps)"
     proj, raw = metrics["test_qg"]["projected"], metrics["test_qg"]["raw"]
-    return (f"test qg mAP {proj['mAP']:.4f} (raw {raw['mAP']:.4f}) | Rank@1 {proj['rank@1']:.4f} "
-            f"(raw {raw['rank@1']:.4f})")
+    return (
+        f"test qg mAP {proj['mAP']:.4f} (raw {raw['mAP']:.4f}) | Rank@1 {proj['rank@1']:.4f} (raw {raw['rank@1']:.4f})"
+    )

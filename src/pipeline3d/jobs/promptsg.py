@@ -6,10 +6,10 @@ tower stays frozen). Data: P x K batches of the ttv ``train`` shapes (P classes,
 cache's training draws (keyed by shape id, epoch and slot), so a resumed run sees exactly the batches of an
 uninterrupted one. Losses (``loss_weights``): cross-entropy of the classifier (``linear`` or ``arcface``) on the
 post-BN feature, batch-hard triplet on the pre-BN feature (``triplet_metric``, default euclidean as in the re-ID
-"bag of tricks": token features share a large common component that a cosine on the pre-BN feature hardly sees), SupCon on the post-BN feature, and with
-textual inversion the image-text SupCon of the pseudo prompt (``text_weight``: shape view and prompt view of each
-item, positives = same class). Optimiser knobs: ``clip_grad`` (<= 0: off), ``cosine`` (off: constant rate after
-the warm-up), ``steps``, ``lr``, ``weight_decay``.
+"bag of tricks": token features share a large common component that a cosine on the pre-BN feature hardly sees),
+SupCon on the post-BN feature, and with textual inversion the image-text SupCon of the pseudo prompt (``text``:
+shape view and prompt view of each item, positives = same class). Optimiser knobs: ``clip_grad`` (<= 0: off),
+``cosine`` (off: constant rate after the warm-up), ``steps``, ``lr``, ``weight_decay``.
 
 Evaluation (re-ID convention, as train_retrieval_head): the post-BN feature of one deterministic token draw per
 test shape, cosine, Rank@1/5/10 and mAP averaged over the qg query/gallery splits; beside it the floors on the
@@ -56,6 +56,7 @@ LOSS_TERMS = ("ce", "triplet", "supcon", "text")
 
 # ---- P x K epochs -----------------------------------------------------------------------------------------------
 
+
 def pk_plan(labels: Sequence[int], p: int, k: int, n_batches: int, rng: np.random.Generator) -> np.ndarray:
     """Item indices of ``n_batches`` P x K batches, flat: each batch ``p`` distinct classes (of those with >= 2
     items), ``k`` items each (without replacement when the class has >= k items)."""
@@ -91,11 +92,20 @@ class PKEpoch(Dataset):
 
 # ---- objective --------------------------------------------------------------------------------------------------
 
+
 class PromptSGObjective(Objective):
     """The weighted CE + triplet + SupCon (+ image-text SupCon) of a P x K batch."""
 
-    def __init__(self, model: PromptSG, *, weights: Mapping[str, float], triplet_margin: float,
-                 supcon_temperature: float, backbone_lr_scale: float, triplet_metric: str = "euclidean") -> None:
+    def __init__(
+        self,
+        model: PromptSG,
+        *,
+        weights: Mapping[str, float],
+        triplet_margin: float,
+        supcon_temperature: float,
+        backbone_lr_scale: float,
+        triplet_metric: str = "euclidean",
+    ) -> None:
         super().__init__()
         self.model = model
         self.encoder = model.backbone
@@ -114,8 +124,9 @@ class PromptSGObjective(Objective):
         out = self.model(batch)
         terms = {
             "ce": lambda: F.cross_entropy(self.model.logits(out["post"], y), y),
-            "triplet": lambda: batch_hard_triplet_loss(out["pre"], y, margin=self.triplet_margin,
-                                                       metric=self.triplet_metric)[0],
+            "triplet": lambda: batch_hard_triplet_loss(
+                out["pre"], y, margin=self.triplet_margin, metric=self.triplet_metric
+            )[0],
             "supcon": lambda: supcon_loss(out["post"], y, temperature=self.supcon_temperature),
         }
         if self.model.inversion is not None:
@@ -123,8 +134,9 @@ class PromptSGObjective(Objective):
             terms["text"] = lambda: supcon_loss(views(), y, temperature=self.supcon_temperature)
         return {"out": out, "terms": terms}
 
-    def forward(self, batch: Any, *, step: int, total_steps: int, generator: torch.Generator
-                ) -> tuple[torch.Tensor, Logs]:
+    def forward(
+        self, batch: Any, *, step: int, total_steps: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, Logs]:
         batch = to_device(batch, model_device(self.model))
         parts = self.terms(batch)
         total = parts["out"]["post"].new_zeros(())
@@ -144,6 +156,7 @@ class PromptSGObjective(Objective):
 
 # ---- the job ----------------------------------------------------------------------------------------------------
 
+
 def settings(params: Mapping[str, Any]) -> dict[str, Any]:
     """The variant's knobs: the promptsg defaults with the variant's overrides on top."""
     return {**params["promptsg"], **(params.get("variant_settings") or {})}
@@ -152,13 +165,21 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
 def model_config(s: Mapping[str, Any], token_dim: int, text_backbone: Any, n_classes: int) -> PromptSGConfig:
     from ..models.pseudo_prompt import text_tower
 
-    return PromptSGConfig(token_dim=token_dim, text_dim=int(text_backbone.dim),
-                          word_dim=int(text_tower(text_backbone.model).width), n_classes=n_classes,
-                          bnneck_dim=int(s["bnneck_dim"]), classifier=str(s["classifier"]),
-                          arcface_margin=float(s["arcface"]["margin"]), arcface_scale=float(s["arcface"]["scale"]),
-                          inversion=bool(s["textual_inversion"]), n_tokens=int(s["n_tokens"]),
-                          interaction=bool(s["interaction"]), interaction_layers=int(s["interaction_layers"]),
-                          interaction_heads=int(s["interaction_heads"]))
+    return PromptSGConfig(
+        token_dim=token_dim,
+        text_dim=int(text_backbone.dim),
+        word_dim=int(text_tower(text_backbone.model).width),
+        n_classes=n_classes,
+        bnneck_dim=int(s["bnneck_dim"]),
+        classifier=str(s["classifier"]),
+        arcface_margin=float(s["arcface"]["margin"]),
+        arcface_scale=float(s["arcface"]["scale"]),
+        inversion=bool(s["textual_inversion"]),
+        n_tokens=int(s["n_tokens"]),
+        interaction=bool(s["interaction"]),
+        interaction_layers=int(s["interaction_layers"]),
+        interaction_heads=int(s["interaction_heads"]),
+    )
 
 
 def build(params: Mapping[str, Any], files: Mapping[str, Any], n_classes: int, key: str):
@@ -167,8 +188,13 @@ def build(params: Mapping[str, Any], files: Mapping[str, Any], n_classes: int, k
     enc_params = {**params, "method": params["method"], "finetune": {"n_point": s["n_point"], "n_ray": s["n_ray"]}}
     encoder, causal, tok = job_encoder(enc_params, files, seed=seed, key=key)
     text_cfg = params["text"]
-    text = build_text_backbone(text_cfg["model"], text_cfg.get("weights"), config_key="embed.text.weights",
-                               allow_random_init=bool(text_cfg.get("random_init", False)), seed=seed)
+    text = build_text_backbone(
+        text_cfg["model"],
+        text_cfg.get("weights"),
+        config_key="embed.text.weights",
+        allow_random_init=bool(text_cfg.get("random_init", False)),
+        seed=seed,
+    )
     prompt = prepare_template(text.tokenizer, s["template"], placeholder=DEFAULT_PLACEHOLDER)
     backbone = ShapeTokenBackbone(encoder, causal=causal)
     with torch.random.fork_rng(devices=[]):  # the head's init: a function of (seed, dataset, variant) only
@@ -189,8 +215,14 @@ def embed_shapes(model: PromptSG, dataset: ShapeTokenDataset, batch_size: int = 
     return np.concatenate(out).astype(np.float32)
 
 
-def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, *, log: logging.Logger,
-        extra_hooks: Sequence[Any] = ()) -> tuple[dict[str, Any] | None, PromptSG, dict[str, Any], TrainResult]:
+def run(
+    params: Mapping[str, Any],
+    files: Mapping[str, Any],
+    state_dir: str | Path,
+    *,
+    log: logging.Logger,
+    extra_hooks: Sequence[Any] = (),
+) -> tuple[dict[str, Any] | None, PromptSG, dict[str, Any], TrainResult]:
     """Train and evaluate; returns (metrics or None when interrupted, the model, the export description, result)."""
     s, seed = settings(params), int(params["seed"])
     key = f"{params['dataset']}|{params['variant']}"
@@ -200,8 +232,9 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     if not train_rows:
         raise ValueError(f"{key}: none of the {len(train_labels)} ttv train shapes is cached")
     model, tok, text = build(params, files, len(names), key)
-    train_ds = ShapeTokenDataset(entries_of(train_rows), s["backend"], tok, seed=seed, mode="train",
-                                 augment=s.get("augment"))
+    train_ds = ShapeTokenDataset(
+        entries_of(train_rows), s["backend"], tok, seed=seed, mode="train", augment=s.get("augment")
+    )
     k, batch = int(s["k"]), int(s["batch_size"])
     p = batch // k
     if p < 2:
@@ -210,26 +243,64 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     n_batches = max(1, len(train_rows) // batch)  # a nominal epoch: about one pass over the training shapes
     plans = lambda epoch: pk_plan(labels, p, k, n_batches, rng_for(seed, STAGE, f"{key}|epoch{epoch}"))  # noqa: E731
     batch = len(plans(0)) // n_batches  # p may shrink to the drawable classes
-    objective = PromptSGObjective(model, weights=s["loss_weights"], triplet_margin=float(s["triplet_margin"]),
-                                  supcon_temperature=float(s["supcon_temperature"]),
-                                  backbone_lr_scale=float(s["backbone_lr_scale"]),
-                                  triplet_metric=str(s.get("triplet_metric", "euclidean")))
+    objective = PromptSGObjective(
+        model,
+        weights=s["loss_weights"],
+        triplet_margin=float(s["triplet_margin"]),
+        supcon_temperature=float(s["supcon_temperature"]),
+        backbone_lr_scale=float(s["backbone_lr_scale"]),
+        triplet_metric=str(s.get("triplet_metric", "euclidean")),
+    )
     steps = int(s["steps"])
-    cfg = TrainConfig(steps=steps, batch_size=batch, lr=float(s["lr"]), weight_decay=float(s["weight_decay"]),
-                      warmup_steps=int(round(float(s["warmup_frac"]) * steps)),
-                      min_lr_ratio=0.01 if s["cosine"] else 1.0, clip_grad=float(s["clip_grad"]),
-                      checkpoint_every=int(s["checkpoint_every"]), log_every=max(1, steps // 20), seed=seed,
-                      num_workers=int(s.get("num_workers", 0)))
-    log.info("%s: %d train shapes, %d classes, P x K = %d x %d, %d steps, backbone lr x %g, interaction %s, "
-             "inversion %s, %s classifier", key, len(train_rows), len(set(labels)), batch // k, k, steps,
-             float(s["backbone_lr_scale"]), s["interaction"], s["textual_inversion"], s["classifier"])
-    result = train(objective, EpochData(lambda epoch: PKEpoch(train_ds, plans(epoch), epoch, k), collate), cfg,
-                   state_dir, config_hash=run_fingerprint(params, files), log=log,
-                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=list(extra_hooks),
-                   sinks=metrics_sinks(params, state_dir, log=log))
-    description = {"dataset": params["dataset"], "variant": params["variant"], "method": params["method"],
-                   "seed": seed, "class_names": names, "settings": s, "tokens": dict(tok), "text": text,
-                   "steps": result.steps}
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=batch,
+        lr=float(s["lr"]),
+        weight_decay=float(s["weight_decay"]),
+        warmup_steps=int(round(float(s["warmup_frac"]) * steps)),
+        min_lr_ratio=0.01 if s["cosine"] else 1.0,
+        clip_grad=float(s["clip_grad"]),
+        checkpoint_every=int(s["checkpoint_every"]),
+        log_every=max(1, steps // 20),
+        seed=seed,
+        num_workers=int(s.get("num_workers", 0)),
+    )
+    log.info(
+        "%s: %d train shapes, %d classes, P x K = %d x %d, %d steps, backbone lr x %g, interaction %s, "
+        "inversion %s, %s classifier",
+        key,
+        len(train_rows),
+        len(set(labels)),
+        batch // k,
+        k,
+        steps,
+        float(s["backbone_lr_scale"]),
+        s["interaction"],
+        s["textual_inversion"],
+        s["classifier"],
+    )
+    result = train(
+        objective,
+        EpochData(lambda epoch: PKEpoch(train_ds, plans(epoch), epoch, k), collate),
+        cfg,
+        state_dir,
+        config_hash=run_fingerprint(params, files),
+        log=log,
+        metrics_path=Path(state_dir) / "train_log.jsonl",
+        hooks=list(extra_hooks),
+        sinks=metrics_sinks(params, state_dir, log=log),
+    )
+    description = {
+        "dataset": params["dataset"],
+        "variant": params["variant"],
+        "method": params["method"],
+        "seed": seed,
+        "class_names": names,
+        "settings": s,
+        "tokens": dict(tok),
+        "text": text,
+        "steps": result.steps,
+    }
     if result.interrupted or not result.is_main:
         return None, model, description, result
 
@@ -239,27 +310,48 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
     test_ds = ShapeTokenDataset(entries_of(test_rows), s["backend"], tok, seed=seed, mode="eval", mc_draws=1)
     test_ids = [r.shape_id for r in test_rows]
     qg = qg[qg["shape_id"].astype(str).isin(set(test_ids))]
-    metrics = {"dataset": params["dataset"], "variant": params["variant"], "method": params["method"], "seed": seed,
-               "embedding": "post-BN (BNNeck) feature, cosine", "settings": s, "p": batch // k, "k": k,
-               "steps": result.steps, "final_loss": result.final_loss, "train_shapes": len(train_rows),
-               "qg_shapes": len(test_ids), "class_names": names,
-               "head": qg_rank_map((test_ids, embed_shapes(model, test_ds)), None, qg)}
+    metrics = {
+        "dataset": params["dataset"],
+        "variant": params["variant"],
+        "method": params["method"],
+        "seed": seed,
+        "embedding": "post-BN (BNNeck) feature, cosine",
+        "settings": s,
+        "p": batch // k,
+        "k": k,
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "train_shapes": len(train_rows),
+        "qg_shapes": len(test_ids),
+        "class_names": names,
+        "head": qg_rank_map((test_ids, embed_shapes(model, test_ds)), None, qg),
+    }
     if "shape_embeddings" in files:
         emb_path = str(files["shape_embeddings"])
         raw_ids, raw_x = vectors_of(read_vectors(emb_path), test_ids, emb_path, "qg", log)
         metrics["raw"] = qg_rank_map((raw_ids, raw_x), None, qg[qg["shape_id"].astype(str).isin(set(raw_ids))])
     metrics["descriptor_raw"] = descriptor_floor(files, seed, {r.shape_id: r.label for r in train_rows}, qg, log)
-    log.info("%s: qg mAP %.4f, Rank@1 %.4f over %d splits%s", key, metrics["head"]["mAP"],
-             metrics["head"]["rank@1"], metrics["head"]["n_splits"],
-             f" (raw {metrics['raw']['mAP']:.4f})" if "raw" in metrics else "")
+    log.info(
+        "%s: qg mAP %.4f, Rank@1 %.4f over %d splits%s",
+        key,
+        metrics["head"]["mAP"],
+        metrics["head"]["rank@1"],
+        metrics["head"]["n_splits"],
+        f" (raw {metrics['raw']['mAP']:.4f})" if "raw" in metrics else "",
+    )
     return metrics, model, description, result
 
 
 REQUIRED_INPUTS = ("manifest", "ttv", "qg", "index", "shards", "weights", "encoder_json")
 
 
-def stage(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, out: Mapping[str, str],
-          log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult]:
+def stage(
+    params: Mapping[str, Any],
+    files: Mapping[str, Any],
+    state_dir: str | Path,
+    out: Mapping[str, str],
+    log: logging.Logger,
+) -> tuple[dict[str, Any] | None, TrainResult]:
     """The train_promptsg job: train, evaluate and publish the model into ``out["model_dir"]``."""
     missing = sorted(set(REQUIRED_INPUTS) - set(files))
     if missing:

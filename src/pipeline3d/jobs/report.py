@@ -24,5 +24,6 @@ def run(params: Mapping[str, Any], inputs: Any, out_dir: str, plots_dir: str, lo
         log.info("table %-10s %d row(s)", name, table.n_rows)
     written = build.write(report, str(params.get("title") or "pipeline3d results"), out_dir, plots_dir)
     write_text(f"{out_dir}/metrics.jsonl", lines)
-    log.info("wrote %d files to %s and %s (+ metrics.jsonl, %d records)", len(written), out_dir, plots_dir,
-             lines.count("\n"))
+    log.info(
+        "wrote %d files to %s and %s (+ metrics.jsonl, %d records)", len(written), out_dir, plots_dir, lines.count("\n")
+    )

@@ -50,16 +50,16 @@ from ..embed.retrieval_head import RetrievalModel, describe, save_retrieval_head
 from ..embed.vectors import Embeddings, read_vectors
 from ..eval import descriptor
 from ..eval.retrieval import qg_rank_map
+from ..io.tables import read_parquet
 from ..log import git_describe
 from ..objectives.base import Logs, Objective
 from ..objectives.supcon import supcon_loss
 from ..objectives.triplet import batch_hard_triplet_loss
 from ..rng import rng_for
-from ..train.loop import TrainConfig, TrainResult, train
 from ..train.checkpoint import run_fingerprint
+from ..train.loop import TrainConfig, TrainResult, train
 from ..train.wandb_sink import metrics_sinks
 from .finetune import class_names
-from ..io.tables import read_parquet
 
 DEFAULT_K = 4
 TRIPLET_METRIC = "cosine"
@@ -71,6 +71,7 @@ LOSS_TERMS = ("ce", "triplet", "supcon")
 
 # ---- PK batches -------------------------------------------------------------------------------------------------
 
+
 def pk_indices(class_rows: Sequence[torch.Tensor], p: int, k: int, generator: torch.Generator) -> torch.Tensor:
     """Row indices of a P x K batch: ``p`` distinct classes, ``k`` rows each (without replacement when the class
     has >= k rows); all draws from ``generator``."""
@@ -80,8 +81,11 @@ def pk_indices(class_rows: Sequence[torch.Tensor], p: int, k: int, generator: to
     for c in chosen:
         rows = class_rows[c]
         n = rows.shape[0]
-        pos = (torch.randperm(n, generator=generator, device=dev)[:k] if n >= k
-               else torch.randint(n, (k,), generator=generator, device=dev))
+        pos = (
+            torch.randperm(n, generator=generator, device=dev)[:k]
+            if n >= k
+            else torch.randint(n, (k,), generator=generator, device=dev)
+        )
         picks.append(rows[pos.to(rows.device)])
     return torch.cat(picks)
 
@@ -105,13 +109,26 @@ def _collate_slots(samples: list[int]) -> torch.Tensor:
 
 # ---- objective --------------------------------------------------------------------------------------------------
 
+
 class RetrievalObjective(Objective):
     """The weighted ArcFace + triplet + SupCon (+ textual-inversion alignment) loss on PK batches of the training
     vectors (held as non-persistent buffers: they come from the inputs, not the checkpoint)."""
 
-    def __init__(self, model: RetrievalModel, vectors: torch.Tensor, labels: torch.Tensor, *, k: int, p: int,
-                 weights: Mapping[str, float], triplet_margin: float, supcon_temperature: float,
-                 text_backbone: Any = None, prompt: Any = None, text_weight: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: RetrievalModel,
+        vectors: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        k: int,
+        p: int,
+        weights: Mapping[str, float],
+        triplet_margin: float,
+        supcon_temperature: float,
+        text_backbone: Any = None,
+        prompt: Any = None,
+        text_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         self.model = model
         self.encoder = model
@@ -172,23 +189,32 @@ class RetrievalObjective(Objective):
         views = torch.stack([self.model.to_text(post), text], dim=1)  # (N, 2, text_dim): shape view, prompt view
         return supcon_loss(views, y, temperature=self.supcon_temperature)
 
-    def forward(self, batch: Any, *, step: int, total_steps: int, generator: torch.Generator
-                ) -> tuple[torch.Tensor, Logs]:
+    def forward(
+        self, batch: Any, *, step: int, total_steps: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, Logs]:
         x, y = self.batch(generator)
         return self.losses(x, y)
 
 
 # ---- inputs -----------------------------------------------------------------------------------------------------
 
-def vectors_of(emb: Embeddings, ids: Sequence[str], path: str, what: str,
-          log: logging.Logger) -> tuple[list[str], np.ndarray]:
+
+def vectors_of(
+    emb: Embeddings, ids: Sequence[str], path: str, what: str, log: logging.Logger
+) -> tuple[list[str], np.ndarray]:
     """The ids (in the given order) that have a vector, and their vectors; warns about the rest."""
     row = {sid: i for i, sid in enumerate(emb.ids)}
     have = [s for s in ids if s in row]
     if len(have) < len(ids):
         missing = [s for s in ids if s not in row]
-        log.warning("%s: %d of %d %s shapes have no vector (e.g. %s); they are left out", path, len(missing),
-                    len(ids), what, missing[:3])
+        log.warning(
+            "%s: %d of %d %s shapes have no vector (e.g. %s); they are left out",
+            path,
+            len(missing),
+            len(ids),
+            what,
+            missing[:3],
+        )
     return have, emb.vectors[[row[s] for s in have]] if have else np.zeros((0, emb.dim), np.float32)
 
 
@@ -214,23 +240,50 @@ def _text_setup(params: Mapping[str, Any], log: logging.Logger) -> tuple[Any, An
     from ..models.pseudo_prompt import DEFAULT_PLACEHOLDER, prepare_template, text_tower
 
     text, ti = params["text"], params["head"]["textual_inversion"]
-    backbone = build_text_backbone(text["model"], text.get("weights"), config_key="embed.text.weights",
-                                   allow_random_init=bool(text.get("random_init", False)), seed=int(params["seed"]))
+    backbone = build_text_backbone(
+        text["model"],
+        text.get("weights"),
+        config_key="embed.text.weights",
+        allow_random_init=bool(text.get("random_init", False)),
+        seed=int(params["seed"]),
+    )
     tower = text_tower(backbone.model)  # refuses unsupported layouts before any training
-    prompt = prepare_template(backbone.tokenizer, ti["template"],
-                              placeholder=ti.get("placeholder", DEFAULT_PLACEHOLDER))
-    info = {"name": text.get("name", text["model"]), "model": text["model"], "weights_sha256": backbone.weights.sha256,
-            "weights_source": backbone.weights.source, "dim": backbone.dim, "token_dim": tower.width,
-            "template": ti["template"], "placeholder": prompt.placeholder, "n_tokens": int(ti["n_tokens"])}
-    log.info("textual inversion: %d pseudo token(s) in %r through text tower %s (dim %d, token width %d)",
-             info["n_tokens"], ti["template"], info["name"], backbone.dim, tower.width)
+    prompt = prepare_template(
+        backbone.tokenizer, ti["template"], placeholder=ti.get("placeholder", DEFAULT_PLACEHOLDER)
+    )
+    info = {
+        "name": text.get("name", text["model"]),
+        "model": text["model"],
+        "weights_sha256": backbone.weights.sha256,
+        "weights_source": backbone.weights.source,
+        "dim": backbone.dim,
+        "token_dim": tower.width,
+        "template": ti["template"],
+        "placeholder": prompt.placeholder,
+        "n_tokens": int(ti["n_tokens"]),
+    }
+    log.info(
+        "textual inversion: %d pseudo token(s) in %r through text tower %s (dim %d, token width %d)",
+        info["n_tokens"],
+        ti["template"],
+        info["name"],
+        backbone.dim,
+        tower.width,
+    )
     return backbone, prompt, info
 
 
 # ---- the job ----------------------------------------------------------------------------------------------------
 
-def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, *, log: logging.Logger,
-        extra_hooks: Sequence[Any] = ()) -> tuple[dict[str, Any] | None, RetrievalModel, dict[str, Any], TrainResult]:
+
+def run(
+    params: Mapping[str, Any],
+    files: Mapping[str, Any],
+    state_dir: str | Path,
+    *,
+    log: logging.Logger,
+    extra_hooks: Sequence[Any] = (),
+) -> tuple[dict[str, Any] | None, RetrievalModel, dict[str, Any], TrainResult]:
     """Train and evaluate; returns (metrics or None when interrupted, the model, the export description, result)."""
     head = settings(params["head"])
     seed, key = int(params["seed"]), f"{params['dataset']}|{params['method']}"
@@ -256,28 +309,65 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
         raise ValueError(f"retrieval_head.batch_size {head['batch_size']} holds fewer than 2 classes of k = {k}")
     with torch.random.fork_rng(devices=[]):  # the head's init: a function of (seed, dataset, method) only
         torch.manual_seed(int(rng_for(seed, "train_retrieval_head", key).integers(0, 2**63 - 1)))
-        model = RetrievalModel(emb.dim, int(head["neck_dim"]), len(names), margin=float(head["arcface"]["margin"]),
-                               scale=float(head["arcface"]["scale"]),
-                               token_dim=text_info["token_dim"] if text_info else None,
-                               text_dim=text_info["dim"] if text_info else None,
-                               n_tokens=int(ti.get("n_tokens", 1)))
-    objective = RetrievalObjective(model, torch.from_numpy(np.ascontiguousarray(train_x)), torch.tensor(y), k=k, p=p,
-                                   weights=head["loss_weights"], triplet_margin=float(head["triplet_margin"]),
-                                   supcon_temperature=float(head["supcon_temperature"]),
-                                   text_backbone=text_backbone, prompt=prompt,
-                                   text_weight=float(ti.get("weight", 0.0)))
+        model = RetrievalModel(
+            emb.dim,
+            int(head["neck_dim"]),
+            len(names),
+            margin=float(head["arcface"]["margin"]),
+            scale=float(head["arcface"]["scale"]),
+            token_dim=text_info["token_dim"] if text_info else None,
+            text_dim=text_info["dim"] if text_info else None,
+            n_tokens=int(ti.get("n_tokens", 1)),
+        )
+    objective = RetrievalObjective(
+        model,
+        torch.from_numpy(np.ascontiguousarray(train_x)),
+        torch.tensor(y),
+        k=k,
+        p=p,
+        weights=head["loss_weights"],
+        triplet_margin=float(head["triplet_margin"]),
+        supcon_temperature=float(head["supcon_temperature"]),
+        text_backbone=text_backbone,
+        prompt=prompt,
+        text_weight=float(ti.get("weight", 0.0)),
+    )
     batch = objective.p * k
     steps = int(head["steps"])
-    log.info("%s: %d train shapes with vectors (%d classes, %d drawable), PK batches %d x %d, %d steps",
-             key, len(train_ids), len(set(y)), len(objective.class_rows), objective.p, k, steps)
-    cfg = TrainConfig(steps=steps, batch_size=batch, lr=float(head["lr"]), weight_decay=float(head["weight_decay"]),
-                      warmup_steps=int(round(float(head["warmup_frac"]) * steps)), min_lr_ratio=0.01, clip_grad=5.0,
-                      checkpoint_every=int(head["checkpoint_every"]), log_every=max(1, steps // 20), seed=seed)
+    log.info(
+        "%s: %d train shapes with vectors (%d classes, %d drawable), PK batches %d x %d, %d steps",
+        key,
+        len(train_ids),
+        len(set(y)),
+        len(objective.class_rows),
+        objective.p,
+        k,
+        steps,
+    )
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=batch,
+        lr=float(head["lr"]),
+        weight_decay=float(head["weight_decay"]),
+        warmup_steps=int(round(float(head["warmup_frac"]) * steps)),
+        min_lr_ratio=0.01,
+        clip_grad=5.0,
+        checkpoint_every=int(head["checkpoint_every"]),
+        log_every=max(1, steps // 20),
+        seed=seed,
+    )
     epoch_batches = max(1, len(train_ids) // batch)  # a nominal epoch: about one pass over the training shapes
-    result = train(objective, _EpochSlots(epoch_batches * batch), cfg, state_dir,
-                   config_hash=run_fingerprint(params, files), log=log,
-                   metrics_path=Path(state_dir) / "train_log.jsonl", hooks=list(extra_hooks),
-                   sinks=metrics_sinks(params, state_dir, log=log))
+    result = train(
+        objective,
+        _EpochSlots(epoch_batches * batch),
+        cfg,
+        state_dir,
+        config_hash=run_fingerprint(params, files),
+        log=log,
+        metrics_path=Path(state_dir) / "train_log.jsonl",
+        hooks=list(extra_hooks),
+        sinks=metrics_sinks(params, state_dir, log=log),
+    )
     description = describe(model, names, emb, params, head, text_info, steps=result.steps)
     if result.interrupted or not result.is_main:
         return None, model, description, result
@@ -292,10 +382,19 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
         pre, post = model(torch.from_numpy(np.ascontiguousarray(test_x)).to(model_device(model)))
     pre, post = to_host(pre), to_host(post)
     metrics = {
-        "dataset": params["dataset"], "method": params["method"], "seed": seed,
-        "embedding": "post-BN (BNNeck) feature, cosine", "settings": head, "k": k, "p": objective.p,
-        "triplet_metric": TRIPLET_METRIC, "class_names": names, "steps": result.steps,
-        "train_shapes": len(train_ids), "qg_shapes": len(test_ids), "final_loss": result.final_loss,
+        "dataset": params["dataset"],
+        "method": params["method"],
+        "seed": seed,
+        "embedding": "post-BN (BNNeck) feature, cosine",
+        "settings": head,
+        "k": k,
+        "p": objective.p,
+        "triplet_metric": TRIPLET_METRIC,
+        "class_names": names,
+        "steps": result.steps,
+        "train_shapes": len(train_ids),
+        "qg_shapes": len(test_ids),
+        "final_loss": result.final_loss,
         "head": qg_rank_map((test_ids, post), None, qg),
         "head_pre_bn": qg_rank_map((test_ids, pre), None, qg),
         "raw": qg_rank_map((test_ids, test_x), None, qg),
@@ -305,16 +404,28 @@ def run(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Pa
         metrics["text"] = text_info
     if "index" in files and "shards" in files:
         metrics["descriptor_raw"] = descriptor_floor(files, seed, {s: train_labels[s] for s in train_ids}, qg, log)
-    log.info("%s: qg mAP %.4f (raw %.4f), Rank@1 %.4f (raw %.4f) over %d splits", key, metrics["head"]["mAP"],
-             metrics["raw"]["mAP"], metrics["head"]["rank@1"], metrics["raw"]["rank@1"], metrics["head"]["n_splits"])
+    log.info(
+        "%s: qg mAP %.4f (raw %.4f), Rank@1 %.4f (raw %.4f) over %d splits",
+        key,
+        metrics["head"]["mAP"],
+        metrics["raw"]["mAP"],
+        metrics["head"]["rank@1"],
+        metrics["raw"]["rank@1"],
+        metrics["head"]["n_splits"],
+    )
     return metrics, model, description, result
 
 
 REQUIRED_INPUTS = ("shape_embeddings", "manifest", "ttv", "qg")
 
 
-def stage(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | Path, out: Mapping[str, str],
-          log: logging.Logger) -> tuple[dict[str, Any] | None, TrainResult]:
+def stage(
+    params: Mapping[str, Any],
+    files: Mapping[str, Any],
+    state_dir: str | Path,
+    out: Mapping[str, str],
+    log: logging.Logger,
+) -> tuple[dict[str, Any] | None, TrainResult]:
     """The train_retrieval_head job: train, evaluate and publish the head (``out``: head, head_json, metrics)."""
     missing = sorted(set(REQUIRED_INPUTS) - set(files))
     if missing:
@@ -325,20 +436,36 @@ def stage(params: Mapping[str, Any], files: Mapping[str, Any], state_dir: str | 
     return metrics, result
 
 
-def descriptor_floor(files: Mapping[str, Any], seed: int, train_labels: Mapping[str, int], qg: pd.DataFrame,
-                     log: logging.Logger) -> dict[str, Any]:
+def descriptor_floor(
+    files: Mapping[str, Any], seed: int, train_labels: Mapping[str, int], qg: pd.DataFrame, log: logging.Logger
+) -> dict[str, Any]:
     """``qg_rank_map`` of the standardised shape-distribution descriptors of the qg shapes (mean/std of the
     ``train_labels`` shapes' descriptors): the no-learning floor of the retrieval table."""
     qg_labels = dict(zip(qg["shape_id"].astype(str), qg["label"].astype(int)))
-    rows = {role: cached_rows(dict(labels), files["index"], files["shards"])
-            for role, labels in (("train", train_labels), ("qg", qg_labels))}
+    rows = {
+        role: cached_rows(dict(labels), files["index"], files["shards"])
+        for role, labels in (("train", train_labels), ("qg", qg_labels))
+    }
     x = {role: descriptor.descriptor_features(r, seed=seed, backend=DESCRIPTOR_BACKEND) for role, r in rows.items()}
     mean, std = descriptor.standardiser(x["train"])
     result = qg_rank_map(([r.shape_id for r in rows["qg"]], (x["qg"] - mean) / std), None, qg)
-    log.info("descriptor floor: qg mAP %.4f, Rank@1 %.4f (%d features, standardised on %d train shapes)",
-             result["mAP"], result["rank@1"], x["qg"].shape[1], len(rows["train"]))
-    return {**result, "descriptor": {**descriptor.DEFAULTS, "backend": DESCRIPTOR_BACKEND, "metric": "cosine",
-                                     "standardised_on": "train", "features": int(x["qg"].shape[1])}}
+    log.info(
+        "descriptor floor: qg mAP %.4f, Rank@1 %.4f (%d features, standardised on %d train shapes)",
+        result["mAP"],
+        result["rank@1"],
+        x["qg"].shape[1],
+        len(rows["train"]),
+    )
+    return {
+        **result,
+        "descriptor": {
+            **descriptor.DEFAULTS,
+            "backend": DESCRIPTOR_BACKEND,
+            "metric": "cosine",
+            "standardised_on": "train",
+            "features": int(x["qg"].shape[1]),
+        },
+    }
 
 
 class _EpochSlots:

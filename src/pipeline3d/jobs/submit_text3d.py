@@ -20,8 +20,7 @@ from ..device import job_device
 from ..embed.text3d_alignment import load_alignment
 from ..io.atomic import atomic_path, write_json
 from ..io.tables import read_parquet
-from .align_text3d import (TEST_KS, encode_texts, load_captions, project_shapes, retrieval_scores, shape_set,
-                           tokenize)
+from .align_text3d import TEST_KS, encode_texts, load_captions, project_shapes, retrieval_scores, shape_set, tokenize
 from .provenance import provenance
 
 SUBMISSION_DEPTH = 10
@@ -29,8 +28,9 @@ SUBMISSION_DEPTH = 10
 
 def choose_fold(fold_metrics: Sequence[Mapping[str, Any]]) -> int:
     """The fold with the best validation score; ties (and equal scores) go to the lowest fold."""
-    scored = [(float(m["val"]["score"]), int(m["fold"])) for m in fold_metrics
-              if not math.isnan(float(m["val"]["score"]))]
+    scored = [
+        (float(m["val"]["score"]), int(m["fold"])) for m in fold_metrics if not math.isnan(float(m["val"]["score"]))
+    ]
     if not scored:
         raise ValueError(f"none of the {len(fold_metrics)} fold metrics has a validation score")
     best = max(s for s, _ in scored)
@@ -43,8 +43,9 @@ def _pick_by_sha(paths: Sequence[str], sha: str, what: str) -> str:
     for path in paths:
         if file_sha256(path) == sha:
             return path
-    raise ValueError(f"none of the {len(paths)} {what} files has the sha256 recorded in the chosen head.json "
-                     f"({sha[:16]}...)")
+    raise ValueError(
+        f"none of the {len(paths)} {what} files has the sha256 recorded in the chosen head.json ({sha[:16]}...)"
+    )
 
 
 def rankings(sim: np.ndarray, gallery_ids: Sequence[str], depth: int) -> list[list[str]]:
@@ -81,8 +82,11 @@ def submit(params: Mapping[str, Any], files: Mapping[str, Any], *, log: logging.
     projection = _pick_by_sha(_as_list(files["projections"]), head["projection"]["sha256"], "projection")
     text_weights = _pick_by_sha(_as_list(files["text_towers"]), head["text"]["sha256"], "text tower")
     loaded = load_alignment(heads[fold], projection, text_weights, params["text"], device=job_device())
-    log.info("fold %d has the best validation score (%s); ranking the test split with it", fold,
-             {int(m["fold"]): round(float(m["val"]["score"]), 4) for m in fold_metrics})
+    log.info(
+        "fold %d has the best validation score (%s); ranking the test split with it",
+        fold,
+        {int(m["fold"]): round(float(m["val"]["score"]), 4) for m in fold_metrics},
+    )
 
     ttv = read_parquet(files["ttv"], columns=["shape_id", "label", "split"])
     test = shape_set(files["shape_embeddings"], ttv[ttv["split"] == "test"])
@@ -102,25 +106,41 @@ def submit(params: Mapping[str, Any], files: Mapping[str, Any], *, log: logging.
     t2m = pd.DataFrame(rankings(sim, test.ids, k_shapes), columns=[f"rank_{i + 1}" for i in range(k_shapes)])
     t2m.insert(0, "query_text", captions.texts)
     t2m.insert(0, "query_id", captions.caption_ids)
-    m2t = pd.DataFrame(rankings(sim.T, captions.caption_ids, k_captions),
-                       columns=[f"rank_{i + 1}" for i in range(k_captions)])
+    m2t = pd.DataFrame(
+        rankings(sim.T, captions.caption_ids, k_captions), columns=[f"rank_{i + 1}" for i in range(k_captions)]
+    )
     m2t.insert(0, "query_id", test.ids)
     metrics = {
-        "dataset": params["dataset"], "method": params["method"], "fold": fold,
+        "dataset": params["dataset"],
+        "method": params["method"],
+        "fold": fold,
         "fold_val_scores": {str(int(m["fold"])): float(m["val"]["score"]) for m in fold_metrics},
-        "caption_source": captions.source, "test_shapes": len(test), "test_captions": len(captions),
+        "caption_source": captions.source,
+        "test_shapes": len(test),
+        "test_captions": len(captions),
         "test": scores,
-        "queries_without_relevant": {"t2m": int((~relevant.any(axis=1)).sum()),
-                                     "m2t": int((~relevant.any(axis=0)).sum())},
+        "queries_without_relevant": {
+            "t2m": int((~relevant.any(axis=1)).sum()),
+            "m2t": int((~relevant.any(axis=0)).sum()),
+        },
         "temperature": head["temperature"],
-        "text": {"model": head["text"]["model"], "base_weights_sha256": head["text"]["base_weights_sha256"],
-                 "trainable_blocks": head["text"]["trainable_blocks"]},
+        "text": {
+            "model": head["text"]["model"],
+            "base_weights_sha256": head["text"]["base_weights_sha256"],
+            "trainable_blocks": head["text"]["trainable_blocks"],
+        },
     }
     return Submission(t2m, m2t, metrics)
 
 
-def write_submission(params: Mapping[str, Any], files: Mapping[str, Any], text2mesh: str, mesh2text: str,
-                     metrics_path: str, log: logging.Logger) -> None:
+def write_submission(
+    params: Mapping[str, Any],
+    files: Mapping[str, Any],
+    text2mesh: str,
+    mesh2text: str,
+    metrics_path: str,
+    log: logging.Logger,
+) -> None:
     """``submit`` and its outputs: the two rankings (CSV) and the test metrics (with the protocol and code version)."""
     started = time.time()
     result = submit(params, files, log=log)
@@ -130,6 +150,15 @@ def write_submission(params: Mapping[str, Any], files: Mapping[str, Any], text2m
     metrics = result.metrics | provenance(params, started)
     write_json(metrics_path, metrics)
     test = metrics["test"]
-    log.info("fold %d | test t2m R@1/5/10 %.4f/%.4f/%.4f | m2t %.4f/%.4f/%.4f | %d captions x %d shapes",
-             metrics["fold"], test["t2m"]["R@1"], test["t2m"]["R@5"], test["t2m"]["R@10"], test["m2t"]["R@1"],
-             test["m2t"]["R@5"], test["m2t"]["R@10"], metrics["test_captions"], metrics["test_shapes"])
+    log.info(
+        "fold %d | test t2m R@1/5/10 %.4f/%.4f/%.4f | m2t %.4f/%.4f/%.4f | %d captions x %d shapes",
+        metrics["fold"],
+        test["t2m"]["R@1"],
+        test["t2m"]["R@5"],
+        test["t2m"]["R@10"],
+        test["m2t"]["R@1"],
+        test["m2t"]["R@5"],
+        test["m2t"]["R@10"],
+        metrics["test_captions"],
+        metrics["test_shapes"],
+    )

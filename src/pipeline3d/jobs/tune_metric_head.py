@@ -72,8 +72,9 @@ def _finished(study) -> list:
     return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
 
 
-def tune(params: Mapping[str, Any], files: Mapping[str, Any], study_path: str | Path,
-         log: logging.Logger) -> tuple[dict[str, Any] | None, int]:
+def tune(
+    params: Mapping[str, Any], files: Mapping[str, Any], study_path: str | Path, log: logging.Logger
+) -> tuple[dict[str, Any] | None, int]:
     """Run the missing trials; returns (best.json content, exit code); content None when interrupted."""
     import optuna
 
@@ -94,8 +95,9 @@ def tune(params: Mapping[str, Any], files: Mapping[str, Any], study_path: str | 
     storage = f"sqlite:///{study_path.resolve()}"
     # "trials" is left out: raising it continues the same study
     search_cfg = {k: v for k, v in opt.items() if k not in ("trials", "enabled")}
-    key = cfg_hash(canonical_json({"seed": seed, "space": space, "head": head, "optuna": search_cfg,
-                                   "inputs": data.digest}))
+    key = cfg_hash(
+        canonical_json({"seed": seed, "space": space, "head": head, "optuna": search_cfg, "inputs": data.digest})
+    )
     name = f"metric_head|{space}|{key}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
@@ -104,20 +106,28 @@ def tune(params: Mapping[str, Any], files: Mapping[str, Any], study_path: str | 
             log.warning("trial %d was left running by a killed run: marked failed, redone", stale.number)
             study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
     done = len(_finished(study))
-    log.info("study %s in %s: %d of %d trials done | val raw-embedding mAP %.4f", name, study_path, done, n_trials,
-             baseline)
+    log.info(
+        "study %s in %s: %d of %d trials done | val raw-embedding mAP %.4f", name, study_path, done, n_trials, baseline
+    )
 
     def objective(trial) -> float:
         overrides = suggest(trial, opt["search"], head)
         cfg = {**head, **overrides, "steps": steps, "checkpoint_every": steps}
         with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-", dir=study_path.parent) as state_dir:
             trained, result = metric_head.train_head(
-                data, cfg, state_dir, seed=seed, key=space,
-                config_hash=cfg_hash(canonical_json({"trial": trial.number, **cfg})), log=log)
+                data,
+                cfg,
+                state_dir,
+                seed=seed,
+                key=space,
+                config_hash=cfg_hash(canonical_json({"trial": trial.number, **cfg})),
+                log=log,
+            )
         if result.interrupted:
             raise TrialInterrupted(f"trial {trial.number} interrupted at step {result.steps}")
-        value = metric_head.validation_map(metric_head.project(val_raw, trained.head), val_labels, val_groups,
-                                           val_queries)["mAP"]
+        value = metric_head.validation_map(
+            metric_head.project(val_raw, trained.head), val_labels, val_groups, val_queries
+        )["mAP"]
         trial.set_user_attr("bandit_pulls", dict(zip(trained.bands, trained.bandit.pulls)))
         log.info("trial %d: %s -> val mAP %.4f", trial.number, overrides, value)
         if not math.isfinite(value):
@@ -139,10 +149,17 @@ def tune(params: Mapping[str, Any], files: Mapping[str, Any], study_path: str | 
     finished = _finished(study)[:n_trials]
     best = max(finished, key=lambda t: (t.value, -t.number))  # ties: the earlier trial
     content = {
-        "params": best.params, "value": best.value, "trial": best.number, "n_trials": len(_finished(study)),
-        "objective": "val retrieval mAP against val + train (maximised)", "val_raw_mAP": baseline, "study": name,
-        "trials": [{"number": t.number, "params": t.params, "value": t.value,
-                    "bandit_pulls": t.user_attrs.get("bandit_pulls")} for t in finished],
+        "params": best.params,
+        "value": best.value,
+        "trial": best.number,
+        "n_trials": len(_finished(study)),
+        "objective": "val retrieval mAP against val + train (maximised)",
+        "val_raw_mAP": baseline,
+        "study": name,
+        "trials": [
+            {"number": t.number, "params": t.params, "value": t.value, "bandit_pulls": t.user_attrs.get("bandit_pulls")}
+            for t in finished
+        ],
     }
     return content, 0
 
@@ -156,6 +173,11 @@ def write_best(params: dict, files: dict, study: str, best_path: str, log) -> in
         return code
     content |= provenance(params, started)
     write_json(best_path, content)
-    log.info("best trial %d: val mAP %.4f with %s (raw embeddings %.4f)", content["trial"], content["value"],
-             content["params"], content["val_raw_mAP"])
+    log.info(
+        "best trial %d: val mAP %.4f with %s (raw embeddings %.4f)",
+        content["trial"],
+        content["value"],
+        content["params"],
+        content["val_raw_mAP"],
+    )
     return 0

@@ -58,8 +58,16 @@ class ProjectionHead(nn.Module):
     (mean-pooled tiny encoders: pairwise cosine ~0.9999), which leaves an MLP next to nothing to work with.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None, layers: int = 2, dropout: float = 0.0,
-                 normalize: bool = True, standardize: bool = False) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: int | None = None,
+        layers: int = 2,
+        dropout: float = 0.0,
+        normalize: bool = True,
+        standardize: bool = False,
+    ) -> None:
         super().__init__()
         self.standardize = standardize
         if standardize:
@@ -120,16 +128,18 @@ class TextualInversion(nn.Module):
     embeddings in place of a placeholder word. ``hidden`` defaults to max(in_dim, token_dim).
     """
 
-    def __init__(self, in_dim: int, token_dim: int, n_tokens: int, *, hidden: int | None = None,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_dim: int, token_dim: int, n_tokens: int, *, hidden: int | None = None, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if n_tokens < 1:
             raise ValueError(f"textual inversion needs n_tokens >= 1, got {n_tokens}")
         hidden = hidden or max(in_dim, token_dim)
         self.n_tokens = n_tokens
         self.token_dim = token_dim
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, n_tokens * token_dim))
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_tokens * token_dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).reshape(x.shape[0], self.n_tokens, self.token_dim)

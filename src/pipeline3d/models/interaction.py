@@ -43,8 +43,7 @@ class PromptCrossAttention(nn.Module):
 class MultiModalInteraction(nn.Module):
     """Prompt-guided fusion of visual tokens: cross-attention, then ``layers`` self-attention blocks (PromptSG)."""
 
-    def __init__(self, d_model: int, text_dim: int, *, heads: int = 8, layers: int = 3, mlp_ratio: float = 4.0
-                 ) -> None:
+    def __init__(self, d_model: int, text_dim: int, *, heads: int = 8, layers: int = 3, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         if layers < 0:
             raise ValueError(f"interaction layers must be >= 0, got {layers}")
@@ -55,8 +54,9 @@ class MultiModalInteraction(nn.Module):
     def forward(self, prompt: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """prompt (B, text_dim), tokens (B, T, d), valid (B, T) bool (None: all valid) -> fused feature (B, d)."""
         if tokens.ndim != 3 or prompt.ndim != 2 or prompt.shape[0] != tokens.shape[0]:
-            raise ValueError(f"need prompt (B, D) and tokens (B, T, d); got {tuple(prompt.shape)} and "
-                             f"{tuple(tokens.shape)}")
+            raise ValueError(
+                f"need prompt (B, D) and tokens (B, T, d); got {tuple(prompt.shape)} and {tuple(tokens.shape)}"
+            )
         if valid is None:
             valid = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         if not bool(valid.any(dim=1).all()):

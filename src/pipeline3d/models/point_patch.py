@@ -29,10 +29,12 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, point_dim: int, hidden: int, d_model: int) -> None:
         super().__init__()
-        self.first = nn.Sequential(nn.Linear(point_dim, hidden // 2), nn.LayerNorm(hidden // 2), nn.GELU(),
-                                   nn.Linear(hidden // 2, hidden))
-        self.second = nn.Sequential(nn.Linear(2 * hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(),
-                                    nn.Linear(2 * hidden, d_model))
+        self.first = nn.Sequential(
+            nn.Linear(point_dim, hidden // 2), nn.LayerNorm(hidden // 2), nn.GELU(), nn.Linear(hidden // 2, hidden)
+        )
+        self.second = nn.Sequential(
+            nn.Linear(2 * hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(), nn.Linear(2 * hidden, d_model)
+        )
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         per_point = self.first(points)  # (..., k, h)
@@ -52,15 +54,34 @@ class PointPatch(nn.Module):
         n_types: size of the type table.
     """
 
-    def __init__(self, *, d_model: int = 384, depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0,
-                 group_size: int = 32, point_dim: int = 3, embed_hidden: int = 256, n_positions: int = 0,
-                 n_types: int = N_TYPES) -> None:
+    def __init__(
+        self,
+        *,
+        d_model: int = 384,
+        depth: int = 12,
+        heads: int = 6,
+        mlp_ratio: float = 4.0,
+        group_size: int = 32,
+        point_dim: int = 3,
+        embed_hidden: int = 256,
+        n_positions: int = 0,
+        n_types: int = N_TYPES,
+    ) -> None:
         super().__init__()
         if min(d_model, depth, heads, group_size, embed_hidden) < 1 or point_dim not in (3, 6):
             raise ValueError("d_model, depth, heads, group_size, embed_hidden must be >= 1 and point_dim 3 or 6")
-        self.config: dict[str, Any] = dict(name="point_patch", d_model=d_model, depth=depth, heads=heads,
-                                           mlp_ratio=mlp_ratio, group_size=group_size, point_dim=point_dim,
-                                           embed_hidden=embed_hidden, n_positions=n_positions, n_types=n_types)
+        self.config: dict[str, Any] = dict(
+            name="point_patch",
+            d_model=d_model,
+            depth=depth,
+            heads=heads,
+            mlp_ratio=mlp_ratio,
+            group_size=group_size,
+            point_dim=point_dim,
+            embed_hidden=embed_hidden,
+            n_positions=n_positions,
+            n_types=n_types,
+        )
         self.d_model, self.depth, self.n_positions = d_model, depth, n_positions
         self.group_size, self.point_dim = group_size, point_dim
         self.feat_dim = group_size * point_dim + 3
@@ -76,9 +97,11 @@ class PointPatch(nn.Module):
 
     def _check(self, feat: torch.Tensor) -> None:
         if feat.shape[-1] != self.feat_dim:
-            raise ValueError(f"feat has {feat.shape[-1]} features per token, the patch encoder expects "
-                             f"{self.feat_dim} (group_size {self.group_size} x {self.point_dim} + 3): does "
-                             "tokens.patch match the encoder?")
+            raise ValueError(
+                f"feat has {feat.shape[-1]} features per token, the patch encoder expects "
+                f"{self.feat_dim} (group_size {self.group_size} x {self.point_dim} + 3): does "
+                "tokens.patch match the encoder?"
+            )
 
     def content_embedding(self, feat: torch.Tensor, type_id: torch.Tensor) -> torch.Tensor:
         """PointNet(patch) on patch tokens (zeros elsewhere) + type embedding: what a token holds, not where."""
@@ -96,8 +119,9 @@ class PointPatch(nn.Module):
         is_patch = content_tokens(type_id, torch.ones_like(type_id, dtype=torch.bool))[..., None]
         return emb * is_patch.to(emb.dtype)
 
-    def embed(self, feat: torch.Tensor, type_id: torch.Tensor, pos: torch.Tensor, *,
-              content_only: bool = False) -> torch.Tensor:
+    def embed(
+        self, feat: torch.Tensor, type_id: torch.Tensor, pos: torch.Tensor, *, content_only: bool = False
+    ) -> torch.Tensor:
         """Token embeddings (B, T, d): content (+ centre position unless ``content_only``); ``pos`` is not used."""
         z = self.content_embedding(feat, type_id)
         return z if content_only else z + self.position_embedding(feat, type_id)
@@ -109,22 +133,38 @@ class PointPatch(nn.Module):
         keep = torch.cat([keep.masked_fill(mask[..., None], 0.0), torch.ones_like(feat[..., -3:])], dim=-1)
         return feat * keep
 
-    def forward(self, feat: torch.Tensor, type_id: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, *,
-                causal: bool, extra_block: torch.Tensor | None = None,
-                return_layers: tuple[int, ...] | list[int] = ()) -> EncoderOutput:
+    def forward(
+        self,
+        feat: torch.Tensor,
+        type_id: torch.Tensor,
+        pos: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        causal: bool,
+        extra_block: torch.Tensor | None = None,
+        return_layers: tuple[int, ...] | list[int] = (),
+    ) -> EncoderOutput:
         wanted = set(int(k) for k in return_layers)
         if any(k < 0 or k > self.depth for k in wanted):
             raise ValueError(f"return_layers {sorted(wanted)} outside 0..{self.depth}")
         z = self.embed(feat, type_id, pos)
         return self.run_blocks(z, valid, causal=causal, extra_block=extra_block, wanted=wanted)
 
-    def run_blocks(self, z: torch.Tensor, valid: torch.Tensor, *, causal: bool,
-                   extra_block: torch.Tensor | None = None, wanted: set[int] = frozenset()) -> EncoderOutput:
+    def run_blocks(
+        self,
+        z: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        causal: bool,
+        extra_block: torch.Tensor | None = None,
+        wanted: set[int] = frozenset(),
+    ) -> EncoderOutput:
         """The transformer over given token embeddings (Point-MAE's encoder runs on the visible ones only)."""
         return run_blocks(self.blocks, self.norm, z, valid, causal=causal, extra_block=extra_block, wanted=wanted)
 
-    def pool(self, out: EncoderOutput | torch.Tensor, batch: dict[str, torch.Tensor], how: str = "meanmax",
-             prefix: str = "") -> torch.Tensor:
+    def pool(
+        self, out: EncoderOutput | torch.Tensor, batch: dict[str, torch.Tensor], how: str = "meanmax", prefix: str = ""
+    ) -> torch.Tensor:
         return pool_tokens(out, batch, how, prefix)
 
 

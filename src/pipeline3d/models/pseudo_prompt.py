@@ -53,8 +53,10 @@ def text_tower(model: nn.Module) -> TextTower:
         owner, where = model.text, f"{type(model).__name__}.text ({type(model.text).__name__})"
     missing = [name for name in _REQUIRED if not hasattr(owner, name)]
     if missing:
-        raise ValueError(f"pseudo-token prompts need a CLIP-style open_clip text tower; {where} lacks {missing} "
-                         "(Hugging Face text towers are not supported)")
+        raise ValueError(
+            f"pseudo-token prompts need a CLIP-style open_clip text tower; {where} lacks {missing} "
+            "(Hugging Face text towers are not supported)"
+        )
     if getattr(owner, "cls_emb", None) is not None:
         raise ValueError(f"{where} appends a class token (CoCa-style); pseudo-token prompts support EOT pooling only")
     if getattr(owner, "use_pad_mask", False):
@@ -63,8 +65,16 @@ def text_tower(model: nn.Module) -> TextTower:
     if pool_type not in ("argmax", "eos", "first", "last"):
         raise ValueError(f"{where}: text pooling {pool_type!r} is not supported (argmax, eos, first, last)")
     eos_id = getattr(owner, "text_eos_id", None) if owner is model else getattr(owner, "eos_id", None)
-    return TextTower(owner.token_embedding, owner.positional_embedding, owner.transformer, owner.ln_final,
-                     owner.text_projection, getattr(owner, "attn_mask", None), pool_type, eos_id)
+    return TextTower(
+        owner.token_embedding,
+        owner.positional_embedding,
+        owner.transformer,
+        owner.ln_final,
+        owner.text_projection,
+        getattr(owner, "attn_mask", None),
+        pool_type,
+        eos_id,
+    )
 
 
 def _token_ids(tokenizer, text: str) -> list[int]:
@@ -96,15 +106,18 @@ def prepare_template(tokenizer, template: str, *, placeholder: str = DEFAULT_PLA
     ids = tokenizer([template.format(placeholder)])[0]
     hits = (ids == word[1]).nonzero().flatten().tolist()
     if len(hits) != 1:
-        raise ValueError(f"placeholder {placeholder!r} occurs {len(hits)} times in the tokenised template "
-                         f"{template!r}; "
-                         "choose a template (or placeholder) where it occurs once")
+        raise ValueError(
+            f"placeholder {placeholder!r} occurs {len(hits)} times in the tokenised template "
+            f"{template!r}; "
+            "choose a template (or placeholder) where it occurs once"
+        )
     length = len(_token_ids(tokenizer, template.format(placeholder)))
     return PromptTemplate(template, placeholder, ids, hits[0], length)
 
 
-def encode_with_pseudo_tokens(text_backbone, template: str | PromptTemplate, pseudo: torch.Tensor, *,
-                              placeholder: str = DEFAULT_PLACEHOLDER) -> torch.Tensor:
+def encode_with_pseudo_tokens(
+    text_backbone, template: str | PromptTemplate, pseudo: torch.Tensor, *, placeholder: str = DEFAULT_PLACEHOLDER
+) -> torch.Tensor:
     """(N, D) text features (not normalised, like ``encode_text``) of ``template`` with its slot holding ``pseudo``.
 
     ``text_backbone``: a ``pipeline3d.embed.backbones.TextBackbone`` (or anything with ``.model`` and
@@ -112,26 +125,41 @@ def encode_with_pseudo_tokens(text_backbone, template: str | PromptTemplate, pse
     ``pseudo``; the tower's own parameters stay as they are (frozen by the backbone builder).
     """
     tower = text_tower(text_backbone.model)
-    prompt = (template if isinstance(template, PromptTemplate)
-              else prepare_template(text_backbone.tokenizer, template, placeholder=placeholder))
+    prompt = (
+        template
+        if isinstance(template, PromptTemplate)
+        else prepare_template(text_backbone.tokenizer, template, placeholder=placeholder)
+    )
     if pseudo.ndim != 3 or pseudo.shape[1] < 1 or pseudo.shape[2] != tower.width:
         raise ValueError(f"pseudo tokens must be (N, n_tokens, {tower.width}), got {tuple(pseudo.shape)}")
     n, n_tokens = int(pseudo.shape[0]), int(pseudo.shape[1])
     context = int(prompt.ids.shape[0])
     if prompt.length - 1 + n_tokens > context:
-        raise ValueError(f"template {prompt.template!r} with {n_tokens} pseudo tokens needs "
-                         f"{prompt.length - 1 + n_tokens} positions; the text tower has {context}")
+        raise ValueError(
+            f"template {prompt.template!r} with {n_tokens} pseudo tokens needs "
+            f"{prompt.length - 1 + n_tokens} positions; the text tower has {context}"
+        )
     device = tower.token_embedding.weight.device
     cast_dtype = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else pseudo.dtype
     ids = prompt.ids.to(device)
     # Token ids of the spliced sequence (the slot repeated n_tokens times, padding cut at the end): they locate the
     # end-of-text token for pooling exactly as the tokenizer's ids do for a plain sentence.
-    spliced_ids = torch.cat([ids[:prompt.slot], ids[prompt.slot:prompt.slot + 1].repeat(n_tokens),
-                             ids[prompt.slot + 1:context - n_tokens + 1]])
+    spliced_ids = torch.cat(
+        [
+            ids[: prompt.slot],
+            ids[prompt.slot : prompt.slot + 1].repeat(n_tokens),
+            ids[prompt.slot + 1 : context - n_tokens + 1],
+        ]
+    )
     embedded = tower.token_embedding(ids).to(cast_dtype)
-    x = torch.cat([embedded[:prompt.slot].expand(n, -1, -1),
-                   pseudo.to(device=device, dtype=cast_dtype),
-                   embedded[prompt.slot + 1:context - n_tokens + 1].expand(n, -1, -1)], dim=1)
+    x = torch.cat(
+        [
+            embedded[: prompt.slot].expand(n, -1, -1),
+            pseudo.to(device=device, dtype=cast_dtype),
+            embedded[prompt.slot + 1 : context - n_tokens + 1].expand(n, -1, -1),
+        ],
+        dim=1,
+    )
     x = x + tower.positional_embedding.to(cast_dtype)
     mask = tower.attn_mask
     if tower.pool_type in ("argmax", "eos") and _is_causal(mask):

@@ -28,8 +28,9 @@ class EncoderOutput(NamedTuple):
     layers: dict[int, torch.Tensor]  # depth k -> residual stream after block k (k=0: z), no final norm
 
 
-def attention_mask(valid: torch.Tensor, *, causal: bool, extra_block: torch.Tensor | None = None
-                   ) -> torch.Tensor | None:
+def attention_mask(
+    valid: torch.Tensor, *, causal: bool, extra_block: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """Boolean SDPA mask (B, 1, T, T), True = query i may attend key j; None when nothing is blocked.
 
     Combines key padding (``valid``), the causal rule (j <= i) and ``extra_block`` (B, T, T; True = blocked).
@@ -88,14 +89,30 @@ class QueryNepa(nn.Module):
         n_types: size of the type table (10 in the token layout).
     """
 
-    def __init__(self, *, d_model: int = 384, depth: int = 8, heads: int = 6, mlp_ratio: float = 4.0,
-                 n_positions: int = 514, feat_dim: int = 15, n_types: int = N_TYPES) -> None:
+    def __init__(
+        self,
+        *,
+        d_model: int = 384,
+        depth: int = 8,
+        heads: int = 6,
+        mlp_ratio: float = 4.0,
+        n_positions: int = 514,
+        feat_dim: int = 15,
+        n_types: int = N_TYPES,
+    ) -> None:
         super().__init__()
         if min(d_model, depth, heads, n_positions, feat_dim, n_types) < 1:
             raise ValueError("d_model, depth, heads, n_positions, feat_dim and n_types must all be >= 1")
-        self.config: dict[str, Any] = dict(name="query_nepa", d_model=d_model, depth=depth, heads=heads,
-                                           mlp_ratio=mlp_ratio, n_positions=n_positions, feat_dim=feat_dim,
-                                           n_types=n_types)
+        self.config: dict[str, Any] = dict(
+            name="query_nepa",
+            d_model=d_model,
+            depth=depth,
+            heads=heads,
+            mlp_ratio=mlp_ratio,
+            n_positions=n_positions,
+            feat_dim=feat_dim,
+            n_types=n_types,
+        )
         self.d_model, self.depth, self.n_positions, self.feat_dim = d_model, depth, n_positions, feat_dim
         self.token_mlp = nn.Sequential(nn.Linear(feat_dim, d_model), nn.GELU(), nn.Linear(d_model, d_model))
         self.type_emb = nn.Embedding(n_types, d_model)
@@ -107,8 +124,9 @@ class QueryNepa(nn.Module):
     def reset_parameters(self) -> None:
         init_transformer(self)
 
-    def embed(self, feat: torch.Tensor, type_id: torch.Tensor, pos: torch.Tensor, *,
-              content_only: bool = False) -> torch.Tensor:
+    def embed(
+        self, feat: torch.Tensor, type_id: torch.Tensor, pos: torch.Tensor, *, content_only: bool = False
+    ) -> torch.Tensor:
         """Token embeddings (B, T, d) = MLP(feat) + type embedding (+ position embedding unless content_only)."""
         if feat.shape[-1] != self.feat_dim:
             raise ValueError(f"feat has {feat.shape[-1]} features per token, the encoder expects {self.feat_dim}")
@@ -133,9 +151,17 @@ class QueryNepa(nn.Module):
         """Masked tokens get zero features (their type and position ids stay with the caller)."""
         return feat.masked_fill(mask[..., None], 0.0)
 
-    def forward(self, feat: torch.Tensor, type_id: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, *,
-                causal: bool, extra_block: torch.Tensor | None = None,
-                return_layers: tuple[int, ...] | list[int] = ()) -> EncoderOutput:
+    def forward(
+        self,
+        feat: torch.Tensor,
+        type_id: torch.Tensor,
+        pos: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        causal: bool,
+        extra_block: torch.Tensor | None = None,
+        return_layers: tuple[int, ...] | list[int] = (),
+    ) -> EncoderOutput:
         """Encode a token batch.
 
         Args:
@@ -150,8 +176,9 @@ class QueryNepa(nn.Module):
         z = self.embed(feat, type_id, pos)
         return run_blocks(self.blocks, self.norm, z, valid, causal=causal, extra_block=extra_block, wanted=wanted)
 
-    def pool(self, out: EncoderOutput | torch.Tensor, batch: dict[str, torch.Tensor], how: str = "eos",
-             prefix: str = "") -> torch.Tensor:
+    def pool(
+        self, out: EncoderOutput | torch.Tensor, batch: dict[str, torch.Tensor], how: str = "eos", prefix: str = ""
+    ) -> torch.Tensor:
         """One vector per sample from the final hidden states (``pool_tokens``)."""
         return pool_tokens(out, batch, how, prefix)
 
@@ -173,9 +200,16 @@ def init_transformer(model: nn.Module) -> None:
             nn.init.trunc_normal_(proj.weight, std=0.02 / math.sqrt(2 * model.depth))
 
 
-def run_blocks(blocks: nn.ModuleList, norm: nn.LayerNorm, z: torch.Tensor, valid: torch.Tensor, *, causal: bool,
-               extra_block: torch.Tensor | None = None, wanted: set[int] | frozenset[int] = frozenset()
-               ) -> EncoderOutput:
+def run_blocks(
+    blocks: nn.ModuleList,
+    norm: nn.LayerNorm,
+    z: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    causal: bool,
+    extra_block: torch.Tensor | None = None,
+    wanted: set[int] | frozenset[int] = frozenset(),
+) -> EncoderOutput:
     """The pre-norm blocks over token embeddings ``z``, the final norm, and the residual streams at ``wanted``."""
     mask = attention_mask(valid.to(torch.bool), causal=causal, extra_block=extra_block)
     layers = {0: z} if 0 in wanted else {}
@@ -195,8 +229,9 @@ def pooled_dim(d_model: int, how: str) -> int:
     return 2 * d_model if how == "meanmax" else d_model
 
 
-def pool_tokens(out: EncoderOutput | torch.Tensor, batch: dict[str, torch.Tensor], how: str = "eos",
-                prefix: str = "") -> torch.Tensor:
+def pool_tokens(
+    out: EncoderOutput | torch.Tensor, batch: dict[str, torch.Tensor], how: str = "eos", prefix: str = ""
+) -> torch.Tensor:
     """One vector per sample (B, d) (meanmax: (B, 2d)) from the final hidden states.
 
     Args:

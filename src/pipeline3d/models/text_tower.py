@@ -52,7 +52,8 @@ def text_layout(model: nn.Module) -> TextTowerLayout:
             f"unsupported open_clip text tower layout in {where}: expected {prefix}transformer.resblocks "
             f"(an nn.ModuleList of blocks) and {prefix}ln_final, as in open_clip's CLIP / CustomTextCLIP / CoCa with "
             "its own TextTransformer. Hugging Face text towers (model.text.transformer = a transformers model) are "
-            "not supported for partial fine-tuning")
+            "not supported for partial fine-tuning"
+        )
     return TextTowerLayout(prefix=prefix, n_blocks=len(blocks))
 
 
@@ -69,8 +70,9 @@ class PartiallyFrozenTextTower(nn.Module):
         self.layout = text_layout(model)
         n = self.layout.n_blocks
         if not 0 <= int(trainable_blocks) <= n:
-            raise ValueError(f"trainable_blocks must be in [0, {n}] (the text tower has {n} blocks), "
-                             f"got {trainable_blocks}")
+            raise ValueError(
+                f"trainable_blocks must be in [0, {n}] (the text tower has {n} blocks), got {trainable_blocks}"
+            )
         self.trainable_blocks = int(trainable_blocks)
         self.model = model
         self.prefixes = self.layout.trainable_prefixes(self.trainable_blocks)
@@ -80,8 +82,9 @@ class PartiallyFrozenTextTower(nn.Module):
                 param.requires_grad_(True)
         if not any(p.requires_grad for p in self.model.parameters()):
             raise UnsupportedTextTower(f"no parameter of {type(model).__name__} matches {self.prefixes}")
-        self._trainable_modules = [m for name, m in self.model.named_modules()
-                                   if name and _has_prefix(name + ".", self.prefixes)]
+        self._trainable_modules = [
+            m for name, m in self.model.named_modules() if name and _has_prefix(name + ".", self.prefixes)
+        ]
         self.train(False)
 
     def train(self, mode: bool = True) -> "PartiallyFrozenTextTower":
@@ -107,17 +110,23 @@ class PartiallyFrozenTextTower(nn.Module):
         return {k: state[k].detach().to("cpu").contiguous().clone() for k in self.trainable_keys()}
 
 
-def load_trainable_state(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, source: str = "text weights"
-                         ) -> None:
+def load_trainable_state(
+    model: nn.Module, tensors: Mapping[str, torch.Tensor], *, source: str = "text weights"
+) -> None:
     """Overwrite part of an open_clip ``model`` with ``tensors`` (keys of its state dict); unknown keys or wrong
     shapes are errors naming ``source``."""
     state = model.state_dict()
     unknown = sorted(set(tensors) - set(state))
     if unknown:
-        raise ValueError(f"{source}: {len(unknown)} tensor(s) are not in the text tower, e.g. {unknown[:3]} "
-                         "(a different architecture?)")
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(state[k].shape)}" for k, v in tensors.items()
-           if tuple(v.shape) != tuple(state[k].shape)]
+        raise ValueError(
+            f"{source}: {len(unknown)} tensor(s) are not in the text tower, e.g. {unknown[:3]} "
+            "(a different architecture?)"
+        )
+    bad = [
+        f"{k}: {tuple(v.shape)} vs {tuple(state[k].shape)}"
+        for k, v in tensors.items()
+        if tuple(v.shape) != tuple(state[k].shape)
+    ]
     if bad:
         raise ValueError(f"{source}: shape mismatch for {len(bad)} tensor(s), e.g. {bad[:3]}")
     with torch.no_grad():

@@ -4,15 +4,44 @@ from __future__ import annotations
 
 import torch
 
-from pipeline3d.tokens.layout import (A_POINT, A_RAY, ANSWER_TYPES, BOS, EOS, MISSING_RAY, N_TYPES, PAD, POINT,
-                                      Q_POINT, Q_RAY, QUERY_TYPES, RAY)
+from pipeline3d.tokens.layout import (
+    A_POINT,
+    A_RAY,
+    ANSWER_TYPES,
+    BOS,
+    EOS,
+    MISSING_RAY,
+    N_TYPES,
+    PAD,
+    POINT,
+    Q_POINT,
+    Q_RAY,
+    QUERY_TYPES,
+    RAY,
+)
 
 SPECIAL = (BOS, EOS, PAD)  # carry no features: never masked, pooled or (BOS/PAD) predicted
 ANSWERS = ANSWER_TYPES
 QUERY_LIKE = QUERY_TYPES  # what the dual mask's type-aware mode may block
 
-__all__ = ["ANSWERS", "A_POINT", "A_RAY", "BOS", "EOS", "MISSING_RAY", "N_TYPES", "PAD", "POINT", "QUERY_LIKE",
-           "Q_POINT", "Q_RAY", "RAY", "SPECIAL", "content_tokens", "is_any"]
+__all__ = [
+    "ANSWERS",
+    "A_POINT",
+    "A_RAY",
+    "BOS",
+    "EOS",
+    "MISSING_RAY",
+    "N_TYPES",
+    "PAD",
+    "POINT",
+    "QUERY_LIKE",
+    "Q_POINT",
+    "Q_RAY",
+    "RAY",
+    "SPECIAL",
+    "content_tokens",
+    "is_any",
+]
 
 
 def is_any(type_id: torch.Tensor, types: tuple[int, ...]) -> torch.Tensor:

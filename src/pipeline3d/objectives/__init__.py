@@ -47,5 +47,14 @@ def build_objective(name: str, encoder: nn.Module, cfg: dict[str, Any]) -> Objec
     return OBJECTIVES[name](encoder, **cfg)
 
 
-__all__ = ["OBJECTIVES", "ClassifyObjective", "CmaeObjective", "MaeObjective", "NepaObjective", "Objective",
-           "PointMaeObjective", "build_objective", "objective_keys"]
+__all__ = [
+    "OBJECTIVES",
+    "ClassifyObjective",
+    "CmaeObjective",
+    "MaeObjective",
+    "NepaObjective",
+    "Objective",
+    "PointMaeObjective",
+    "build_objective",
+    "objective_keys",
+]

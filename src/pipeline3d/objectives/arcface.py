@@ -59,8 +59,9 @@ class ArcFace(nn.Module):
         if labels.shape != (features.shape[0],):
             raise ValueError(f"ArcFace labels must be (N,) = ({features.shape[0]},), got {tuple(labels.shape)}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-            raise ValueError(f"ArcFace labels must be in [0, {n_classes}), got range "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
+            raise ValueError(
+                f"ArcFace labels must be in [0, {n_classes}), got range [{int(labels.min())}, {int(labels.max())}]"
+            )
         m = self.margin
         target_cos = cos.gather(1, labels[:, None]).squeeze(1)
         # sin(theta) >= 0 on [0, pi]; the clamp keeps sqrt's gradient finite at cos = +-1

@@ -34,9 +34,20 @@ class ClassifyObjective(Objective):
             a pretrained encoder meets a trained head instead of a random one when it starts to move.
     """
 
-    def __init__(self, encoder: nn.Module, *, n_classes: int, pool: str = "eos", label_smoothing: float = 0.0,
-                 freeze_encoder: bool = False, causal: bool = True, head_hidden: int = 0,
-                 head_dropout: float = 0.0, layer_decay: float = 1.0, probe_frac: float = 0.0) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        n_classes: int,
+        pool: str = "eos",
+        label_smoothing: float = 0.0,
+        freeze_encoder: bool = False,
+        causal: bool = True,
+        head_hidden: int = 0,
+        head_dropout: float = 0.0,
+        layer_decay: float = 1.0,
+        probe_frac: float = 0.0,
+    ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"classify pool must be one of {POOLS}, got {pool!r}")
@@ -47,8 +58,9 @@ class ClassifyObjective(Objective):
         if not 0.0 <= probe_frac < 1.0:
             raise ValueError(f"probe_frac must be in [0, 1), got {probe_frac}")
         self.encoder = encoder
-        self.head = ClassificationHead(pooled_dim(encoder.d_model, pool), n_classes, hidden_dim=head_hidden,
-                                       dropout=head_dropout)
+        self.head = ClassificationHead(
+            pooled_dim(encoder.d_model, pool), n_classes, hidden_dim=head_hidden, dropout=head_dropout
+        )
         self.layer_decay, self.probe_frac = layer_decay, probe_frac
         self.n_classes, self.pool, self.label_smoothing = n_classes, pool, label_smoothing
         self.freeze_encoder, self.causal = freeze_encoder, causal
@@ -84,8 +96,9 @@ class ClassifyObjective(Objective):
             pooled = self.encoder.pool(out, batch, self.pool)
         return self.head(pooled)
 
-    def forward(self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, Logs]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, Logs]:
         label = batch["label"]
         if bool(((label < 0) | (label >= self.n_classes)).any()):
             bad = sorted(set(label[(label < 0) | (label >= self.n_classes)].tolist()))

@@ -56,10 +56,21 @@ class CmaeObjective(Objective):
         nce_max_tokens: cap on the masked tokens entering the token InfoNCE.
     """
 
-    def __init__(self, encoder: nn.Module, *, mask_ratio: float = 0.6, ema_momentum: float = 0.996,
-                 occ_grid: int = 16, lambda_occ: float = 1.0, lambda_feat: float = 1.0, lambda_nce: float = 0.6,
-                 lambda_view: float = 0.3, temperature: float = 0.1, feat_depths: list[int] | None = None,
-                 nce_max_tokens: int = 1024) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        mask_ratio: float = 0.6,
+        ema_momentum: float = 0.996,
+        occ_grid: int = 16,
+        lambda_occ: float = 1.0,
+        lambda_feat: float = 1.0,
+        lambda_nce: float = 0.6,
+        lambda_view: float = 0.3,
+        temperature: float = 0.1,
+        feat_depths: list[int] | None = None,
+        nce_max_tokens: int = 1024,
+    ) -> None:
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"cmae mask_ratio must be in (0, 1), got {mask_ratio}")
@@ -81,9 +92,8 @@ class CmaeObjective(Objective):
         self.lambdas = {k: float(v) for k, v in lambdas.items() if v > 0}
         self.mask_ratio, self.ema_momentum, self.temperature = mask_ratio, ema_momentum, temperature
         self.occ_grid, self.feat_depths, self.nce_max_tokens = occ_grid, depths, nce_max_tokens
-        self.occ_head = MLPHead(d, occ_grid ** 3) if "occ" in self.lambdas else None
-        self.feat_decoders = nn.ModuleDict({str(k): MLPHead(d, d) for k in depths}) if "feat" in self.lambdas \
-            else None
+        self.occ_head = MLPHead(d, occ_grid**3) if "occ" in self.lambdas else None
+        self.feat_decoders = nn.ModuleDict({str(k): MLPHead(d, d) for k in depths}) if "feat" in self.lambdas else None
         self.token_head = MLPHead(d, d, norm=True) if "nce" in self.lambdas else None
         self.view_head = MLPHead(d, d, norm=True) if "view" in self.lambdas else None
 
@@ -100,14 +110,21 @@ class CmaeObjective(Objective):
     def after_step(self) -> None:
         ema_update(self.teacher, self.encoder, self.ema_momentum)
 
-    def forward(self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, Logs]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, Logs]:
         feat, type_id, pos, valid = batch["feat"], batch["type_id"], batch["pos"], batch["valid"]
         mask = sample_token_mask(type_id, valid, self.mask_ratio, generator)
         student = self.encoder(self.encoder.mask_content(feat, mask), type_id, pos, valid, causal=False)
         with torch.no_grad():
-            teacher = self.teacher(feat, type_id, pos, valid, causal=False,
-                                   return_layers=self.feat_depths if self.feat_decoders is not None else ())
+            teacher = self.teacher(
+                feat,
+                type_id,
+                pos,
+                valid,
+                causal=False,
+                return_layers=self.feat_depths if self.feat_decoders is not None else (),
+            )
         terms: dict[str, torch.Tensor] = {}
         logs: Logs = {}
         needs_pool = self.occ_head is not None or self.view_head is not None
@@ -115,9 +132,14 @@ class CmaeObjective(Objective):
         if self.occ_head is not None:
             terms["occ"] = self._occupancy(pooled, batch)
         if self.feat_decoders is not None:
-            per_depth = {k: masked_mse(self.feat_decoders[str(k)](student.h),
-                                       F.layer_norm(teacher.layers[k], teacher.layers[k].shape[-1:]), mask)
-                         for k in self.feat_depths}
+            per_depth = {
+                k: masked_mse(
+                    self.feat_decoders[str(k)](student.h),
+                    F.layer_norm(teacher.layers[k], teacher.layers[k].shape[-1:]),
+                    mask,
+                )
+                for k in self.feat_depths
+            }
             terms["feat"] = torch.stack(list(per_depth.values())).mean()
             logs.update({f"feat_loss_d{k}": v.detach() for k, v in per_depth.items()})
         if self.token_head is not None:
@@ -133,13 +155,16 @@ class CmaeObjective(Objective):
         if "occ_target" not in batch:
             raise KeyError("cmae lambda_occ > 0 needs batch['occ_target']: build the dataset with occ_grid")
         target = batch["occ_target"].to(pooled.dtype)
-        if target.shape[1:] != (self.occ_grid ** 3,):
-            raise ValueError(f"occ_target has shape {tuple(target.shape)}, cmae expects (B, {self.occ_grid ** 3}) "
-                             f"for occ_grid={self.occ_grid}")
+        if target.shape[1:] != (self.occ_grid**3,):
+            raise ValueError(
+                f"occ_target has shape {tuple(target.shape)}, cmae expects (B, {self.occ_grid**3}) "
+                f"for occ_grid={self.occ_grid}"
+            )
         return F.binary_cross_entropy_with_logits(self.occ_head(pooled), target)
 
-    def _token_nce(self, h_student: torch.Tensor, h_teacher: torch.Tensor, mask: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
+    def _token_nce(
+        self, h_student: torch.Tensor, h_teacher: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         rows, cols = mask.nonzero(as_tuple=True)
         if rows.numel() > self.nce_max_tokens:
             keep = torch.randperm(rows.numel(), generator=generator, device=generator.device)
@@ -152,7 +177,8 @@ class CmaeObjective(Objective):
         if missing:
             raise KeyError(f"cmae lambda_view > 0 needs a two-view batch (dataset two_views=True); missing {missing}")
         with torch.no_grad():
-            view2 = self.teacher(batch["v2_feat"], batch["v2_type_id"], batch["v2_pos"], batch["v2_valid"],
-                                 causal=False)
+            view2 = self.teacher(
+                batch["v2_feat"], batch["v2_type_id"], batch["v2_pos"], batch["v2_valid"], causal=False
+            )
             key = self.teacher.pool(view2, batch, "mean", prefix="v2_")
         return info_nce(self.view_head(pooled), key, self.temperature)

@@ -18,15 +18,17 @@ from pipeline3d.objectives._precision import fp32
 from pipeline3d.objectives.base import Logs
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, scale: float | torch.Tensor,
-             same: torch.Tensor | None = None) -> torch.Tensor:
+def info_nce(
+    a: torch.Tensor, b: torch.Tensor, scale: float | torch.Tensor, same: torch.Tensor | None = None
+) -> torch.Tensor:
     """Symmetric cross-entropy over scaled cosine logits; (N, d) and (N, d') -> scalar loss.
 
     ``same``: optional symmetric (N, N) bool matrix; off-diagonal True pairs are false negatives (masked out).
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0] or a.shape[1] != b.shape[1]:
-        raise ValueError(f"info_nce needs two (N, d) tensors of the same shape, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
+        raise ValueError(
+            f"info_nce needs two (N, d) tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.shape[0] == 0:
         return a.sum() * 0.0 + b.sum() * 0.0
     with fp32(a):
@@ -58,8 +60,9 @@ class SymmetricInfoNCE(nn.Module):
         if max_scale <= 0:
             raise ValueError(f"max_scale must be > 0, got {max_scale}")
         if 1.0 / init_temperature > max_scale:
-            raise ValueError(f"init_temperature {init_temperature} gives scale {1.0 / init_temperature:.4g} > "
-                             f"max_scale {max_scale}")
+            raise ValueError(
+                f"init_temperature {init_temperature} gives scale {1.0 / init_temperature:.4g} > max_scale {max_scale}"
+            )
         self.max_log_scale = math.log(max_scale)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature), dtype=torch.float32))
 
@@ -71,8 +74,7 @@ class SymmetricInfoNCE(nn.Module):
     def temperature(self) -> float:
         return float(1.0 / self.scale().detach())
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor,
-                same: torch.Tensor | None = None) -> tuple[torch.Tensor, Logs]:
+    def forward(self, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor | None = None) -> tuple[torch.Tensor, Logs]:
         loss = info_nce(a, b, self.scale(), same)
         return loss, {"temperature": 1.0 / self.scale().detach(), "loss": loss.detach()}
 

@@ -45,9 +45,17 @@ class MaeObjective(Objective):
         normalize_target: LayerNorm the target per token (false = the reference).
     """
 
-    def __init__(self, encoder: nn.Module, *, mask_ratio: float = 0.4, bidirectional: bool = True,
-                 target: str = "content", target_encoder: str = "online", ema_momentum: float = 0.996,
-                 normalize_target: bool = True) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        mask_ratio: float = 0.4,
+        bidirectional: bool = True,
+        target: str = "content",
+        target_encoder: str = "online",
+        ema_momentum: float = 0.996,
+        normalize_target: bool = True,
+    ) -> None:
         super().__init__()
         if target not in TARGETS:
             raise ValueError(f"mae target must be one of {TARGETS}, got {target!r}")
@@ -71,8 +79,9 @@ class MaeObjective(Objective):
         if self.teacher is not None:
             ema_update(self.teacher, self.encoder, self.ema_momentum)
 
-    def forward(self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, Logs]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, Logs]:
         feat, type_id, pos, valid = batch["feat"], batch["type_id"], batch["pos"], batch["valid"]
         mask = sample_token_mask(type_id, valid, self.mask_ratio, generator)
         out = self.encoder(self.encoder.mask_content(feat, mask), type_id, pos, valid, causal=not self.bidirectional)
@@ -83,5 +92,4 @@ class MaeObjective(Objective):
             if self.normalize_target:
                 target = F.layer_norm(target, target.shape[-1:])
         loss = masked_mse(pred, target, mask)
-        return loss, {"mae_loss": loss.detach(), "n_masked": mask.sum(),
-                      "target_coherence": coherence(target[mask])}
+        return loss, {"mae_loss": loss.detach(), "n_masked": mask.sum(), "target_coherence": coherence(target[mask])}

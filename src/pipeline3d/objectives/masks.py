@@ -20,8 +20,7 @@ def warmup_ramp(step: int, total_steps: int, warmup_frac: float) -> float:
     return min(1.0, max(0.0, step / warmup))
 
 
-def dual_mask_probs(step: int, total_steps: int, *, near: float, far: float, warmup_frac: float
-                    ) -> tuple[float, float]:
+def dual_mask_probs(step: int, total_steps: int, *, near: float, far: float, warmup_frac: float) -> tuple[float, float]:
     """(p_near, p_far) at ``step``: the configured probabilities scaled by the warm-up ramp (pure in step)."""
     for name, p in (("dual_mask_near", near), ("dual_mask_far", far)):
         if not 0.0 <= p <= 1.0:
@@ -30,8 +29,16 @@ def dual_mask_probs(step: int, total_steps: int, *, near: float, far: float, war
     return near * r, far * r
 
 
-def sample_dual_mask(type_id: torch.Tensor, valid: torch.Tensor, *, p_near: float, p_far: float, window: int,
-                     type_aware: bool, generator: torch.Generator) -> torch.Tensor | None:
+def sample_dual_mask(
+    type_id: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    p_near: float,
+    p_far: float,
+    window: int,
+    type_aware: bool,
+    generator: torch.Generator,
+) -> torch.Tensor | None:
     """Extra attention blocks on past edges, (B, T, T) bool (True = blocked), or None when both p are 0.
 
     Edge i -> j with j < i is blocked with probability ``p_near`` when i - j <= ``window`` and ``p_far`` beyond.
@@ -51,8 +58,9 @@ def sample_dual_mask(type_id: torch.Tensor, valid: torch.Tensor, *, p_near: floa
     return block
 
 
-def sample_token_mask(type_id: torch.Tensor, valid: torch.Tensor, ratio: float,
-                      generator: torch.Generator) -> torch.Tensor:
+def sample_token_mask(
+    type_id: torch.Tensor, valid: torch.Tensor, ratio: float, generator: torch.Generator
+) -> torch.Tensor:
     """(B, T) bool: per sample, ``int(ratio * n)`` random tokens among its ``n`` valid non-special tokens."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {ratio}")

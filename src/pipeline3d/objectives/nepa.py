@@ -51,10 +51,19 @@ class NepaObjective(Objective):
             already follow their query).
     """
 
-    def __init__(self, encoder: nn.Module, *, qa_answers_only: bool = True, target: str = "content",
-                 dual_mask_near: float = 0.0, dual_mask_far: float = 0.0, dual_mask_window: int = 32,
-                 dual_mask_warmup_frac: float = 0.05, dual_mask_type_aware: bool = False,
-                 next_position: bool | None = None) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        qa_answers_only: bool = True,
+        target: str = "content",
+        dual_mask_near: float = 0.0,
+        dual_mask_far: float = 0.0,
+        dual_mask_window: int = 32,
+        dual_mask_warmup_frac: float = 0.05,
+        dual_mask_type_aware: bool = False,
+        next_position: bool | None = None,
+    ) -> None:
         super().__init__()
         if target not in TARGETS:
             raise ValueError(f"nepa target must be one of {TARGETS}, got {target!r}")
@@ -69,15 +78,22 @@ class NepaObjective(Objective):
         if self.next_position and not has_positions:
             raise ValueError("nepa next_position needs an encoder with position_embedding (point patches)")
 
-    def forward(self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, Logs]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, Logs]:
         feat, type_id, pos, valid = batch["feat"], batch["type_id"], batch["pos"], batch["valid"]
-        p_near, p_far = dual_mask_probs(step, total_steps, near=self.near, far=self.far,
-                                        warmup_frac=self.warmup_frac)
+        p_near, p_far = dual_mask_probs(step, total_steps, near=self.near, far=self.far, warmup_frac=self.warmup_frac)
         extra = None
         if self.training:
-            extra = sample_dual_mask(type_id, valid, p_near=p_near, p_far=p_far, window=self.window,
-                                     type_aware=self.type_aware, generator=generator)
+            extra = sample_dual_mask(
+                type_id,
+                valid,
+                p_near=p_near,
+                p_far=p_far,
+                window=self.window,
+                type_aware=self.type_aware,
+                generator=generator,
+            )
         out = self.encoder(feat, type_id, pos, valid, causal=True, extra_block=extra)
         hidden = out.h[:, :-1]
         if self.next_position:
@@ -90,8 +106,7 @@ class NepaObjective(Objective):
                 target = out.z.detach()[:, 1:]
         keep = nepa_target_mask(type_id, valid, qa_answers_only=self.qa_answers_only)[:, 1:]
         loss = cosine_loss(pred, target, keep)
-        logs = {"nepa_loss": loss.detach(), "n_targets": keep.sum(),
-                "target_coherence": coherence(target[keep])}
+        logs = {"nepa_loss": loss.detach(), "n_targets": keep.sum(), "target_coherence": coherence(target[keep])}
         if extra is not None:
             logs.update(p_near=p_near, p_far=p_far, blocked_frac=extra.float().mean())
         return loss, logs

@@ -56,14 +56,19 @@ class PointMaeObjective(Objective):
         self.decoder_norm = nn.LayerNorm(d)
         self.predict = nn.Linear(d, encoder.group_size * 3)
 
-    def forward(self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, Logs]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], *, step: int, total_steps: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, Logs]:
         feat, type_id, pos, valid = batch["feat"], batch["type_id"], batch["pos"], batch["valid"].to(torch.bool)
         mask = sample_token_mask(type_id, valid, self.mask_ratio, generator)
         index, valid_v = gather_visible(valid & ~mask)
         d = self.encoder.d_model
-        take = lambda x: torch.gather(x, 1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(  # noqa: E731
-            *index.shape, *x.shape[2:]))
+
+        def take(x: torch.Tensor) -> torch.Tensor:  # the visible tokens' rows of a (B, T, ...) tensor
+            return torch.gather(
+                x, 1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
+            )
+
         z = self.encoder.embed(take(feat), take(type_id), take(pos))
         encoded = self.encoder.run_blocks(z, valid_v, causal=False).h
         # back to every position: encoded tokens where visible, the mask token elsewhere

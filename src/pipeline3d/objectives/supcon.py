@@ -35,8 +35,10 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, *, temperature: fl
         labels = labels.repeat_interleave(n_views)
         features = features.reshape(-1, features.shape[-1])
     if features.ndim != 2 or labels.ndim != 1 or labels.shape[0] != features.shape[0]:
-        raise ValueError(f"supcon_loss needs features (N, d) or (N, V, d) and labels (N,), got "
-                         f"{tuple(features.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"supcon_loss needs features (N, d) or (N, V, d) and labels (N,), got "
+            f"{tuple(features.shape)} and {tuple(labels.shape)}"
+        )
     n = features.shape[0]
     with fp32(features):
         z = F.normalize(features.float(), dim=-1)

@@ -25,8 +25,14 @@ class TextShapeAlignment(nn.Module):
     ``lr_scale``: the projection and the temperature learn at ``head_lr_scale`` x the text tower's rate.
     """
 
-    def __init__(self, tower: PartiallyFrozenTextTower, projection: ProjectionHead, loss: SymmetricInfoNCE, *,
-                 head_lr_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        tower: PartiallyFrozenTextTower,
+        projection: ProjectionHead,
+        loss: SymmetricInfoNCE,
+        *,
+        head_lr_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         self.text_tower, self.projection, self.loss = tower, projection, loss
         self.head_lr_scale = float(head_lr_scale)
@@ -35,8 +41,14 @@ class TextShapeAlignment(nn.Module):
     def lr_scale(self, name: str) -> float:
         return 1.0 if name.startswith("text_tower.") else self.head_lr_scale
 
-    def forward(self, batch: Mapping[str, torch.Tensor], *, step: int = 0, total_steps: int = 0,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        *,
+        step: int = 0,
+        total_steps: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         tokens = batch["tokens"]
         text = self.text_tower.encode(tokens)
         shape = self.projection(batch["shape"])
@@ -50,7 +62,7 @@ class TextShapeAlignment(nn.Module):
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         state = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", "")
-        for key in [k for k in state if k[len(prefix):] in self._frozen]:
+        for key in [k for k in state if k[len(prefix) :] in self._frozen]:
             del state[key]
         return state
 
@@ -58,6 +70,7 @@ class TextShapeAlignment(nn.Module):
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if k not in self._frozen]
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"alignment state does not fit: missing {missing[:5]}, "
-                               f"unexpected {result.unexpected_keys[:5]}")
+            raise RuntimeError(
+                f"alignment state does not fit: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
         return result

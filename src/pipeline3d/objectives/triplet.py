@@ -51,8 +51,9 @@ def pairwise_distance(x: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
         return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *, margin: float,
-                 metric: str = "cosine") -> tuple[torch.Tensor, torch.Tensor]:
+def triplet_loss(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *, margin: float, metric: str = "cosine"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean over rows of relu(d(a, p) - d(a, n) + margin).
 
     Args:
@@ -65,8 +66,10 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
         where d(a, p) - d(a, n) + margin > 0, i.e. where the triplet contributes a gradient.
     """
     if anchor.ndim != 2 or anchor.shape != positive.shape or anchor.shape != negative.shape:
-        raise ValueError("triplet_loss needs three (N, d) tensors of the same shape, got "
-                         f"{tuple(anchor.shape)}, {tuple(positive.shape)} and {tuple(negative.shape)}")
+        raise ValueError(
+            "triplet_loss needs three (N, d) tensors of the same shape, got "
+            f"{tuple(anchor.shape)}, {tuple(positive.shape)} and {tuple(negative.shape)}"
+        )
     _check_metric(metric)
     if anchor.shape[0] == 0:
         return _zero_like_graph(anchor), torch.zeros(0, dtype=torch.bool, device=anchor.device)
@@ -74,8 +77,9 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
     return F.relu(gap).mean(), (gap > 0).detach()
 
 
-def batch_hard_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, margin: float,
-                            metric: str = "cosine") -> tuple[torch.Tensor, torch.Tensor]:
+def batch_hard_triplet_loss(
+    emb: torch.Tensor, labels: torch.Tensor, *, margin: float, metric: str = "cosine"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch-hard triplet loss (Hermans et al. 2017): per anchor, its farthest positive and nearest negative.
 
     Args:
@@ -90,8 +94,10 @@ def batch_hard_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, margin: 
         True where that anchor's hardest triplet violates the margin (False for skipped anchors).
     """
     if emb.ndim != 2 or labels.ndim != 1 or labels.shape[0] != emb.shape[0]:
-        raise ValueError(f"batch_hard_triplet_loss needs emb (N, d) and labels (N,), got {tuple(emb.shape)} "
-                         f"and {tuple(labels.shape)}")
+        raise ValueError(
+            f"batch_hard_triplet_loss needs emb (N, d) and labels (N,), got {tuple(emb.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
     _check_metric(metric)
     n = emb.shape[0]
     dist = pairwise_distance(emb, metric)

@@ -55,10 +55,14 @@ def fewshot_summary(rows: pd.DataFrame, method_order: Sequence[str]) -> pd.DataF
     dup = rows[rows.duplicated(["dataset", "method", "k", "seed"], keep=False)]
     if len(dup):
         r = dup.iloc[0]
-        raise ValueError(f"fine-tune metrics: {len(dup)} files share a job, e.g. dataset {r.dataset!r} method "
-                         f"{r.method!r} K={r.k} seed {r.seed}")
-    parts = [summarize(rows[rows["dataset"] == ds], method_order).assign(dataset=ds)
-             for ds in sorted(rows["dataset"].unique())]
+        raise ValueError(
+            f"fine-tune metrics: {len(dup)} files share a job, e.g. dataset {r.dataset!r} method "
+            f"{r.method!r} K={r.k} seed {r.seed}"
+        )
+    parts = [
+        summarize(rows[rows["dataset"] == ds], method_order).assign(dataset=ds)
+        for ds in sorted(rows["dataset"].unique())
+    ]
     columns = ["dataset", "method", "k", "n_seed", "acc_mean", "acc_std", "macc_mean", "macc_std"]
     if not parts:
         return pd.DataFrame(columns=columns)
@@ -70,13 +74,29 @@ def fewshot_summary(rows: pd.DataFrame, method_order: Sequence[str]) -> pd.DataF
 
 
 def fewshot_table(summary: pd.DataFrame, finetune_cfg: Mapping[str, Any], rows: pd.DataFrame) -> Table:
-    table = Table("fewshot", "Few-shot classification", [
-        Column("method", "Method"), Column("k", "K", "r"), Column("n_seed", "n(seed)", "r"),
-        Column("test_acc", "test_acc mean ± std", "r", mean_std=True),
-        Column("test_mean_class_acc", "mean class acc mean ± std", "r", mean_std=True)], group_key="dataset")
+    table = Table(
+        "fewshot",
+        "Few-shot classification",
+        [
+            Column("method", "Method"),
+            Column("k", "K", "r"),
+            Column("n_seed", "n(seed)", "r"),
+            Column("test_acc", "test_acc mean ± std", "r", mean_std=True),
+            Column("test_mean_class_acc", "mean class acc mean ± std", "r", mean_std=True),
+        ],
+        group_key="dataset",
+    )
     for r in summary.itertuples():
-        table.add([r.method, _k_label(r.k), int(r.n_seed), _mean_std(r.acc_mean, r.acc_std, r.n_seed),
-                   _mean_std(r.macc_mean, r.macc_std, r.n_seed)], group=r.dataset)
+        table.add(
+            [
+                r.method,
+                _k_label(r.k),
+                int(r.n_seed),
+                _mean_std(r.acc_mean, r.acc_std, r.n_seed),
+                _mean_std(r.macc_mean, r.macc_std, r.n_seed),
+            ],
+            group=r.dataset,
+        )
     for dataset in table.groups:
         part = summary[summary["dataset"] == dataset]
         best = best_per_k(part)  # part is in table order, so a tie goes to the method listed first
@@ -97,8 +117,13 @@ def _missing_jobs(rows: pd.DataFrame, cfg: Mapping[str, Any]) -> list[str]:
     if not all(key in cfg for key in ("methods", "k", "seeds")):
         return []
     have = set(zip(rows["method"], rows["k"].astype(int), rows["seed"].astype(int)))
-    missing = [(m, int(k), int(s)) for m in cfg["methods"] for k in cfg["k"] for s in cfg["seeds"]
-               if (m, int(k), int(s)) not in have]
+    missing = [
+        (m, int(k), int(s))
+        for m in cfg["methods"]
+        for k in cfg["k"]
+        for s in cfg["seeds"]
+        if (m, int(k), int(s)) not in have
+    ]
     if not missing:
         return []
     shown = ", ".join(f"{m} K={_k_label(k)} seed {s}" for m, k, s in missing[:10])
@@ -112,17 +137,42 @@ def _ablation_key(name: str) -> tuple[int, str]:
 
 
 def ucpr_table(rows: pd.DataFrame) -> Table:
-    table = Table("ucpr", "UCPR: unpaired cross-primitive retrieval (instance match; MRR = mean 1/rank, tie-aware)", [
-        Column("method", "Method"), Column("pair", "query -> gallery"), Column("ablation", "Ablation"),
-        Column("n_query", "n(query)", "r"), Column("R@1", "R@1", "r"), Column("R@5", "R@5", "r"),
-        Column("R@10", "R@10", "r"), Column("MRR", "MRR", "r"), Column("category_mAP", "category mAP", "r")],
-        group_key="dataset")
-    keyed = sorted(rows.to_dict("records"), key=lambda r: (r["dataset"], r["method"], r["query"], r["gallery"],
-                                                           _ablation_key(r["ablation"])))
+    table = Table(
+        "ucpr",
+        "UCPR: unpaired cross-primitive retrieval (instance match; MRR = mean 1/rank, tie-aware)",
+        [
+            Column("method", "Method"),
+            Column("pair", "query -> gallery"),
+            Column("ablation", "Ablation"),
+            Column("n_query", "n(query)", "r"),
+            Column("R@1", "R@1", "r"),
+            Column("R@5", "R@5", "r"),
+            Column("R@10", "R@10", "r"),
+            Column("MRR", "MRR", "r"),
+            Column("category_mAP", "category mAP", "r"),
+        ],
+        group_key="dataset",
+    )
+    keyed = sorted(
+        rows.to_dict("records"),
+        key=lambda r: (r["dataset"], r["method"], r["query"], r["gallery"], _ablation_key(r["ablation"])),
+    )
     _check_unique(keyed, ("dataset", "method", "query", "gallery", "ablation"), "UCPR")
     for r in keyed:
-        table.add([r["method"], f"{r['query']} -> {r['gallery']}", r["ablation"], _opt(r["n_query"], int),
-                   r["R@1"], r["R@5"], r["R@10"], r["MRR"], _opt(r["category_mAP"], float)], group=r["dataset"])
+        table.add(
+            [
+                r["method"],
+                f"{r['query']} -> {r['gallery']}",
+                r["ablation"],
+                _opt(r["n_query"], int),
+                r["R@1"],
+                r["R@5"],
+                r["R@10"],
+                r["MRR"],
+                _opt(r["category_mAP"], float),
+            ],
+            group=r["dataset"],
+        )
     if table.n_rows:
         table.notes.append('Ablation "chance": the exact expectation of a uniformly random ranking (the floor).')
     return table
@@ -145,43 +195,93 @@ def _check_unique(rows: list[dict], keys: Sequence[str], what: str) -> None:
 def cpac_table(rows: pd.DataFrame) -> Table:
     taus = sorted({float(t) for t in rows["tau"] if t is not None and not pd.isna(t)})
     iou_header = f"IoU@{fmt_float(taus[0])}" if len(taus) == 1 else "IoU@tau"
-    table = Table("cpac", "CPAC: completion probe (UDF at query points from a context; pooled over query points)", [
-        Column("method", "Method"), Column("context", "Context"), Column("predictor", "Predictor"),
-        Column("n_shapes", "n(shape)", "r"), Column("MAE", "MAE", "r"), Column("RMSE", "RMSE", "r"),
-        Column("IoU", iou_header, "r"), Column("tau", "tau", "r")], group_key="dataset")
-    keyed = sorted(rows.to_dict("records"), key=lambda r: (r["dataset"], r["method"], r["context"],
-                                                           r["predictor"] != collect.MODEL_PREDICTOR, r["predictor"]))
+    table = Table(
+        "cpac",
+        "CPAC: completion probe (UDF at query points from a context; pooled over query points)",
+        [
+            Column("method", "Method"),
+            Column("context", "Context"),
+            Column("predictor", "Predictor"),
+            Column("n_shapes", "n(shape)", "r"),
+            Column("MAE", "MAE", "r"),
+            Column("RMSE", "RMSE", "r"),
+            Column("IoU", iou_header, "r"),
+            Column("tau", "tau", "r"),
+        ],
+        group_key="dataset",
+    )
+    keyed = sorted(
+        rows.to_dict("records"),
+        key=lambda r: (
+            r["dataset"],
+            r["method"],
+            r["context"],
+            r["predictor"] != collect.MODEL_PREDICTOR,
+            r["predictor"],
+        ),
+    )
     _check_unique(keyed, ("dataset", "method", "context", "predictor"), "CPAC")
     for r in keyed:
-        table.add([r["method"], r["context"], r["predictor"], _opt(r["n_shapes"], int), r["MAE"], r["RMSE"],
-                   _opt(r["IoU"], float), _opt(r["tau"], float)], group=r["dataset"])
+        table.add(
+            [
+                r["method"],
+                r["context"],
+                r["predictor"],
+                _opt(r["n_shapes"], int),
+                r["MAE"],
+                r["RMSE"],
+                _opt(r["IoU"], float),
+                _opt(r["tau"], float),
+            ],
+            group=r["dataset"],
+        )
     if table.n_rows:
-        table.notes.append(f'"{collect.MODEL_PREDICTOR}": the ridge probe on the encoder features at the query '
-                           'tokens; "baseline: ..." rows are the geometry-only predictors of the same job. IoU "-": '
-                           'no point within tau in target or prediction.')
+        table.notes.append(
+            f'"{collect.MODEL_PREDICTOR}": the ridge probe on the encoder features at the query '
+            'tokens; "baseline: ..." rows are the geometry-only predictors of the same job. IoU "-": '
+            "no point within tau in target or prediction."
+        )
     return table
 
 
 # ------------------------------------------------------------------------------------------------- retrieval
-_EMBEDDING_ORDER = {"metric head": 0, "retrieval head": 0, "PromptSG": 0, "retrieval head (pre-BN)": 1, "raw": 2,
-                    "descriptor (raw)": 3}  # the hand-crafted floor last
+_EMBEDDING_ORDER = {
+    "metric head": 0,
+    "retrieval head": 0,
+    "PromptSG": 0,
+    "retrieval head (pre-BN)": 1,
+    "raw": 2,
+    "descriptor (raw)": 3,
+}  # the hand-crafted floor last
 
 
 def retrieval_table(rows: pd.DataFrame) -> Table:
     caption = "Query/gallery retrieval: metric and retrieval heads vs the raw embedding and the descriptor floor"
-    table = Table("retrieval", caption, [
-        Column("head", "Head"), Column("model", "Model"), Column("embedding", "Embedding"),
-        Column("n_split", "n(split)", "r"), *[Column(m, f"{_pretty(m)} mean ± std", "r", mean_std=True)
-                                             for m in collect.RETRIEVAL_METRICS]], group_key="dataset")
-    keyed = sorted(rows.to_dict("records"), key=lambda r: (r["dataset"], r["head"], r["model"],
-                                                           _EMBEDDING_ORDER.get(r["embedding"], 9), r["embedding"]))
+    table = Table(
+        "retrieval",
+        caption,
+        [
+            Column("head", "Head"),
+            Column("model", "Model"),
+            Column("embedding", "Embedding"),
+            Column("n_split", "n(split)", "r"),
+            *[Column(m, f"{_pretty(m)} mean ± std", "r", mean_std=True) for m in collect.RETRIEVAL_METRICS],
+        ],
+        group_key="dataset",
+    )
+    keyed = sorted(
+        rows.to_dict("records"),
+        key=lambda r: (r["dataset"], r["head"], r["model"], _EMBEDDING_ORDER.get(r["embedding"], 9), r["embedding"]),
+    )
     _check_unique(keyed, ("dataset", "head", "model", "embedding"), "retrieval")
     for r in keyed:
         cells = [MeanStd.of(r[m]) if r[m] else None for m in collect.RETRIEVAL_METRICS]
         table.add([r["head"], r["model"], r["embedding"], int(r["n_split"]), *cells], group=r["dataset"])
     if table.n_rows:
-        table.notes.append("Mean ± sample std (ddof=1) over the query/gallery splits (qg.parquet); splits without a "
-                           "scorable query are left out of n(split).")
+        table.notes.append(
+            "Mean ± sample std (ddof=1) over the query/gallery splits (qg.parquet); splits without a "
+            "scorable query are left out of n(split)."
+        )
     return table
 
 
@@ -192,12 +292,21 @@ def _pretty(metric: str) -> str:
 # ------------------------------------------------------------------------------------------------- text-3D
 def text3d_table(rows: pd.DataFrame) -> Table:
     ks = [c for c in collect.TEXT3D_COLUMNS if c.startswith("R@")]
-    table = Table("text3d", "Text-3D retrieval (test split, selected fold)", [
-        Column("method", "Method"), Column("direction", "Direction"), Column("fold", "fold", "r"),
-        *[Column(k, k, "r") for k in ks]], group_key="dataset")
+    table = Table(
+        "text3d",
+        "Text-3D retrieval (test split, selected fold)",
+        [
+            Column("method", "Method"),
+            Column("direction", "Direction"),
+            Column("fold", "fold", "r"),
+            *[Column(k, k, "r") for k in ks],
+        ],
+        group_key="dataset",
+    )
     direction_rank = {label: i for i, label in enumerate(collect.TEXT3D_DIRECTIONS.values())}
-    keyed = sorted(rows.to_dict("records"),
-                   key=lambda r: (r["dataset"], r["method"], direction_rank.get(r["direction"], 9)))
+    keyed = sorted(
+        rows.to_dict("records"), key=lambda r: (r["dataset"], r["method"], direction_rank.get(r["direction"], 9))
+    )
     _check_unique(keyed, ("dataset", "method", "direction"), "text-3D")
     for r in keyed:
         table.add([r["method"], r["direction"], r["fold"], *[r[k] for k in ks]], group=r["dataset"])
@@ -209,7 +318,7 @@ def text3d_table(rows: pd.DataFrame) -> Table:
 class Report:
     tables: dict[str, Table]
     plots: dict[str, bytes]
-    counts: dict[str, int]   # input files per input name
+    counts: dict[str, int]  # input files per input name
 
 
 def _paths(inputs: Mapping[str, Any], name: str) -> list[str]:
@@ -234,25 +343,36 @@ def build(inputs: Mapping[str, Any], params: Mapping[str, Any]) -> Report:
         "fewshot": fewshot_table(ft_summary, ft_cfg, ft_rows),
         "ucpr": ucpr_table(ucpr_rows),
         "cpac": cpac_table(collect.cpac_rows(_paths(inputs, "cpac"))),
-        "retrieval": retrieval_table(collect.retrieval_rows(_paths(inputs, "metric_heads"),
-                                                            _paths(inputs, "retrieval_heads"),
-                                                            _paths(inputs, "promptsg"))),
+        "retrieval": retrieval_table(
+            collect.retrieval_rows(
+                _paths(inputs, "metric_heads"), _paths(inputs, "retrieval_heads"), _paths(inputs, "promptsg")
+            )
+        ),
         "text3d": text3d_table(text3d_rows),
     }
-    figures = {"fewshot_accuracy": plots.fewshot_accuracy_png(ft_summary, method_order),
-               "recall_at_k": plots.recall_at_k_png(text3d_rows, ucpr_rows)}
+    figures = {
+        "fewshot_accuracy": plots.fewshot_accuracy_png(ft_summary, method_order),
+        "recall_at_k": plots.recall_at_k_png(text3d_rows, ucpr_rows),
+    }
     return Report(tables, figures, {name: len(_paths(inputs, name)) for name in INPUT_NAMES})
 
 
 def summary_markdown(report: Report, title: str, out_dir: Path, plots_dir: Path) -> str:
     rel_plots = Path(os.path.relpath(plots_dir, out_dir)).as_posix()
-    lines = [f"# {title}", "",
-             "Generated by `pipeline3d.stages.report` from the metrics JSONs (input files: "
-             + ", ".join(f"{name} {n}" for name, n in report.counts.items()) + ").", "",
-             "Numbers: 3 decimals; mean ± std = mean and sample std (ddof=1) over seeds or query/gallery splits, "
-             "with the count in the n(...) column; a single run shows ± -. Rows are sorted by a fixed key, so "
-             "the same metrics give the same files.", "",
-             "## Plots", ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Generated by `pipeline3d.stages.report` from the metrics JSONs (input files: "
+        + ", ".join(f"{name} {n}" for name, n in report.counts.items())
+        + ").",
+        "",
+        "Numbers: 3 decimals; mean ± std = mean and sample std (ddof=1) over seeds or query/gallery splits, "
+        "with the count in the n(...) column; a single run shows ± -. Rows are sorted by a fixed key, so "
+        "the same metrics give the same files.",
+        "",
+        "## Plots",
+        "",
+    ]
     for name in PLOT_NAMES:
         lines += [f"![{name}]({rel_plots}/{name}.png)", ""]
     for name in TABLE_NAMES:

@@ -97,17 +97,31 @@ def _lookup(mapping: Mapping[str, Any], *candidates: str) -> Any:
 
 # ------------------------------------------------------------------------------------------------- UCPR
 CHANCE = "chance"
-UCPR_COLUMNS = ["dataset", "method", "query", "gallery", "ablation", "R@1", "R@5", "R@10", "MRR", "category_mAP",
-                "n_query"]
+UCPR_COLUMNS = [
+    "dataset",
+    "method",
+    "query",
+    "gallery",
+    "ablation",
+    "R@1",
+    "R@5",
+    "R@10",
+    "MRR",
+    "category_mAP",
+    "n_query",
+]
 
 
 def ucpr_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
     rows = []
     for path in paths:
         m = read_metrics(path)
-        ident = {"dataset": identity(m, path, "dataset"), "method": identity(m, path, "method"),
-                 "query": identity(m, path, "query", "query_backend"),
-                 "gallery": identity(m, path, "gallery", "gallery_backend")}
+        ident = {
+            "dataset": identity(m, path, "dataset"),
+            "method": identity(m, path, "method"),
+            "query": identity(m, path, "query", "query_backend"),
+            "gallery": identity(m, path, "gallery", "gallery_backend"),
+        }
         section = "results" if "results" in m else "ablations" if "ablations" in m else "results"
         results = dig(m, path, section)
         if not isinstance(results, Mapping) or not results:
@@ -173,8 +187,13 @@ def _cpac_predictors(m: Mapping[str, Any], path: str | Path) -> list[tuple[str, 
             res = block[name]
             pooled = res.get("pooled", res) if isinstance(res, Mapping) else res
             label = MODEL_PREDICTOR if name == model else f"baseline: {name}"
-            out.append((label, pooled, f"metrics.{name}.pooled" if isinstance(res, Mapping) and "pooled" in res
-                        else f"metrics.{name}"))
+            out.append(
+                (
+                    label,
+                    pooled,
+                    f"metrics.{name}.pooled" if isinstance(res, Mapping) and "pooled" in res else f"metrics.{name}",
+                )
+            )
         return out
     results = dig(m, path, "results")
     out = [(MODEL_PREDICTOR, results, "results")]
@@ -190,8 +209,11 @@ def cpac_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
     rows = []
     for path in paths:
         m = read_metrics(path)
-        ident = {"dataset": identity(m, path, "dataset"), "method": identity(m, path, "method"),
-                 "context": identity(m, path, "context_backend", "context")}
+        ident = {
+            "dataset": identity(m, path, "dataset"),
+            "method": identity(m, path, "method"),
+            "context": identity(m, path, "context_backend", "context"),
+        }
         tau_default = _lookup(m, "tau")
         if tau_default is None:
             tau_default = dig(m, path, "protocol", "cpac", "tau", default=None)
@@ -205,10 +227,17 @@ def cpac_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
             if tau is None:
                 tau = tau_default
             n = _opt_int(_lookup(res, "n_shapes", "n_eval_shapes"))
-            rows.append(dict(ident, predictor=predictor,
-                             MAE=number(_need(res, path, where, "MAE"), path, f"{where}.MAE"),
-                             RMSE=number(_need(res, path, where, "RMSE"), path, f"{where}.RMSE"), IoU=iou,
-                             tau=None if tau is None else float(tau), n_shapes=n_shapes if n is None else n))
+            rows.append(
+                dict(
+                    ident,
+                    predictor=predictor,
+                    MAE=number(_need(res, path, where, "MAE"), path, f"{where}.MAE"),
+                    RMSE=number(_need(res, path, where, "RMSE"), path, f"{where}.RMSE"),
+                    IoU=iou,
+                    tau=None if tau is None else float(tau),
+                    n_shapes=n_shapes if n is None else n,
+                )
+            )
     return pd.DataFrame(rows, columns=CPAC_COLUMNS)
 
 
@@ -219,8 +248,12 @@ def _opt_int(value: Any) -> int | None:
 # ------------------------------------------------------------------------------------------------- heads
 RETRIEVAL_COLUMNS = ["dataset", "head", "model", "embedding", "n_split", *RETRIEVAL_METRICS]
 # (metrics key, embedding label) of a retrieval head's blocks, in table order
-RETRIEVAL_HEAD_BLOCKS = (("head", "retrieval head"), ("head_pre_bn", "retrieval head (pre-BN)"), ("raw", "raw"),
-                         ("descriptor_raw", "descriptor (raw)"))
+RETRIEVAL_HEAD_BLOCKS = (
+    ("head", "retrieval head"),
+    ("head_pre_bn", "retrieval head (pre-BN)"),
+    ("raw", "raw"),
+    ("descriptor_raw", "descriptor (raw)"),
+)
 OPTIONAL_RETRIEVAL_BLOCKS = ("head_pre_bn", "descriptor_raw")
 # a PromptSG variant's blocks (the raw floor needs the shape embeddings among the job's inputs)
 PROMPTSG_BLOCKS = (("head", "PromptSG"), ("raw", "raw"), ("descriptor_raw", "descriptor (raw)"))
@@ -234,14 +267,23 @@ def _split_values(block: Any, path: str | Path, where: str) -> dict[str, list[fl
         raise ValueError(f"{path}: '{where}.per_split' must be a non-empty list")
     out: dict[str, list[float]] = {}
     for metric in RETRIEVAL_METRICS:
-        values = [number(_need(s, path, f"{where}.per_split[{i}]", metric) if isinstance(s, Mapping) else s,
-                         path, f"{where}.per_split[{i}].{metric}") for i, s in enumerate(per_split)]
+        values = [
+            number(
+                _need(s, path, f"{where}.per_split[{i}]", metric) if isinstance(s, Mapping) else s,
+                path,
+                f"{where}.per_split[{i}].{metric}",
+            )
+            for i, s in enumerate(per_split)
+        ]
         out[metric] = [v for v in values if not math.isnan(v)]
     return out
 
 
-def retrieval_rows(metric_head_paths: Iterable[str | Path], retrieval_head_paths: Iterable[str | Path],
-                   promptsg_paths: Iterable[str | Path] = ()) -> pd.DataFrame:
+def retrieval_rows(
+    metric_head_paths: Iterable[str | Path],
+    retrieval_head_paths: Iterable[str | Path],
+    promptsg_paths: Iterable[str | Path] = (),
+) -> pd.DataFrame:
     """One row per (head file, embedding): the per-split values of Rank@1/5/10 and mAP (lists, for mean ± std).
     A PromptSG job's rows name its model ``<method>/<variant>``."""
     rows = []
@@ -254,8 +296,16 @@ def retrieval_rows(metric_head_paths: Iterable[str | Path], retrieval_head_paths
         modality, dataset, model = parts
         for key, label in (("projected", "metric head"), ("raw", "raw")):
             values = _split_values(m, path, f"test_qg.{key}")
-            rows.append({"dataset": dataset, "head": "metric", "model": f"{modality}/{model}", "embedding": label,
-                         "n_split": len(values["mAP"]), **values})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "head": "metric",
+                    "model": f"{modality}/{model}",
+                    "embedding": label,
+                    "n_split": len(values["mAP"]),
+                    **values,
+                }
+            )
     for path in retrieval_head_paths:
         m = read_metrics(path)
         dataset, method = identity(m, path, "dataset"), identity(m, path, "method")
@@ -263,8 +313,16 @@ def retrieval_rows(metric_head_paths: Iterable[str | Path], retrieval_head_paths
             if key in OPTIONAL_RETRIEVAL_BLOCKS and key not in m:
                 continue
             values = _split_values(m, path, key)
-            rows.append({"dataset": dataset, "head": "retrieval", "model": method, "embedding": label,
-                         "n_split": len(values["mAP"]), **values})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "head": "retrieval",
+                    "model": method,
+                    "embedding": label,
+                    "n_split": len(values["mAP"]),
+                    **values,
+                }
+            )
     for path in promptsg_paths:
         m = read_metrics(path)
         dataset, model = identity(m, path, "dataset"), f"{identity(m, path, 'method')}/{identity(m, path, 'variant')}"
@@ -272,8 +330,16 @@ def retrieval_rows(metric_head_paths: Iterable[str | Path], retrieval_head_paths
             if key in OPTIONAL_PROMPTSG_BLOCKS and key not in m:
                 continue
             values = _split_values(m, path, key)
-            rows.append({"dataset": dataset, "head": "promptsg", "model": model, "embedding": label,
-                         "n_split": len(values["mAP"]), **values})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "head": "promptsg",
+                    "model": model,
+                    "embedding": label,
+                    "n_split": len(values["mAP"]),
+                    **values,
+                }
+            )
     return pd.DataFrame(rows, columns=RETRIEVAL_COLUMNS)
 
 
@@ -290,8 +356,12 @@ def text3d_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
         fold = m.get("fold")
         for key, label in TEXT3D_DIRECTIONS.items():
             res = dig(m, path, "test", key)
-            row = {"dataset": dataset, "method": method, "direction": label,
-                   "fold": None if fold is None else str(fold)}
+            row = {
+                "dataset": dataset,
+                "method": method,
+                "direction": label,
+                "fold": None if fold is None else str(fold),
+            }
             for k in TEXT3D_KS:
                 row[f"R@{k}"] = number(_need(res, path, f"test.{key}", f"R@{k}"), path, f"test.{key}.R@{k}")
             rows.append(row)

@@ -20,23 +20,60 @@ from .collect import dig
 from .fewshot_table import accuracies, aggregate, method_rank, pm, read_checked, to_csv
 
 REQUIRED = ("method", "setting", "fold")
-COLUMNS = ["dataset", "method", "setting", "way", "shot", "fold", "test_acc", "test_macc", "query_min", "query_max",
-           "query_target", "skipped"]
-TABLE_COLUMNS = ["method", "setting", "way", "shot", "n_fold", "acc_mean", "acc_std", "macc_mean", "macc_std",
-                 "query_min", "query_max", "skipped"]
+COLUMNS = [
+    "dataset",
+    "method",
+    "setting",
+    "way",
+    "shot",
+    "fold",
+    "test_acc",
+    "test_macc",
+    "query_min",
+    "query_max",
+    "query_target",
+    "skipped",
+]
+TABLE_COLUMNS = [
+    "method",
+    "setting",
+    "way",
+    "shot",
+    "n_fold",
+    "acc_mean",
+    "acc_std",
+    "macc_mean",
+    "macc_std",
+    "query_min",
+    "query_max",
+    "skipped",
+]
 
 
 def _row(path: Path) -> dict:
     metrics, dataset = read_checked(path, REQUIRED, "episode")
     way, shot = parse_setting(metrics["setting"])
-    row = {"dataset": dataset, "method": str(metrics["method"]), "setting": str(metrics["setting"]), "way": way,
-           "shot": shot, "fold": int(metrics["fold"]), "skipped": str(metrics.get("skipped") or "")}
+    row = {
+        "dataset": dataset,
+        "method": str(metrics["method"]),
+        "setting": str(metrics["setting"]),
+        "way": way,
+        "shot": shot,
+        "fold": int(metrics["fold"]),
+        "skipped": str(metrics.get("skipped") or ""),
+    }
     if row["skipped"]:
         return row
     query = dig(metrics, path, "query_per_class")
-    return row | accuracies(metrics, path) | {"query_min": int(dig(query, path, "min")),
-                                              "query_max": int(dig(query, path, "max")),
-                                              "query_target": query.get("target")}
+    return (
+        row
+        | accuracies(metrics, path)
+        | {
+            "query_min": int(dig(query, path, "min")),
+            "query_max": int(dig(query, path, "max")),
+            "query_target": query.get("target"),
+        }
+    )
 
 
 def load_rows(paths: Sequence[str | Path]) -> pd.DataFrame:
@@ -53,8 +90,11 @@ def summarize(rows: pd.DataFrame, method_order: Sequence[str] | None = None) -> 
     if both:
         raise ValueError(f"episode metrics both ran and skipped {sorted(both)}: they come from different splits")
     table = aggregate(done, ["method", "setting"], "fold")
-    query = done.groupby(["method", "setting"], sort=False).agg(query_min=("query_min", "min"),
-                                                                query_max=("query_max", "max")).reset_index()
+    query = (
+        done.groupby(["method", "setting"], sort=False)
+        .agg(query_min=("query_min", "min"), query_max=("query_max", "max"))
+        .reset_index()
+    )
     table = table.merge(query, on=["method", "setting"], how="left").assign(skipped="")
     gone = skipped.drop_duplicates(["method", "setting"])[["method", "setting", "skipped"]].assign(n_fold=0)
     table = pd.concat([table, gone], ignore_index=True) if len(gone) else table
@@ -78,15 +118,24 @@ def best_per_setting(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame, title: str, target: int | None = None) -> str:
-    lines = [f"# {title}", "", "| Method | Setting | n(fold) | test_acc mean ± std | test mAcc mean ± std | "
-             "query/class |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        "| Method | Setting | n(fold) | test_acc mean ± std | test mAcc mean ± std | query/class |",
+        "|---|---|---|---|---|---|",
+    ]
     done = table[table["skipped"] == ""]
     for r in done.itertuples():
-        lines.append(f"| {r.method} | {r.setting} | {r.n_fold} | {pm(r.acc_mean, r.acc_std)} | "
-                     f"{pm(r.macc_mean, r.macc_std)} | {r.query_min}–{r.query_max} |")
+        lines.append(
+            f"| {r.method} | {r.setting} | {r.n_fold} | {pm(r.acc_mean, r.acc_std)} | "
+            f"{pm(r.macc_mean, r.macc_std)} | {r.query_min}–{r.query_max} |"
+        )
     if target and len(done) and int(done["query_min"].min()) < target:
-        lines += ["", f"Query shapes per class: the protocol asks for {target}; classes whose test split holds fewer "
-                      "groups get fewer (the query/class column gives the range over each setting's folds)."]
+        lines += [
+            "",
+            f"Query shapes per class: the protocol asks for {target}; classes whose test split holds fewer "
+            "groups get fewer (the query/class column gives the range over each setting's folds).",
+        ]
     gone = table[table["skipped"] != ""].drop_duplicates("setting")
     if len(gone):
         lines += ["", "Settings this dataset cannot fill (skipped):", ""]

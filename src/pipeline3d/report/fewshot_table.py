@@ -18,8 +18,7 @@ from .collect import dig, identity, number, read_metrics
 REQUIRED = ("method", "k", "seed", "test")
 
 
-def read_checked(path: Path, required: Sequence[str], what: str, *, require_dataset: bool = False
-                 ) -> tuple[dict, str]:
+def read_checked(path: Path, required: Sequence[str], what: str, *, require_dataset: bool = False) -> tuple[dict, str]:
     """(metrics, dataset) of one job's metrics JSON; missing ``required`` keys are an error naming the file, and the
     dataset is "" when unnamed (unless ``require_dataset``)."""
     metrics = read_metrics(path)
@@ -39,16 +38,24 @@ def load_rows(paths: Sequence[str | Path], require_dataset: bool = False) -> pd.
     rows = []
     for path in map(Path, paths):
         metrics, dataset = read_checked(path, REQUIRED, "fine-tune", require_dataset=require_dataset)
-        rows.append({"dataset": dataset, "method": str(metrics["method"]), "k": int(metrics["k"]),
-                     "seed": int(metrics["seed"]), **accuracies(metrics, path)})
+        rows.append(
+            {
+                "dataset": dataset,
+                "method": str(metrics["method"]),
+                "k": int(metrics["k"]),
+                "seed": int(metrics["seed"]),
+                **accuracies(metrics, path),
+            }
+        )
     return pd.DataFrame(rows, columns=["dataset", "method", "k", "seed", "test_acc", "test_macc"])
 
 
 def accuracies(metrics: dict, path: str | Path) -> dict[str, float]:
     """test_acc and test_macc of a classification metrics JSON (shared with the episode table)."""
-    return {"test_acc": number(dig(metrics, path, "test", "accuracy"), path, "test.accuracy"),
-            "test_macc": number(dig(metrics, path, "test", "mean_class_accuracy"), path,
-                                "test.mean_class_accuracy")}
+    return {
+        "test_acc": number(dig(metrics, path, "test", "accuracy"), path, "test.accuracy"),
+        "test_macc": number(dig(metrics, path, "test", "mean_class_accuracy"), path, "test.mean_class_accuracy"),
+    }
 
 
 def _std(values: pd.Series) -> float:
@@ -67,8 +74,13 @@ def aggregate(rows: pd.DataFrame, keys: list[str], unit: str) -> pd.DataFrame:
     """Per ``keys`` (first-seen order): n_<unit> (distinct units, e.g. seeds or folds), mean and sample std of
     test_acc and test_macc (ddof=1; 0 with one unit)."""
     grouped = rows.groupby(keys, sort=False)
-    return grouped.agg(**{f"n_{unit}": (unit, "nunique")}, acc_mean=("test_acc", "mean"), acc_std=("test_acc", _std),
-                       macc_mean=("test_macc", "mean"), macc_std=("test_macc", _std)).reset_index()
+    return grouped.agg(
+        **{f"n_{unit}": (unit, "nunique")},
+        acc_mean=("test_acc", "mean"),
+        acc_std=("test_acc", _std),
+        macc_mean=("test_macc", "mean"),
+        macc_std=("test_macc", _std),
+    ).reset_index()
 
 
 def method_rank(methods: pd.Series, method_order: Sequence[str] | None = None) -> pd.Series:
@@ -99,11 +111,17 @@ def _k_label(k: int) -> str:
 
 
 def to_markdown(table: pd.DataFrame, title: str) -> str:
-    lines = [f"# {title}", "", "| Method | K | n(seed) | test_acc mean ± std | test mAcc mean ± std |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        "| Method | K | n(seed) | test_acc mean ± std | test mAcc mean ± std |",
+        "|---|---|---|---|---|",
+    ]
     for r in table.itertuples():
-        lines.append(f"| {r.method} | {_k_label(r.k)} | {r.n_seed} | {pm(r.acc_mean, r.acc_std)} | "
-                     f"{pm(r.macc_mean, r.macc_std)} |")
+        lines.append(
+            f"| {r.method} | {_k_label(r.k)} | {r.n_seed} | {pm(r.acc_mean, r.acc_std)} | "
+            f"{pm(r.macc_mean, r.macc_std)} |"
+        )
     lines += ["", "Best method per K (mean test accuracy):", ""]
     for r in best_per_k(table).itertuples():
         lines.append(f"- K={_k_label(r.k)}: **{r.method}** {pm(r.acc_mean, r.acc_std)}")

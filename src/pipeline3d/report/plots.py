@@ -20,9 +20,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 DPI = 100
-PANEL_SIZE = (5.0, 3.6)   # inches per panel
-STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
-         "svg.hashsalt": "pipeline3d", "path.simplify": True}
+PANEL_SIZE = (5.0, 3.6)  # inches per panel
+STYLE = {
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "legend.fontsize": 8,
+    "svg.hashsalt": "pipeline3d",
+    "path.simplify": True,
+}
 
 
 def _figure(n_panels: int) -> Figure:
@@ -120,8 +126,13 @@ def recall_at_k_png(text3d: pd.DataFrame, ucpr: pd.DataFrame, ucpr_ablation: str
         if len(u):
             u = u.assign(label=u["dataset"] + "/" + u["method"] + "\n" + u["query"] + " -> " + u["gallery"])
             u = u.sort_values("label", kind="stable")
-            _bars(ax_u, u["label"].tolist(), {k: u[k].tolist() for k in ("R@1", "R@5", "R@10")},
-                  f"UCPR (ablation: {ucpr_ablation})", "recall")
+            _bars(
+                ax_u,
+                u["label"].tolist(),
+                {k: u[k].tolist() for k in ("R@1", "R@5", "R@10")},
+                f"UCPR (ablation: {ucpr_ablation})",
+                "recall",
+            )
         else:
             _empty(ax_u, "UCPR")
         return _png(fig)

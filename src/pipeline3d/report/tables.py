@@ -47,21 +47,21 @@ Cell = str | int | float | MeanStd | None
 
 @dataclass(frozen=True)
 class Column:
-    key: str       # CSV header (snake_case, stable for scripts)
-    header: str    # markdown / LaTeX header (for humans)
+    key: str  # CSV header (snake_case, stable for scripts)
+    header: str  # markdown / LaTeX header (for humans)
     align: str = "l"  # LaTeX alignment: l | r | c
     mean_std: bool = False  # cells are MeanStd (or None): CSV columns <key>_mean, <key>_std, <key>_n
 
 
 @dataclass
 class Table:
-    name: str                       # file stem: <name>.md/.csv/.tex
+    name: str  # file stem: <name>.md/.csv/.tex
     title: str
     columns: list[Column]
-    group_key: str | None = None     # CSV column holding the group (dataset), None: no grouping
+    group_key: str | None = None  # CSV column holding the group (dataset), None: no grouping
     groups: dict[str, list[list[Cell]]] = field(default_factory=dict)  # group -> rows, in insertion order
-    group_notes: dict[str, list[str]] = field(default_factory=dict)    # markdown lines after a group's table
-    notes: list[str] = field(default_factory=list)                     # markdown lines after all tables
+    group_notes: dict[str, list[str]] = field(default_factory=dict)  # markdown lines after a group's table
+    notes: list[str] = field(default_factory=list)  # markdown lines after all tables
 
     def add(self, row: Sequence[Cell], group: str = "") -> None:
         if len(row) != len(self.columns):
@@ -116,8 +116,13 @@ class Table:
     # ---------------------------------------------------------------------------------------------- LaTeX
     def to_latex(self) -> str:
         spec = "".join(c.align for c in self.columns)
-        lines = ["% " + latex_escape(self.title).replace("\n", " "), "\\begin{tabular}{" + spec + "}", "\\toprule",
-                 " & ".join(latex_escape(c.header) for c in self.columns) + " \\\\", "\\midrule"]
+        lines = [
+            "% " + latex_escape(self.title).replace("\n", " "),
+            "\\begin{tabular}{" + spec + "}",
+            "\\toprule",
+            " & ".join(latex_escape(c.header) for c in self.columns) + " \\\\",
+            "\\midrule",
+        ]
         if not self.n_rows:
             lines.append(f"\\multicolumn{{{len(self.columns)}}}{{c}}{{\\textit{{{NO_RESULTS}}}}} \\\\")
         for i, (group, rows) in enumerate(self.groups.items()):
@@ -176,9 +181,21 @@ def _latex_cell(value: Cell) -> str:
 
 
 _LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
-    "±": r"$\pm$", "→": r"$\rightarrow$", "τ": r"$\tau$",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "±": r"$\pm$",
+    "→": r"$\rightarrow$",
+    "τ": r"$\tau$",
 }
 
 

@@ -38,13 +38,23 @@ def arg(flag: str, help: str, **kwargs) -> tuple[str, dict]:  # noqa: A002 - arg
 
 # How a stage's --threads (the rule's threads) are spent: all on torch's intra-op pool, or one thread for torch
 # (byte-identical float results whatever the CPU count) and the rest on DataLoader workers (``args.workers``).
-THREAD_POLICIES = {"torch": "CPUs of the job (torch threads)",
-                   "workers": "CPUs of the job: one for torch (byte-identical results), the rest tokenize in workers"}
+THREAD_POLICIES = {
+    "torch": "CPUs of the job (torch threads)",
+    "workers": "CPUs of the job: one for torch (byte-identical results), the rest tokenize in workers",
+}
 
 
-def run_stage(stage: str, doc: str | None, options: list[tuple[str, dict]], body, *,
-              errors: tuple[type[BaseException], ...] = (ValueError,), error_code: int = 1, threads: str | None = None,
-              argv: list[str] | None = None) -> int:
+def run_stage(
+    stage: str,
+    doc: str | None,
+    options: list[tuple[str, dict]],
+    body,
+    *,
+    errors: tuple[type[BaseException], ...] = (ValueError,),
+    error_code: int = 1,
+    threads: str | None = None,
+    argv: list[str] | None = None,
+) -> int:
     """The whole ``main()`` of a stage: parse ``--params`` and ``options`` (``arg(...)`` tuples), set up logging and
     the stage header, then ``body(params, args, log)``, which returns the exit code (None: 0).
 
@@ -76,8 +86,12 @@ def training_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
     p = parser(stage, doc)
     p.add_argument("--inputs", required=True, help="JSON: the rule's named inputs (name -> path or paths)")
     p.add_argument("--state-dir", required=True, help="resume state (undeclared in the rule, so it survives)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPUs of the job (the rule's threads): its DataLoader workers, the rest for torch")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPUs of the job (the rule's threads): its DataLoader workers, the rest for torch",
+    )
     return p
 
 
@@ -91,9 +105,17 @@ def set_compute_threads(cpus: int, workers: int) -> int:
     return threads
 
 
-def run_training_stage(stage: str, doc: str | None, outputs: list[tuple[str, dict]], job, *, summary=None,
-                       workers=lambda params: 0, errors: tuple[type[BaseException], ...] = (ValueError, PermissionError),
-                       argv: list[str] | None = None) -> int:
+def run_training_stage(
+    stage: str,
+    doc: str | None,
+    outputs: list[tuple[str, dict]],
+    job,
+    *,
+    summary=None,
+    workers=lambda params: 0,
+    errors: tuple[type[BaseException], ...] = (ValueError, PermissionError),
+    argv: list[str] | None = None,
+) -> int:
     """The whole ``main()`` of a resumable training stage.
 
     Options: --params, --inputs (JSON), --state-dir, --threads and ``outputs`` (``arg(...)`` tuples; their values

@@ -14,10 +14,12 @@ import sys
 from ..jobs import align_text3d as job
 from ._cli import arg, run_training_stage
 
-OUTPUTS = [arg("--projection", "projection MLP (.safetensors)"),
-           arg("--text-tower", "the unfrozen text-tower weights (.safetensors)"),
-           arg("--head-json", "architecture, provenance and checksums (.json)"),
-           arg("--metrics", "validation metrics (.json)")]
+OUTPUTS = [
+    arg("--projection", "projection MLP (.safetensors)"),
+    arg("--text-tower", "the unfrozen text-tower weights (.safetensors)"),
+    arg("--head-json", "architecture, provenance and checksums (.json)"),
+    arg("--metrics", "validation metrics (.json)"),
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,12 @@ import sys
 from ._cli import arg, run_stage
 
 STAGE = "build_cache_shard"
-OPTIONS = [arg("--shard", "shard number, e.g. 0003"), arg("--manifest", "the dataset's manifest.parquet"),
-           arg("--items", "the dataset's items.h5 (pipeline3d.io.itemstore)"), arg("--out", "output shard .h5")]
+OPTIONS = [
+    arg("--shard", "shard number, e.g. 0003"),
+    arg("--manifest", "the dataset's manifest.parquet"),
+    arg("--items", "the dataset's items.h5 (pipeline3d.io.itemstore)"),
+    arg("--out", "output shard .h5"),
+]
 
 
 def body(params: dict, args, log) -> None:

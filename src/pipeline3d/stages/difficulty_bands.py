@@ -1,4 +1,5 @@
-"""Stage difficulty_bands: the command line of ``pipeline3d.jobs.difficulty_bands`` (its docstring says what it computes)."""
+"""Stage difficulty_bands: the command line of ``pipeline3d.jobs.difficulty_bands`` (its docstring says what it
+computes)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from ..jobs import difficulty_bands as job
 from ._cli import arg, run_stage
 
 STAGE = "difficulty_bands"
-OPTIONS = [arg("--inputs", "JSON: embeddings, manifest, ttv (+ duplicates)"),
-           arg("--out", "output bands parquet")]
+OPTIONS = [arg("--inputs", "JSON: embeddings, manifest, ttv (+ duplicates)"), arg("--out", "output bands parquet")]
 
 
 def body(params: dict, args, log) -> int:

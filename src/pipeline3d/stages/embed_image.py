@@ -10,8 +10,10 @@ from ..jobs import embed_image as job
 from ._cli import arg, run_stage
 
 STAGE = "embed_image"
-OPTIONS = [arg("--inputs", "JSON: manifest + items (image) or manifest + index + shards"),
-           arg("--out", "output embeddings parquet")]
+OPTIONS = [
+    arg("--inputs", "JSON: manifest + items (image) or manifest + index + shards"),
+    arg("--out", "output embeddings parquet"),
+]
 
 
 def body(params: dict, args, log) -> int:
@@ -19,7 +21,15 @@ def body(params: dict, args, log) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, job.__doc__, OPTIONS, body, errors=(ValueError, KeyError, MissingWeightsError, WeightsLoadError), threads="torch", argv=argv)
+    return run_stage(
+        STAGE,
+        job.__doc__,
+        OPTIONS,
+        body,
+        errors=(ValueError, KeyError, MissingWeightsError, WeightsLoadError),
+        threads="torch",
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

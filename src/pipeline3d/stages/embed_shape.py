@@ -9,8 +9,10 @@ from ..jobs import embed_shape as job
 from ._cli import arg, run_stage
 
 STAGE = "embed_shape"
-OPTIONS = [arg("--inputs", "JSON: manifest, ttv, index, shards, weights, encoder_json"),
-           arg("--out", "output embeddings parquet")]
+OPTIONS = [
+    arg("--inputs", "JSON: manifest, ttv, index, shards, weights, encoder_json"),
+    arg("--out", "output embeddings parquet"),
+]
 
 
 def body(params: dict, args, log) -> int:

@@ -10,9 +10,11 @@ from ..jobs import embed_text as job
 from ._cli import arg, run_stage
 
 STAGE = "embed_text"
-OPTIONS = [arg("--inputs", "JSON: {manifest}"),
-           arg("--out", "output embeddings parquet"),
-           arg("--cache-dir", "text-vector cache shared by jobs (undeclared in the rule)")]
+OPTIONS = [
+    arg("--inputs", "JSON: {manifest}"),
+    arg("--out", "output embeddings parquet"),
+    arg("--cache-dir", "text-vector cache shared by jobs (undeclared in the rule)"),
+]
 
 
 def body(params: dict, args, log) -> int:
@@ -20,7 +22,15 @@ def body(params: dict, args, log) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, job.__doc__, OPTIONS, body, errors=(ValueError, KeyError, MissingWeightsError, WeightsLoadError), threads="torch", argv=argv)
+    return run_stage(
+        STAGE,
+        job.__doc__,
+        OPTIONS,
+        body,
+        errors=(ValueError, KeyError, MissingWeightsError, WeightsLoadError),
+        threads="torch",
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ from ..jobs import eval_cpac as job
 from ._cli import arg, run_stage
 
 STAGE = "eval_cpac"
-OPTIONS = [arg("--inputs", "JSON: manifest, unpaired, ttv, index, shards, weights, encoder_json"),
-           arg("--metrics", "output metrics JSON")]
+OPTIONS = [
+    arg("--inputs", "JSON: manifest, unpaired, ttv, index, shards, weights, encoder_json"),
+    arg("--metrics", "output metrics JSON"),
+]
 
 
 def body(params: dict, args, log) -> None:
@@ -18,7 +20,9 @@ def body(params: dict, args, log) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, job.__doc__, OPTIONS, body, errors=(ValueError, KeyError, PermissionError), threads="torch", argv=argv)
+    return run_stage(
+        STAGE, job.__doc__, OPTIONS, body, errors=(ValueError, KeyError, PermissionError), threads="torch", argv=argv
+    )
 
 
 if __name__ == "__main__":

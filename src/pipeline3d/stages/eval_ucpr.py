@@ -9,8 +9,10 @@ from ..jobs import eval_ucpr as job
 from ._cli import arg, run_stage
 
 STAGE = "eval_ucpr"
-OPTIONS = [arg("--inputs", "JSON: manifest, unpaired, ttv, index, shards, weights, encoder_json"),
-           arg("--metrics", "output metrics JSON")]
+OPTIONS = [
+    arg("--inputs", "JSON: manifest, unpaired, ttv, index, shards, weights, encoder_json"),
+    arg("--metrics", "output metrics JSON"),
+]
 
 
 def body(params: dict, args, log) -> int:

@@ -16,8 +16,15 @@ from ._cli import arg, run_training_stage
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_training_stage("finetune_episode", __doc__, [arg("--metrics", "output: metrics JSON")], job.stage,
-                              summary=job.summary, workers=loader_workers, argv=argv)
+    return run_training_stage(
+        "finetune_episode",
+        __doc__,
+        [arg("--metrics", "output: metrics JSON")],
+        job.stage,
+        summary=job.summary,
+        workers=loader_workers,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ from ..jobs import fingerprint_dataset as job
 from ._cli import arg, run_stage
 
 STAGE = "fingerprint_dataset"
-OPTIONS = [arg("--manifest", "ingest manifest.parquet"),
-           arg("--cache-dir", "results/cache/<dataset> (index.parquet + shards)"),
-           arg("--items-dir", "results/ingest/<dataset> (items.h5, used for images)"),
-           arg("--fingerprints", "output fingerprints.parquet"),
-           arg("--duplicates", "output duplicates.parquet")]
+OPTIONS = [
+    arg("--manifest", "ingest manifest.parquet"),
+    arg("--cache-dir", "results/cache/<dataset> (index.parquet + shards)"),
+    arg("--items-dir", "results/ingest/<dataset> (items.h5, used for images)"),
+    arg("--fingerprints", "output fingerprints.parquet"),
+    arg("--duplicates", "output duplicates.parquet"),
+]
 
 
 def fingerprint(params: dict, args, log) -> None:

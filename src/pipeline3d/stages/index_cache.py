@@ -14,8 +14,11 @@ import sys
 from ._cli import arg, run_stage
 
 STAGE = "index_cache"
-OPTIONS = [arg("--shards", "every shard-NNNN.h5 of the dataset", nargs="+"),
-           arg("--out", "output index.parquet"), arg("--rejects", "output rejects.parquet")]
+OPTIONS = [
+    arg("--shards", "every shard-NNNN.h5 of the dataset", nargs="+"),
+    arg("--out", "output index.parquet"),
+    arg("--rejects", "output rejects.parquet"),
+]
 
 
 def index_shards(params: dict, args, log) -> None:
@@ -30,8 +33,14 @@ def index_shards(params: dict, args, log) -> None:
         raise ValueError("\n".join([str(exc), *moved])) from exc
     write_parquet(args.out, index)
     write_parquet(args.rejects, rejects)
-    log.info("done: %d shapes in %d shards -> %s; %d rejects -> %s", len(index), len(args.shards), args.out,
-             len(rejects), args.rejects)
+    log.info(
+        "done: %d shapes in %d shards -> %s; %d rejects -> %s",
+        len(index),
+        len(args.shards),
+        args.out,
+        len(rejects),
+        args.rejects,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

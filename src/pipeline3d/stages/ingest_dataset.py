@@ -12,8 +12,11 @@ import sys
 from ._cli import arg, run_stage
 
 STAGE = "ingest_dataset"
-OPTIONS = [arg("--manifest", "output manifest.parquet"), arg("--rejects", "output rejects.parquet"),
-           arg("--items", "output items.h5 (pipeline3d.io.itemstore)")]
+OPTIONS = [
+    arg("--manifest", "output manifest.parquet"),
+    arg("--rejects", "output rejects.parquet"),
+    arg("--items", "output items.h5 (pipeline3d.io.itemstore)"),
+]
 
 
 def ingest(params: dict, args, log) -> None:
@@ -23,8 +26,9 @@ def ingest(params: dict, args, log) -> None:
         result = run_ingest(params, args.manifest, args.rejects, args.items, log)
     except (IngestConfigError, FileNotFoundError) as exc:
         raise _ConfigProblem(f"ingest of {params.get('dataset')!r} failed: {exc}") from exc
-    log.info("done: %d items in %s, %d rejects in %s", len(result.rows), args.manifest, len(result.rejects),
-             args.rejects)
+    log.info(
+        "done: %d items in %s, %d rejects in %s", len(result.rows), args.manifest, len(result.rejects), args.rejects
+    )
 
 
 class _ConfigProblem(Exception):

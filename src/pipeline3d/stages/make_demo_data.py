@@ -8,10 +8,12 @@ import time
 from ..data.demo import STAGE, DemoConfig, write_demo
 from ._cli import arg, run_stage
 
-OPTIONS = [arg("--meshes", "output .tar.gz in ShapeNetCore.v2 layout"),
-           arg("--scans-train", "output ScanObjectNN-style training h5"),
-           arg("--scans-test", "output ScanObjectNN-style test h5"),
-           arg("--images", "output tar of <key>.png + <key>.json depth views")]
+OPTIONS = [
+    arg("--meshes", "output .tar.gz in ShapeNetCore.v2 layout"),
+    arg("--scans-train", "output ScanObjectNN-style training h5"),
+    arg("--scans-test", "output ScanObjectNN-style test h5"),
+    arg("--images", "output tar of <key>.png + <key>.json depth views"),
+]
 
 
 def make_demo(params: dict, args, log) -> None:

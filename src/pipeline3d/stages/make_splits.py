@@ -12,11 +12,18 @@ from ..data import splits
 from ._cli import arg, run_stage
 
 STAGE = "make_splits"
-OPTIONS = [arg("--manifest", "ingest manifest.parquet"),
-           arg("--duplicates", "fingerprint duplicates.parquet"),
-           arg("--out-dir", "results/splits/<dataset>"),
-           arg("--families", "which split families to write (default: every family whose keys --params holds)",
-               nargs="+", default=None, choices=splits.FAMILIES)]
+OPTIONS = [
+    arg("--manifest", "ingest manifest.parquet"),
+    arg("--duplicates", "fingerprint duplicates.parquet"),
+    arg("--out-dir", "results/splits/<dataset>"),
+    arg(
+        "--families",
+        "which split families to write (default: every family whose keys --params holds)",
+        nargs="+",
+        default=None,
+        choices=splits.FAMILIES,
+    ),
+]
 
 
 def make_splits(params: dict, args, log) -> None:

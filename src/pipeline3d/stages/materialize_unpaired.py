@@ -13,17 +13,26 @@ from ..io.cache_schema import profile_of
 from ._cli import arg, run_stage
 
 STAGE = "materialize_unpaired"
-OPTIONS = [arg("--split", "train_mesh | train_pc | train_udf | eval"),
-           arg("--unpaired", "splits unpaired.parquet"),
-           arg("--index", "cache index.parquet"),
-           arg("--shards", "every cache shard of the dataset", nargs="+"),
-           arg("--out", "output store (.h5)")]
+OPTIONS = [
+    arg("--split", "train_mesh | train_pc | train_udf | eval"),
+    arg("--unpaired", "splits unpaired.parquet"),
+    arg("--index", "cache index.parquet"),
+    arg("--shards", "every cache shard of the dataset", nargs="+"),
+    arg("--out", "output store (.h5)"),
+]
 
 
 def write_store(params: dict, args, log) -> None:
-    n = materialize(args.split, args.unpaired, args.index, args.shards, args.out, dataset=params["dataset"],
-                    cache_profile=profile_of(params["cache"]) if "cache" in params else None,
-                    compression=params.get("cache", {}).get("compression", "gzip"))
+    n = materialize(
+        args.split,
+        args.unpaired,
+        args.index,
+        args.shards,
+        args.out,
+        dataset=params["dataset"],
+        cache_profile=profile_of(params["cache"]) if "cache" in params else None,
+        compression=params.get("cache", {}).get("compression", "gzip"),
+    )
     log.info("wrote %s with %d shapes", args.out, n)
 
 

@@ -12,14 +12,17 @@ import sys
 from ..jobs import pretrain as job
 from ._cli import arg, run_training_stage
 
-OUTPUTS = [arg("--weights", "output: encoder weights (.safetensors)"),
-           arg("--encoder-json", "output: encoder description (.json)"),
-           arg("--train-log", "output: the training curve (JSON lines)")]
+OUTPUTS = [
+    arg("--weights", "output: encoder weights (.safetensors)"),
+    arg("--encoder-json", "output: encoder description (.json)"),
+    arg("--train-log", "output: the training curve (JSON lines)"),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_training_stage("pretrain_encoder", __doc__, OUTPUTS, job.stage, workers=job.loader_workers,
-                              errors=(ValueError,), argv=argv)
+    return run_training_stage(
+        "pretrain_encoder", __doc__, OUTPUTS, job.stage, workers=job.loader_workers, errors=(ValueError,), argv=argv
+    )
 
 
 if __name__ == "__main__":

@@ -18,10 +18,12 @@ import sys
 from ..jobs import report as job
 from ._cli import arg, run_stage
 
-OPTIONS = [arg("--inputs", "JSON: input name -> list of metrics JSON paths"),
-           arg("--out-dir", "tables and summary.md (results/tables)"),
-           arg("--plots-dir", "PNG plots (results/plots)"),
-           arg("--threads", "unused (plotting is single-threaded)", type=int, default=1)]
+OPTIONS = [
+    arg("--inputs", "JSON: input name -> list of metrics JSON paths"),
+    arg("--out-dir", "tables and summary.md (results/tables)"),
+    arg("--plots-dir", "PNG plots (results/plots)"),
+    arg("--threads", "unused (plotting is single-threaded)", type=int, default=1),
+]
 
 
 def body(params: dict, args, log) -> None:

@@ -15,9 +15,12 @@ from ..jobs import submit_text3d as job
 from ._cli import arg, run_stage
 
 STAGE = "submit_text3d"
-OPTIONS = [arg("--inputs", "JSON: the rule's named inputs (name -> path or paths)"),
-           arg("--text2mesh", "text->mesh ranking (.csv)"), arg("--mesh2text", "mesh->text ranking (.csv)"),
-           arg("--metrics", "test metrics (.json)")]
+OPTIONS = [
+    arg("--inputs", "JSON: the rule's named inputs (name -> path or paths)"),
+    arg("--text2mesh", "text->mesh ranking (.csv)"),
+    arg("--mesh2text", "mesh->text ranking (.csv)"),
+    arg("--metrics", "test metrics (.json)"),
+]
 
 
 def body(params: dict, args, log) -> None:

@@ -9,8 +9,11 @@ from ..report.episodes_table import load_rows, query_target, summarize, to_csv, 
 from ._cli import arg, run_stage
 
 STAGE = "tabulate_episodes"
-OPTIONS = [arg("--metrics", "every episode metrics JSON of the dataset", nargs="+"),
-           arg("--table", "output Markdown table"), arg("--csv", "output CSV")]
+OPTIONS = [
+    arg("--metrics", "every episode metrics JSON of the dataset", nargs="+"),
+    arg("--table", "output Markdown table"),
+    arg("--csv", "output CSV"),
+]
 
 
 def tabulate(params: dict, args, log) -> None:
@@ -19,8 +22,9 @@ def tabulate(params: dict, args, log) -> None:
     title = f"N-way K-shot episodes: {params['dataset']}"
     write_text(args.table, to_markdown(table, title, query_target(rows)))
     write_text(args.csv, to_csv(table))
-    log.info("%d episode jobs -> %d table rows (%d skipped)", len(rows), len(table),
-             int((table["skipped"] != "").sum()))
+    log.info(
+        "%d episode jobs -> %d table rows (%d skipped)", len(rows), len(table), int((table["skipped"] != "").sum())
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

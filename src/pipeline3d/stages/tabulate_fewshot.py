@@ -9,8 +9,11 @@ from ..report.fewshot_table import load_rows, summarize, to_csv, to_markdown
 from ._cli import arg, run_stage
 
 STAGE = "tabulate_fewshot"
-OPTIONS = [arg("--metrics", "every fine-tune metrics JSON of the dataset", nargs="+"),
-           arg("--table", "output Markdown table"), arg("--csv", "output CSV")]
+OPTIONS = [
+    arg("--metrics", "every fine-tune metrics JSON of the dataset", nargs="+"),
+    arg("--table", "output Markdown table"),
+    arg("--csv", "output CSV"),
+]
 
 
 def tabulate(params: dict, args, log) -> None:

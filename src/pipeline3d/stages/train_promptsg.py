@@ -15,8 +15,10 @@ import sys
 from ..jobs import promptsg as job
 from ._cli import arg, run_training_stage
 
-OUTPUTS = [arg("--model-dir", "output folder: encoder.{safetensors,json} + head.{safetensors,json}"),
-           arg("--metrics", "output: metrics JSON")]
+OUTPUTS = [
+    arg("--model-dir", "output folder: encoder.{safetensors,json} + head.{safetensors,json}"),
+    arg("--metrics", "output: metrics JSON"),
+]
 
 
 def main(argv: list[str] | None = None) -> int:

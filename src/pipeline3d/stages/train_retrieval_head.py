@@ -15,9 +15,11 @@ import sys
 from ..jobs import retrieval_head as job
 from ._cli import arg, run_training_stage
 
-OUTPUTS = [arg("--head", "output: head weights (.safetensors)"),
-           arg("--head-json", "output: head description (.json)"),
-           arg("--metrics", "output: metrics JSON")]
+OUTPUTS = [
+    arg("--head", "output: head weights (.safetensors)"),
+    arg("--head-json", "output: head description (.json)"),
+    arg("--metrics", "output: metrics JSON"),
+]
 
 
 def main(argv: list[str] | None = None) -> int:

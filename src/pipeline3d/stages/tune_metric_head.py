@@ -10,9 +10,11 @@ from ..jobs import tune_metric_head as job
 from ._cli import arg, run_stage
 
 STAGE = "tune_metric_head"
-OPTIONS = [arg("--inputs", "JSON: the rule's named inputs (name -> path)"),
-           arg("--study", "Optuna SQLite study (undeclared; survives reruns)"),
-           arg("--best", "output: best params JSON"),]
+OPTIONS = [
+    arg("--inputs", "JSON: the rule's named inputs (name -> path)"),
+    arg("--study", "Optuna SQLite study (undeclared; survives reruns)"),
+    arg("--best", "output: best params JSON"),
+]
 
 
 def body(params: dict, args, log) -> int:

@@ -11,6 +11,19 @@ from .dataset import CacheEntry, ShapeTokenDataset, resolve_entries
 from .layout import FEAT_DIM, N_TYPES, TokenConfig, n_positions
 from .tokenizer import tokenize
 
-__all__ = ["BACKENDS", "Backend", "CacheEntry", "EpochView", "FEAT_DIM", "MixedCorpus", "N_TYPES",
-           "ShapeTokenDataset", "TokenConfig", "collate", "get_backend", "n_positions", "resolve_entries",
-           "tokenize"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "CacheEntry",
+    "EpochView",
+    "FEAT_DIM",
+    "MixedCorpus",
+    "N_TYPES",
+    "ShapeTokenDataset",
+    "TokenConfig",
+    "collate",
+    "get_backend",
+    "n_positions",
+    "resolve_entries",
+    "tokenize",
+]

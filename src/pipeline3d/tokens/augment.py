@@ -63,8 +63,9 @@ def rotation_about(axis: int, angle: float) -> np.ndarray:
     return rot
 
 
-def _similarity(cfg: AugmentConfig, rng: np.random.Generator, anisotropic: bool
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _similarity(
+    cfg: AugmentConfig, rng: np.random.Generator, anisotropic: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scale (3,), rotation (3,3), translation (3,)) drawn in the documented order."""
     lo, hi = cfg.scale
     scale = rng.uniform(lo, hi, size=3) if anisotropic else np.full(3, rng.uniform(lo, hi))
@@ -73,8 +74,9 @@ def _similarity(cfg: AugmentConfig, rng: np.random.Generator, anisotropic: bool
     return scale, rot, shift
 
 
-def augment_points(xyz: np.ndarray, normals: np.ndarray | None, cfg: AugmentConfig, rng: np.random.Generator
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
+def augment_points(
+    xyz: np.ndarray, normals: np.ndarray | None, cfg: AugmentConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Augmented copies of (N,3) points and their normals (None stays None)."""
     if not cfg.enabled:
         return xyz, normals
@@ -94,8 +96,7 @@ def augment_points(xyz: np.ndarray, normals: np.ndarray | None, cfg: AugmentConf
     return out, normals
 
 
-def augment_tokens(feat: np.ndarray, type_id: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator
-                   ) -> np.ndarray:
+def augment_tokens(feat: np.ndarray, type_id: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """The query-token features (T, 15) under one isotropic similarity transform (a new array)."""
     if not cfg.enabled:
         return feat

@@ -136,7 +136,7 @@ class VoxelDistances:
         points = np.asarray(self.queries, dtype=np.float64)[indices]
         # no dedup: sorting costs as much as the repeated queries; the tokenizer's Morton order keeps them coherent
         flat = self.corner_cells(points).ravel()
-        grid = np.empty(self.grid ** 3)  # only the corners are filled: the interpolation reads nothing else
+        grid = np.empty(self.grid**3)  # only the corners are filled: the interpolation reads nothing else
         grid[flat] = self.cell_values(flat)
         return grids.trilinear(grid.reshape(self.occupancy.shape), points).astype(np.float32)
 
@@ -179,11 +179,14 @@ class Backend:
     def check_reader(self, reader: ShardReader) -> None:
         wider = sorted(set(reader.allowed) - set(self.visible))
         if wider:
-            raise PermissionError(f"backend {self.name} (primitive {self.primitive}) refuses a reader of "
-                                  f"{reader.path} that can see {wider}: open it with backend.open()")
+            raise PermissionError(
+                f"backend {self.name} (primitive {self.primitive}) refuses a reader of "
+                f"{reader.path} that can see {wider}: open it with backend.open()"
+            )
 
-    def read(self, reader: ShardReader, row: int, keys: Sequence[str] | None = None, *,
-             occ_grid: int = 0) -> dict[str, np.ndarray]:
+    def read(
+        self, reader: ShardReader, row: int, keys: Sequence[str] | None = None, *, occ_grid: int = 0
+    ) -> dict[str, np.ndarray]:
         """Arrays of one row, through ``reader``; any key outside this backend's primitive is refused."""
         self.check_reader(reader)
         keys = self.keys(occ_grid, reader.allowed) if keys is None else tuple(keys)
@@ -192,9 +195,11 @@ class Backend:
             raise PermissionError(f"backend {self.name} (primitive {self.primitive}) may not read {forbidden}")
         absent = [k for k in keys if k in self.visible and k not in reader.allowed]
         if absent:
-            raise ValueError(f"{reader.path}: backend {self.name} needs arrays {absent} that this shard does not "
-                             f"hold (kind {reader.attrs.get('kind')!r}, "
-                             f"primitive {reader.attrs.get('primitive', 'all')!r})")
+            raise ValueError(
+                f"{reader.path}: backend {self.name} needs arrays {absent} that this shard does not "
+                f"hold (kind {reader.attrs.get('kind')!r}, "
+                f"primitive {reader.attrs.get('primitive', 'all')!r})"
+            )
         return reader.read(row, keys)
 
     # -- pools -----------------------------------------------------------------------------------------------
@@ -204,11 +209,13 @@ class Backend:
         pools = {"pt_xyz": pt_xyz, "pt_dist": self.point_distances(arrays, profile, pt_xyz)}
         if self.ray_source is not None:
             s = self.ray_source
-            pools.update(ray_o=np.asarray(arrays["ray_origin"], dtype=np.float32),
-                         ray_d=np.asarray(arrays["ray_dir"], dtype=np.float32),
-                         ray_hit=np.asarray(arrays[f"ray_hit_{s}"], dtype=np.uint8),
-                         ray_t=np.asarray(arrays[f"ray_t_{s}"], dtype=np.float32),
-                         ray_n=np.asarray(arrays[f"ray_normal_{s}"], dtype=np.float32))
+            pools.update(
+                ray_o=np.asarray(arrays["ray_origin"], dtype=np.float32),
+                ray_d=np.asarray(arrays["ray_dir"], dtype=np.float32),
+                ray_hit=np.asarray(arrays[f"ray_hit_{s}"], dtype=np.uint8),
+                ray_t=np.asarray(arrays[f"ray_t_{s}"], dtype=np.float32),
+                ray_n=np.asarray(arrays[f"ray_normal_{s}"], dtype=np.float32),
+            )
         return pools
 
     def point_distances(self, arrays: dict[str, np.ndarray], profile: dict, pt_xyz: np.ndarray) -> PointDistances:
@@ -263,19 +270,19 @@ class VoxelBackend(Backend):
         # the stored distances when the cache holds them (cache.voxel_pool_dist), else pc_xyz to compute them
         return (*POOL_KEYS, self.dist_key) if self.dist_key in present else (*POOL_KEYS, "pc_xyz")
 
-    def point_distances(self, arrays: dict[str, np.ndarray], profile: dict,
-                        pt_xyz: np.ndarray) -> PointDistances:
+    def point_distances(self, arrays: dict[str, np.ndarray], profile: dict, pt_xyz: np.ndarray) -> PointDistances:
         if self.dist_key in arrays:
             return np.asarray(arrays[self.dist_key], dtype=np.float32)
         # the occupancy edt_grid builds (and the ray walk saw), without its full distance transform
-        occ = dilate(voxelize(np.asarray(arrays["pc_xyz"], dtype=np.float64), int(profile["pc_grid"])),
-                     int(profile["pc_dilate"]))
+        occ = dilate(
+            voxelize(np.asarray(arrays["pc_xyz"], dtype=np.float64), int(profile["pc_grid"])), int(profile["pc_dilate"])
+        )
         return VoxelDistances(occ, pt_xyz)
 
 
-BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (MeshBackend, PointCloudBackend,
-                                                                  PointCloudNoRayBackend, UdfGridBackend,
-                                                                  VoxelBackend)}
+BACKENDS: dict[str, type[Backend]] = {
+    cls.name: cls for cls in (MeshBackend, PointCloudBackend, PointCloudNoRayBackend, UdfGridBackend, VoxelBackend)
+}
 
 
 def get_backend(name: str) -> Backend:

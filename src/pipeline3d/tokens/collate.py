@@ -17,8 +17,9 @@ from .layout import FEAT_DIM, PAD
 SCALARS = ("shape_index", "label", "draw", "component")
 
 
-def pad_tokens(feats: Sequence[np.ndarray], types: Sequence[np.ndarray],
-               positions: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_tokens(
+    feats: Sequence[np.ndarray], types: Sequence[np.ndarray], positions: Sequence[np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(feat (B,T,F), type_id (B,T), pos (B,T), valid (B,T)) with T = the longest sequence (F: the samples' width)."""
     lengths = [len(t) for t in types]
     B, T = len(lengths), max(lengths, default=0)
@@ -42,11 +43,12 @@ def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
     for prefix in ("", "v2_"):
         if f"{prefix}feat" not in samples[0]:
             continue
-        feat, type_id, pos, valid = pad_tokens([s[f"{prefix}feat"] for s in samples],
-                                               [s[f"{prefix}type_id"] for s in samples],
-                                               [s[f"{prefix}pos"] for s in samples])
-        batch.update({f"{prefix}feat": feat, f"{prefix}type_id": type_id, f"{prefix}pos": pos,
-                      f"{prefix}valid": valid})
+        feat, type_id, pos, valid = pad_tokens(
+            [s[f"{prefix}feat"] for s in samples],
+            [s[f"{prefix}type_id"] for s in samples],
+            [s[f"{prefix}pos"] for s in samples],
+        )
+        batch.update({f"{prefix}feat": feat, f"{prefix}type_id": type_id, f"{prefix}pos": pos, f"{prefix}valid": valid})
     for key in SCALARS:
         if key in samples[0]:
             batch[key] = torch.tensor([int(s[key]) for s in samples], dtype=torch.int64)

@@ -49,8 +49,13 @@ def occurrence_index(pairs: np.ndarray) -> np.ndarray:
 class MixedCorpus:
     """Weighted components -> per-epoch sample orders (component, local index)."""
 
-    def __init__(self, components: Sequence[tuple[ShapeTokenDataset, float]], samples_per_epoch: int | None,
-                 seed: int, replacement: bool = True):
+    def __init__(
+        self,
+        components: Sequence[tuple[ShapeTokenDataset, float]],
+        samples_per_epoch: int | None,
+        seed: int,
+        replacement: bool = True,
+    ):
         if not components:
             raise ValueError("a corpus needs at least one component")
         self.datasets = [ds for ds, _ in components]
@@ -70,11 +75,16 @@ class MixedCorpus:
             self.samples_per_epoch = int(samples_per_epoch)
         else:
             if samples_per_epoch is not None and samples_per_epoch > total:
-                raise ValueError(f"samples_per_epoch {samples_per_epoch} exceeds the {total} items a corpus without "
-                                 "replacement holds")
+                raise ValueError(
+                    f"samples_per_epoch {samples_per_epoch} exceeds the {total} items a corpus without "
+                    "replacement holds"
+                )
             self.samples_per_epoch = total if samples_per_epoch is None else int(samples_per_epoch)
-            log.info("corpus without replacement: %d of %d items per epoch; component weights are not used",
-                     self.samples_per_epoch, total)
+            log.info(
+                "corpus without replacement: %d of %d items per epoch; component weights are not used",
+                self.samples_per_epoch,
+                total,
+            )
 
     def __len__(self) -> int:
         return self.samples_per_epoch

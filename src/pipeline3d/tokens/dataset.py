@@ -52,8 +52,9 @@ class CacheEntry:
     label: int = -1
 
 
-def resolve_entries(index_path: str | Path, shard_paths: Sequence[str | Path], ids: Sequence[str],
-                    labels: Sequence[int] | None = None) -> list[CacheEntry]:
+def resolve_entries(
+    index_path: str | Path, shard_paths: Sequence[str | Path], ids: Sequence[str], labels: Sequence[int] | None = None
+) -> list[CacheEntry]:
     """CacheEntry per id (in the order given) from the cache index and its shards; every id must be cached."""
     if labels is not None and len(labels) != len(ids):
         raise ValueError(f"{len(ids)} shape ids but {len(labels)} labels")
@@ -76,9 +77,20 @@ def _nbytes(record: Mapping[str, Any]) -> int:
 class ShapeTokenDataset:
     """Token samples of cached shapes through one backend (see the module docstring for the draw keys)."""
 
-    def __init__(self, entries: Sequence[CacheEntry], backend: str, tok_cfg: TokenConfig | Mapping[str, Any], *,
-                 seed: int, mode: str, mc_draws: int = 1, occ_grid: int = 0, two_views: bool = False,
-                 cache_mb: float = DEFAULT_CACHE_MB, augment: AugmentConfig | Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        entries: Sequence[CacheEntry],
+        backend: str,
+        tok_cfg: TokenConfig | Mapping[str, Any],
+        *,
+        seed: int,
+        mode: str,
+        mc_draws: int = 1,
+        occ_grid: int = 0,
+        two_views: bool = False,
+        cache_mb: float = DEFAULT_CACHE_MB,
+        augment: AugmentConfig | Mapping[str, Any] | None = None,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         if mc_draws < 1:
@@ -94,8 +106,10 @@ class ShapeTokenDataset:
         self.patch = PatchConfig.of(tok_cfg) if self.kind == "patch" else None
         self.augment = AugmentConfig.of(augment)  # training draws only
         if self.patch is not None and "pc_xyz" not in self.backend.visible:
-            raise ValueError(f"patch tokens need the surface points pc_xyz, which backend {backend!r} (primitive "
-                             f"{self.backend.primitive}) may not see; use mesh, pointcloud, pointcloud_noray or voxel")
+            raise ValueError(
+                f"patch tokens need the surface points pc_xyz, which backend {backend!r} (primitive "
+                f"{self.backend.primitive}) may not see; use mesh, pointcloud, pointcloud_noray or voxel"
+            )
         self.seed, self.mode, self.mc_draws = int(seed), mode, int(mc_draws)
         self.occ_grid, self.two_views = int(occ_grid), bool(two_views)
         self.cache_bytes = int(cache_mb * 2**20)
@@ -155,11 +169,16 @@ class ShapeTokenDataset:
         if not 0 <= entry.row < len(reader):
             raise IndexError(f"{entry.shard_path}: row {entry.row} of {entry.shape_id} is outside 0..{len(reader) - 1}")
         if reader.shape_ids[entry.row] != entry.shape_id:
-            raise ValueError(f"{entry.shard_path}: row {entry.row} holds {reader.shape_ids[entry.row]!r}, "
-                             f"not {entry.shape_id!r} (stale cache entries?)")
+            raise ValueError(
+                f"{entry.shard_path}: row {entry.row} holds {reader.shape_ids[entry.row]!r}, "
+                f"not {entry.shape_id!r} (stale cache entries?)"
+            )
         if self.patch is not None:
-            keys = ["pc_xyz", *(["pc_normal"] if self.patch.normals else []),
-                    *(self.backend.occupancy_keys() if self.occ_grid else [])]
+            keys = [
+                "pc_xyz",
+                *(["pc_normal"] if self.patch.normals else []),
+                *(self.backend.occupancy_keys() if self.occ_grid else []),
+            ]
             arrays = self.backend.read(reader, entry.row, list(dict.fromkeys(keys)))
             record = {"points": {"xyz": arrays["pc_xyz"], "normal": arrays.get("pc_normal")}}
         else:
@@ -189,8 +208,14 @@ class ShapeTokenDataset:
             raise IndexError(f"index {index} outside 0..{len(self.entries) - 1}")
         record = self.shape_record(index)
         feat, type_id, pos = self.tokens(record, self.rng(index, epoch, draw))
-        sample = {"feat": feat, "type_id": type_id, "pos": pos, "shape_index": np.int64(index),
-                  "label": np.int64(self.entries[index].label), "draw": np.int64(draw)}
+        sample = {
+            "feat": feat,
+            "type_id": type_id,
+            "pos": pos,
+            "shape_index": np.int64(index),
+            "label": np.int64(self.entries[index].label),
+            "draw": np.int64(draw),
+        }
         if self.two_views:
             feat, type_id, pos = self.tokens(record, self.rng(index, epoch, draw, "v2"))
             sample.update(v2_feat=feat, v2_type_id=type_id, v2_pos=pos)
@@ -216,5 +241,7 @@ class ShapeTokenDataset:
         return [self.item(index, epoch, d) for d in range(self.mc_draws)]
 
     def __repr__(self) -> str:
-        return (f"ShapeTokenDataset({len(self)} shapes, backend={self.backend_name}, mode={self.mode}, "
-                f"n_point={self.cfg.n_point}, n_ray={self.cfg.n_ray}, qa={self.cfg.qa_tokens})")
+        return (
+            f"ShapeTokenDataset({len(self)} shapes, backend={self.backend_name}, mode={self.mode}, "
+            f"n_point={self.cfg.n_point}, n_ray={self.cfg.n_ray}, qa={self.cfg.qa_tokens})"
+        )

@@ -35,8 +35,9 @@ def _as_is(batch: dict) -> dict:  # the worker already collated (module level: p
     return batch
 
 
-def eval_batches(dataset: ShapeTokenDataset, batch_size: int, *, num_workers: int = 0,
-                 pin_memory: bool = False) -> Iterator[tuple[list[Pair], dict]]:
+def eval_batches(
+    dataset: ShapeTokenDataset, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False
+) -> Iterator[tuple[list[Pair], dict]]:
     """(pairs, batch) for every (shape, draw) pair of ``dataset`` in order, ``batch_size`` pairs per batch.
 
     Workers are only started when there is more than one batch to build (a K-shot validation set is one batch;
@@ -45,8 +46,14 @@ def eval_batches(dataset: ShapeTokenDataset, batch_size: int, *, num_workers: in
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pairs = [(i, d) for i in range(len(dataset)) for d in range(dataset.mc_draws)]
-    chunks = [pairs[start:start + batch_size] for start in range(0, len(pairs), batch_size)]
+    chunks = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
     workers = min(int(num_workers), max(len(chunks) - 1, 0))
-    loader = DataLoader(_Chunks(dataset, chunks), batch_size=None, shuffle=False, num_workers=workers,
-                        collate_fn=_as_is, pin_memory=pin_memory)
+    loader = DataLoader(
+        _Chunks(dataset, chunks),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_as_is,
+        pin_memory=pin_memory,
+    )
     yield from zip(chunks, loader)

@@ -77,11 +77,16 @@ class TokenConfig:
         missing = [k for k in ("n_point", "n_ray") if k not in cfg]
         if missing:
             raise ValueError(f"tokens config lacks {missing}")
-        return cls(n_point=int(cfg["n_point"]), n_ray=int(cfg["n_ray"]), qa_tokens=bool(cfg.get("qa_tokens", False)),
-                   add_eos=bool(cfg.get("add_eos", True)), drop_ray_prob=float(cfg.get("drop_ray_prob", 0.0)),
-                   eval_seed=int(cfg.get("eval_seed", 0)),
-                   layout_n_point=None if cfg.get("layout_n_point") is None else int(cfg["layout_n_point"]),
-                   layout_n_ray=None if cfg.get("layout_n_ray") is None else int(cfg["layout_n_ray"]))
+        return cls(
+            n_point=int(cfg["n_point"]),
+            n_ray=int(cfg["n_ray"]),
+            qa_tokens=bool(cfg.get("qa_tokens", False)),
+            add_eos=bool(cfg.get("add_eos", True)),
+            drop_ray_prob=float(cfg.get("drop_ray_prob", 0.0)),
+            eval_seed=int(cfg.get("eval_seed", 0)),
+            layout_n_point=None if cfg.get("layout_n_point") is None else int(cfg["layout_n_point"]),
+            layout_n_ray=None if cfg.get("layout_n_ray") is None else int(cfg["layout_n_ray"]),
+        )
 
     @property
     def tokens_per_point(self) -> int:

@@ -42,8 +42,10 @@ class PatchConfig:
         if min(self.points, self.groups, self.group_size) < 1:
             raise ValueError(f"tokens.patch: points, groups and group_size must be >= 1 (got {self})")
         if self.groups > self.points or self.group_size > self.points:
-            raise ValueError(f"tokens.patch: groups ({self.groups}) and group_size ({self.group_size}) must not "
-                             f"exceed points ({self.points})")
+            raise ValueError(
+                f"tokens.patch: groups ({self.groups}) and group_size ({self.group_size}) must not "
+                f"exceed points ({self.points})"
+            )
 
     @classmethod
     def of(cls, cfg: "PatchConfig | Mapping[str, Any]") -> "PatchConfig":
@@ -51,9 +53,13 @@ class PatchConfig:
         if isinstance(cfg, PatchConfig):
             return cfg
         patch = dict(cfg.get("patch") or {})
-        return cls(points=int(patch.get("points", 1024)), groups=int(patch.get("groups", 64)),
-                   group_size=int(patch.get("group_size", 32)), normals=bool(patch.get("normals", False)),
-                   add_eos=bool(cfg.get("add_eos", True)))
+        return cls(
+            points=int(patch.get("points", 1024)),
+            groups=int(patch.get("groups", 64)),
+            group_size=int(patch.get("group_size", 32)),
+            normals=bool(patch.get("normals", False)),
+            add_eos=bool(cfg.get("add_eos", True)),
+        )
 
     @property
     def point_dim(self) -> int:
@@ -112,8 +118,9 @@ def knn_groups(points: np.ndarray, centres: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def patchify(points: np.ndarray, normals: np.ndarray | None, cfg: PatchConfig, rng: np.random.Generator
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def patchify(
+    points: np.ndarray, normals: np.ndarray | None, cfg: PatchConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(feat float32 (T, feat_dim), type_id int64 (T,), pos int64 (T,)) from already drawn (and augmented) points."""
     pts = np.asarray(points, dtype=np.float64)
     start = int(rng.integers(len(pts)))
@@ -128,8 +135,8 @@ def patchify(points: np.ndarray, normals: np.ndarray | None, cfg: PatchConfig, r
         rel = np.concatenate([rel, np.asarray(normals, dtype=np.float64)[groups]], axis=2)
     T = cfg.n_tokens
     feat = np.zeros((T, cfg.feat_dim), dtype=np.float32)
-    feat[1:1 + cfg.groups, :-3] = rel.reshape(cfg.groups, -1)
-    feat[1:1 + cfg.groups, -3:] = centres
+    feat[1 : 1 + cfg.groups, :-3] = rel.reshape(cfg.groups, -1)
+    feat[1 : 1 + cfg.groups, -3:] = centres
     type_id = np.full(T, POINT, dtype=np.int64)
     type_id[0] = BOS
     if cfg.add_eos:
@@ -137,8 +144,9 @@ def patchify(points: np.ndarray, normals: np.ndarray | None, cfg: PatchConfig, r
     return feat, type_id, np.arange(T, dtype=np.int64)
 
 
-def draw_points(xyz: np.ndarray, normals: np.ndarray | None, n: int, rng: np.random.Generator
-                ) -> tuple[np.ndarray, np.ndarray | None]:
+def draw_points(
+    xyz: np.ndarray, normals: np.ndarray | None, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
     """``n`` of the cached points (without replacement when there are enough), with their normals."""
     total = len(xyz)
     if total == 0:

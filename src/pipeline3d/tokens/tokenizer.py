@@ -49,8 +49,9 @@ def has_rays(pools: Mapping[str, Any]) -> bool:
     return all(present)
 
 
-def tokenize(pools: Mapping[str, Any], cfg: TokenConfig | Mapping[str, Any], rng: np.random.Generator,
-             *, train: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def tokenize(
+    pools: Mapping[str, Any], cfg: TokenConfig | Mapping[str, Any], rng: np.random.Generator, *, train: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(feat float32 (T,15), type_id int64 (T,), pos int64 (T,)) of one sample.
 
     ``train`` enables the ``drop_ray_prob`` coin (evaluation never drops rays).

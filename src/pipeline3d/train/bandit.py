@@ -22,8 +22,14 @@ STATE_FORMAT = 1
 
 
 class UCB1Bandit:
-    def __init__(self, arms: Sequence[str], *, exploration: float = 1.0,
-                 reward_range: tuple[float, float] = (0.0, 1.0), discount: float = 1.0):
+    def __init__(
+        self,
+        arms: Sequence[str],
+        *,
+        exploration: float = 1.0,
+        reward_range: tuple[float, float] = (0.0, 1.0),
+        discount: float = 1.0,
+    ):
         arms = [str(arm) for arm in arms]
         if not arms or len(set(arms)) != len(arms):
             raise ValueError(f"bandit arms must be a non-empty list of distinct names, got {arms}")
@@ -83,16 +89,28 @@ class UCB1Bandit:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values only (loads with ``torch.load(weights_only=True)``)."""
-        return {"format": STATE_FORMAT, "arms": list(self.arms), "exploration": self.exploration,
-                "reward_range": list(self.reward_range), "discount": self.discount, "weights": list(self.weights),
-                "sums": list(self.sums), "pulls": list(self.pulls), "steps": self.steps}
+        return {
+            "format": STATE_FORMAT,
+            "arms": list(self.arms),
+            "exploration": self.exploration,
+            "reward_range": list(self.reward_range),
+            "discount": self.discount,
+            "weights": list(self.weights),
+            "sums": list(self.sums),
+            "pulls": list(self.pulls),
+            "steps": self.steps,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a ``state_dict``; refuses one made for other arms or other settings."""
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"bandit state of format {state.get('format')!r}, expected {STATE_FORMAT}")
-        mine = {"arms": self.arms, "exploration": self.exploration, "reward_range": list(self.reward_range),
-                "discount": self.discount}
+        mine = {
+            "arms": self.arms,
+            "exploration": self.exploration,
+            "reward_range": list(self.reward_range),
+            "discount": self.discount,
+        }
         theirs = {key: state.get(key) for key in mine}
         if theirs != mine:
             raise ValueError(f"bandit state was saved with {theirs}, this bandit has {mine}")

@@ -21,20 +21,22 @@ _SEED_MASK = (1 << 63) - 1
 class MicroBatchSampler(Sampler[list[int]]):
     """Index lists of this rank's micro-batches for global batches ``start_batch .. n_batches - 1``."""
 
-    def __init__(self, *, n_batches: int, batch_size: int, start_batch: int, rank: int, world_size: int,
-                 grad_accum: int) -> None:
+    def __init__(
+        self, *, n_batches: int, batch_size: int, start_batch: int, rank: int, world_size: int, grad_accum: int
+    ) -> None:
         if batch_size % (world_size * grad_accum):
-            raise ValueError(f"batch_size {batch_size} is not divisible by world_size {world_size} x grad_accum "
-                             f"{grad_accum}")
+            raise ValueError(
+                f"batch_size {batch_size} is not divisible by world_size {world_size} x grad_accum {grad_accum}"
+            )
         self.n_batches, self.batch_size, self.start_batch = n_batches, batch_size, start_batch
         self.rank, self.world_size, self.grad_accum = rank, world_size, grad_accum
         self.micro = batch_size // (world_size * grad_accum)
 
     def __iter__(self) -> Iterator[list[int]]:
         for b in range(self.start_batch, self.n_batches):
-            mine = range(b * self.batch_size, (b + 1) * self.batch_size)[self.rank::self.world_size]
+            mine = range(b * self.batch_size, (b + 1) * self.batch_size)[self.rank :: self.world_size]
             for m in range(self.grad_accum):
-                yield list(mine[m * self.micro:(m + 1) * self.micro])
+                yield list(mine[m * self.micro : (m + 1) * self.micro])
 
     def __len__(self) -> int:
         return max(0, self.n_batches - self.start_batch) * self.grad_accum

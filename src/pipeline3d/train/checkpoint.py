@@ -66,8 +66,9 @@ def move_aside(state_dir: Path, tag: str, extra: list[Path] = ()) -> Path:
     return target
 
 
-def find_resumable(state_dir: Path, fingerprint: dict[str, str], log: logging.Logger,
-                   extra_stale: list[Path] = ()) -> dict[str, Any] | None:
+def find_resumable(
+    state_dir: Path, fingerprint: dict[str, str], log: logging.Logger, extra_stale: list[Path] = ()
+) -> dict[str, Any] | None:
     """The checkpoint in ``state_dir`` if it belongs to this configuration, else None.
 
     ``fingerprint`` maps names (``config_hash``, ``train_hash``) to the values a resumable checkpoint must carry.

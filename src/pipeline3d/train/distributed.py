@@ -57,21 +57,31 @@ def detect_launch(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     """Read the launcher's environment; torchrun wins over SLURM (torchrun inside an allocation sets both)."""
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return LaunchEnv(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
-                         local_rank=int(env.get("LOCAL_RANK", 0)), launcher="torchrun",
-                         master_addr=env.get("MASTER_ADDR"),
-                         master_port=int(env["MASTER_PORT"]) if "MASTER_PORT" in env else None)
+        return LaunchEnv(
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            launcher="torchrun",
+            master_addr=env.get("MASTER_ADDR"),
+            master_port=int(env["MASTER_PORT"]) if "MASTER_PORT" in env else None,
+        )
     # srun sets SLURM_STEP_NUM_TASKS for the processes of its job step. SLURM_NTASKS alone is not enough: the batch
     # script of a multi-task allocation sees it too while running a single process, which would wait forever.
     tasks = env.get("SLURM_STEP_NUM_TASKS")
     if "SLURM_PROCID" in env and tasks and int(tasks) > 1:
         job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
-        addr = env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_STEP_NODELIST")
-                                                          or env.get("SLURM_JOB_NODELIST") or "127.0.0.1")
+        addr = env.get("MASTER_ADDR") or first_slurm_host(
+            env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+        )
         port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else 20000 + job_id % 20000
-        return LaunchEnv(rank=int(env["SLURM_PROCID"]), world_size=int(tasks),
-                         local_rank=int(env.get("SLURM_LOCALID", 0)), launcher="slurm", master_addr=addr,
-                         master_port=port)
+        return LaunchEnv(
+            rank=int(env["SLURM_PROCID"]),
+            world_size=int(tasks),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            launcher="slurm",
+            master_addr=addr,
+            master_port=port,
+        )
     return LaunchEnv()
 
 
@@ -144,14 +154,17 @@ def data_parallel(module: torch.nn.Module, dist_: Dist) -> torch.nn.Module:
 
     ids = [dist_.device] if dist_.device.type == "cuda" else None
     if dist_.is_main:
-        logging.getLogger("pipeline3d.train").info("gradients: DistributedDataParallel over %d processes",
-                                                   dist_.world_size)
-    return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None,
-                                   find_unused_parameters=True)
+        logging.getLogger("pipeline3d.train").info(
+            "gradients: DistributedDataParallel over %d processes", dist_.world_size
+        )
+    return DistributedDataParallel(
+        module, device_ids=ids, output_device=ids[0] if ids else None, find_unused_parameters=True
+    )
 
 
-def setup(device: torch.device | None = None, environ: Mapping[str, str] | None = None,
-          log: logging.Logger | None = None) -> Dist:
+def setup(
+    device: torch.device | None = None, environ: Mapping[str, str] | None = None, log: logging.Logger | None = None
+) -> Dist:
     """Detect the launcher, pick the device and join the process group (if there is more than one process).
 
     ``device=None`` follows ``device.job_device(local_rank)``: the process's GPU when CUDA is available (local rank
@@ -168,8 +181,10 @@ def setup(device: torch.device | None = None, environ: Mapping[str, str] | None 
         return Dist(launch, device, owns_group=False)
     if dist.is_initialized():
         if dist.get_world_size() != launch.world_size or dist.get_rank() != launch.rank:
-            raise RuntimeError(f"existing process group (rank {dist.get_rank()}/{dist.get_world_size()}) does not "
-                               f"match the launcher's ({launch.rank}/{launch.world_size})")
+            raise RuntimeError(
+                f"existing process group (rank {dist.get_rank()}/{dist.get_world_size()}) does not "
+                f"match the launcher's ({launch.rank}/{launch.world_size})"
+            )
         return Dist(launch, device, owns_group=False)
     if launch.master_addr:
         os.environ.setdefault("MASTER_ADDR", launch.master_addr)
@@ -178,9 +193,20 @@ def setup(device: torch.device | None = None, environ: Mapping[str, str] | None 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(DEFAULT_PORT))
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, init_method="env://", rank=launch.rank, world_size=launch.world_size,
-                            timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        rank=launch.rank,
+        world_size=launch.world_size,
+        timeout=datetime.timedelta(minutes=30),
+    )
     if launch.rank == 0:
-        log.info("distributed: %s launch, %d processes, backend %s, master %s:%s", launch.launcher,
-                 launch.world_size, backend, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+        log.info(
+            "distributed: %s launch, %d processes, backend %s, master %s:%s",
+            launch.launcher,
+            launch.world_size,
+            backend,
+            os.environ["MASTER_ADDR"],
+            os.environ["MASTER_PORT"],
+        )
     return Dist(launch, device, owns_group=True)

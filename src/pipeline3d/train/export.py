@@ -24,13 +24,21 @@ def registry_name(encoder: nn.Module) -> str:
     """The name ``create_encoder`` knows the encoder by: ``encoder.registry_name`` or ``encoder.config["name"]``."""
     name = getattr(encoder, "registry_name", None) or (getattr(encoder, "config", None) or {}).get("name")
     if not name:
-        raise ValueError(f"{type(encoder).__name__} has no registry_name attribute (and no 'name' in its config): "
-                         "pass name= to save_encoder")
+        raise ValueError(
+            f"{type(encoder).__name__} has no registry_name attribute (and no 'name' in its config): "
+            "pass name= to save_encoder"
+        )
     return str(name)
 
 
-def save_encoder(encoder: nn.Module, safetensors_path: str | Path, json_path: str | Path, extra: dict[str, Any],
-                 *, name: str | None = None) -> dict[str, Any]:
+def save_encoder(
+    encoder: nn.Module,
+    safetensors_path: str | Path,
+    json_path: str | Path,
+    extra: dict[str, Any],
+    *,
+    name: str | None = None,
+) -> dict[str, Any]:
     """Write ``encoder``'s state dict to ``safetensors_path`` and its description to ``json_path``; return the JSON.
 
     ``extra`` must be JSON-serialisable. Tensors are copied to contiguous CPU memory (tied weights become separate
@@ -43,15 +51,25 @@ def save_encoder(encoder: nn.Module, safetensors_path: str | Path, json_path: st
     description = {"format": FORMAT, "format_version": FORMAT_VERSION, "encoder": name, "config": config}
     safetensors_path = Path(safetensors_path)
     sha256 = write_weights(safetensors_path, tensors, description)
-    sidecar = {**description, "weights": safetensors_path.name, "sha256": sha256,
-               "n_params": int(sum(p.numel() for p in encoder.parameters())), "tensors": len(tensors),
-               "extra": extra}
+    sidecar = {
+        **description,
+        "weights": safetensors_path.name,
+        "sha256": sha256,
+        "n_params": int(sum(p.numel() for p in encoder.parameters())),
+        "tensors": len(tensors),
+        "extra": extra,
+    }
     write_json(json_path, sidecar)
     return sidecar
 
 
-def load_encoder(safetensors_path: str | Path, json_path: str | Path, *,
-                 factory: Callable[..., nn.Module] | None = None, device: str | torch.device = "cpu") -> nn.Module:
+def load_encoder(
+    safetensors_path: str | Path,
+    json_path: str | Path,
+    *,
+    factory: Callable[..., nn.Module] | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
     """Rebuild an exported encoder: ``factory(name, **config)`` (default: the model registry's ``create_encoder``),
     then load the weights strictly after checking the file's sha256 against the JSON; the encoder is moved to
     ``device`` after (read on the CPU, so any device works, ``meta`` included)."""

@@ -23,9 +23,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Callable, Protocol
 
 import torch
@@ -129,10 +129,19 @@ class TrainResult:
         return EXIT_INTERRUPTED if self.interrupted else 0
 
 
-def train(objective: nn.Module, data: EpochSource, cfg: TrainConfig, state_dir: str | Path, *, config_hash: str,
-          log: logging.Logger | None = None, metrics_path: str | Path | None = None,
-          device: torch.device | str | None = None, hooks: Sequence[Any] = (),
-          sinks: Sequence[Any] = ()) -> TrainResult:
+def train(
+    objective: nn.Module,
+    data: EpochSource,
+    cfg: TrainConfig,
+    state_dir: str | Path,
+    *,
+    config_hash: str,
+    log: logging.Logger | None = None,
+    metrics_path: str | Path | None = None,
+    device: torch.device | str | None = None,
+    hooks: Sequence[Any] = (),
+    sinks: Sequence[Any] = (),
+) -> TrainResult:
     """Train ``objective`` in place on ``data`` (see the module docstring); resumes from ``state_dir/last.ckpt``.
 
     ``metrics_path`` defaults to ``state_dir/metrics.jsonl``. Under torchrun/srun every process calls this; each
@@ -152,8 +161,19 @@ def train(objective: nn.Module, data: EpochSource, cfg: TrainConfig, state_dir: 
     dist = distributed.setup(torch.device(device) if device is not None else None, log=log)
     try:
         with stop_on_signals(log) as stop:
-            return _Run(objective, data, cfg, state_dir, config_hash, log, metrics_path, dist, stop, hooks,
-                        sinks if dist.is_main else ()).run()
+            return _Run(
+                objective,
+                data,
+                cfg,
+                state_dir,
+                config_hash,
+                log,
+                metrics_path,
+                dist,
+                stop,
+                hooks,
+                sinks if dist.is_main else (),
+            ).run()
     finally:
         for sink in sinks:
             sink.close()
@@ -163,16 +183,29 @@ def train(objective: nn.Module, data: EpochSource, cfg: TrainConfig, state_dir: 
 class _Run:
     """One call of ``train``: set-up, resume, the step loop, checkpoints and logs."""
 
-    def __init__(self, objective: nn.Module, data: EpochSource, cfg: TrainConfig, state_dir: Path, config_hash: str,
-                 log: logging.Logger, metrics_path: Path, dist: distributed.Dist, stop: StopRequest,
-                 hooks: Sequence[Any] = (), sinks: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        objective: nn.Module,
+        data: EpochSource,
+        cfg: TrainConfig,
+        state_dir: Path,
+        config_hash: str,
+        log: logging.Logger,
+        metrics_path: Path,
+        dist: distributed.Dist,
+        stop: StopRequest,
+        hooks: Sequence[Any] = (),
+        sinks: Sequence[Any] = (),
+    ) -> None:
         self.objective, self.data, self.cfg, self.hooks, self.sinks = objective, data, cfg, list(hooks), list(sinks)
         self.state_dir, self.config_hash, self.metrics_path = state_dir, config_hash, metrics_path
         self.dist, self.stop, self.device = dist, stop, dist.device
         self.log = log
         if cfg.batch_size % (dist.world_size * cfg.grad_accum):
-            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist.world_size} processes x "
-                             f"grad_accum {cfg.grad_accum}")
+            raise ValueError(
+                f"batch_size {cfg.batch_size} is not divisible by {dist.world_size} processes x "
+                f"grad_accum {cfg.grad_accum}"
+            )
         cuda = self.device.type == "cuda"
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and cfg.amp == "fp16")
@@ -210,31 +243,50 @@ class _Run:
             self.scaler.load_state_dict(state["scaler"])
         saved_world = int(state["world_size"])
         if saved_world != self.dist.world_size and self.dist.is_main:
-            self.log.warning("checkpoint was written by %d process(es), now %d: same global batches, but per-rank "
-                             "RNG streams are reassigned, so results are no longer bit-identical", saved_world,
-                             self.dist.world_size)
+            self.log.warning(
+                "checkpoint was written by %d process(es), now %d: same global batches, but per-rank "
+                "RNG streams are reassigned, so results are no longer bit-identical",
+                saved_world,
+                self.dist.world_size,
+            )
         rngstate.restore(state["rng"][self.dist.rank % len(state["rng"])])
         for hook, hook_state in zip(self.hooks, state.get("hooks", [])):
             hook.load_state_dict(hook_state)
 
     def _log_setup(self, n_params: dict[str, int]) -> None:
         cfg = self.cfg
-        self.info("train: %d steps | global batch %d = %d process(es) x %d accumulation x %d | lr %.2e (warm-up %d, "
-                  "cosine to x%g) | wd %g | clip %s | device %s | precision %s", cfg.steps, cfg.batch_size,
-                  self.dist.world_size, cfg.grad_accum, cfg.batch_size // (self.dist.world_size * cfg.grad_accum),
-                  cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio, cfg.weight_decay,
-                  cfg.clip_grad if cfg.clip_grad > 0 else "off", self.device,
-                  {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}.get(
-                      self.autocast_dtype, "fp32"))
-        self.info("parameters: %d with weight decay, %d without, %d frozen", n_params["decay"], n_params["no_decay"],
-                  n_params["frozen"])
+        self.info(
+            "train: %d steps | global batch %d = %d process(es) x %d accumulation x %d | lr %.2e (warm-up %d, "
+            "cosine to x%g) | wd %g | clip %s | device %s | precision %s",
+            cfg.steps,
+            cfg.batch_size,
+            self.dist.world_size,
+            cfg.grad_accum,
+            cfg.batch_size // (self.dist.world_size * cfg.grad_accum),
+            cfg.lr,
+            cfg.warmup_steps,
+            cfg.min_lr_ratio,
+            cfg.weight_decay,
+            cfg.clip_grad if cfg.clip_grad > 0 else "off",
+            self.device,
+            {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}.get(
+                self.autocast_dtype, "fp32"
+            ),
+        )
+        self.info(
+            "parameters: %d with weight decay, %d without, %d frozen",
+            n_params["decay"],
+            n_params["no_decay"],
+            n_params["frozen"],
+        )
 
     # --- one optimiser step --------------------------------------------------------------------------------------
 
     def _step(self, micro_batches, step: int) -> tuple[float, dict[str, float], float, float]:
         cfg = self.cfg
-        lr = lr_at(step, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
-                   min_lr_ratio=cfg.min_lr_ratio)
+        lr = lr_at(
+            step, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # lr_scale: see optim.param_groups
         self.optimizer.zero_grad(set_to_none=True)
@@ -245,8 +297,11 @@ class _Run:
         for micro in range(cfg.grad_accum):
             batch = to_device(next(micro_batches), self.device)
             generator = step_generator(cfg.seed, step, self.dist.rank, micro, self.device)
-            autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
-                        else contextlib.nullcontext())
+            autocast = (
+                torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                if self.autocast_dtype
+                else contextlib.nullcontext()
+            )
             # DDP all-reduces gradients during the last micro-batch's backward only (overlapped with it).
             last = micro == cfg.grad_accum - 1
             with contextlib.nullcontext() if last or not self.dist.enabled else self.model.no_sync():
@@ -264,8 +319,9 @@ class _Run:
         if not self.scaler.is_enabled() and not math.isfinite(loss_mean):
             raise FloatingPointError(f"non-finite loss {loss_mean} at step {step}; no checkpoint was written for it")
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.clip_grad if cfg.clip_grad > 0 else math.inf,
-                                                   foreach=True)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.trainable, cfg.clip_grad if cfg.clip_grad > 0 else math.inf, foreach=True
+        )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.objective.after_step()
@@ -280,7 +336,10 @@ class _Run:
                 "format_version": checkpoint.FORMAT_VERSION,
                 **self.fingerprint,
                 "world_size": self.dist.world_size,
-                "step": step, "epoch": epoch, "batch_index": batch_index, "samples_seen": samples_seen,
+                "step": step,
+                "epoch": epoch,
+                "batch_index": batch_index,
+                "samples_seen": samples_seen,
                 "last_loss": last_loss,
                 "model": self.objective.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -291,16 +350,24 @@ class _Run:
             checkpoint.save(checkpoint.ckpt_path(self.state_dir), state)
         self.dist.barrier()  # no rank exits (or is killed by torchrun) before the file is in place
 
-    def _log_step(self, step: int, epoch: int, loss: float, logs: dict[str, float], grad_norm: float, lr: float,
-                  force: bool) -> None:
+    def _log_step(
+        self, step: int, epoch: int, loss: float, logs: dict[str, float], grad_norm: float, lr: float, force: bool
+    ) -> None:
         """A metrics line + log line every ``log_every`` steps, at least every minute, and when ``force``."""
         self._window.append(loss)
         now = time.monotonic()
         if not (step % self.cfg.log_every == 0 or now - self._window_time >= LOG_SECONDS or force):
             return
         rate = len(self._window) * self.cfg.batch_size / max(now - self._window_time, 1e-9)
-        record = {"step": step, "epoch": epoch, "loss": loss, "loss_avg": sum(self._window) / len(self._window),
-                  "lr": lr, "grad_norm": grad_norm, "samples_per_s": rate}
+        record = {
+            "step": step,
+            "epoch": epoch,
+            "loss": loss,
+            "loss_avg": sum(self._window) / len(self._window),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "samples_per_s": rate,
+        }
         record.update({(k if k not in record else f"objective/{k}"): v for k, v in logs.items()})
         self._window, self._window_time = [], now
         if not self.dist.is_main:
@@ -310,18 +377,39 @@ class _Run:
             sink.log(record)
         extra = " | ".join(f"{k} {v:.4g}" for k, v in logs.items())
         eta = (self.cfg.steps - step) * self.cfg.batch_size / max(rate, 1e-9)
-        self.log.info("step %d/%d | epoch %d | loss %.4f | lr %.2e | grad_norm %.3g | %.1f samples/s | eta %s%s",
-                      step, self.cfg.steps, epoch, loss, lr, grad_norm, rate, _duration(eta),
-                      f" | {extra}" if extra else "")
+        self.log.info(
+            "step %d/%d | epoch %d | loss %.4f | lr %.2e | grad_norm %.3g | %.1f samples/s | eta %s%s",
+            step,
+            self.cfg.steps,
+            epoch,
+            loss,
+            lr,
+            grad_norm,
+            rate,
+            _duration(eta),
+            f" | {extra}" if extra else "",
+        )
 
     def _loader(self, dataset: Dataset, epoch: int, n_batches: int, start_batch: int) -> DataLoader:
         """This rank's micro-batches of global batches ``start_batch..`` of the epoch, in order."""
         cfg, dist = self.cfg, self.dist
-        sampler = MicroBatchSampler(n_batches=n_batches, batch_size=cfg.batch_size, start_batch=start_batch,
-                                    rank=dist.rank, world_size=dist.world_size, grad_accum=cfg.grad_accum)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data.collate, num_workers=cfg.num_workers,
-                          persistent_workers=False, pin_memory=self.device.type == "cuda",
-                          generator=loader_generator(cfg.seed, epoch, dist.rank))
+        sampler = MicroBatchSampler(
+            n_batches=n_batches,
+            batch_size=cfg.batch_size,
+            start_batch=start_batch,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            grad_accum=cfg.grad_accum,
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data.collate,
+            num_workers=cfg.num_workers,
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
+            generator=loader_generator(cfg.seed, epoch, dist.rank),
+        )
 
     # --- main ----------------------------------------------------------------------------------------------------
 
@@ -356,8 +444,9 @@ class _Run:
             dataset = self.data.make_epoch(epoch)
             n_batches = len(dataset) // cfg.batch_size
             if n_batches == 0:
-                raise ValueError(f"epoch {epoch} has {len(dataset)} samples, fewer than one global batch "
-                                 f"({cfg.batch_size})")
+                raise ValueError(
+                    f"epoch {epoch} has {len(dataset)} samples, fewer than one global batch ({cfg.batch_size})"
+                )
             if batch_index >= n_batches:  # an epoch shorter than the checkpoint's position
                 epoch, batch_index = epoch + 1, 0
                 continue
@@ -374,8 +463,7 @@ class _Run:
                         self.objective.train()
                         hooked = True
                 # A step with hook results is always logged (they would be lost between log_every lines).
-                self._log_step(step, epoch, loss, logs, grad_norm, lr,
-                               force=interrupted or step == cfg.steps or hooked)
+                self._log_step(step, epoch, loss, logs, grad_norm, lr, force=interrupted or step == cfg.steps or hooked)
                 if batch_index == n_batches:  # the saved position always names the next batch to run
                     epoch, batch_index = epoch + 1, 0
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or interrupted:
@@ -384,8 +472,12 @@ class _Run:
                     break
             del micro_batches  # shuts the DataLoader workers down before the next epoch starts
         if interrupted:
-            self.info("stopping at step %d on %s: checkpoint written to %s; rerun to resume", step,
-                      self.stop.signal_name or "a signal on another rank", checkpoint.ckpt_path(self.state_dir))
+            self.info(
+                "stopping at step %d on %s: checkpoint written to %s; rerun to resume",
+                step,
+                self.stop.signal_name or "a signal on another rank",
+                checkpoint.ckpt_path(self.state_dir),
+            )
         else:
             self.info("finished %d steps (%d in this run) | final loss %.4f", step, step - start_step, last_loss)
         return TrainResult(step, step - start_step, last_loss, resumed_from, interrupted, dist.is_main)

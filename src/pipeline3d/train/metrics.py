@@ -48,5 +48,4 @@ def truncate_after(path: Path, step: int, log: logging.Logger) -> None:
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
     if text != path.read_text(encoding="utf-8"):  # also drops a torn last line the next append would extend
         write_text(path, text)
-        log.info("metrics %s: dropped %d line(s) past step %d (they are redone)", path, len(records) - len(kept),
-                 step)
+        log.info("metrics %s: dropped %d line(s) past step %d (they are redone)", path, len(records) - len(kept), step)

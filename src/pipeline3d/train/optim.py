@@ -9,8 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-_NO_DECAY_MODULES = (nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
-                     nn.modules.batchnorm._NormBase)
+_NO_DECAY_MODULES = (
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.modules.batchnorm._NormBase,
+)
 # Free-standing parameters (not inside a Linear/Conv) with these words in the name are tables or learned tokens.
 _NO_DECAY_WORDS = ("embed", "token", "pos", "norm")
 
@@ -43,7 +49,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             scale = float(lr_scale(full)) if callable(lr_scale) else 1.0
             members.setdefault((decays(module, name, param), scale), []).append((full, param))
     groups = []
-    for (decay, scale) in sorted(members, key=lambda key: (not key[0], key[1])):
+    for decay, scale in sorted(members, key=lambda key: (not key[0], key[1])):
         names, params = zip(*members[(decay, scale)])
         group = {"params": list(params), "weight_decay": weight_decay if decay else 0.0, "names": list(names)}
         if scale != 1.0:
@@ -52,8 +58,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float],
-                    eps: float = 1e-8) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float], eps: float = 1e-8
+) -> torch.optim.AdamW:
     groups = param_groups(model, weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")

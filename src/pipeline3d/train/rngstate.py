@@ -22,11 +22,13 @@ def capture() -> dict[str, Any]:
     if np_state["bit_generator"] != "MT19937":
         raise RuntimeError(f"unexpected numpy global bit generator {np_state['bit_generator']!r}")
     state: dict[str, Any] = {
-        "python": {"version": int(py_version), "words": torch.tensor(py_words, dtype=torch.int64),
-                   "gauss": py_gauss},
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
+        "python": {"version": int(py_version), "words": torch.tensor(py_words, dtype=torch.int64), "gauss": py_gauss},
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
         # Only the current device: each rank drives one GPU, and a resumed job may see a different device count.
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,

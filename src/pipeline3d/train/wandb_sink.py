@@ -41,22 +41,42 @@ class MetricsSink(Protocol):
 
 
 class WandbSink:
-    def __init__(self, *, project: str, mode: str, run_dir: str | Path, run_id: str, name: str | None = None,
-                 config: Mapping[str, Any] | None = None, log: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        project: str,
+        mode: str,
+        run_dir: str | Path,
+        run_id: str,
+        name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"logging.wandb.mode must be one of {MODES} (got {mode!r})")
         try:
             wandb = importlib.import_module("wandb")
         except ImportError as exc:
-            raise RuntimeError("logging.wandb.enabled is true but the 'wandb' package is not installed: install it "
-                               "(pip install wandb) or set logging.wandb.enabled: false") from exc
+            raise RuntimeError(
+                "logging.wandb.enabled is true but the 'wandb' package is not installed: install it "
+                "(pip install wandb) or set logging.wandb.enabled: false"
+            ) from exc
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         # console="off": the stage's stdout/stderr already go to the job log; W&B need not wrap them.
         settings = wandb.Settings(console="off", silent=True)
         self._wandb = wandb
-        self._run = wandb.init(project=project, mode=mode, dir=str(run_dir), id=run_id, name=name,
-                               config=dict(config or {}), resume="allow", settings=settings, reinit="create_new")
+        self._run = wandb.init(
+            project=project,
+            mode=mode,
+            dir=str(run_dir),
+            id=run_id,
+            name=name,
+            config=dict(config or {}),
+            resume="allow",
+            settings=settings,
+            reinit="create_new",
+        )
         (log or logging.getLogger("pipeline3d.train")).info("wandb %s run %s in %s", mode, run_id, run_dir)
 
     def log(self, record: Mapping[str, Any]) -> None:
@@ -75,9 +95,9 @@ def run_id(params: Mapping[str, Any], state_dir: str | Path) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
-
-def metrics_sinks(params: Mapping[str, Any], state_dir: str | Path, *, name: str | None = None,
-                  log: logging.Logger | None = None) -> list[MetricsSink]:
+def metrics_sinks(
+    params: Mapping[str, Any], state_dir: str | Path, *, name: str | None = None, log: logging.Logger | None = None
+) -> list[MetricsSink]:
     """The sinks the job's ``logging`` settings ask for (``[]`` when absent or disabled; wandb is not imported).
 
     The settings come from ``params["logging"]`` or else from the ``PIPELINE3D_LOGGING`` environment variable (JSON
@@ -88,6 +108,14 @@ def metrics_sinks(params: Mapping[str, Any], state_dir: str | Path, *, name: str
     cfg = dict((settings or {}).get("wandb") or {})
     if not cfg.get("enabled", False) or detect_launch().rank != 0:  # one W&B run per job: rank 0's
         return []
-    return [WandbSink(project=str(cfg.get("project", "pipeline3d")), mode=str(cfg.get("mode", "offline")),
-                      run_dir=Path(state_dir), run_id=run_id(params, state_dir), name=name or Path(state_dir).name,
-                      config=params, log=log)]
+    return [
+        WandbSink(
+            project=str(cfg.get("project", "pipeline3d")),
+            mode=str(cfg.get("mode", "offline")),
+            run_dir=Path(state_dir),
+            run_id=run_id(params, state_dir),
+            name=name or Path(state_dir).name,
+            config=params,
+            log=log,
+        )
+    ]

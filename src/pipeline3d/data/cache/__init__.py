@@ -18,8 +18,12 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "CacheProfile": "build", "StageTimer": "build", "cache_mesh": "build", "cache_pointcloud": "build",
-    "purpose_rngs": "build", "ShapeError": "errors",
+    "CacheProfile": "build",
+    "StageTimer": "build",
+    "cache_mesh": "build",
+    "cache_pointcloud": "build",
+    "purpose_rngs": "build",
+    "ShapeError": "errors",
 }
 __all__ = sorted(_EXPORTS)
 

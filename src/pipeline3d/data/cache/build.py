@@ -19,8 +19,8 @@ from typing import Iterator
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ...rng import seed_sequence
 from ...io.cache_schema import PROFILE_KEYS, array_spec, kind_arrays
+from ...rng import seed_sequence
 from . import grids
 from .distances import MeshDistance, NearestPoint, morton_order
 from .errors import ShapeError
@@ -106,8 +106,14 @@ def _rays(profile: CacheProfile, rng: np.random.Generator) -> tuple[np.ndarray, 
     return _f32(origins), _f32(dirs)
 
 
-def _pc_rays(pc_xyz: np.ndarray, pc_normal: np.ndarray, nearest: NearestPoint, origins: np.ndarray,
-             dirs: np.ndarray, profile: CacheProfile) -> dict[str, np.ndarray]:
+def _pc_rays(
+    pc_xyz: np.ndarray,
+    pc_normal: np.ndarray,
+    nearest: NearestPoint,
+    origins: np.ndarray,
+    dirs: np.ndarray,
+    profile: CacheProfile,
+) -> dict[str, np.ndarray]:
     occ = dilate(voxelize(pc_xyz, profile.pc_grid), profile.pc_dilate)
     hit, t = first_hits(origins, dirs, occ)
     normal = np.zeros((len(origins), 3))
@@ -122,8 +128,9 @@ def _voxel_pool(occ: np.ndarray, pool_xyz: np.ndarray, profile: CacheProfile) ->
     return {"pool_dist_voxel": grids.edt_at(occ, pool_xyz)} if profile.voxel_pool_dist else {}
 
 
-def _pool_distances(pool_xyz: np.ndarray, nearest: NearestPoint,
-                    distance: MeshDistance) -> tuple[np.ndarray, np.ndarray]:
+def _pool_distances(
+    pool_xyz: np.ndarray, nearest: NearestPoint, distance: MeshDistance
+) -> tuple[np.ndarray, np.ndarray]:
     """(distance to the nearest pc point, exact distance to the mesh) of every pool query.
 
     Both searches run in Morton order (coherent queries are ~1.6x cheaper on the BVHs), and the pc distance, an
@@ -141,12 +148,16 @@ def _pool_distances(pool_xyz: np.ndarray, nearest: NearestPoint,
 def _grid_arrays(udf: np.ndarray, occ: np.ndarray, pool_xyz: np.ndarray) -> dict[str, np.ndarray]:
     udf16 = udf.astype(np.float16)
     # looked up on the stored (float16) grid, so a reader can reproduce it from udf_grid alone
-    return {"udf_grid": udf16, "occ_grid": occ.astype(np.uint8),
-            "pool_dist_grid": grids.trilinear(udf16.astype(np.float32), pool_xyz)}
+    return {
+        "udf_grid": udf16,
+        "occ_grid": occ.astype(np.uint8),
+        "pool_dist_grid": grids.trilinear(udf16.astype(np.float32), pool_xyz),
+    }
 
 
-def _mesh_grid(profile: CacheProfile, sampler: SurfaceSampler, distance: MeshDistance,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _mesh_grid(
+    profile: CacheProfile, sampler: SurfaceSampler, distance: MeshDistance, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     g = profile.df_grid
     if profile.grid_mode == "edt":
         # an independent surface sample (not pc_xyz): pc and udf must not be two views of one point set
@@ -171,8 +182,15 @@ def _finish(arrays: dict[str, np.ndarray], kind: str, profile: CacheProfile) -> 
     return out
 
 
-def cache_mesh(vertices: np.ndarray, faces: np.ndarray, shape_id: str, seed: int, profile: CacheProfile,
-               timer: StageTimer | None = None, single_cpu: bool = True) -> dict[str, np.ndarray]:
+def cache_mesh(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    shape_id: str,
+    seed: int,
+    profile: CacheProfile,
+    timer: StageTimer | None = None,
+    single_cpu: bool = True,
+) -> dict[str, np.ndarray]:
     """The cache row of one triangle mesh (``kind_arrays('mesh', profile)``, stored dtypes)."""
     timer = timer or StageTimer()
     rngs = purpose_rngs(seed, shape_id)
@@ -201,15 +219,25 @@ def cache_mesh(vertices: np.ndarray, faces: np.ndarray, shape_id: str, seed: int
     with timer("voxel_pool"):
         pc_rays.update(_voxel_pool(pc_occ, pool_xyz, profile))
     arrays = {
-        "pc_xyz": pc_xyz, "pc_normal": pc_normal, "pool_xyz": pool_xyz, "pool_dist_mesh": pool_dist_mesh,
-        "pool_dist_pc": pool_dist_pc, "ray_origin": origins, "ray_dir": dirs, "ray_hit_mesh": hit,
-        "ray_t_mesh": t, "ray_normal_mesh": normal, **grid_arrays, **pc_rays,
+        "pc_xyz": pc_xyz,
+        "pc_normal": pc_normal,
+        "pool_xyz": pool_xyz,
+        "pool_dist_mesh": pool_dist_mesh,
+        "pool_dist_pc": pool_dist_pc,
+        "ray_origin": origins,
+        "ray_dir": dirs,
+        "ray_hit_mesh": hit,
+        "ray_t_mesh": t,
+        "ray_normal_mesh": normal,
+        **grid_arrays,
+        **pc_rays,
     }
     return _finish(arrays, "mesh", profile)
 
 
-def cache_pointcloud(points: np.ndarray, shape_id: str, seed: int, profile: CacheProfile,
-                     timer: StageTimer | None = None) -> dict[str, np.ndarray]:
+def cache_pointcloud(
+    points: np.ndarray, shape_id: str, seed: int, profile: CacheProfile, timer: StageTimer | None = None
+) -> dict[str, np.ndarray]:
     """The cache row of one point cloud (``kind_arrays('pointcloud', profile)``: no mesh-derived arrays).
 
     The points are normalised like a mesh (bbox centre, max norm) and resampled to ``pc_points``; normals come
@@ -257,7 +285,13 @@ def cache_pointcloud(points: np.ndarray, shape_id: str, seed: int, profile: Cach
     with timer("voxel_pool"):
         pc_rays.update(_voxel_pool(pc_occ, pool_xyz, profile))
     arrays = {
-        "pc_xyz": pc_xyz, "pc_normal": pc_normal, "pool_xyz": pool_xyz, "pool_dist_pc": pool_dist_pc,
-        "ray_origin": origins, "ray_dir": dirs, **grid_arrays, **pc_rays,
+        "pc_xyz": pc_xyz,
+        "pc_normal": pc_normal,
+        "pool_xyz": pool_xyz,
+        "pool_dist_pc": pool_dist_pc,
+        "ray_origin": origins,
+        "ray_dir": dirs,
+        **grid_arrays,
+        **pc_rays,
     }
     return _finish(arrays, "pointcloud", profile)

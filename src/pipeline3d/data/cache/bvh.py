@@ -220,8 +220,15 @@ def _triangle_d2(px: float, py: float, pz: float, tri: np.ndarray, k: int) -> fl
 
 
 @njit(**_JIT)
-def _closest(points: np.ndarray, nodes: np.ndarray, links: np.ndarray, tri: np.ndarray, depth: int,
-             best_d2: np.ndarray, best_face: np.ndarray) -> None:
+def _closest(
+    points: np.ndarray,
+    nodes: np.ndarray,
+    links: np.ndarray,
+    tri: np.ndarray,
+    depth: int,
+    best_d2: np.ndarray,
+    best_face: np.ndarray,
+) -> None:
     """For each point, the closest triangle (index into ``tri``) and its squared distance, in place.
 
     ``best_d2`` comes in as a known upper bound of each squared distance (inf if none): only triangles strictly
@@ -264,8 +271,9 @@ def _closest(points: np.ndarray, nodes: np.ndarray, links: np.ndarray, tri: np.n
 
 
 @njit(**_JIT)
-def _slab_entry(ox: float, oy: float, oz: float, ix: float, iy: float, iz: float, nodes: np.ndarray, k: int,
-                t_max: float) -> float:
+def _slab_entry(
+    ox: float, oy: float, oz: float, ix: float, iy: float, iz: float, nodes: np.ndarray, k: int, t_max: float
+) -> float:
     """Entry distance of a ray into node k's box, or inf if it misses the box within [0, t_max]."""
     tx0, tx1 = (nodes[k, 0] - ox) * ix, (nodes[k, 3] - ox) * ix
     ty0, ty1 = (nodes[k, 1] - oy) * iy, (nodes[k, 4] - oy) * iy
@@ -276,8 +284,16 @@ def _slab_entry(ox: float, oy: float, oz: float, ix: float, iy: float, iz: float
 
 
 @njit(**_JIT)
-def _first_hits(origins: np.ndarray, dirs: np.ndarray, nodes: np.ndarray, links: np.ndarray, tri: np.ndarray,
-                depth: int, hit_face: np.ndarray, hit_t: np.ndarray) -> None:
+def _first_hits(
+    origins: np.ndarray,
+    dirs: np.ndarray,
+    nodes: np.ndarray,
+    links: np.ndarray,
+    tri: np.ndarray,
+    depth: int,
+    hit_face: np.ndarray,
+    hit_t: np.ndarray,
+) -> None:
     """Nearest hit (t >= 0, either side of the triangle) of each ray: Möller–Trumbore in float64, in place."""
     stack = np.empty(depth + 1, np.int64)
     stack_t = np.empty(depth + 1)
@@ -408,8 +424,15 @@ class TriangleBVH:
 
 
 @njit(**_JIT)
-def _nearest(queries: np.ndarray, nodes: np.ndarray, links: np.ndarray, points: np.ndarray, depth: int,
-             best_d2: np.ndarray, best_index: np.ndarray) -> None:
+def _nearest(
+    queries: np.ndarray,
+    nodes: np.ndarray,
+    links: np.ndarray,
+    points: np.ndarray,
+    depth: int,
+    best_d2: np.ndarray,
+    best_index: np.ndarray,
+) -> None:
     """For each query, the nearest point (index into ``points``) and its squared distance, in place."""
     stack = np.empty(depth + 1, np.int64)
     stack_d2 = np.empty(depth + 1)

@@ -173,9 +173,12 @@ class FcpwMeshDistance(_MortonQueries):
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         interactions = self._fcpw.interaction_3D_list()
         with one_cpu(self._single_cpu):
-            self._scene.intersect(np.asfortranarray(origins, dtype=np.float32),
-                                  np.asfortranarray(dirs, dtype=np.float32), np.full(n, np.inf, dtype=np.float32),
-                                  interactions)
+            self._scene.intersect(
+                np.asfortranarray(origins, dtype=np.float32),
+                np.asfortranarray(dirs, dtype=np.float32),
+                np.full(n, np.inf, dtype=np.float32),
+                interactions,
+            )
         face = _field(interactions, _PRIMITIVE, np.int64)
         t = _field(interactions, _DISTANCE, np.float64)
         return face, np.where(face >= 0, t, np.inf)
@@ -210,4 +213,3 @@ class MeshDistance(_MortonQueries):
     def distances_sorted(self, points: np.ndarray, upper: np.ndarray | None = None) -> np.ndarray:
         """Exact float64 distances for points already in a spatially coherent (e.g. Morton) order."""
         return self._bvh.closest(points, upper)[0]
-

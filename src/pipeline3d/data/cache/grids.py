@@ -101,8 +101,8 @@ def centres_of(mask: np.ndarray) -> np.ndarray:
 
 # Distances, in child cells, from a child centre of the 2x finer lattice to its parent's centre (half a cell on
 # each axis) and to the centre of a face neighbour of the parent on the child's side (1.5 cells along that axis).
-_PARENT_OFFSET = math.sqrt(3 * 0.5 ** 2)
-_FACE_OFFSET = math.sqrt(2 * 0.5 ** 2 + 1.5 ** 2)
+_PARENT_OFFSET = math.sqrt(3 * 0.5**2)
+_FACE_OFFSET = math.sqrt(2 * 0.5**2 + 1.5**2)
 
 
 def child_lower_bounds(parent_lower: np.ndarray, child_cell: float) -> np.ndarray:
@@ -251,8 +251,9 @@ def narrowband_bound(grid: int) -> float:
     return 0.75 * (2.0 * h) + 0.75 * (4.0 * h)
 
 
-def narrowband_grid(distance: Callable[[np.ndarray], np.ndarray], grid: int,
-                    band_voxels: float) -> tuple[np.ndarray, dict]:
+def narrowband_grid(
+    distance: Callable[[np.ndarray], np.ndarray], grid: int, band_voxels: float
+) -> tuple[np.ndarray, dict]:
     """UDF exact within the band, interpolated outside; returns (udf float64, stats).
 
     Three levels: coarse (G/4, every centre exact), mid (G/2) and fine (G). The UDF is 1-Lipschitz, so an exact
@@ -269,7 +270,7 @@ def narrowband_grid(distance: Callable[[np.ndarray], np.ndarray], grid: int,
     """
     h = cell_size(grid)
     if grid % 4:
-        return exact_grid(distance, grid), {"exact_queries": grid ** 3}
+        return exact_grid(distance, grid), {"exact_queries": grid**3}
     fine_threshold = max(band_voxels, SQRT3 / 2.0) * h
     mid_threshold = fine_threshold + SQRT3 / 2.0 * h  # fine centres sit sqrt(3)/2 h from their mid centre
     coarse = exact_grid(distance, grid // 4)

@@ -8,9 +8,9 @@ from pathlib import Path
 import h5py
 import pandas as pd
 
+from ...io.cache_schema import profile_of
 from ...io.h5integrity import read_ids
 from ...io.shards import shard_failures, shard_of, validate_shard
-from ...io.cache_schema import profile_of
 
 SHARD_NAME = re.compile(r"shard-(\d+)\.h5")
 INDEX_COLUMNS = ("shape_id", "shard", "shard_file", "row")

@@ -42,6 +42,7 @@ def normalize_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray,
         raise ShapeError("bad_index", f"face indices have dtype {faces.dtype}, expected integers")
     vertices = normalize_points(vertices)
     if faces.min() < 0 or faces.max() >= len(vertices):
-        raise ShapeError("bad_index", f"face indices span [{faces.min()}, {faces.max()}] but there are "
-                                      f"{len(vertices)} vertices")
+        raise ShapeError(
+            "bad_index", f"face indices span [{faces.min()}, {faces.max()}] but there are {len(vertices)} vertices"
+        )
     return vertices, faces.astype(np.int64, copy=False)

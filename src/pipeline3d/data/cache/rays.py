@@ -50,8 +50,9 @@ def _layout(n_views: int, rays_per_view: int, radius: float):
     return positions, forward, right, up, side, row.astype(np.float64), col.astype(np.float64)
 
 
-def camera_rays(n_views: int, rays_per_view: int, radius: float,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def camera_rays(
+    n_views: int, rays_per_view: int, radius: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(origins, unit directions), float64 (n_views * rays_per_view, 3), with a fresh jitter inside each pixel."""
     positions, forward, right, up, side, row, col = _layout(n_views, rays_per_view, float(radius))
     jitter = rng.random((n_views, rays_per_view, 2))
@@ -66,8 +67,14 @@ def camera_rays(n_views: int, rays_per_view: int, radius: float,
     return origins, dirs
 
 
-def _first_hit_answers(face: np.ndarray, engine_t: np.ndarray, origins: np.ndarray, dirs: np.ndarray,
-                       v0: np.ndarray, face_normals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _first_hit_answers(
+    face: np.ndarray,
+    engine_t: np.ndarray,
+    origins: np.ndarray,
+    dirs: np.ndarray,
+    v0: np.ndarray,
+    face_normals: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(hit uint8, t float64, normal float64) from an engine's hit face (-1 = miss) and its float32 t.
 
     t is recomputed in float64 from the hit triangle's plane; the normal is the unit face normal turned towards
@@ -99,8 +106,14 @@ class MeshRayCaster:
     ``EmbreeRayCaster`` (same answers, second acceleration structure) remains the test oracle.
     """
 
-    def __init__(self, vertices: np.ndarray, faces: np.ndarray, face_normals: np.ndarray,
-                 bvh: MeshDistance | None = None, single_cpu: bool = True):
+    def __init__(
+        self,
+        vertices: np.ndarray,
+        faces: np.ndarray,
+        face_normals: np.ndarray,
+        bvh: MeshDistance | None = None,
+        single_cpu: bool = True,
+    ):
         self._bvh = bvh if bvh is not None else MeshDistance(vertices, faces, single_cpu=single_cpu)
         self._v0 = vertices[faces[:, 0]]
         self._normals = face_normals
@@ -140,14 +153,17 @@ class EmbreeRayCaster:
         self._single_cpu = single_cpu
         with one_cpu(single_cpu):
             self._scene = rtcore_scene.EmbreeScene(_device())
-            TriangleMesh(self._scene, np.ascontiguousarray(vertices, dtype=np.float32),
-                         np.ascontiguousarray(faces, dtype=np.int32))
+            TriangleMesh(
+                self._scene,
+                np.ascontiguousarray(vertices, dtype=np.float32),
+                np.ascontiguousarray(faces, dtype=np.int32),
+            )
         self._v0 = vertices[faces[:, 0]]
         self._normals = face_normals
 
     def cast(self, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with one_cpu(self._single_cpu):
-            out = self._scene.run(np.ascontiguousarray(origins, dtype=np.float32),
-                                  np.ascontiguousarray(dirs, dtype=np.float32), output=1)
-        return _first_hit_answers(out["primID"].astype(np.int64), out["tfar"], origins, dirs, self._v0,
-                                  self._normals)
+            out = self._scene.run(
+                np.ascontiguousarray(origins, dtype=np.float32), np.ascontiguousarray(dirs, dtype=np.float32), output=1
+            )
+        return _first_hit_answers(out["primID"].astype(np.int64), out["tfar"], origins, dirs, self._v0, self._normals)

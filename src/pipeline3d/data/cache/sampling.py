@@ -50,8 +50,13 @@ def pool_sizes(pt_pool: int, surface_ratio: float) -> tuple[int, int]:
     return n_uniform, pt_pool - n_uniform
 
 
-def query_pool(surface_points: np.ndarray, n_uniform: int, sigma: float, uniform_rng: np.random.Generator,
-               jitter_rng: np.random.Generator) -> np.ndarray:
+def query_pool(
+    surface_points: np.ndarray,
+    n_uniform: int,
+    sigma: float,
+    uniform_rng: np.random.Generator,
+    jitter_rng: np.random.Generator,
+) -> np.ndarray:
     """Uniform points in [-1,1]^3 followed by ``surface_points`` + N(0, sigma), all clipped to the cube."""
     uniform = uniform_rng.uniform(-1.0, 1.0, size=(n_uniform, 3))
     near = surface_points + jitter_rng.normal(0.0, sigma, size=surface_points.shape)

@@ -102,10 +102,19 @@ def _min3(rows: np.ndarray) -> np.ndarray:
     return np.minimum(np.minimum(rows[0], rows[1]), rows[2])
 
 
-
 @njit(cache=True, nogil=True, error_model="numpy")
-def _walk(p0: np.ndarray, d: np.ndarray, t_in: np.ndarray, t_out: np.ndarray, box_lo: np.ndarray,
-          box_hi: np.ndarray, padded: np.ndarray, blocks: np.ndarray, brick: int, found_t: np.ndarray) -> None:
+def _walk(
+    p0: np.ndarray,
+    d: np.ndarray,
+    t_in: np.ndarray,
+    t_out: np.ndarray,
+    box_lo: np.ndarray,
+    box_hi: np.ndarray,
+    padded: np.ndarray,
+    blocks: np.ndarray,
+    brick: int,
+    found_t: np.ndarray,
+) -> None:
     """The walk of ``first_hits``, one ray at a time (voxel coordinates: row a of ``p0``/``d`` is axis a).
 
     ``padded`` is the occupancy with one empty voxel of margin, ``blocks`` the padded block distances of
@@ -164,8 +173,9 @@ def _walk(p0: np.ndarray, d: np.ndarray, t_in: np.ndarray, t_out: np.ndarray, bo
                 break
 
 
-def first_hits(origins: np.ndarray, dirs: np.ndarray, occ: np.ndarray,
-               brick: int = BRICK) -> tuple[np.ndarray, np.ndarray]:
+def first_hits(
+    origins: np.ndarray, dirs: np.ndarray, occ: np.ndarray, brick: int = BRICK
+) -> tuple[np.ndarray, np.ndarray]:
     """(hit bool (R,), t float64 (R,), 0 on a miss) of rays against a boolean occupancy over [-1,1]^3.
 
     ``dirs`` must be unit vectors, so t is a distance in world units. Each iteration moves every live ray
@@ -194,8 +204,18 @@ def first_hits(origins: np.ndarray, dirs: np.ndarray, occ: np.ndarray,
     padded[1:-1, 1:-1, 1:-1] = occ
     blocks = _brick_distance(occ, brick)
     found_t = np.full(len(ray), np.nan)
-    _walk(np.ascontiguousarray(p0[:, ray]), np.ascontiguousarray(d[:, ray]), t_in[ray], t_out[ray], box_lo, box_hi,
-          padded, blocks, brick, found_t)
+    _walk(
+        np.ascontiguousarray(p0[:, ray]),
+        np.ascontiguousarray(d[:, ray]),
+        t_in[ray],
+        t_out[ray],
+        box_lo,
+        box_hi,
+        padded,
+        blocks,
+        brick,
+        found_t,
+    )
     found = ~np.isnan(found_t)
     hit[ray[found]] = True
     t_hit[ray[found]] = found_t[found]

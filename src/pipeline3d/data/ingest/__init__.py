@@ -47,11 +47,22 @@ subset), ``payloads`` (reading, parsing, storing), ``stage`` (the whole stage).
 
 from __future__ import annotations
 
-from .spec import SHAPENET_SYNSETS, IngestConfigError, IngestResult, IngestSpec, Planned
-from .layouts import detect_mesh_layout
 from .choices import stratified_subset
+from .layouts import detect_mesh_layout
+from .spec import SHAPENET_SYNSETS, IngestConfigError, IngestResult, IngestSpec, Planned
 from .stage import REJECTS_LOGGED_PER_REASON, ingest_dataset, log_rejects, plan_archives, run_ingest
 
-__all__ = ["IngestConfigError", "IngestResult", "IngestSpec", "Planned", "REJECTS_LOGGED_PER_REASON",
-           "SHAPENET_SYNSETS", "detect_mesh_layout", "ingest_dataset", "log_rejects", "plan_archives", "run_ingest",
-           "stratified_subset"]
+__all__ = [
+    "IngestConfigError",
+    "IngestResult",
+    "IngestSpec",
+    "Planned",
+    "REJECTS_LOGGED_PER_REASON",
+    "SHAPENET_SYNSETS",
+    "detect_mesh_layout",
+    "ingest_dataset",
+    "log_rejects",
+    "plan_archives",
+    "run_ingest",
+    "stratified_subset",
+]

@@ -14,6 +14,7 @@ def drop_duplicates(planned: list[Planned]) -> tuple[list[Planned], list[Reject]
     """Sorted by shape id; for a repeated id the first in (shape_id, source, member) order is kept (so which one
     wins never depends on the order of the configured paths). An id found in two configured paths is reported
     with both paths: the sources overlap, which is a data problem worth seeing, not something to merge."""
+
     def order(p: Planned):
         return p.shape_id, p.source, p.member.index if p.member else (p.h5_index or 0)
 
@@ -22,8 +23,7 @@ def drop_duplicates(planned: list[Planned]) -> tuple[list[Planned], list[Reject]
         if kept and kept[-1].shape_id == p.shape_id:
             first = kept[-1]
             if first.origin != p.origin:
-                detail = (f"shape id {p.shape_id} is in two sources, {first.origin} and {p.origin}; "
-                          f"kept {first.source}")
+                detail = f"shape id {p.shape_id} is in two sources, {first.origin} and {p.origin}; kept {first.source}"
             else:
                 detail = f"shape id {p.shape_id} already used by {first.source}"
             rejects.append(Reject(p.source, "duplicate_id", detail))

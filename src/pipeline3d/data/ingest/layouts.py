@@ -12,7 +12,7 @@ from ...io.h5clouds import CloudFile, class_names_near, find_h5_files, scanobjec
 from ...io.images import IMAGE_SUFFIXES
 from ...io.meshes import MESH_FORMATS, UNSUPPORTED_MESH_SUFFIXES
 from ...io.rejects import ItemError, Reject
-from .spec import IngestConfigError, IngestSpec, JSON_MAX_BYTES, Planned, SHAPENET_SYNSETS, SPLIT_FOLDERS, id_part
+from .spec import JSON_MAX_BYTES, SHAPENET_SYNSETS, SPLIT_FOLDERS, IngestConfigError, IngestSpec, Planned, id_part
 
 
 def ignorable_member(name: str) -> bool:
@@ -62,15 +62,26 @@ def plan_meshes(raw: RawSource, spec: IngestSpec, ignored: collections.Counter, 
             else:
                 rejects.append(Reject(m.source, "bad_layout", "not <synset>/<model>/models/model_normalized.obj"))
                 continue
-            planned.append(Planned(f"{spec.dataset}/{synset}/{model}", SHAPENET_SYNSETS.get(synset, synset), "",
-                                   m.source, MESH_FORMATS[suffix], member=m))
+            planned.append(
+                Planned(
+                    f"{spec.dataset}/{synset}/{model}",
+                    SHAPENET_SYNSETS.get(synset, synset),
+                    "",
+                    m.source,
+                    MESH_FORMATS[suffix],
+                    member=m,
+                )
+            )
         elif layout == "modelnet":
             if len(parts) < 3 or parts[-2].lower() not in SPLIT_FOLDERS:
                 rejects.append(Reject(m.source, "bad_layout", "not <class>/{train,test}/<name>"))
                 continue
             cls = parts[-3]
-            planned.append(Planned(f"{spec.dataset}/{cls}/{stem}", cls, parts[-2].lower(), m.source,
-                                   MESH_FORMATS[suffix], member=m))
+            planned.append(
+                Planned(
+                    f"{spec.dataset}/{cls}/{stem}", cls, parts[-2].lower(), m.source, MESH_FORMATS[suffix], member=m
+                )
+            )
         else:
             if len(parts) < 2:
                 rejects.append(Reject(m.source, "bad_layout", "not <class>/<name>: no class folder"))
@@ -134,8 +145,9 @@ def plan_images(raw: RawSource, spec: IngestSpec, ignored: collections.Counter) 
             rejects.extend(Reject(j.source, "missing_image", f"no {key}.png/.jpg beside the JSON") for j in jsons)
             continue
         if not jsons:
-            rejects.extend(Reject(i.source, "missing_json", f"no {PurePosixPath(key).name}.json beside the image")
-                           for i in images)
+            rejects.extend(
+                Reject(i.source, "missing_json", f"no {PurePosixPath(key).name}.json beside the image") for i in images
+            )
             continue
         meta_member = jsons[0]
         data = raw.prefetched.get(meta_member.index)
@@ -148,8 +160,18 @@ def plan_images(raw: RawSource, spec: IngestSpec, ignored: collections.Counter) 
             continue
         stem = PurePosixPath(key).name
         for image in images:
-            planned.append(Planned(f"{spec.dataset}/{id_part(name)}/{stem}", name, split, image.source,
-                                   IMAGE_SUFFIXES[image.suffix].lower(), member=image, label_value=value, meta=obj))
+            planned.append(
+                Planned(
+                    f"{spec.dataset}/{id_part(name)}/{stem}",
+                    name,
+                    split,
+                    image.source,
+                    IMAGE_SUFFIXES[image.suffix].lower(),
+                    member=image,
+                    label_value=value,
+                    meta=obj,
+                )
+            )
     return planned, rejects, "image_tar"
 
 
@@ -180,8 +202,11 @@ def plan_clouds(spec: IngestSpec) -> Plan:
     layouts = {path: cloud_layout(path, spec.format) for path in spec.path}
     layout = layouts[spec.path[0]]
     if len(set(layouts.values())) > 1:
-        raise IngestConfigError("source.path mixes layouts (" + ", ".join(f"{p}: {f}" for p, f in layouts.items())
-                                + "): give every path the same layout, or set source.format")
+        raise IngestConfigError(
+            "source.path mixes layouts ("
+            + ", ".join(f"{p}: {f}" for p, f in layouts.items())
+            + "): give every path the same layout, or set source.format"
+        )
     files = [(path, f) for path in spec.path for f in cloud_files(path, layout, spec.variant)]
     names = list(spec.class_names) if spec.class_names else class_names_near([f for _, f in files])
     planned, rejects = [], []
@@ -204,7 +229,18 @@ def plan_clouds(spec: IngestSpec) -> Plan:
             except ItemError as exc:
                 rejects.append(exc.reject(source))
                 continue
-            planned.append(Planned(f"{spec.dataset}/{id_part(name)}/{stem}-{index:06d}", name, split, source, "h5",
-                                   label_value=value, h5_path=path, h5_index=index, meta={"h5_index": index},
-                                   origin=origin))
+            planned.append(
+                Planned(
+                    f"{spec.dataset}/{id_part(name)}/{stem}-{index:06d}",
+                    name,
+                    split,
+                    source,
+                    "h5",
+                    label_value=value,
+                    h5_path=path,
+                    h5_index=index,
+                    meta={"h5_index": index},
+                    origin=origin,
+                )
+            )
     return planned, rejects, layout

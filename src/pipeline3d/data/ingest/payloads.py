@@ -12,6 +12,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
 import numpy as np
 
 from ...io.h5clouds import CloudFile, check_cloud
@@ -120,12 +121,24 @@ class ItemSink:
             self.spool.unlink(missing_ok=True)
 
 
-def _row(p: Planned, spec: IngestSpec, sha256: str, fmt: str, meta: dict, n_vertices=None, n_faces=None,
-         n_points=None) -> dict:
-    return {"shape_id": p.shape_id, "dataset": spec.dataset, "kind": spec.kind, "label": p.label,
-            "label_name": p.label_name, "source_split": p.source_split, "source": p.source, "sha256": sha256,
-            "n_vertices": n_vertices, "n_faces": n_faces, "n_points": n_points,
-            "meta": json.dumps(meta, sort_keys=True, separators=(",", ":")), "format": fmt}
+def _row(
+    p: Planned, spec: IngestSpec, sha256: str, fmt: str, meta: dict, n_vertices=None, n_faces=None, n_points=None
+) -> dict:
+    return {
+        "shape_id": p.shape_id,
+        "dataset": spec.dataset,
+        "kind": spec.kind,
+        "label": p.label,
+        "label_name": p.label_name,
+        "source_split": p.source_split,
+        "source": p.source,
+        "sha256": sha256,
+        "n_vertices": n_vertices,
+        "n_faces": n_faces,
+        "n_points": n_points,
+        "meta": json.dumps(meta, sort_keys=True, separators=(",", ":")),
+        "format": fmt,
+    }
 
 
 def read_planned(planned: list[Planned]) -> Iterator[tuple[Planned, bytes | Reject]]:
@@ -146,8 +159,9 @@ def read_planned(planned: list[Planned]) -> Iterator[tuple[Planned, bytes | Reje
             yield mine[member.index], data
 
 
-def ingest_members(planned: list[Planned], spec: IngestSpec, items_path, logger: logging.Logger,
-                   counts: collections.Counter) -> tuple[list[dict], list[Reject]]:
+def ingest_members(
+    planned: list[Planned], spec: IngestSpec, items_path, logger: logging.Logger, counts: collections.Counter
+) -> tuple[list[dict], list[Reject]]:
     """Read, parse and store mesh / image items of archives or directories (``Planned.raw``)."""
     rows, rejects = [], []
     progress = Progress(logger, len(planned), "ingest: items parsed", every=1000, seconds=30)
@@ -170,8 +184,17 @@ def ingest_members(planned: list[Planned], spec: IngestSpec, items_path, logger:
             if spec.kind == "mesh":
                 mesh = result[1]
                 sink.add(p.shape_id, vertices=mesh.vertices, faces=mesh.faces)
-                rows.append(_row(p, spec, mesh.sha256, p.fmt, {"cleanup": mesh.cleanup},
-                                 n_vertices=len(mesh.vertices), n_faces=len(mesh.faces)))
+                rows.append(
+                    _row(
+                        p,
+                        spec,
+                        mesh.sha256,
+                        p.fmt,
+                        {"cleanup": mesh.cleanup},
+                        n_vertices=len(mesh.vertices),
+                        n_faces=len(mesh.faces),
+                    )
+                )
                 for key in ("degenerate_faces", "duplicate_faces", "unreferenced_vertices"):
                     counts[key] += mesh.cleanup[key]
                 if any(mesh.cleanup[k] for k in ("degenerate_faces", "duplicate_faces", "unreferenced_vertices")):
@@ -184,8 +207,9 @@ def ingest_members(planned: list[Planned], spec: IngestSpec, items_path, logger:
     return rows, rejects
 
 
-def ingest_clouds(planned: list[Planned], spec: IngestSpec, items_path,
-                  logger: logging.Logger) -> tuple[list[dict], list[Reject]]:
+def ingest_clouds(
+    planned: list[Planned], spec: IngestSpec, items_path, logger: logging.Logger
+) -> tuple[list[dict], list[Reject]]:
     rows, rejects = [], []
     files: dict[str, CloudFile] = {}
     progress = Progress(logger, len(planned), "ingest: clouds read", every=5000, seconds=30)

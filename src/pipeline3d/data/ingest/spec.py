@@ -10,28 +10,71 @@ from ...io.archives import Limits, Member, RawSource
 from ...io.rejects import Reject
 
 STAGE = "ingest"
-KINDS = {"mesh": ("auto", "shapenet", "modelnet", "loose"),
-         "pointcloud": ("auto", "scanobjectnn", "modelnet40_h5", "h5"),
-         "image": ("auto", "image_tar")}
+KINDS = {
+    "mesh": ("auto", "shapenet", "modelnet", "loose"),
+    "pointcloud": ("auto", "scanobjectnn", "modelnet40_h5", "h5"),
+    "image": ("auto", "image_tar"),
+}
 SPLIT_FOLDERS = ("train", "test")
 JSON_MAX_BYTES = 1 << 20
 
 # ShapeNetCore.v2's 55 synsets (WordNet offsets) -> short class names.
 SHAPENET_SYNSETS: dict[str, str] = {
-    "02691156": "airplane", "02747177": "trash_bin", "02773838": "bag", "02801938": "basket",
-    "02808440": "bathtub", "02818832": "bed", "02828884": "bench", "02843684": "birdhouse",
-    "02871439": "bookshelf", "02876657": "bottle", "02880940": "bowl", "02924116": "bus",
-    "02933112": "cabinet", "02942699": "camera", "02946921": "can", "02954340": "cap",
-    "02958343": "car", "02992529": "cellphone", "03001627": "chair", "03046257": "clock",
-    "03085013": "keyboard", "03207941": "dishwasher", "03211117": "display", "03261776": "earphone",
-    "03325088": "faucet", "03337140": "file_cabinet", "03467517": "guitar", "03513137": "helmet",
-    "03593526": "jar", "03624134": "knife", "03636649": "lamp", "03642806": "laptop",
-    "03691459": "loudspeaker", "03710193": "mailbox", "03759954": "microphone", "03761084": "microwave",
-    "03790512": "motorbike", "03797390": "mug", "03928116": "piano", "03938244": "pillow",
-    "03948459": "pistol", "03991062": "flowerpot", "04004475": "printer", "04074963": "remote",
-    "04090263": "rifle", "04099429": "rocket", "04225987": "skateboard", "04256520": "sofa",
-    "04330267": "stove", "04379243": "table", "04401088": "telephone", "04460130": "tower",
-    "04468005": "train", "04530566": "watercraft", "04554684": "washer",
+    "02691156": "airplane",
+    "02747177": "trash_bin",
+    "02773838": "bag",
+    "02801938": "basket",
+    "02808440": "bathtub",
+    "02818832": "bed",
+    "02828884": "bench",
+    "02843684": "birdhouse",
+    "02871439": "bookshelf",
+    "02876657": "bottle",
+    "02880940": "bowl",
+    "02924116": "bus",
+    "02933112": "cabinet",
+    "02942699": "camera",
+    "02946921": "can",
+    "02954340": "cap",
+    "02958343": "car",
+    "02992529": "cellphone",
+    "03001627": "chair",
+    "03046257": "clock",
+    "03085013": "keyboard",
+    "03207941": "dishwasher",
+    "03211117": "display",
+    "03261776": "earphone",
+    "03325088": "faucet",
+    "03337140": "file_cabinet",
+    "03467517": "guitar",
+    "03513137": "helmet",
+    "03593526": "jar",
+    "03624134": "knife",
+    "03636649": "lamp",
+    "03642806": "laptop",
+    "03691459": "loudspeaker",
+    "03710193": "mailbox",
+    "03759954": "microphone",
+    "03761084": "microwave",
+    "03790512": "motorbike",
+    "03797390": "mug",
+    "03928116": "piano",
+    "03938244": "pillow",
+    "03948459": "pistol",
+    "03991062": "flowerpot",
+    "04004475": "printer",
+    "04074963": "remote",
+    "04090263": "rifle",
+    "04099429": "rocket",
+    "04225987": "skateboard",
+    "04256520": "sofa",
+    "04330267": "stove",
+    "04379243": "table",
+    "04401088": "telephone",
+    "04460130": "tower",
+    "04468005": "train",
+    "04530566": "watercraft",
+    "04554684": "washer",
 }
 
 
@@ -63,15 +106,23 @@ class IngestSpec:
         if kind not in KINDS:
             raise IngestConfigError(f"source.kind {kind!r} is not one of {', '.join(KINDS)}")
         if fmt not in KINDS[kind]:
-            raise IngestConfigError(f"source.format {fmt!r} does not fit kind {kind!r} "
-                                    f"(allowed: {', '.join(KINDS[kind])})")
+            raise IngestConfigError(
+                f"source.format {fmt!r} does not fit kind {kind!r} (allowed: {', '.join(KINDS[kind])})"
+            )
         ingest = params.get("ingest", {})
         names = source.get("class_names")
-        return cls(dataset=dataset, kind=kind, format=fmt, path=source_paths(path),
-                   variant=source.get("variant", "obj_bg"),
-                   class_names=tuple(names) if names else None, max_items=source.get("max_items"),
-                   limits=Limits.from_config(ingest), max_faces=int(ingest.get("max_faces", 5_000_000)),
-                   workers=int(ingest.get("workers", 1)))
+        return cls(
+            dataset=dataset,
+            kind=kind,
+            format=fmt,
+            path=source_paths(path),
+            variant=source.get("variant", "obj_bg"),
+            class_names=tuple(names) if names else None,
+            max_items=source.get("max_items"),
+            limits=Limits.from_config(ingest),
+            max_faces=int(ingest.get("max_faces", 5_000_000)),
+            workers=int(ingest.get("workers", 1)),
+        )
 
 
 def source_paths(path: Any) -> tuple[str, ...]:

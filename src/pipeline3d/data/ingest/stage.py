@@ -10,10 +10,10 @@ import os
 from ...io.archives import ArchiveRefused, open_raw
 from ...io.itemstore import ItemStoreWriter
 from ...io.rejects import REJECT_COLUMNS, Reject
-from .spec import IngestResult, IngestSpec, JSON_MAX_BYTES, STAGE
-from .layouts import Plan, ignorable_member, detect_mesh_layout, plan_clouds, plan_images, plan_meshes
 from .choices import assign_labels, drop_duplicates, stratified_subset
+from .layouts import Plan, detect_mesh_layout, ignorable_member, plan_clouds, plan_images, plan_meshes
 from .payloads import ingest_clouds, ingest_members
+from .spec import JSON_MAX_BYTES, STAGE, IngestResult, IngestSpec
 
 
 def plan_archives(spec: IngestSpec, ignored: collections.Counter, logger: logging.Logger) -> Plan:
@@ -44,15 +44,17 @@ def plan_archives(spec: IngestSpec, ignored: collections.Counter, logger: loggin
         for p in items:
             p.raw, p.origin = raw, raw.label
         if len(raws) > 1:
-            logger.info("%s: %d items found, %d refused while scanning", raw.label, len(items),
-                        len(raw.rejects) + len(refused))
+            logger.info(
+                "%s: %d items found, %d refused while scanning", raw.label, len(items), len(raw.rejects) + len(refused)
+            )
         planned += items
         rejects += raw.rejects + refused
     return planned, rejects, layout
 
 
-def ingest_dataset(spec: IngestSpec, items_path: str | os.PathLike,
-                   logger: logging.Logger | None = None) -> IngestResult:
+def ingest_dataset(
+    spec: IngestSpec, items_path: str | os.PathLike, logger: logging.Logger | None = None
+) -> IngestResult:
     """Ingest ``spec``'s sources; writes the item store and returns manifest rows and rejects (not yet written)."""
     logger = logger or logging.getLogger(f"pipeline3d.{STAGE}")
     counts: collections.Counter = collections.Counter()
@@ -68,18 +70,26 @@ def ingest_dataset(spec: IngestSpec, items_path: str | os.PathLike,
 
     logger.info("layout %s: %d items found, %d refused while scanning", layout, len(planned), len(rejects))
     if not planned:
-        logger.warning("no items found in %s for kind %s / format %s: check the path and the layout",
-                       ", ".join(spec.path), spec.kind, spec.format)
+        logger.warning(
+            "no items found in %s for kind %s / format %s: check the path and the layout",
+            ", ".join(spec.path),
+            spec.kind,
+            spec.format,
+        )
     if ignored:
-        logger.info("ignored %d files that are not items: %s", sum(ignored.values()),
-                    ", ".join(f"{k} {v}" for k, v in sorted(ignored.items())))
+        logger.info(
+            "ignored %d files that are not items: %s",
+            sum(ignored.values()),
+            ", ".join(f"{k} {v}" for k, v in sorted(ignored.items())),
+        )
     planned, dupes = drop_duplicates(planned)
     rejects += dupes
     class_names = assign_labels(planned, spec.class_names)
     chosen = stratified_subset(planned, spec.max_items)
     if len(chosen) < len(planned):
-        logger.info("max_items=%d: keeping %d of %d items (class-stratified)", spec.max_items, len(chosen),
-                    len(planned))
+        logger.info(
+            "max_items=%d: keeping %d of %d items (class-stratified)", spec.max_items, len(chosen), len(planned)
+        )
     counts["found"], counts["selected"] = len(planned), len(chosen)
 
     if spec.kind == "pointcloud":
@@ -90,12 +100,20 @@ def ingest_dataset(spec: IngestSpec, items_path: str | os.PathLike,
     rows.sort(key=lambda r: r["shape_id"])
     counts["accepted"], counts["rejected"] = len(rows), len(rejects)
     by_reason = collections.Counter(r.reason for r in rejects)
-    logger.info("accepted %d items, rejected %d%s", len(rows), len(rejects),
-                f" ({', '.join(f'{k} {v}' for k, v in sorted(by_reason.items()))})" if by_reason else "")
+    logger.info(
+        "accepted %d items, rejected %d%s",
+        len(rows),
+        len(rejects),
+        f" ({', '.join(f'{k} {v}' for k, v in sorted(by_reason.items()))})" if by_reason else "",
+    )
     if spec.kind == "mesh":
-        logger.info("clean-up: %d meshes changed; dropped %d degenerate faces, %d duplicate faces, "
-                    "%d unreferenced vertices", counts["meshes_cleaned"], counts["degenerate_faces"],
-                    counts["duplicate_faces"], counts["unreferenced_vertices"])
+        logger.info(
+            "clean-up: %d meshes changed; dropped %d degenerate faces, %d duplicate faces, %d unreferenced vertices",
+            counts["meshes_cleaned"],
+            counts["degenerate_faces"],
+            counts["duplicate_faces"],
+            counts["unreferenced_vertices"],
+        )
     log_rejects(sorted(rejects), logger)
     return IngestResult(rows, sorted(rejects), class_names, layout, dict(counts))
 
@@ -116,9 +134,21 @@ def log_rejects(rejects: list[Reject], logger: logging.Logger, per_reason: int =
             logger.warning("... and %d more %s rejects (every reject is in rejects.parquet)", n - per_reason, reason)
 
 
-MANIFEST_DTYPES = {"shape_id": "str", "dataset": "str", "kind": "str", "label": "int64", "label_name": "str",
-                   "source_split": "str", "source": "str", "sha256": "str", "n_vertices": "Int64",
-                   "n_faces": "Int64", "n_points": "Int64", "meta": "str", "format": "str"}
+MANIFEST_DTYPES = {
+    "shape_id": "str",
+    "dataset": "str",
+    "kind": "str",
+    "label": "int64",
+    "label_name": "str",
+    "source_split": "str",
+    "source": "str",
+    "sha256": "str",
+    "n_vertices": "Int64",
+    "n_faces": "Int64",
+    "n_points": "Int64",
+    "meta": "str",
+    "format": "str",
+}
 
 
 def manifest_frame(rows: list[dict]):
@@ -132,20 +162,29 @@ def rejects_frame(rejects: list[Reject]):
     import pandas as pd
 
     rows = sorted(rejects)
-    data = {"source": [r.source for r in rows], "stage": [STAGE] * len(rows), "reason": [r.reason for r in rows],
-            "detail": [r.detail for r in rows]}
+    data = {
+        "source": [r.source for r in rows],
+        "stage": [STAGE] * len(rows),
+        "reason": [r.reason for r in rows],
+        "detail": [r.detail for r in rows],
+    }
     return pd.DataFrame({c: pd.array(data[c], dtype="str") for c in REJECT_COLUMNS})
 
 
-def run_ingest(params: dict, manifest_path, rejects_path, items_path,
-               logger: logging.Logger | None = None) -> IngestResult:
+def run_ingest(
+    params: dict, manifest_path, rejects_path, items_path, logger: logging.Logger | None = None
+) -> IngestResult:
     """The stage: ingest, then write items.h5, manifest.parquet and rejects.parquet (each atomically)."""
     from ...io.atomic import write_parquet
 
     spec = IngestSpec.from_params(params)
     result = ingest_dataset(spec, items_path, logger)
-    metadata = {"pipeline3d.class_names": json.dumps(result.class_names), "pipeline3d.dataset": spec.dataset,
-                "pipeline3d.kind": spec.kind, "pipeline3d.layout": result.layout}
+    metadata = {
+        "pipeline3d.class_names": json.dumps(result.class_names),
+        "pipeline3d.dataset": spec.dataset,
+        "pipeline3d.kind": spec.kind,
+        "pipeline3d.layout": result.layout,
+    }
     write_parquet(manifest_path, manifest_frame(result.rows), metadata=metadata)
     write_parquet(rejects_path, rejects_frame(result.rejects))
     return result

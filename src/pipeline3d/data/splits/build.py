@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from ...contract import SPLIT_FAMILIES
 from .common import load_items, log_counts, write_split
 from .episodes import make_episodes
 from .fewshot import make_fewshot
 from .kfold import make_kfold
-from ...contract import SPLIT_FAMILIES
 from .qg import make_qg
 from .ttv import make_ttv
 from .unpaired import NOT_MESH_NOTE, empty_unpaired, make_unpaired
@@ -46,8 +46,10 @@ def build_splits(items: pd.DataFrame, params: dict, families=None) -> tuple[dict
         raise ValueError(f"unknown split families {unknown} (known: {', '.join(FAMILIES)})")
     missing = {f: [k for k in FAMILY_KEYS[f] if k not in cfg] for f in families}
     if any(missing.values()):
-        raise ValueError("params.splits lacks the keys of the requested families: "
-                         + ", ".join(f"{f}: {keys}" for f, keys in missing.items() if keys))
+        raise ValueError(
+            "params.splits lacks the keys of the requested families: "
+            + ", ".join(f"{f}: {keys}" for f, keys in missing.items() if keys)
+        )
     seed, dataset, kind = int(params["seed"]), params["dataset"], params["source"]["kind"]
     names = dict(zip(items["label"].astype(int), items["label_name"]))
     ttv = make_ttv(items, cfg, seed, dataset)
@@ -56,24 +58,47 @@ def build_splits(items: pd.DataFrame, params: dict, families=None) -> tuple[dict
     makers = {
         "ttv": lambda: ttv,
         "kfold": lambda: make_kfold(items, ttv, int(cfg["kfold"]), seed, dataset),
-        "unpaired": lambda: (make_unpaired(items, ttv, cfg["unpaired"], seed, dataset) if kind == "mesh"
-                             else empty_unpaired()),
-        "fewshot": lambda: make_fewshot(items, ttv, [int(k) for k in cfg["fewshot_k"]],
-                                        [int(s) for s in cfg["fewshot_seeds"]], seed, dataset, names),
-        "qg": lambda: make_qg(items, ttv, int(cfg["query_gallery_splits"]), int(cfg["query_per_class"]), seed,
-                              dataset, names),
-        "episodes": lambda: make_episodes(items, ttv, list(cfg["episodes"]["settings"]), int(cfg["episodes"]["folds"]),
-                                          int(cfg["episodes"]["query_per_class"]), seed, dataset, names),
+        "unpaired": lambda: (
+            make_unpaired(items, ttv, cfg["unpaired"], seed, dataset) if kind == "mesh" else empty_unpaired()
+        ),
+        "fewshot": lambda: make_fewshot(
+            items, ttv, [int(k) for k in cfg["fewshot_k"]], [int(s) for s in cfg["fewshot_seeds"]], seed, dataset, names
+        ),
+        "qg": lambda: make_qg(
+            items, ttv, int(cfg["query_gallery_splits"]), int(cfg["query_per_class"]), seed, dataset, names
+        ),
+        "episodes": lambda: make_episodes(
+            items,
+            ttv,
+            list(cfg["episodes"]["settings"]),
+            int(cfg["episodes"]["folds"]),
+            int(cfg["episodes"]["query_per_class"]),
+            seed,
+            dataset,
+            names,
+        ),
     }
     tables = {family: makers[family]() for family in FAMILIES if family in families}
     notes = {f: t.attrs.get("notes") for f, t in tables.items() if t.attrs.get("notes")}  # before sorting
-    sort_keys = {"ttv": ["shape_id"], "kfold": ["shape_id"], "unpaired": ["shape_id"],
-                 "fewshot": ["k", "seed", "role", "shape_id"], "qg": ["split_id", "role", "shape_id"],
-                 "episodes": ["way", "shot", "fold", "role", "shape_id"]}
+    sort_keys = {
+        "ttv": ["shape_id"],
+        "kfold": ["shape_id"],
+        "unpaired": ["shape_id"],
+        "fewshot": ["k", "seed", "role", "shape_id"],
+        "qg": ["split_id", "role", "shape_id"],
+        "episodes": ["way", "shot", "fold", "role", "shape_id"],
+    }
     tables = {f: t.sort_values(sort_keys[f], kind="stable").reset_index(drop=True) for f, t in tables.items()}
     source_split = bool((items["source_split"] != "").any())
-    meta = {f: {"dataset": dataset, "seed": seed, "source_split": source_split,
-                "splits": {k: cfg[k] for k in FAMILY_KEYS[f]}} for f in tables}
+    meta = {
+        f: {
+            "dataset": dataset,
+            "seed": seed,
+            "source_split": source_split,
+            "splits": {k: cfg[k] for k in FAMILY_KEYS[f]},
+        }
+        for f in tables
+    }
     if "unpaired" in tables and kind != "mesh":
         meta["unpaired"]["note"] = NOT_MESH_NOTE.format(kind=kind)
     for family, note in notes.items():
@@ -97,8 +122,12 @@ def build_splits(items: pd.DataFrame, params: dict, families=None) -> tuple[dict
 
 def run(params: dict, manifest_path, duplicates_path, out_dir, families=None) -> dict[str, pd.DataFrame]:
     items = load_items(manifest_path, duplicates_path)
-    log.info("%d items in %d near-duplicate groups, %d classes", len(items), items["group"].nunique(),
-             items["label"].nunique())
+    log.info(
+        "%d items in %d near-duplicate groups, %d classes",
+        len(items),
+        items["group"].nunique(),
+        items["label"].nunique(),
+    )
     tables, meta = build_splits(items, params, families)
     out_dir = Path(out_dir)
     for family in tables:

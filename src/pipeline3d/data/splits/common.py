@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ...io.atomic import write_parquet
-from ...rng import rng_for, stable_hash
 from ...io.tables import read_parquet
+from ...rng import rng_for, stable_hash
 
 log = logging.getLogger("pipeline3d.make_splits")
 
@@ -59,13 +59,16 @@ def load_items(manifest_path: str | Path, duplicates_path: str | Path) -> pd.Dat
         labels = manifest["label"].astype("int64")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{manifest_path}: labels must be integers without gaps: {exc}") from exc
-    items = pd.DataFrame({
-        "shape_id": manifest["shape_id"].astype(str),
-        "label": labels,
-        "label_name": (manifest["label_name"].astype(str) if "label_name" in manifest
-                       else manifest["label"].astype(str)),
-        "source_split": manifest["source_split"].fillna("").astype(str),
-    })
+    items = pd.DataFrame(
+        {
+            "shape_id": manifest["shape_id"].astype(str),
+            "label": labels,
+            "label_name": (
+                manifest["label_name"].astype(str) if "label_name" in manifest else manifest["label"].astype(str)
+            ),
+            "source_split": manifest["source_split"].fillna("").astype(str),
+        }
+    )
     if items["shape_id"].duplicated().any():
         dup = items.loc[items["shape_id"].duplicated(), "shape_id"].iloc[0]
         raise ValueError(f"{manifest_path}: shape id {dup!r} appears more than once")
@@ -74,21 +77,28 @@ def load_items(manifest_path: str | Path, duplicates_path: str | Path) -> pd.Dat
         raise ValueError(f"{manifest_path}: unknown source_split values {bad} (expected train, val, test or '')")
     has_split = items["source_split"] != ""
     if has_split.any() and not has_split.all():
-        raise ValueError(f"{manifest_path}: {int((~has_split).sum())} items have no source_split while "
-                         f"{int(has_split.sum())} have one; a dataset is either split by its source or not")
+        raise ValueError(
+            f"{manifest_path}: {int((~has_split).sum())} items have no source_split while "
+            f"{int(has_split.sum())} have one; a dataset is either split by its source or not"
+        )
     groups = pd.Series(dups["group"].astype(str).values, index=dups["shape_id"].astype(str).values)
     if groups.index.duplicated().any():
-        raise ValueError(f"{duplicates_path}: shape id {groups.index[groups.index.duplicated()][0]!r} appears more "
-                         "than once")
+        raise ValueError(
+            f"{duplicates_path}: shape id {groups.index[groups.index.duplicated()][0]!r} appears more than once"
+        )
     unknown = sorted(set(groups.index) - set(items["shape_id"]))
     if unknown:
-        raise ValueError(f"{duplicates_path}: {len(unknown)} fingerprinted items are not in {manifest_path} "
-                         f"(first: {unknown[:3]})")
+        raise ValueError(
+            f"{duplicates_path}: {len(unknown)} fingerprinted items are not in {manifest_path} (first: {unknown[:3]})"
+        )
     known = items["shape_id"].isin(groups.index)
     if not known.all():
         lost = items.loc[~known, "shape_id"].sort_values().tolist()
-        log.warning("%d manifest items have no fingerprint (not in the cache) and are left out of every split; "
-                    "first: %s", len(lost), lost[:5])
+        log.warning(
+            "%d manifest items have no fingerprint (not in the cache) and are left out of every split; first: %s",
+            len(lost),
+            lost[:5],
+        )
         items = items[known]
     items = items.assign(group=groups.reindex(items["shape_id"]).values)
     return items.sort_values("shape_id", kind="stable").reset_index(drop=True)
@@ -158,14 +168,12 @@ def assign_groups(items: pd.DataFrame, weights: Sequence[float], salt: int) -> n
     labels = np.sort(items["label"].unique())
     label_idx = np.searchsorted(labels, items["label"].to_numpy())
     sizes = np.bincount(label_idx, minlength=len(labels))
-    target = np.stack([allocate(int(n), weights, tie_order(salt, int(c), len(weights)))
-                       for c, n in zip(labels, sizes)])
+    target = np.stack([allocate(int(n), weights, tie_order(salt, int(c), len(weights))) for c, n in zip(labels, sizes)])
     current = np.zeros_like(target)
     group_idx, group_ids = pd.factorize(items["group"], sort=True)
     counts = np.zeros((len(group_ids), len(labels)), dtype=np.int64)
     np.add.at(counts, (group_idx, label_idx), 1)
-    order = group_table(items, salt).sort_values(["size", "key", "group"], ascending=[False, True, True],
-                                                 kind="stable")
+    order = group_table(items, salt).sort_values(["size", "key", "group"], ascending=[False, True, True], kind="stable")
     blocked = np.where(weights > 0, 0.0, -np.inf)  # a zero-weight bucket never receives anything
     bucket = np.zeros(len(group_ids), dtype=np.int64)
     for g in group_ids.get_indexer(order["group"]):
@@ -197,8 +205,13 @@ def log_counts(family: str, frame: pd.DataFrame, column: str, names: dict[int, s
     """Counts per split (and per class) in the stage log."""
     by = [*extra, column]
     totals = frame.groupby(by).size()
-    log.info("%s: %d rows; per %s: %s", family, len(frame), "/".join(by),
-             ", ".join(f"{'/'.join(map(str, k)) if isinstance(k, tuple) else k}={v}" for k, v in totals.items()))
+    log.info(
+        "%s: %d rows; per %s: %s",
+        family,
+        len(frame),
+        "/".join(by),
+        ", ".join(f"{'/'.join(map(str, k)) if isinstance(k, tuple) else k}={v}" for k, v in totals.items()),
+    )
     if len(frame) and not extra:
         table = pd.crosstab(frame["label"], frame[column])
         table.index = [f"{label} {names.get(int(label), '')}".strip() for label in table.index]
@@ -206,5 +219,8 @@ def log_counts(family: str, frame: pd.DataFrame, column: str, names: dict[int, s
 
 
 def write_split(path: str | Path, frame: pd.DataFrame, family: str, info: dict) -> None:
-    write_parquet(path, frame.reset_index(drop=True),
-                  metadata={"pipeline3d.split": json.dumps({"family": family, **info}, sort_keys=True)})
+    write_parquet(
+        path,
+        frame.reset_index(drop=True),
+        metadata={"pipeline3d.split": json.dumps({"family": family, **info}, sort_keys=True)},
+    )

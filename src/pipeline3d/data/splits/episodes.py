@@ -66,8 +66,9 @@ def _choose_classes(eligible: Sequence[int], way: int, salt: int) -> list[int]:
     return sorted(ranked[:way])
 
 
-def _episode(train: pd.DataFrame, test: pd.DataFrame, classes: list[int], shot: int, per_class: int,
-             salt: int) -> list[tuple[str, int, int, str]]:
+def _episode(
+    train: pd.DataFrame, test: pd.DataFrame, classes: list[int], shot: int, per_class: int, salt: int
+) -> list[tuple[str, int, int, str]]:
     """(shape_id, label, episode_label, role) of one episode."""
     support_pool, query_pool = _pools(train, salt), _pools(test, salt)
     by_train, by_test = members_by_group(train), members_by_group(test)
@@ -76,15 +77,25 @@ def _episode(train: pd.DataFrame, test: pd.DataFrame, classes: list[int], shot: 
         support = support_pool[label][:shot]
         query = query_pool[label][:per_class]
         if set(support) & set(query):
-            raise RuntimeError(f"class {label}: near-duplicate groups {sorted(set(support) & set(query))[:3]} are in "
-                               "both the train and the test split; the ttv split is broken")
+            raise RuntimeError(
+                f"class {label}: near-duplicate groups {sorted(set(support) & set(query))[:3]} are in "
+                "both the train and the test split; the ttv split is broken"
+            )
         rows += [(representative(by_train[g], label, salt), label, episode_label, "support") for g in support]
         rows += [(representative(by_test[g], label, salt), label, episode_label, "query") for g in query]
     return rows
 
 
-def make_episodes(items: pd.DataFrame, ttv: pd.DataFrame, settings: Sequence[str], folds: int, query_per_class: int,
-                  seed: int, dataset: str, names: dict[int, str]) -> pd.DataFrame:
+def make_episodes(
+    items: pd.DataFrame,
+    ttv: pd.DataFrame,
+    settings: Sequence[str],
+    folds: int,
+    query_per_class: int,
+    seed: int,
+    dataset: str,
+    names: dict[int, str],
+) -> pd.DataFrame:
     """Columns setting, way, shot, fold, shape_id, label, episode_label, role (support | query).
 
     ``frame.attrs["notes"]`` holds, per setting, the eligible class count, the query range per class and, for a
@@ -99,21 +110,39 @@ def make_episodes(items: pd.DataFrame, ttv: pd.DataFrame, settings: Sequence[str
         eligible = eligible_classes(n_train, n_test, shot)
         notes[setting] = {"eligible_classes": len(eligible)}
         if len(eligible) < way:
-            notes[setting]["skipped"] = (f"only {len(eligible)} classes have >= {shot} train groups and a test shape "
-                                         f"(need {way})")
+            notes[setting]["skipped"] = (
+                f"only {len(eligible)} classes have >= {shot} train groups and a test shape (need {way})"
+            )
             log.info("episodes %s: skipped for %s: %s", setting, dataset, notes[setting]["skipped"])
             continue
-        log.info("episodes %s: %d of %d classes eligible (>= %d train groups and a test shape), %d folds", setting,
-                 len(eligible), len(n_train), shot, int(folds))
+        log.info(
+            "episodes %s: %d of %d classes eligible (>= %d train groups and a test shape), %d folds",
+            setting,
+            len(eligible),
+            len(n_train),
+            shot,
+            int(folds),
+        )
         for fold in range(int(folds)):
             salt = family_salt(seed, dataset, f"episodes/{setting}/fold{fold}")
             classes = _choose_classes(eligible, way, salt)
-            rows += [(setting, way, shot, fold, *row) for row in _episode(train, test, classes, shot,
-                                                                          int(query_per_class), salt)]
+            rows += [
+                (setting, way, shot, fold, *row)
+                for row in _episode(train, test, classes, shot, int(query_per_class), salt)
+            ]
         notes[setting] |= _query_note(rows, setting, int(query_per_class), names)
     out = pd.DataFrame(rows, columns=COLUMNS).astype(
-        {"setting": str, "way": "int64", "shot": "int64", "fold": "int64", "shape_id": str, "label": "int64",
-         "episode_label": "int64", "role": str})
+        {
+            "setting": str,
+            "way": "int64",
+            "shot": "int64",
+            "fold": "int64",
+            "shape_id": str,
+            "label": "int64",
+            "episode_label": "int64",
+            "role": str,
+        }
+    )
     out.attrs["notes"] = notes
     return out
 
@@ -124,7 +153,11 @@ def _query_note(rows: list[tuple], setting: str, per_class: int, names: dict[int
     counts = frame.groupby(["fold", "label"]).size()
     short = sorted({int(label) for (_, label), n in counts.items() if n < per_class})
     if short:
-        log.info("episodes %s: %d classes have fewer than %d test groups, so fewer query shapes: %s", setting,
-                 len(short), per_class, ", ".join(f"{names.get(c, c)}={counts.xs(c, level='label').iloc[0]}"
-                                                  for c in short))
+        log.info(
+            "episodes %s: %d classes have fewer than %d test groups, so fewer query shapes: %s",
+            setting,
+            len(short),
+            per_class,
+            ", ".join(f"{names.get(c, c)}={counts.xs(c, level='label').iloc[0]}" for c in short),
+        )
     return {"query_per_class_min": int(counts.min()), "query_per_class_max": int(counts.max())}

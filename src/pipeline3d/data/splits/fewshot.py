@@ -23,8 +23,15 @@ from .common import family_salt, group_table, members_by_group, representative
 log = logging.getLogger("pipeline3d.make_splits")
 
 
-def make_fewshot(items: pd.DataFrame, ttv: pd.DataFrame, ks: list[int], seeds: list[int], seed: int,
-                 dataset: str, names: dict[int, str]) -> pd.DataFrame:
+def make_fewshot(
+    items: pd.DataFrame,
+    ttv: pd.DataFrame,
+    ks: list[int],
+    seeds: list[int],
+    seed: int,
+    dataset: str,
+    names: dict[int, str],
+) -> pd.DataFrame:
     """Columns k, seed, shape_id, label, role (train | val)."""
     train = items[(ttv["split"] == "train").values]
     by_group = members_by_group(train)
@@ -41,10 +48,14 @@ def make_fewshot(items: pd.DataFrame, ttv: pd.DataFrame, ks: list[int], seeds: l
                 n_val = min(k, n - shots)
                 if n < 2 * k:
                     short.setdefault(int(k), {})[names.get(int(label), str(label))] = n
-                roles = [("train", sid) for sid in ordered[:shots]] + [("val", sid) for sid in ordered[n - n_val:]]
+                roles = [("train", sid) for sid in ordered[:shots]] + [("val", sid) for sid in ordered[n - n_val :]]
                 rows += [(int(k), int(fs_seed), sid, int(label), role) for role, sid in roles]
     for k, classes in sorted(short.items()):
-        log.info("fewshot K=%d: %d classes have fewer than 2K train groups, so fewer val (and if < K, fewer shot) "
-                 "items: %s", k, len(classes), ", ".join(f"{c}={n}" for c, n in sorted(classes.items())))
+        log.info(
+            "fewshot K=%d: %d classes have fewer than 2K train groups, so fewer val (and if < K, fewer shot) items: %s",
+            k,
+            len(classes),
+            ", ".join(f"{c}={n}" for c, n in sorted(classes.items())),
+        )
     out = pd.DataFrame(rows, columns=["k", "seed", "shape_id", "label", "role"])
     return out.astype({"k": "int64", "seed": "int64", "label": "int64", "shape_id": str, "role": str})

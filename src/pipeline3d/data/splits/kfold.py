@@ -11,6 +11,10 @@ def make_kfold(items: pd.DataFrame, ttv: pd.DataFrame, k: int, seed: int, datase
     """Columns shape_id, label, fold (0 .. k-1)."""
     pool = items[ttv["split"].isin(["train", "val"]).values]
     folds = assign_groups(pool, [1.0] * int(k), family_salt(seed, dataset, "kfold"))
-    return pd.DataFrame({"shape_id": pool["shape_id"].astype(str).values,
-                         "label": pool["label"].astype("int64").values,
-                         "fold": folds.astype("int64")})
+    return pd.DataFrame(
+        {
+            "shape_id": pool["shape_id"].astype(str).values,
+            "label": pool["label"].astype("int64").values,
+            "fold": folds.astype("int64"),
+        }
+    )

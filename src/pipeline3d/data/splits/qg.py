@@ -17,8 +17,15 @@ from .common import family_salt, group_table, members_by_group, representative
 log = logging.getLogger("pipeline3d.make_splits")
 
 
-def make_qg(items: pd.DataFrame, ttv: pd.DataFrame, n_splits: int, per_class: int, seed: int,
-            dataset: str, names: dict[int, str]) -> pd.DataFrame:
+def make_qg(
+    items: pd.DataFrame,
+    ttv: pd.DataFrame,
+    n_splits: int,
+    per_class: int,
+    seed: int,
+    dataset: str,
+    names: dict[int, str],
+) -> pd.DataFrame:
     """Columns split_id, shape_id, label, role (query | gallery)."""
     test = items[(ttv["split"] == "test").values]
     by_group = members_by_group(test)
@@ -38,8 +45,10 @@ def make_qg(items: pd.DataFrame, ttv: pd.DataFrame, n_splits: int, per_class: in
         gallery = test[~test["group"].isin(query_groups)]
         rows += [(split_id, sid, int(lab), "gallery") for sid, lab in zip(gallery["shape_id"], gallery["label"])]
     if skipped:
-        log.info("qg: classes with fewer than 2 test groups get no queries: %s",
-                 sorted(names.get(c, str(c)) for c in skipped))
+        log.info(
+            "qg: classes with fewer than 2 test groups get no queries: %s",
+            sorted(names.get(c, str(c)) for c in skipped),
+        )
     out = pd.DataFrame(rows, columns=["split_id", "shape_id", "label", "role"])
     if len(test) and not (out["role"] == "query").any():
         log.warning("qg: no class has 2 test groups, so there are no queries (retrieval cannot be evaluated)")

@@ -41,6 +41,10 @@ def make_ttv(items: pd.DataFrame, cfg: dict, seed: int, dataset: str) -> pd.Data
             raise ValueError(f"splits.train + splits.val = {train_frac + val_frac} > 1")
         pick = assign_groups(items, [train_frac, val_frac, max(0.0, 1.0 - train_frac - val_frac)], salt)
         split[:] = np.array(SPLITS, dtype=object)[pick]
-    return pd.DataFrame({"shape_id": items["shape_id"].astype(str).values,
-                         "label": items["label"].astype("int64").values,
-                         "split": split.astype(str).values})
+    return pd.DataFrame(
+        {
+            "shape_id": items["shape_id"].astype(str).values,
+            "label": items["label"].astype("int64").values,
+            "split": split.astype(str).values,
+        }
+    )

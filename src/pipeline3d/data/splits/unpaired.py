@@ -16,13 +16,21 @@ from .common import assign_groups, family_salt
 
 BUCKETS = UNPAIRED_BUCKETS
 COLUMNS = ("shape_id", "label", "split", "primitive")
-NOT_MESH_NOTE = ("unpaired splits need the mesh-derived arrays (one shape per primitive); a {kind} dataset has no "
-                 "mesh, so this table is intentionally empty")
+NOT_MESH_NOTE = (
+    "unpaired splits need the mesh-derived arrays (one shape per primitive); a {kind} dataset has no "
+    "mesh, so this table is intentionally empty"
+)
 
 
 def empty_unpaired() -> pd.DataFrame:
-    return pd.DataFrame({"shape_id": pd.Series([], dtype=str), "label": pd.Series([], dtype="int64"),
-                         "split": pd.Series([], dtype=str), "primitive": pd.Series([], dtype=str)})
+    return pd.DataFrame(
+        {
+            "shape_id": pd.Series([], dtype=str),
+            "label": pd.Series([], dtype="int64"),
+            "split": pd.Series([], dtype=str),
+            "primitive": pd.Series([], dtype=str),
+        }
+    )
 
 
 def make_unpaired(items: pd.DataFrame, ttv: pd.DataFrame, fractions: dict, seed: int, dataset: str) -> pd.DataFrame:
@@ -37,8 +45,12 @@ def make_unpaired(items: pd.DataFrame, ttv: pd.DataFrame, fractions: dict, seed:
     split[is_train] = np.array(BUCKETS, dtype=object)[pick]
     split[is_eval] = "eval"
     keep = is_train | is_eval
-    out = pd.DataFrame({"shape_id": items["shape_id"].astype(str).values[keep],
-                        "label": items["label"].astype("int64").values[keep],
-                        "split": split[keep].astype(str)})
+    out = pd.DataFrame(
+        {
+            "shape_id": items["shape_id"].astype(str).values[keep],
+            "label": items["label"].astype("int64").values[keep],
+            "split": split[keep].astype(str),
+        }
+    )
     out["primitive"] = out["split"].map(SPLIT_PRIMITIVE)
     return out
