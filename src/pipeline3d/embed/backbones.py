@@ -56,6 +56,10 @@ class WeightsLoadError(RuntimeError):
     """A weight file exists but does not fit the configured architecture."""
 
 
+# What an embedding stage reports as bad input (named file / key / problem) rather than as a bug.
+EMBEDDING_ERRORS = (ValueError, KeyError, MissingWeightsError, WeightsLoadError)
+
+
 @dataclass(frozen=True)
 class WeightsInfo:
     """Where a backbone's weights came from: ``source`` is "file" or "random-init"."""

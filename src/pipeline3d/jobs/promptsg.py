@@ -353,9 +353,6 @@ def stage(
     log: logging.Logger,
 ) -> tuple[dict[str, Any] | None, TrainResult]:
     """The train_promptsg job: train, evaluate and publish the model into ``out["model_dir"]``."""
-    missing = sorted(set(REQUIRED_INPUTS) - set(files))
-    if missing:
-        raise ValueError(f"--inputs lacks {missing}")
     metrics, model, description, result = run(params, files, state_dir, log=log)
     if metrics is not None:
         save_promptsg(model, {**description, "git": git_describe()}, out["model_dir"])

@@ -427,9 +427,6 @@ def stage(
     log: logging.Logger,
 ) -> tuple[dict[str, Any] | None, TrainResult]:
     """The train_retrieval_head job: train, evaluate and publish the head (``out``: head, head_json, metrics)."""
-    missing = sorted(set(REQUIRED_INPUTS) - set(files))
-    if missing:
-        raise ValueError(f"--inputs lacks {missing}")
     metrics, model, description, result = run(params, files, state_dir, log=log)
     if metrics is not None:
         save_retrieval_head(model, {**description, "git": git_describe()}, out["head"], out["head_json"])

@@ -114,6 +114,7 @@ def run_training_stage(
     summary=None,
     workers=lambda params: 0,
     errors: tuple[type[BaseException], ...] = (ValueError, PermissionError),
+    required: tuple[str, ...] = (),
     argv: list[str] | None = None,
 ) -> int:
     """The whole ``main()`` of a resumable training stage.
@@ -124,8 +125,8 @@ def run_training_stage(
     (weights, descriptions). Metrics None means the job ends without a metrics JSON: ``result.exit_code`` is the
     exit (75 after SIGTERM/SIGUSR1 with a checkpoint written, logged). Otherwise the metrics get the protocol (the
     params), the code version and the wall time, are written atomically to ``out["metrics"]``, and
-    ``summary(metrics)`` is logged. An expected error (``errors``: bad input, named; a backend refusing an array) is
-    logged and exits 1, the metrics unwritten.
+    ``summary(metrics)`` is logged. An expected error (``errors``: bad input, named; a backend refusing an array;
+    an input named in ``required`` missing from --inputs) is logged and exits 1, the metrics unwritten.
     """
     import time
     from pathlib import Path
@@ -142,8 +143,12 @@ def run_training_stage(
     out = {dest: getattr(args, dest) for dest in (flag.lstrip("-").replace("-", "_") for flag, _ in outputs)}
     started = time.time()
     try:
-        metrics, result = job(params, json.loads(args.inputs), Path(args.state_dir), out, log)
-    except errors as exc:
+        files = json.loads(args.inputs)
+        missing = sorted(set(required) - set(files))
+        if missing:
+            raise ValueError(f"--inputs lacks {missing}")
+        metrics, result = job(params, files, Path(args.state_dir), out, log)
+    except (*errors, ValueError) as exc:
         log.error("%s", exc)
         return log_stage_end(log, stage, 1)
     if metrics is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..embed.backbones import MissingWeightsError, WeightsLoadError
+from ..embed.backbones import EMBEDDING_ERRORS
 from ..jobs import embed_text as job
 from ._cli import arg, run_stage
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         job.__doc__,
         OPTIONS,
         body,
-        errors=(ValueError, KeyError, MissingWeightsError, WeightsLoadError),
+        errors=EMBEDDING_ERRORS,
         threads="torch",
         argv=argv,
     )

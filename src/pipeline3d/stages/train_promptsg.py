@@ -22,7 +22,9 @@ OUTPUTS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_training_stage("train_promptsg", __doc__, OUTPUTS, job.stage, errors=(ValueError,), argv=argv)
+    return run_training_stage(
+        "train_promptsg", __doc__, OUTPUTS, job.stage, errors=(ValueError,), required=job.REQUIRED_INPUTS, argv=argv
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,15 @@ OUTPUTS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_training_stage("train_retrieval_head", __doc__, OUTPUTS, job.stage, errors=(ValueError,), argv=argv)
+    return run_training_stage(
+        "train_retrieval_head",
+        __doc__,
+        OUTPUTS,
+        job.stage,
+        errors=(ValueError,),
+        required=job.REQUIRED_INPUTS,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":
