@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +27,7 @@ from pipeline3d.stages import align_text3d as align_stage
 from pipeline3d.stages import submit_text3d as submit_stage
 from pipeline3d.train import checkpoint
 from pipeline3d.train.optim import build_optimizer
+from train_hooks import SigtermAt
 
 LOG = logging.getLogger("test.align_text3d")
 # 3 text blocks so that "the last N" leaves some frozen; width 32, output 16.
@@ -359,33 +359,13 @@ def _load_with_other_seed(out: Path, clip_dir: Path):
     )
 
 
-class _SigtermAt:
-    """A loop hook that sends SIGTERM to this process at ``step`` (the loop checkpoints there and stops)."""
-
-    every = 1
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def __call__(self, step: int, objective) -> dict[str, float]:
-        if step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state) -> None:
-        pass
-
-
 def test_kill_and_resume_gives_the_uninterrupted_files_byte_for_byte(folds, data, clip_dir, tmp_path, monkeypatch):
     params = _params(clip_dir, 0)
     real_run = align_text3d.run
     with monkeypatch.context() as patch:
         # SIGTERM during step 10 -> stop after step 11 (mid-epoch, between evaluations): the best-so-far state must
         # survive the restart
-        patch.setattr(align_text3d, "run", lambda *a, **kw: real_run(*a, **kw, extra_hooks=[_SigtermAt(10)]))
+        patch.setattr(align_text3d, "run", lambda *a, **kw: real_run(*a, **kw, extra_hooks=[SigtermAt(10)]))
         assert _train_stage(params, data, tmp_path) == 75
     assert not (tmp_path / "projection.safetensors").exists()
     assert checkpoint.load(tmp_path / "state" / "last.ckpt")["step"] == 11

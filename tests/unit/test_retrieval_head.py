@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -22,6 +21,7 @@ from pipeline3d.jobs.retrieval_head import RetrievalObjective, pk_indices
 from pipeline3d.models import pseudo_prompt
 from pipeline3d.models.pseudo_prompt import encode_with_pseudo_tokens, prepare_template, text_tower, word_embeddings
 from pipeline3d.stages import train_retrieval_head
+from train_hooks import SigtermAt
 
 TINY_CFG = {
     "embed_dim": 16,
@@ -308,22 +308,9 @@ def test_sigterm_then_resume_gives_the_uninterrupted_head_byte_for_byte(data, cl
     code, reference = _main(params, files, tmp_path, "reference")
     assert code == 0
 
-    class SigtermAt:
-        every = 4
-
-        def __call__(self, step, objective):
-            os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler turns it into a stop at the next boundary
-            return {}
-
-        def state_dict(self):
-            return {}
-
-        def load_state_dict(self, state):
-            pass
-
     real_train = retrieval_head.train
     with monkeypatch.context() as patch:
-        patch.setattr(retrieval_head, "train", lambda *a, **kw: real_train(*a, **{**kw, "hooks": [SigtermAt()]}))
+        patch.setattr(retrieval_head, "train", lambda *a, **kw: real_train(*a, **{**kw, "hooks": [SigtermAt(every=4)]}))
         code, resumed = _main(params, files, tmp_path, "resumed")
     assert code == 75 and not (resumed / "head.safetensors").exists()
     code, resumed = _main(params, files, tmp_path, "resumed")
