@@ -62,4 +62,4 @@ rule embed_all:
 rule promptsg_all:
     input:
         promptsg_targets(),
-        [f"{RESULTS}/heads/retrieval/{ds}/{RETRIEVAL['method']}/metrics.json" for ds in PROMPTSG["datasets"]],
+        retrieval_head_targets(PROMPTSG["datasets"]),  # the frozen-vector baseline of each PromptSG dataset

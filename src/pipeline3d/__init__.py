@@ -1,7 +1,8 @@
 """pipeline3d: a Snakemake-orchestrated data and training pipeline for 3D representation learning.
 
 The library face for using the results outside the workflow (``pipeline3d.pretrained``): ``load_encoder``,
-``load_metric_head``, ``load_retrieval_head``, ``load_alignment``, ``save_pretrained``, ``from_pretrained``.
+``load_metric_head``, ``load_retrieval_head``, ``load_alignment``, ``load_promptsg``, ``save_pretrained``,
+``from_pretrained``.
 """
 
 __version__ = "0.1.0"
@@ -12,6 +13,7 @@ _PRETRAINED = (
     "load_metric_head",
     "load_retrieval_head",
     "load_alignment",
+    "load_promptsg",
     "save_pretrained",
     "from_pretrained",
 )

@@ -213,16 +213,23 @@ def embedding_problems(config: dict) -> list[str]:
     for i, fold in enumerate(align.get("folds", [])):
         if fold >= kfold:
             problems.append(f"align_text3d.folds[{i}]: fold {fold} does not exist (splits.kfold = {kfold})")
+
+    # the retrieval heads take shape datasets (on a pretrain method's encoder) and image datasets (on embed.image)
+    def shapes_in(names: list[str]) -> list[str]:
+        return [name for name in names if datasets.get(name, {}).get("kind") != "image"]
+
     retrieval = config.get("retrieval_head", {})
-    problems += _dataset_problems("retrieval_head.datasets", retrieval.get("datasets", []), datasets, cached)
-    if retrieval.get("datasets"):
+    problems += _dataset_problems(
+        "retrieval_head.datasets", retrieval.get("datasets", []), datasets, (*cached, "image")
+    )
+    if shapes_in(retrieval.get("datasets", [])):
         problems += method_problem("retrieval_head.method", retrieval.get("method", ""))
     promptsg = config.get("promptsg", {})
-    problems += _dataset_problems("promptsg.datasets", promptsg.get("datasets", []), datasets, cached)
-    if promptsg.get("datasets"):
+    problems += _dataset_problems("promptsg.datasets", promptsg.get("datasets", []), datasets, (*cached, "image"))
+    if shapes_in(promptsg.get("datasets", [])):
         problems += method_problem("promptsg.method", promptsg.get("method", ""))
     capacity = config.get("tokens", {}).get("n_point")
-    if promptsg.get("datasets") and capacity is not None and promptsg.get("n_point", 0) > capacity:
+    if shapes_in(promptsg.get("datasets", [])) and capacity is not None and promptsg.get("n_point", 0) > capacity:
         problems.append(
             f"promptsg.n_point: {promptsg['n_point']} exceeds the pretrained layout's tokens.n_point ({capacity})"
         )

@@ -3,6 +3,7 @@
     import pipeline3d
     encoder = pipeline3d.load_encoder("results/models/nepa")
     head = pipeline3d.load_retrieval_head("results/heads/retrieval/demo-mesh/nepa")
+    model = pipeline3d.load_promptsg("results/heads/promptsg/demo-img/full/model")
     pipeline3d.save_pretrained(head, "my-head")     # config.json + model.safetensors
     head = pipeline3d.from_pretrained("my-head")    # any kind, told by config.json
 
@@ -195,6 +196,17 @@ def load_alignment(
         )
     text_config = {"model": model, "weights": text_weights, "random_init": random_init}
     return _alignment.load_alignment(json_path, projection, tower, text_config, device=device)
+
+
+def load_promptsg(
+    directory: str | Path, *, text_weights: str | Path | None = None, device: Device = "cpu"
+) -> nn.Module:
+    """A PromptSG model (the ``model/`` folder of a train_promptsg job; eval mode, ``.embed(batch)`` gives the
+    retrieval features): its trained backbone (a 3D encoder or a timm image backbone), its head and the frozen text
+    tower, rebuilt from ``text_weights`` (default: the file the JSON records) and checked against its sha256."""
+    from .embed.promptsg import load_promptsg as _load
+
+    return _load(directory, text_weights=text_weights, device=device)
 
 
 def from_pretrained(

@@ -393,7 +393,10 @@ def test_report_tables_and_plots_and_a_self_contained_html(demo: Path) -> None:
     assert all((plots / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in ("fewshot_accuracy", "recall_at_k"))
     kinds = {json.loads(line)["kind"] for line in (tables / "metrics.jsonl").read_text().splitlines()}
     assert kinds == {"finetune", "ucpr", "cpac", "metric_heads", "retrieval_heads", "promptsg", "align"}
-    assert "| promptsg | nepa/full | PromptSG |" in (tables / "retrieval.md").read_text()
+    retrieval = (tables / "retrieval.md").read_text()
+    assert "| promptsg | nepa/full | PromptSG |" in retrieval  # a shape dataset: the 3D encoder's tokens
+    assert "| promptsg | vit-tiny/full | PromptSG |" in retrieval  # an image dataset: the image backbone's tokens
+    assert "| retrieval | vit-tiny | retrieval head |" in retrieval  # and its frozen-vector baseline
     result = run_snakemake(demo, "--report", "report.html")
     assert result.returncode == 0, result.tail()
     html = (demo / "report.html").read_text(errors="replace")

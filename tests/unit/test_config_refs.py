@@ -87,3 +87,14 @@ def test_promptsg_references(config: dict) -> None:
     assert "promptsg.n_point: 10000 exceeds the pretrained layout's tokens.n_point (64)" in text
     assert "promptsg.variants.full.interaction_layerz: not a promptsg setting" in text
     assert "promptsg.datasets" in text and "'nope'" in text
+
+
+def test_retrieval_heads_on_image_datasets_use_the_image_backbone(config: dict) -> None:
+    for section in ("promptsg", "retrieval_head"):
+        config[section]["datasets"] = ["demo-img"]
+        config[section]["method"] = "not_a_method"  # shapes only: image datasets use embed.image
+    config["promptsg"]["n_point"] = 10_000  # a token count: shapes only
+    validate(copy.deepcopy(config))  # no problem
+    config["promptsg"]["datasets"] = ["demo-img", "demo-mesh"]
+    text = problem(config)
+    assert "promptsg.method: 'not_a_method' is not a pretrain method" in text and "promptsg.n_point" in text

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -21,6 +20,7 @@ from pipeline3d.tokens.collate import collate
 from pipeline3d.tokens.dataset import ShapeTokenDataset
 from test_retrieval_head import TEMPLATE, clip_dir  # noqa: F401 (clip_dir: fixture)
 from tokens_fixtures import LABELS, write_labelled_mesh_dataset
+from train_hooks import SigtermAt
 
 TOKENS = {"n_point": 24, "n_ray": 12, "qa_tokens": True, "add_eos": True, "eval_seed": 0}
 SPLIT = {sid: "train" for sid in LABELS}
@@ -104,17 +104,17 @@ def _tower_digest(model) -> str:
     return h.hexdigest()
 
 
-def _fixed_batch(model, files, tok):
+def _fixed_batch(model, files, source):
     from pipeline3d.data.selection import cached_rows
     from pipeline3d.jobs.data import entries_of
 
     rows = cached_rows(dict(LABELS), files["index"], files["shards"])
-    ds = ShapeTokenDataset(entries_of(rows), "pointcloud_noray", tok, seed=0, mode="eval", mc_draws=1)
+    ds = ShapeTokenDataset(entries_of(rows), "pointcloud_noray", source["tokens"], seed=0, mode="eval", mc_draws=1)
     return collate([ds.item(i) for i in range(len(ds))])
 
 
 def test_the_text_tower_gets_no_gradient_and_keeps_its_weights(files, clip_dir):
-    model, tok, _ = promptsg.build(_params(clip_dir), files, 2, "ds|full")
+    model, source, _ = promptsg.build(_params(clip_dir), files, 2, "ds|full")
     before = _tower_digest(model)
     objective = promptsg.PromptSGObjective(
         model,
@@ -123,7 +123,7 @@ def test_the_text_tower_gets_no_gradient_and_keeps_its_weights(files, clip_dir):
         supcon_temperature=0.1,
         backbone_lr_scale=1.0,
     )
-    batch = _fixed_batch(model, files, tok)
+    batch = _fixed_batch(model, files, source)
     opt = torch.optim.SGD(objective.parameters(), lr=0.1)
     for _ in range(3):
         loss, _ = objective(batch, step=0, total_steps=3, generator=torch.Generator())
@@ -139,11 +139,11 @@ def test_the_text_tower_gets_no_gradient_and_keeps_its_weights(files, clip_dir):
 @pytest.mark.parametrize("term", ["ce", "triplet", "supcon", "text"])
 def test_each_loss_term_falls_on_a_tiny_overfit_set(files, clip_dir, term):
     torch.manual_seed(0)
-    model, tok, _ = promptsg.build(_params(clip_dir), files, 2, "ds|full")
+    model, source, _ = promptsg.build(_params(clip_dir), files, 2, "ds|full")
     objective = promptsg.PromptSGObjective(
         model, weights={term: 1.0}, triplet_margin=0.3, supcon_temperature=0.1, backbone_lr_scale=1.0
     )
-    batch = _fixed_batch(model, files, tok)
+    batch = _fixed_batch(model, files, source)
     opt = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-2)
     values = []
     for _ in range(40):
@@ -160,22 +160,9 @@ def test_sigterm_then_resume_gives_the_uninterrupted_model_byte_for_byte(files, 
     code, reference = _main(params, files, tmp_path, "reference")
     assert code == 0
 
-    class SigtermAt:
-        every = 2
-
-        def __call__(self, step, objective):
-            os.kill(os.getpid(), signal.SIGTERM)
-            return {}
-
-        def state_dict(self):
-            return {}
-
-        def load_state_dict(self, state):
-            pass
-
     real_train = promptsg.train
     with monkeypatch.context() as patch:
-        patch.setattr(promptsg, "train", lambda *a, **kw: real_train(*a, **{**kw, "hooks": [SigtermAt()]}))
+        patch.setattr(promptsg, "train", lambda *a, **kw: real_train(*a, **{**kw, "hooks": [SigtermAt(every=2)]}))
         code, resumed = _main(params, files, tmp_path, "resumed")
     assert code == 75 and not (resumed / "model" / "head.json").exists()
     code, resumed = _main(params, files, tmp_path, "resumed")
@@ -195,8 +182,8 @@ def test_the_published_model_embeds_as_the_trained_one(files, clip_dir, tmp_path
     code, out = _main(_params(clip_dir, steps=2, **variant), files, tmp_path, "run")
     assert code == 0
     loaded = load_promptsg(out / "model")
-    model, tok, _ = promptsg.build(_params(clip_dir, **variant), files, 2, "ds|full")
-    batch = _fixed_batch(model, files, tok)
+    model, source, _ = promptsg.build(_params(clip_dir, **variant), files, 2, "ds|full")
+    batch = _fixed_batch(model, files, source)
     state = torch.load(out / "state" / "last.ckpt", weights_only=True)["model"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     assert torch.equal(loaded.embed(batch), model.embed(batch))

@@ -83,9 +83,7 @@ def report_inputs(wildcards=None):
         "ucpr": ucpr_metrics(),
         "cpac": cpac_metrics(),
         "metric_heads": [f"{RESULTS}/heads/metric/{METRIC_HEAD['space']}/metrics.json"] if METRIC_HEAD["space"] else [],
-        "retrieval_heads": [
-            f"{RESULTS}/heads/retrieval/{ds}/{RETRIEVAL['method']}/metrics.json" for ds in RETRIEVAL["datasets"]
-        ],
+        "retrieval_heads": retrieval_head_targets(),
         "promptsg": promptsg_targets(),
         "align": [f"{RESULTS}/align_text3d/{ds}/{ALIGN['method']}/metrics.json" for ds in align],
     }

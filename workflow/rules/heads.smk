@@ -118,6 +118,8 @@ rule train_retrieval_head:
         f"{RESULTS}/logs/train_retrieval_head/{{dataset}}/{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_retrieval_head/{{dataset}}/{{method}}.tsv"
+    wildcard_constraints:
+        method=HEAD_MODELS,
     threads: 1
     resources:
         mem_mb=4000,

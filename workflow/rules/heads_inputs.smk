@@ -117,14 +117,31 @@ def submit_cfg(wildcards):
 
 
 # ---------------------------------------------------------------------------------------------- retrieval head
+def is_image_dataset(dataset):
+    return DATASETS[dataset]["kind"] == "image"
+
+
+def head_model(dataset, method):
+    """What a retrieval or PromptSG job of ``dataset`` builds on: the 3D encoder ``method`` for shapes, the image
+    backbone of embed.image for images."""
+    return EMBED["image"]["name"] if is_image_dataset(dataset) else method
+
+
+def frozen_vectors(dataset, model):
+    """The frozen embeddings of a dataset: the retrieval head's input and PromptSG's raw floor."""
+    if is_image_dataset(dataset):
+        return {"image_embeddings": embedding_path("image", dataset, model)}
+    return {"shape_embeddings": shape_embedding(dataset, model)}
+
+
 def retrieval_head_inputs(wildcards):
-    # the cache (index + shards) feeds the hand-crafted descriptor floor evaluated beside the head
+    # a shape dataset's cache (index + shards) feeds the hand-crafted descriptor floor evaluated beside the head
     return {
-        "shape_embeddings": shape_embedding(wildcards.dataset, wildcards.method),
+        **frozen_vectors(wildcards.dataset, wildcards.method),
         **ingest_files(wildcards.dataset),
         "ttv": split_file(wildcards.dataset, "ttv"),
         "qg": split_file(wildcards.dataset, "qg"),
-        **cache_inputs(wildcards.dataset),
+        **({} if is_image_dataset(wildcards.dataset) else cache_inputs(wildcards.dataset)),
     }
 
 
@@ -153,8 +170,18 @@ def head_targets():
             f"{folder}/submission_mesh2text.csv",
             f"{folder}/metrics.json",
         ]
-    targets += [f"{RESULTS}/heads/retrieval/{ds}/{RETRIEVAL['method']}/metrics.json" for ds in RETRIEVAL["datasets"]]
-    return targets + promptsg_targets()
+    return targets + retrieval_head_targets() + promptsg_targets()
+
+
+def retrieval_head_targets(datasets=None):
+    return [
+        f"{RESULTS}/heads/retrieval/{ds}/{head_model(ds, RETRIEVAL['method'])}/metrics.json"
+        for ds in (RETRIEVAL["datasets"] if datasets is None else datasets)
+    ]
+
+
+# the retrieval head's {method}: a pretrain method (shapes) or the image backbone's name (images)
+HEAD_MODELS = "|".join(re.escape(name) for name in [*all_row_names(config), EMBED["image"]["name"]])
 
 
 # ---------------------------------------------------------------------------------------------- PromptSG
@@ -162,29 +189,39 @@ PROMPTSG = config["promptsg"]
 
 
 def promptsg_inputs(wildcards):
-    method = PROMPTSG["method"]
-    return {
+    files = {
         **ingest_files(wildcards.dataset),
         "ttv": split_file(wildcards.dataset, "ttv"),
         "qg": split_file(wildcards.dataset, "qg"),
+        **frozen_vectors(wildcards.dataset, head_model(wildcards.dataset, PROMPTSG["method"])),
+    }
+    if is_image_dataset(wildcards.dataset):
+        return files | {"store": f"{RESULTS}/ingest/{wildcards.dataset}/items.h5"}
+    method = PROMPTSG["method"]
+    return files | {
         **cache_inputs(wildcards.dataset),
         "weights": f"{RESULTS}/models/{method}/encoder.safetensors",
         "encoder_json": f"{RESULTS}/models/{method}/encoder.json",
-        "shape_embeddings": shape_embedding(wildcards.dataset, method),
     }
 
 
+IMAGE_BACKBONE = ("model", "weights", "random_init", "img_size", "model_kwargs")  # what builds it (not batching)
+
+
 def promptsg_cfg(wildcards):
+    image = is_image_dataset(wildcards.dataset)
+    backbone = {"image": {k: EMBED["image"].get(k) for k in IMAGE_BACKBONE}} if image else {"tokens": config["tokens"]}
     return stage_params(
         "train_promptsg",
         {
             "seed": config["seed"],
             "dataset": wildcards.dataset,
             "variant": wildcards.variant,
-            "method": PROMPTSG["method"],
+            "kind": "image" if image else "shape",
+            "method": head_model(wildcards.dataset, PROMPTSG["method"]),
             "promptsg": _without(PROMPTSG, "datasets", "variants", "method"),
             "variant_settings": PROMPTSG["variants"][wildcards.variant],
-            "tokens": config["tokens"],
+            **backbone,
             "text": _text_cfg(),
         },
     )

@@ -31,6 +31,7 @@ from ..objectives.arcface import ArcFace
 FORMAT = "pipeline3d-promptsg"
 FORMAT_VERSION = 1
 CLASSIFIERS = ("linear", "arcface")
+IMAGE_WEIGHTS = "image_backbone.safetensors"
 
 
 @dataclass(frozen=True)
@@ -190,58 +191,79 @@ def text_info(text_backbone: Any, text_cfg: Mapping[str, Any], prompt: PromptTem
 
 
 def save_promptsg(model: PromptSG, description: Mapping[str, Any], folder: str | Path) -> dict[str, Any]:
-    """Write ``folder``/encoder.{safetensors,json} (the trained backbone, in the encoder format any loader reads)
-    and ``folder``/head.{safetensors,json} (everything else; the JSON last, naming both weights and their sha256).
-    ``description`` (JSON-able) holds the text tower info (``text``), the class names, the token config..."""
+    """Write the trained backbone and ``folder``/head.{safetensors,json} (everything else; the JSON last, naming the
+    weights and their sha256). A 3D encoder goes to encoder.{safetensors,json} in the encoder format any loader
+    reads; a timm image backbone's state dict to image_backbone.safetensors, a weight file ``embed.image.weights``
+    can name (timm loads it as it loads any local checkpoint). ``description`` (JSON-able) holds the text tower
+    info (``text``), the class names, the token config (``tokens``) or the image backbone's (``image``)..."""
     from ..io.atomic import write_json
     from ..io.weights import write_weights
-    from ..train.export import save_encoder
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    encoder = save_encoder(
-        model.backbone.encoder,
-        folder / "encoder.safetensors",
-        folder / "encoder.json",
-        extra={"causal": model.backbone.causal, "tokens": description.get("tokens"), "trained_by": FORMAT},
-    )
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": asdict(model.config)}
-    head_state = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
-    sha256 = write_weights(folder / "head.safetensors", head_state, header)
-    sidecar = {
-        **description,
-        **header,
-        "weights": "head.safetensors",
-        "sha256": sha256,
-        "backbone": {
+    if isinstance(model.backbone, ShapeTokenBackbone):
+        from ..train.export import save_encoder
+
+        encoder = save_encoder(
+            model.backbone.encoder,
+            folder / "encoder.safetensors",
+            folder / "encoder.json",
+            extra={"causal": model.backbone.causal, "tokens": description.get("tokens"), "trained_by": FORMAT},
+        )
+        backbone = {
             "kind": "shape_encoder",
             "weights": "encoder.safetensors",
             "json": "encoder.json",
             "sha256": encoder["sha256"],
             "causal": model.backbone.causal,
-        },
-    }
+        }
+    else:
+        image = dict(description["image"])
+        sha256 = write_weights(folder / IMAGE_WEIGHTS, model.backbone.model.state_dict(), {**header, "image": image})
+        backbone = {"kind": "image", "weights": IMAGE_WEIGHTS, "sha256": sha256, **image}
+    head_state = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    sha256 = write_weights(folder / "head.safetensors", head_state, header)
+    sidecar = {**description, **header, "weights": "head.safetensors", "sha256": sha256, "backbone": backbone}
     write_json(folder / "head.json", sidecar)
     return sidecar
+
+
+def load_backbone(folder: Path, sidecar: Mapping[str, Any], head_json: Path) -> nn.Module:
+    """The published backbone, its weights checked against the sha256 ``head.json`` records."""
+    from ..io.weights import check_sha256
+
+    bb = sidecar["backbone"]
+    path = folder / bb["weights"]
+    check_sha256(path, bb.get("sha256"), head_json)
+    if bb["kind"] == "image":
+        from .backbones import build_image_backbone
+        from .image_tokens import ImageTokenBackbone
+
+        image = build_image_backbone(
+            bb["model"], path, img_size=bb.get("img_size"), **dict(bb.get("model_kwargs") or {})
+        )
+        return ImageTokenBackbone(image, trainable=False)
+    from ..train.export import load_encoder
+
+    return ShapeTokenBackbone(load_encoder(path, folder / bb["json"]), causal=bool(bb["causal"]))
 
 
 def load_promptsg(
     folder: str | Path, *, text_weights: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> PromptSG:
-    """Rebuild a published PromptSG model (eval mode, the frozen text tower attached): the backbone from its encoder
-    files, the head from head.safetensors (sha256 checked against head.json), the text tower from ``text_weights``
-    (default: the path the JSON records), refused when its sha256 differs from the one it was trained with."""
+    """Rebuild a published PromptSG model (eval mode, the frozen text tower attached): the backbone from its files
+    (a 3D encoder or a timm image backbone), the head from head.safetensors (sha256 checked against head.json),
+    the text tower from ``text_weights`` (default: the path the JSON records), refused when its sha256 differs from
+    the one it was trained with."""
     from ..embed.backbones import build_text_backbone
     from ..io.weights import load_verified, read_sidecar
     from ..models.pseudo_prompt import prepare_template
-    from ..train.export import load_encoder
 
     folder = Path(folder)
     head_json = folder / "head.json"
     sidecar = read_sidecar(head_json, fmt=FORMAT, version=FORMAT_VERSION, what="PromptSG model")
-    bb = sidecar["backbone"]
-    encoder = load_encoder(folder / bb["weights"], folder / bb["json"])
-    model = PromptSG(ShapeTokenBackbone(encoder, causal=bool(bb["causal"])), PromptSGConfig.of(sidecar["config"]))
+    model = PromptSG(load_backbone(folder, sidecar, head_json), PromptSGConfig.of(sidecar["config"]))
     tensors = load_verified(folder / sidecar["weights"], sidecar.get("sha256"), head_json)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if not k.startswith("backbone.")]

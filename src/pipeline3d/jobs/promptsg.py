@@ -1,20 +1,23 @@
-"""The train_promptsg job: one (dataset, variant) of PromptSG, end to end on a pretrained 3D encoder's tokens.
+"""The train_promptsg job: one (dataset, variant) of PromptSG, end to end on a trainable backbone's tokens.
 
 Model: ``embed.promptsg.PromptSG`` (the backbone is trained at ``backbone_lr_scale`` x the head's rate; the text
-tower stays frozen). Data: P x K batches of the ttv ``train`` shapes (P classes, K shapes each; only classes with
->= 2 training shapes are drawn), arranged per epoch from (seed, dataset, variant, epoch) and tokenized by the
-cache's training draws (keyed by shape id, epoch and slot), so a resumed run sees exactly the batches of an
+tower stays frozen). The backbone and its items depend on the dataset's kind (``promptsg_items``): a pretrained 3D
+encoder over the cache's token draws for shapes, the timm backbone of ``embed.image`` over the ingested pictures
+for images. Data: P x K batches of the ttv ``train`` items (P classes, K items each; only classes with >= 2
+training items are drawn), arranged per epoch from (seed, dataset, variant, epoch); each slot's draw (token draw or
+picture augmentation) is keyed by item id, epoch and slot, so a resumed run sees exactly the batches of an
 uninterrupted one. Losses (``loss_weights``): cross-entropy of the classifier (``linear`` or ``arcface``) on the
 post-BN feature, batch-hard triplet on the pre-BN feature (``triplet_metric``, default euclidean as in the re-ID
 "bag of tricks": token features share a large common component that a cosine on the pre-BN feature hardly sees),
 SupCon on the post-BN feature, and with textual inversion the image-text SupCon of the pseudo prompt (``text``:
-shape view and prompt view of each item, positives = same class). Optimiser knobs: ``clip_grad`` (<= 0: off),
+item view and prompt view of each item, positives = same class). Optimiser knobs: ``clip_grad`` (<= 0: off),
 ``cosine`` (off: constant rate after the warm-up), ``steps``, ``lr``, ``weight_decay``.
 
-Evaluation (re-ID convention, as train_retrieval_head): the post-BN feature of one deterministic token draw per
-test shape, cosine, Rank@1/5/10 and mAP averaged over the qg query/gallery splits; beside it the floors on the
-same splits: the raw shape embeddings (``shape_embeddings``, the encoder before training) and the hand-crafted
-descriptor. The last weights are kept (no selection on test). Published: ``embed.promptsg.save_promptsg``.
+Evaluation (re-ID convention, as train_retrieval_head): the post-BN feature of one deterministic evaluation sample
+per test item, cosine, Rank@1/5/10 and mAP averaged over the qg query/gallery splits; beside it the floors on the
+same splits: the raw embeddings of the backbone before training (``shape_embeddings`` / ``image_embeddings``) and,
+for shapes, the hand-crafted descriptor of the cached surface points. The last weights are kept (no selection on
+test). Published: ``embed.promptsg.save_promptsg``.
 """
 
 from __future__ import annotations
@@ -29,10 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..data.selection import cached_rows, ttv_labels
 from ..device import model_device, to_device, to_host
 from ..embed.backbones import build_text_backbone
-from ..embed.promptsg import PromptSG, PromptSGConfig, ShapeTokenBackbone, save_promptsg, text_info
+from ..embed.promptsg import PromptSG, PromptSGConfig, save_promptsg, text_info
 from ..embed.vectors import read_vectors
 from ..eval.retrieval import qg_rank_map
 from ..log import git_describe
@@ -41,14 +43,12 @@ from ..objectives.base import Logs, Objective
 from ..objectives.supcon import supcon_loss
 from ..objectives.triplet import batch_hard_triplet_loss
 from ..rng import rng_for, stable_hash
-from ..tokens.collate import collate
-from ..tokens.dataset import ShapeTokenDataset
 from ..train.checkpoint import run_fingerprint
 from ..train.loop import EpochData, TrainConfig, TrainResult, train
 from ..train.wandb_sink import metrics_sinks
-from .data import entries_of
-from .finetune import class_names, job_encoder
-from .retrieval_head import descriptor_floor, read_qg, vectors_of
+from . import promptsg_items
+from .finetune import class_names
+from .retrieval_head import EMBEDDING_INPUTS, descriptor_floor, read_qg, vectors_of
 
 STAGE = "train_promptsg"
 LOSS_TERMS = ("ce", "triplet", "supcon", "text")
@@ -77,9 +77,10 @@ def pk_plan(labels: Sequence[int], p: int, k: int, n_batches: int, rng: np.rando
 
 
 class PKEpoch(Dataset):
-    """One epoch of P x K batches over a training token dataset (sample i = slot i of the epoch's plan)."""
+    """One epoch of P x K batches over training items with ``item(index, epoch, draw)`` (sample i = slot i of the
+    epoch's plan)."""
 
-    def __init__(self, source: ShapeTokenDataset, plan: np.ndarray, epoch: int, k: int) -> None:
+    def __init__(self, source: Any, plan: np.ndarray, epoch: int, k: int) -> None:
         self.source, self.plan, self.epoch, self.k = source, plan, int(epoch), int(k)
 
     def __len__(self) -> int:
@@ -182,11 +183,15 @@ def model_config(s: Mapping[str, Any], token_dim: int, text_backbone: Any, n_cla
     )
 
 
+def template_of(params: Mapping[str, Any], s: Mapping[str, Any]) -> str:
+    return str(s["image_template"] if promptsg_items.kind_of(params) == "image" else s["template"])
+
+
 def build(params: Mapping[str, Any], files: Mapping[str, Any], n_classes: int, key: str):
-    """(model, token config, text info): the pretrained encoder as backbone, the frozen text tower attached."""
+    """(model, source, text info): the backbone (``promptsg_items.backbone``) and the head, the frozen text tower
+    attached; ``source`` describes the backbone's input (``tokens`` or ``image``) for the JSON."""
     s, seed = settings(params), int(params["seed"])
-    enc_params = {**params, "method": params["method"], "finetune": {"n_point": s["n_point"], "n_ray": s["n_ray"]}}
-    encoder, causal, tok = job_encoder(enc_params, files, seed=seed, key=key)
+    backbone, source = promptsg_items.backbone(params, files, s, key)
     text_cfg = params["text"]
     text = build_text_backbone(
         text_cfg["model"],
@@ -195,22 +200,21 @@ def build(params: Mapping[str, Any], files: Mapping[str, Any], n_classes: int, k
         allow_random_init=bool(text_cfg.get("random_init", False)),
         seed=seed,
     )
-    prompt = prepare_template(text.tokenizer, s["template"], placeholder=DEFAULT_PLACEHOLDER)
-    backbone = ShapeTokenBackbone(encoder, causal=causal)
+    prompt = prepare_template(text.tokenizer, template_of(params, s), placeholder=DEFAULT_PLACEHOLDER)
     with torch.random.fork_rng(devices=[]):  # the head's init: a function of (seed, dataset, variant) only
         torch.manual_seed(stable_hash(f"{seed}|{STAGE}|{key}") % 2**63)
         model = PromptSG(backbone, model_config(s, backbone.dim, text, n_classes))
     model.attach_text(text, prompt)
-    return model, tok, text_info(text, text_cfg, prompt)
+    return model, source, text_info(text, text_cfg, prompt)
 
 
 @torch.no_grad()
-def embed_shapes(model: PromptSG, dataset: ShapeTokenDataset, batch_size: int = 32) -> np.ndarray:
-    """Post-BN features of every shape's first evaluation draw (BN in inference mode)."""
+def embed_items(model: PromptSG, items: Any, collate_fn: Any, batch_size: int = 32) -> np.ndarray:
+    """Post-BN features of every item's evaluation sample (BN in inference mode)."""
     model.eval()
     out = []
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset.item(i) for i in range(start, min(start + batch_size, len(dataset)))])
+    for start in range(0, len(items), batch_size):
+        batch = collate_fn([items.item(i) for i in range(start, min(start + batch_size, len(items)))])
         out.append(to_host(model.embed(to_device(batch, model_device(model)))))
     return np.concatenate(out).astype(np.float32)
 
@@ -227,20 +231,17 @@ def run(
     s, seed = settings(params), int(params["seed"])
     key = f"{params['dataset']}|{params['variant']}"
     names = class_names(files["manifest"])
-    train_labels = ttv_labels(files["ttv"], "train")
-    train_rows = cached_rows(train_labels, files["index"], files["shards"])
-    if not train_rows:
-        raise ValueError(f"{key}: none of the {len(train_labels)} ttv train shapes is cached")
-    model, tok, text = build(params, files, len(names), key)
-    train_ds = ShapeTokenDataset(
-        entries_of(train_rows), s["backend"], tok, seed=seed, mode="train", augment=s.get("augment")
+    model, source, text = build(params, files, len(names), key)
+    qg = read_qg(files["qg"])
+    data = promptsg_items.items(
+        params, files, s, model.backbone, source, dict(zip(qg["shape_id"].astype(str), qg["label"].astype(int)))
     )
     k, batch = int(s["k"]), int(s["batch_size"])
     p = batch // k
     if p < 2:
         raise ValueError(f"promptsg.batch_size {batch} holds fewer than 2 classes of k = {k}")
-    labels = [r.label for r in train_rows]
-    n_batches = max(1, len(train_rows) // batch)  # a nominal epoch: about one pass over the training shapes
+    labels = data.train_labels
+    n_batches = max(1, len(labels) // batch)  # a nominal epoch: about one pass over the training shapes
     plans = lambda epoch: pk_plan(labels, p, k, n_batches, rng_for(seed, STAGE, f"{key}|epoch{epoch}"))  # noqa: E731
     batch = len(plans(0)) // n_batches  # p may shrink to the drawable classes
     objective = PromptSGObjective(
@@ -269,7 +270,7 @@ def run(
         "%s: %d train shapes, %d classes, P x K = %d x %d, %d steps, backbone lr x %g, interaction %s, "
         "inversion %s, %s classifier",
         key,
-        len(train_rows),
+        len(labels),
         len(set(labels)),
         batch // k,
         k,
@@ -281,7 +282,7 @@ def run(
     )
     result = train(
         objective,
-        EpochData(lambda epoch: PKEpoch(train_ds, plans(epoch), epoch, k), collate),
+        EpochData(lambda epoch: PKEpoch(data.train, plans(epoch), epoch, k), data.collate),
         cfg,
         state_dir,
         config_hash=run_fingerprint(params, files),
@@ -297,18 +298,15 @@ def run(
         "seed": seed,
         "class_names": names,
         "settings": s,
-        "tokens": dict(tok),
+        **source,
+        "kind": promptsg_items.kind_of(params),
         "text": text,
         "steps": result.steps,
     }
     if result.interrupted or not result.is_main:
         return None, model, description, result
 
-    qg = read_qg(files["qg"])
-    qg_labels = dict(zip(qg["shape_id"].astype(str), qg["label"].astype(int)))
-    test_rows = cached_rows(qg_labels, files["index"], files["shards"])
-    test_ds = ShapeTokenDataset(entries_of(test_rows), s["backend"], tok, seed=seed, mode="eval", mc_draws=1)
-    test_ids = [r.shape_id for r in test_rows]
+    test_ids = data.test_ids
     qg = qg[qg["shape_id"].astype(str).isin(set(test_ids))]
     metrics = {
         "dataset": params["dataset"],
@@ -321,16 +319,20 @@ def run(
         "k": k,
         "steps": result.steps,
         "final_loss": result.final_loss,
-        "train_shapes": len(train_rows),
+        "kind": promptsg_items.kind_of(params),
+        "train_shapes": len(labels),
         "qg_shapes": len(test_ids),
         "class_names": names,
-        "head": qg_rank_map((test_ids, embed_shapes(model, test_ds)), None, qg),
+        "head": qg_rank_map((test_ids, embed_items(model, data.test, data.collate)), None, qg),
     }
-    if "shape_embeddings" in files:
-        emb_path = str(files["shape_embeddings"])
-        raw_ids, raw_x = vectors_of(read_vectors(emb_path), test_ids, emb_path, "qg", log)
-        metrics["raw"] = qg_rank_map((raw_ids, raw_x), None, qg[qg["shape_id"].astype(str).isin(set(raw_ids))])
-    metrics["descriptor_raw"] = descriptor_floor(files, seed, {r.shape_id: r.label for r in train_rows}, qg, log)
+    for emb_key in EMBEDDING_INPUTS:  # the raw floor: the backbone's own embeddings before training
+        if emb_key in files:
+            emb_path = str(files[emb_key])
+            raw_ids, raw_x = vectors_of(read_vectors(emb_path), test_ids, emb_path, "qg", log)
+            metrics["raw"] = qg_rank_map((raw_ids, raw_x), None, qg[qg["shape_id"].astype(str).isin(set(raw_ids))])
+    if "index" in files:  # the hand-crafted floor reads the cache's surface points: shapes only
+        train_labels = dict(zip(data.train_ids, labels))
+        metrics["descriptor_raw"] = descriptor_floor(files, seed, train_labels, qg, log)
     log.info(
         "%s: qg mAP %.4f, Rank@1 %.4f over %d splits%s",
         key,
@@ -342,7 +344,7 @@ def run(
     return metrics, model, description, result
 
 
-REQUIRED_INPUTS = ("manifest", "ttv", "qg", "index", "shards", "weights", "encoder_json")
+REQUIRED_INPUTS = ("manifest", "ttv", "qg")
 
 
 def stage(

@@ -1,4 +1,7 @@
-"""PromptSG-style instance retrieval head over frozen shape embeddings: (dataset, method) -> head + metrics.
+"""PromptSG-style instance retrieval head over frozen embeddings: (dataset, method) -> head + metrics.
+
+The vectors are a shape dataset's ``shape_embeddings`` (``method`` a pretrain method) or an image dataset's
+``image_embeddings`` (``method`` the image backbone's name).
 
 Model (``embed.retrieval_head.RetrievalModel``): Linear(in_dim -> neck_dim) then a BNNeck (re-ID "bag of tricks"):
 - ArcFace over the post-BN feature (cross-entropy over the margin logits, all classes of the manifest);
@@ -287,7 +290,7 @@ def run(
     """Train and evaluate; returns (metrics or None when interrupted, the model, the export description, result)."""
     head = settings(params["head"])
     seed, key = int(params["seed"]), f"{params['dataset']}|{params['method']}"
-    emb_path = str(files["shape_embeddings"])
+    emb_path = embeddings_input(files)
     emb = read_vectors(emb_path)
     names = class_names(files["manifest"])
     train_labels = ttv_labels(files["ttv"], "train")
@@ -416,7 +419,16 @@ def run(
     return metrics, model, description, result
 
 
-REQUIRED_INPUTS = ("shape_embeddings", "manifest", "ttv", "qg")
+REQUIRED_INPUTS = ("manifest", "ttv", "qg")
+EMBEDDING_INPUTS = ("shape_embeddings", "image_embeddings")  # a shape dataset's or an image dataset's vectors
+
+
+def embeddings_input(files: Mapping[str, Any]) -> str:
+    """The path of the frozen vectors the head trains on: exactly one of ``EMBEDDING_INPUTS``."""
+    named = [key for key in EMBEDDING_INPUTS if key in files]
+    if len(named) != 1:
+        raise ValueError(f"--inputs must name exactly one of {EMBEDDING_INPUTS}; it names {named or 'none'}")
+    return str(files[named[0]])
 
 
 def stage(

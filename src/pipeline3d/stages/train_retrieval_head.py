@@ -1,7 +1,8 @@
-"""Stage train_retrieval_head: a PromptSG-style instance retrieval head over frozen shape embeddings.
+"""Stage train_retrieval_head: a PromptSG-style instance retrieval head over frozen embeddings.
 
 Params: {"seed", "dataset", "method", "head": <retrieval_head section minus datasets/method>, "text": <embed.text
-section>, "stage_version"}. Inputs: {"shape_embeddings", "manifest", "ttv", "qg"}. Writes the head
+section>, "stage_version"}. Inputs: {"shape_embeddings" | "image_embeddings", "manifest", "ttv", "qg"}
+(+ "index", "shards" of a shape dataset's cache: the descriptor floor). Writes the head
 (--head safetensors, --head-json description; load with ``pipeline3d.load_retrieval_head``) and --metrics: qg
 Rank@1/5/10 + mAP (mean and std over the query/gallery splits) of the post-BN feature, the pre-BN feature and the
 raw embeddings. Resumable (state in --state-dir); exit 75 after SIGTERM/SIGUSR1 with a checkpoint written. See
