@@ -256,3 +256,34 @@ def test_episode_settings_schedule_the_episode_jobs_and_table(workdir: Path) -> 
         assert "episodes.parquet" in job.fields["input"]
         loads_none = any(f"/{row}/" in job.fields["output"] for row in ("scratch", "scratch_patch", "descriptor"))
         assert ("encoder.safetensors" in job.fields["input"]) != loads_none
+
+
+def test_the_promptsg_image_overlay_plans_image_jobs_only(workdir: Path) -> None:
+    """config/promptsg_demo_images.yaml on the demo: six variants and the frozen-vector head on demo-img, built on the
+    image backbone and the ingested pictures: no 3D encoder, no cache."""
+    overlay = ROOT / "config" / "promptsg_demo_images.yaml"
+    result = run_snakemake(workdir, "-n", "promptsg_all", "--configfile", str(overlay))
+    assert result.returncode == 0, result.tail()
+    counts = job_counts(result.output)
+    assert counts["train_promptsg"] == 6 and counts["train_retrieval_head"] == 1
+    assert not {"pretrain_encoder", "build_cache_shard", "embed_shape"} & set(counts)
+    planned = {job.fields["output"] for job in planned_jobs(result.output) if job.rule == "train_retrieval_head"}
+    assert any("heads/retrieval/demo-img/vit-tiny/" in out for out in planned)
+
+
+SHREC07_PROMPTSG = ("shrec07.yaml", "promptsg_shrec07.yaml")  # --replace-workflow-config --configfile <both>
+
+
+def test_the_promptsg_shrec07_overlay_is_a_valid_config() -> None:
+    from pipeline3d.config import validate
+
+    def merge(base: dict, overlay: dict) -> dict:  # Snakemake's --configfile merge: mappings key by key, recursively
+        out = dict(base)
+        for key, value in overlay.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    shrec07, overlay = (yaml.safe_load((ROOT / "config" / name).read_text()) for name in SHREC07_PROMPTSG)
+    config = merge(shrec07, overlay)
+    validate(config)
+    assert len(config["promptsg"]["variants"]) == 6 and config["promptsg"]["method"] == "cmae"
