@@ -27,7 +27,7 @@ from pipeline3d.stages import align_text3d as align_stage
 from pipeline3d.stages import submit_text3d as submit_stage
 from pipeline3d.train import checkpoint
 from pipeline3d.train.optim import build_optimizer
-from train_hooks import SigtermAt
+from train_hooks import SignalAt
 
 LOG = logging.getLogger("test.align_text3d")
 # 3 text blocks so that "the last N" leaves some frozen; width 32, output 16.
@@ -365,7 +365,7 @@ def test_kill_and_resume_gives_the_uninterrupted_files_byte_for_byte(folds, data
     with monkeypatch.context() as patch:
         # SIGTERM during step 10 -> stop after step 11 (mid-epoch, between evaluations): the best-so-far state must
         # survive the restart
-        patch.setattr(align_text3d, "run", lambda *a, **kw: real_run(*a, **kw, extra_hooks=[SigtermAt(10)]))
+        patch.setattr(align_text3d, "run", lambda *a, **kw: real_run(*a, **kw, extra_hooks=[SignalAt(10)]))
         assert _train_stage(params, data, tmp_path) == 75
     assert not (tmp_path / "projection.safetensors").exists()
     assert checkpoint.load(tmp_path / "state" / "last.ckpt")["step"] == 11

@@ -6,7 +6,6 @@ image item store, a tiny timm ViT and a tiny open_clip text tower (random init, 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -16,11 +15,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
+from image_fixtures import write_image_dataset
 from pipeline3d.embed.difficulty import read_difficulty_metadata
 from pipeline3d.embed.vectors import read_vectors, write_vectors
-from pipeline3d.io.itemstore import ItemStoreWriter
 from pipeline3d.jobs import embed_image as jobs_embed_image
 from pipeline3d.jobs import embed_shape as jobs_embed_shape
 from pipeline3d.jobs import embed_text as jobs_embed_text
@@ -57,27 +55,13 @@ def image_ds(tmp_path_factory):
     """Six PNG items in two classes; four have captions (two views of one object share a caption)."""
     root = tmp_path_factory.mktemp("imgds")
     rng = np.random.default_rng(0)
-    rows = []
-    with ItemStoreWriter(root / "items.h5", "img", "image") as writer:
-        for k in range(6):
-            sid = f"img/{'chair' if k < 3 else 'lamp'}/v{k}"
-            buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(buf, format="PNG")
-            writer.add(sid, image_bytes=np.frombuffer(buf.getvalue(), dtype=np.uint8))
-            name = "chair" if k < 3 else "lamp"
-            meta = {"caption": f"a {name} number {k // 2}", "shape": f"{name}/m{k // 2}"} if k not in (2, 5) else {}
-            rows.append(
-                {
-                    "shape_id": sid,
-                    "dataset": "img",
-                    "kind": "image",
-                    "label": int(k >= 3),
-                    "label_name": name,
-                    "meta": json.dumps(meta),
-                }
-            )
-    pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
-    return {"manifest": str(root / "manifest.parquet"), "store": str(root / "items.h5")}
+
+    def item(k: int):
+        name = "chair" if k < 3 else "lamp"
+        meta = {"caption": f"a {name} number {k // 2}", "shape": f"{name}/m{k // 2}"} if k not in (2, 5) else {}
+        return f"img/{name}/v{k}", int(k >= 3), name, rng.integers(0, 256, (20, 24, 3), dtype=np.uint8), meta
+
+    return write_image_dataset(root, (item(k) for k in range(6)))
 
 
 @pytest.fixture(scope="module")

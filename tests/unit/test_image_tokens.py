@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import io
-import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from image_fixtures import png, write_image_dataset
 from pipeline3d.embed.backbones import build_image_backbone
 from pipeline3d.embed.image_tokens import ImageAugment, ImageItems, ImageTokenBackbone, collate
 from pipeline3d.embed.images import decode_rgb, embed_images
 from pipeline3d.embed.sources import image_items
-from pipeline3d.io.itemstore import ItemStoreWriter
 
 VIT = {"name": "vit_tiny_patch16_224", "img_size": 32, "depth": 1}  # 2 x 2 patches + the class token
 DINO_REG = {"name": "vit_small_patch14_reg4_dinov2", "img_size": 28, "depth": 1, "embed_dim": 48, "num_heads": 2}
@@ -40,35 +37,25 @@ def backbone(name: str, **kwargs):
     return build_image_backbone(name, None, allow_random_init=True, seed=0, **kwargs)
 
 
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def image_ds(tmp_path_factory):
     """Five PNG items in two classes, portrait and landscape, listed out of order in the manifest."""
     root = tmp_path_factory.mktemp("imgds")
     rng = np.random.default_rng(0)
-    rows = []
-    with ItemStoreWriter(root / "items.h5", "img", "image") as writer:
-        for k in (3, 0, 4, 1, 2):
-            sid = f"img/{'chair' if k < 3 else 'lamp'}/v{k}"
-            size = (40, 48, 3) if k % 2 else (48, 36, 3)
-            writer.add(sid, image_bytes=np.frombuffer(png(rng.integers(0, 256, size, dtype=np.uint8)), np.uint8))
-            rows.append(
-                {
-                    "shape_id": sid,
-                    "dataset": "img",
-                    "kind": "image",
-                    "label": int(k >= 3),
-                    "label_name": "chair" if k < 3 else "lamp",
-                    "meta": json.dumps({}),
-                }
+    files = write_image_dataset(
+        root,
+        (
+            (
+                f"img/{'chair' if k < 3 else 'lamp'}/v{k}",
+                int(k >= 3),
+                "chair" if k < 3 else "lamp",
+                rng.integers(0, 256, (40, 48, 3) if k % 2 else (48, 36, 3), dtype=np.uint8),
+                {},
             )
-    pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
-    return str(root / "manifest.parquet"), str(root / "items.h5")
+            for k in (3, 0, 4, 1, 2)
+        ),
+    )
+    return files["manifest"], files["store"]
 
 
 @pytest.fixture(scope="module")

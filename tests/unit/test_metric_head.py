@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from pipeline3d.jobs import metric_head
 from pipeline3d.rng import rng_for
 from pipeline3d.stages import train_metric_head, tune_metric_head
 from pipeline3d.train import EXIT_INTERRUPTED
+from train_hooks import SignalAt
 
 LOG = logging.getLogger("test_metric_head")
 N_CLASSES, PER_SPLIT = 4, {"train": 20, "val": 6, "test": 8}
@@ -86,26 +86,6 @@ def space(tmp_path_factory) -> dict[str, str]:
 
 def _params(**head) -> dict:
     return {"seed": 3, "space": "shape/toy/backbone", "head": {**HEAD, **head}, "tuned": False, "stage_version": 1}
-
-
-class _SignalAt:
-    """A loop hook that sends SIGUSR1 to this process after step ``step`` (the loop then checkpoints and stops)."""
-
-    every = 1
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def __call__(self, step: int, objective) -> dict[str, float]:
-        if step == self.step:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state) -> None:
-        pass
 
 
 def _run_and_export(files, state_dir: Path, out: Path, params=None, hooks=()):
@@ -223,7 +203,7 @@ def test_interrupted_run_resumes_to_identical_head_weights(space, reference, tmp
     ref_dir, ref_metrics, _ = reference
     state = tmp_path / "state"
     # the loop sees the signal at the next step boundary: step 51, mid-epoch (80 anchors / 16 = 5 steps per epoch)
-    metrics, _, first = _run_and_export(space, state, tmp_path, hooks=[_SignalAt(50)])
+    metrics, _, first = _run_and_export(space, state, tmp_path, hooks=[SignalAt(50, signum=signal.SIGUSR1)])
     assert metrics is None and first.interrupted and first.steps == 51 and first.exit_code == EXIT_INTERRUPTED
     assert not (tmp_path / "head.safetensors").exists()
     metrics, _, second = _run_and_export(space, state, tmp_path)

@@ -20,7 +20,7 @@ from pipeline3d.tokens.collate import collate
 from pipeline3d.tokens.dataset import ShapeTokenDataset
 from test_retrieval_head import TEMPLATE, clip_dir  # noqa: F401 (clip_dir: fixture)
 from tokens_fixtures import LABELS, write_labelled_mesh_dataset
-from train_hooks import SigtermAt
+from train_hooks import SignalAt
 
 TOKENS = {"n_point": 24, "n_ray": 12, "qa_tokens": True, "add_eos": True, "eval_seed": 0}
 SPLIT = {sid: "train" for sid in LABELS}
@@ -162,7 +162,7 @@ def test_sigterm_then_resume_gives_the_uninterrupted_model_byte_for_byte(files, 
 
     real_train = promptsg.train
     with monkeypatch.context() as patch:
-        patch.setattr(promptsg, "train", lambda *a, **kw: real_train(*a, **{**kw, "hooks": [SigtermAt(every=2)]}))
+        patch.setattr(promptsg, "train", lambda *a, **kw: real_train(*a, **{**kw, "hooks": [SignalAt(every=2)]}))
         code, resumed = _main(params, files, tmp_path, "resumed")
     assert code == 75 and not (resumed / "model" / "head.json").exists()
     code, resumed = _main(params, files, tmp_path, "resumed")

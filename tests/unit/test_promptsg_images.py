@@ -4,7 +4,6 @@ backbone file is a weight file the embedding stage can load."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -15,19 +14,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 import pipeline3d
+from image_fixtures import write_image_dataset
 from pipeline3d.embed.backbones import build_image_backbone
 from pipeline3d.embed.image_tokens import ImageItems, collate
 from pipeline3d.embed.promptsg import IMAGE_WEIGHTS
 from pipeline3d.embed.sources import image_items
-from pipeline3d.io.itemstore import ItemStoreWriter
 from pipeline3d.jobs import embed_image, promptsg
 from pipeline3d.stages import train_promptsg
 from test_promptsg import _params as shape_params
 from test_retrieval_head import clip_dir  # noqa: F401 (fixture)
-from train_hooks import SigtermAt
+from train_hooks import SignalAt
 
 IMAGE = {
     "model": "vit_tiny_patch16_224",
@@ -40,36 +38,19 @@ IMAGE = {
 CLASSES = ("chair", "lamp")
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Ten pictures in two classes (bright vs dark, with noise), all in ttv train; two query/gallery splits."""
     root = tmp_path_factory.mktemp("promptsg_images")
     rng = np.random.default_rng(0)
-    rows = []
-    with ItemStoreWriter(root / "items.h5", "img", "image") as writer:
-        for k in range(10):
-            label = k % 2
-            sid = f"img/{CLASSES[label]}/v{k}"
-            pixels = np.clip(rng.normal(90 + 80 * label, 40, size=(40, 36, 3)), 0, 255).astype(np.uint8)
-            writer.add(sid, image_bytes=np.frombuffer(_png(pixels), np.uint8))
-            rows.append(
-                {
-                    "shape_id": sid,
-                    "dataset": "img",
-                    "kind": "image",
-                    "label": label,
-                    "label_name": CLASSES[label],
-                    "meta": json.dumps({}),
-                }
-            )
-    manifest = pd.DataFrame(rows)
-    manifest.to_parquet(root / "manifest.parquet")
+
+    def item(k: int):
+        label = k % 2
+        pixels = np.clip(rng.normal(90 + 80 * label, 40, size=(40, 36, 3)), 0, 255).astype(np.uint8)
+        return f"img/{CLASSES[label]}/v{k}", label, CLASSES[label], pixels, {}
+
+    files = write_image_dataset(root, (item(k) for k in range(10)))
+    manifest = pd.read_parquet(files["manifest"])
     ids = sorted(manifest["shape_id"])
     label_of = dict(zip(manifest["shape_id"], manifest["label"]))
     pd.DataFrame({"shape_id": ids, "label": [label_of[s] for s in ids], "split": "train", "group": ids}).to_parquet(
@@ -81,8 +62,7 @@ def files(tmp_path_factory):
         for i, sid in enumerate(ids)
     ]
     pd.DataFrame(qg).to_parquet(root / "qg.parquet")
-    files = {k: str(root / f) for k, f in [("manifest", "manifest.parquet"), ("ttv", "ttv.parquet")]}
-    files |= {"store": str(root / "items.h5"), "qg": str(root / "qg.parquet")}
+    files |= {"ttv": str(root / "ttv.parquet"), "qg": str(root / "qg.parquet")}
     embed_params = {"seed": 3, "dataset": "img", "kind": "image", "image": IMAGE}
     embed_image.run(embed_params, files, str(root / "vit.parquet"), logging.getLogger("test"))
     return {**files, "image_embeddings": str(root / "vit.parquet")}
@@ -112,7 +92,7 @@ def test_sigterm_then_resume_gives_the_uninterrupted_model_byte_for_byte(files, 
     assert _main(params, files, tmp_path / "reference") == 0
     real_train = promptsg.train
     with monkeypatch.context() as patch:
-        patch.setattr(promptsg, "train", lambda *a, **kw: real_train(*a, **{**kw, "hooks": [SigtermAt(every=2)]}))
+        patch.setattr(promptsg, "train", lambda *a, **kw: real_train(*a, **{**kw, "hooks": [SignalAt(every=2)]}))
         assert _main(params, files, tmp_path / "resumed") == 75
     assert not (tmp_path / "resumed" / "model" / "head.json").exists()
     assert _main(params, files, tmp_path / "resumed") == 0

@@ -21,7 +21,7 @@ from pipeline3d.jobs.retrieval_head import RetrievalObjective, pk_indices
 from pipeline3d.models import pseudo_prompt
 from pipeline3d.models.pseudo_prompt import encode_with_pseudo_tokens, prepare_template, text_tower, word_embeddings
 from pipeline3d.stages import train_retrieval_head
-from train_hooks import SigtermAt
+from train_hooks import SignalAt
 
 TINY_CFG = {
     "embed_dim": 16,
@@ -310,7 +310,7 @@ def test_sigterm_then_resume_gives_the_uninterrupted_head_byte_for_byte(data, cl
 
     real_train = retrieval_head.train
     with monkeypatch.context() as patch:
-        patch.setattr(retrieval_head, "train", lambda *a, **kw: real_train(*a, **{**kw, "hooks": [SigtermAt(every=4)]}))
+        patch.setattr(retrieval_head, "train", lambda *a, **kw: real_train(*a, **{**kw, "hooks": [SignalAt(every=4)]}))
         code, resumed = _main(params, files, tmp_path, "resumed")
     assert code == 75 and not (resumed / "head.safetensors").exists()
     code, resumed = _main(params, files, tmp_path, "resumed")

@@ -250,6 +250,20 @@ def build_image_backbone(
     return backbone
 
 
+def configured_image_backbone(img: dict[str, Any], *, seed: int) -> ImageBackbone:
+    """The backbone an ``embed.image`` config section describes (model, weights, random_init, img_size,
+    model_kwargs): what the embedding stage embeds with and what PromptSG trains on image datasets."""
+    return build_image_backbone(
+        img["model"],
+        img.get("weights"),
+        config_key="embed.image.weights",
+        img_size=img.get("img_size"),
+        allow_random_init=bool(img.get("random_init")),
+        seed=int(seed),
+        **dict(img.get("model_kwargs") or {}),
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Text backbones (open_clip)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from ..device import job_device
-from ..embed.backbones import build_image_backbone
+from ..embed.backbones import configured_image_backbone
 from ..embed.images import embed_arrays, embed_images
 from ..embed.sources import depth_view_items, image_items
 from ..embed.vectors import write_vectors
@@ -32,15 +32,7 @@ def run(params: dict, files: dict, out: str, log) -> int:
     if not rows.ids:
         raise ValueError(f"{params['dataset']}: nothing to embed ({kind})")
     log.info("%s: %d images to embed (%s)", params["dataset"], len(rows.ids), kind)
-    backbone = build_image_backbone(
-        img["model"],
-        img.get("weights"),
-        config_key="embed.image.weights",
-        img_size=img.get("img_size"),
-        allow_random_init=bool(img.get("random_init")),
-        seed=int(params["seed"]),
-        **dict(img.get("model_kwargs") or {}),
-    )
+    backbone = configured_image_backbone(img, seed=int(params["seed"]))
     backbone.model.to(job_device())
     embed = embed_images if kind == "image" else embed_arrays
     vectors = embed(backbone, rows.images, batch_size=int(img["batch_size"]), keys=rows.ids)

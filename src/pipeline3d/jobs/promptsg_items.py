@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from ..data.selection import cached_rows, ttv_labels
-from ..embed.backbones import build_image_backbone
+from ..embed.backbones import configured_image_backbone
 from ..embed.image_tokens import ImageAugment, ImageItems, ImageTokenBackbone
 from ..embed.image_tokens import collate as collate_images
 from ..embed.promptsg import ShapeTokenBackbone
@@ -58,15 +58,7 @@ def backbone(params: Mapping[str, Any], files: Mapping[str, Any], s: Mapping[str
     seed = int(params["seed"])
     if kind_of(params) == "image":
         img = params["image"]
-        image = build_image_backbone(
-            img["model"],
-            img.get("weights"),
-            config_key="embed.image.weights",
-            img_size=img.get("img_size"),
-            allow_random_init=bool(img.get("random_init")),
-            seed=seed,
-            **dict(img.get("model_kwargs") or {}),
-        )
+        image = configured_image_backbone(img, seed=seed)
         return ImageTokenBackbone(image), {"image": image_source(img, image)}
     enc_params = {**params, "finetune": {"n_point": s["n_point"], "n_ray": s["n_ray"]}}
     encoder, causal, tok = job_encoder(enc_params, files, seed=seed, key=key)
