@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the uni
 from overfit import seeded, tiny_encoder  # noqa: E402
 from patch_fixtures import patch_batch, tiny_patch_encoder  # noqa: E402
 from pipeline3d.device import to_device  # noqa: E402
+from pipeline3d.embed import knn  # noqa: E402
 from pipeline3d.embed.vectors import read_vectors  # noqa: E402
 from pipeline3d.jobs import embed_image as jobs_embed_image  # noqa: E402
 from pipeline3d.jobs import embed_shape as jobs_embed_shape
@@ -184,6 +185,23 @@ def test_two_process_nccl_run(tmp_path):
     assert "torchrun launch, 2 processes, backend nccl" in proc.stderr
     assert "gradients: DistributedDataParallel over 2 processes" in proc.stderr
     assert json.loads((tmp_path / "two.result.json").read_text())["steps"] == TOY["steps"]
+
+
+@pytest.mark.skipif(knn.faiss_gpus() == 0, reason="needs faiss-gpu (installed in place of faiss-cpu) and a GPU")
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_faiss_gpu_candidates_give_the_cpu_bytes(metric, caplog):
+    """The real faiss-gpu engine: same neighbours and scores, bit for bit, as faiss-cpu, with no candidate off its
+    rounding bound (the check would log it and fall back to faiss-cpu)."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((10_000, 256)).astype(np.float32)
+    x = np.concatenate([base, base + 1e-3 * rng.standard_normal(base.shape).astype(np.float32)])
+    with caplog.at_level(logging.WARNING, logger=knn.LOG.name):
+        gpu = knn.knn(x, 50, metric=metric, engine="gpu")
+    assert "rounding bound" not in caplog.text
+    cpu = knn.knn(x, 50, metric=metric, engine="cpu")
+    np.testing.assert_array_equal(gpu.rows, cpu.rows)
+    np.testing.assert_array_equal(gpu.scores, cpu.scores)
+    LOG.info("faiss-gpu %s: %d of %d queries rescanned (cpu: %d)", metric, gpu.n_rescanned, len(x), cpu.n_rescanned)
 
 
 @pytest.mark.e2e

@@ -287,3 +287,13 @@ def test_the_promptsg_shrec07_overlay_is_a_valid_config() -> None:
     config = merge(shrec07, overlay)
     validate(config)
     assert len(config["promptsg"]["variants"]) == 6 and config["promptsg"]["method"] == "cmae"
+
+
+def test_difficulty_on_faiss_gpu_asks_for_a_gpu(workdir: Path) -> None:
+    config = repo_config()
+    config["difficulty"]["engine"] = "gpu"
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = run_snakemake(workdir, "-n", "embed_all")
+    assert result.returncode == 0, result.tail()
+    jobs = [job for job in planned_jobs(result.output) if job.rule == "difficulty_bands"]
+    assert len(jobs) == len(config["difficulty"]["spaces"]) and all(job.resources["gpu"] == "1" for job in jobs)

@@ -82,6 +82,7 @@ rule difficulty_bands:
     resources:
         mem_mb=8000,
         runtime=scaled_runtime(60),
+        gpu=int(DIFFICULTY["engine"] == "gpu"),  # faiss-gpu proposes the candidates
     params:
         cfg=difficulty_cfg,
         inputs=input_json,

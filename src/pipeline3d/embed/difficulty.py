@@ -167,8 +167,10 @@ def difficulty_bands(
     metric: Metric = "cosine",
     block_size: int = 1024,
     db_block_size: int = 16384,
+    engine: str = "cpu",
 ) -> pd.DataFrame:
-    """Exact kNN of every item (same-identity items excluded) cut into bands; see ``band_table``."""
+    """Exact kNN of every item (same-identity items excluded) cut into bands; see ``band_table``. ``engine``
+    proposes the kNN's candidates (``knn.ENGINES``); it never changes the result."""
     ids = np.asarray(ids, dtype=object)
     if ids.shape != (len(embeddings),):
         raise ValueError(f"ids: expected {len(embeddings)} ids (one per embedding row), got shape {ids.shape}")
@@ -180,7 +182,15 @@ def difficulty_bands(
         k = spec.max_rank if k is None else k
     elif k is None:
         raise ValueError("quantile bands need k (how many neighbours per anchor enter the quantiles)")
-    result = knn(embeddings, k, metric=metric, identity=identity, block_size=block_size, db_block_size=db_block_size)
+    result = knn(
+        embeddings,
+        k,
+        metric=metric,
+        identity=identity,
+        block_size=block_size,
+        db_block_size=db_block_size,
+        engine=engine,
+    )
     short = int((result.counts < k).sum())
     if short:
         LOG.warning("%d of %d anchors have fewer than k=%d admissible neighbours", short, len(ids), k)

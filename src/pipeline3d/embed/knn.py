@@ -10,6 +10,14 @@ the float64 scores, identical for every block size, thread count and candidate e
 float32 stage with faiss: same bits, 1.1-1.3x faster; BENCHMARKS.md). Memory: one block of queries x candidates
 plus faiss's own tiles, never N x N.
 
+Engines (``engine``): ``cpu`` is faiss-cpu's ``faiss.knn``; ``gpu`` is faiss-gpu's brute-force ``knn_gpu`` (cuBLAS
+GEMM + GPU k-selection) on GPU nodes where faiss-gpu is installed in place of faiss-cpu; ``auto`` takes the GPU when
+faiss sees one. A GPU GEMM may round its inputs to TF32 (10 mantissa bits) on tensor cores, so the GPU's bound
+allows for that. Every candidate's float32 score is also checked against its float64 score: a candidate off by
+more than the bound means the engine is noisier than assumed, and then the block's queries are rescanned in float64
+and the search goes on with faiss-cpu (logged). The float64 stage decides every result, so the engines give the
+same bits.
+
 Exclusions: an ``identity`` per item; an item never counts as a neighbour of a query with the same identity (the
 query itself included, by default every item is its own identity). faiss cannot mask per query, so the candidate
 stage fetches extra rows for small identity groups and drops them, and searches around a large group's rows
@@ -42,6 +50,56 @@ _OVERFETCH_MAX = 256
 # Queries per faiss call, at least: fewer, larger OpenMP regions. On an overloaded CPU, calls of 1024 queries spent
 # half again as much CPU time (threads waiting on each other) as calls of 4096; on a quiet one they are equal.
 _FAISS_QUERIES = 4096
+
+
+ENGINES: tuple[str, ...] = ("auto", "cpu", "gpu")
+_U_TF32 = 2.0**-10  # a float32 input cut to TF32's 10 mantissa bits (truncation, the worse of cut and rounding)
+_GPU_MAX_K = 2048  # faiss-gpu's k-selection takes at most this many neighbours per call
+
+
+class CpuEngine:
+    """faiss-cpu's exact search: IEEE float32 products of the inputs as they are."""
+
+    name = "faiss-cpu"
+    input_unit = 0.0  # relative rounding of the inputs before the products (beyond float32's own)
+
+    def top(self, q32: np.ndarray, xb: np.ndarray, n: int, metric: int) -> tuple[np.ndarray, np.ndarray]:
+        return faiss.knn(q32, xb, n, metric=metric)
+
+
+class GpuEngine:
+    """faiss-gpu's brute-force search (one ``StandardGpuResources`` per search); calls asking for more than
+    ``_GPU_MAX_K`` candidates go to faiss-cpu."""
+
+    name = "faiss-gpu"
+    input_unit = _U_TF32
+
+    def __init__(self) -> None:
+        self.resources = faiss.StandardGpuResources()
+        self.cpu = CpuEngine()
+
+    def top(self, q32: np.ndarray, xb: np.ndarray, n: int, metric: int) -> tuple[np.ndarray, np.ndarray]:
+        if n > _GPU_MAX_K:
+            return self.cpu.top(q32, xb, n, metric)
+        return faiss.knn_gpu(self.resources, q32, xb, n, metric=metric)
+
+
+def faiss_gpus() -> int:
+    """GPUs faiss can use: 0 with faiss-cpu (no GPU module) or when no GPU is visible."""
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
+def candidate_engine(engine: str) -> CpuEngine | GpuEngine:
+    """The engine that proposes the float32 candidates: ``cpu``, ``gpu`` (an error without one) or ``auto``."""
+    if engine not in ENGINES:
+        raise ValueError(f"knn engine must be one of {ENGINES}, got {engine!r}")
+    gpus = faiss_gpus() if engine != "cpu" else 0
+    if engine == "gpu" and not gpus:
+        raise ValueError(
+            "knn engine 'gpu': faiss sees no GPU (faiss-cpu is installed, or no GPU is visible to this job); "
+            "on a GPU node install faiss-gpu in place of faiss-cpu (README, 'GPU nodes')"
+        )
+    return GpuEngine() if gpus else CpuEngine()
 
 
 @dataclass(frozen=True)
@@ -80,6 +138,7 @@ def knn(
     block_size: int = 1024,
     db_block_size: int = 16384,
     margin: int | None = None,
+    engine: str = "cpu",
 ) -> Neighbours:
     """The k nearest neighbours of ``x[rows]`` (default: every row) among all rows of ``x``.
 
@@ -92,7 +151,7 @@ def knn(
     n = x.shape[0]
     codes = np.arange(n, dtype=np.int64) if identity is None else _identity_codes(identity, n)
     query_rows = np.arange(n, dtype=np.int64) if rows is None else _check_rows(rows, n)
-    index = _Database(x, metric, codes)
+    index = _Database(x, metric, codes, candidate_engine(engine))
     queries = _Queries(x, metric, query_rows, norms=index.norms[query_rows])
     result = index.search(queries, codes[query_rows], k, block_size, db_block_size, margin)
     return Neighbours(result.rows, result.scores, metric, query_rows, result.n_rescanned)
@@ -109,6 +168,7 @@ def search(
     block_size: int = 1024,
     db_block_size: int = 16384,
     margin: int | None = None,
+    engine: str = "cpu",
 ) -> Neighbours:
     """The k nearest ``database`` rows of each row of ``queries`` (e.g. text embeddings against shapes).
 
@@ -135,7 +195,7 @@ def search(
             nq + nd,
         )
         q_codes, d_codes = both[:nq], both[nq:]
-    index = _Database(database, metric, d_codes)
+    index = _Database(database, metric, d_codes, candidate_engine(engine))
     result = index.search(
         _Queries(queries, metric, np.arange(nq, dtype=np.int64)), q_codes, k, block_size, db_block_size, margin
     )
@@ -228,10 +288,11 @@ class _Database:
     """Database vectors prepared once: float64 norms for the re-rank, and for faiss a float32 matrix (unit rows for
     cosine) whose rows are grouped by identity (``code_order``), so one identity's rows are one contiguous range."""
 
-    def __init__(self, x: np.ndarray, metric: str, codes: np.ndarray):
+    def __init__(self, x: np.ndarray, metric: str, codes: np.ndarray, engine: CpuEngine | GpuEngine | None = None):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         self.x, self.metric, self.codes = x, metric, codes
+        self.engine = engine or CpuEngine()
         n = x.shape[0]
         self.norms = _row_norms(x, np.arange(n))
         self.code_order = np.argsort(codes, kind="stable")
@@ -275,24 +336,12 @@ class _Database:
         progress = Progress(LOG, nq, "knn queries", every=max(nq, 1), seconds=60.0)
         with _faiss_threads(torch.get_num_threads()):
             for lo, hi in blocks:
-                cand_s32, cand_rows = self._candidates(queries, q_codes, lo, hi, n_cand)
-                for r0 in range(lo, hi, _REFINE_ROWS):
-                    r1 = min(r0 + _REFINE_ROWS, hi)
-                    rescan = self._refine(
-                        queries,
-                        q_codes,
-                        r0,
-                        r1,
-                        cand_s32[r0 - lo : r1 - lo],
-                        cand_rows[r0 - lo : r1 - lo],
-                        k,
-                        dim,
-                        rows,
-                        scores,
-                    )
-                    for i in rescan:
-                        self._rescan_row(queries, q_codes, i, k, db_block_size, rows, scores)
-                    n_rescanned += len(rescan)
+                block = (queries, q_codes, lo, hi, n_cand, k, dim, db_block_size, rows, scores)
+                n_block, trusted = self._search_block(*block)
+                if not trusted:  # the engine rounds more than its bound allows: this block again, on faiss-cpu
+                    self.engine = CpuEngine()
+                    n_block, _ = self._search_block(*block)
+                n_rescanned += n_block
                 progress.step(hi - lo)
         if self.metric == "euclidean":
             np.sqrt(scores, out=scores)
@@ -309,6 +358,34 @@ class _Database:
         out_rows, out_scores = np.empty_like(rows), np.empty_like(scores)
         out_rows[order], out_scores[order] = rows, scores
         return _Result(out_rows, out_scores, n_rescanned)
+
+    def _search_block(
+        self,
+        queries: _Queries,
+        q_codes: np.ndarray,
+        lo: int,
+        hi: int,
+        n_cand: int,
+        k: int,
+        dim: int,
+        db_block_size: int,
+        rows: np.ndarray,
+        scores: np.ndarray,
+    ) -> tuple[int, bool]:
+        """Exact top-k of queries lo..hi into ``rows`` / ``scores``: (queries rescanned, whether every candidate's
+        float32 score was within the engine's bound; False stops the block early, its rows to be redone)."""
+        cand_s32, cand_rows = self._candidates(queries, q_codes, lo, hi, n_cand)
+        n_rescanned = 0
+        for r0 in range(lo, hi, _REFINE_ROWS):
+            r1 = min(r0 + _REFINE_ROWS, hi)
+            part = slice(r0 - lo, r1 - lo)
+            rescan = self._refine(queries, q_codes, r0, r1, cand_s32[part], cand_rows[part], k, dim, rows, scores)
+            if rescan is None:
+                return n_rescanned, False
+            for i in rescan:
+                self._rescan_row(queries, q_codes, i, k, db_block_size, rows, scores)
+            n_rescanned += len(rescan)
+        return n_rescanned, True
 
     # -- float32 candidates (faiss) --
 
@@ -356,7 +433,7 @@ class _Database:
         if n == 0:
             return np.empty((q32.shape[0], 0)), np.empty((q32.shape[0], 0), dtype=np.int64)
         metric = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
-        s, pos = faiss.knn(q32, xb, n, metric=metric)
+        s, pos = self.engine.top(q32, xb, n, metric)
         return s.astype(np.float64), np.where(pos >= 0, pos + start, -1)
 
     def _tolerance(self, q_norms: np.ndarray, dim: int) -> np.ndarray:
@@ -368,6 +445,9 @@ class _Database:
             # products within gamma, input rounding and the additions within 6 u, all of (|q| + |y|)^2 at most
             scale = 2 * q_norms * self.max_norm + self.max_norm**2 + q_norms**2
             bound32 = gamma + 6 * _U32
+        # an engine that rounds its inputs (TF32 on tensor cores) adds (2 v + v^2) |a| |b| to every product sum
+        u_in = self.engine.input_unit
+        bound32 += (2 * u_in + u_in**2) * (1 + gamma)
         return 1.05 * (bound32 + 4 * (dim + 4) * _U64) * scale
 
     def _pair_scores(self, q64: np.ndarray, y64: np.ndarray, q_norms: np.ndarray, y_norms: np.ndarray) -> np.ndarray:
@@ -394,13 +474,17 @@ class _Database:
         dim: int,
         out_rows: np.ndarray,
         out_scores: np.ndarray,
-    ) -> list[int]:
-        """Re-score candidates in float64, rank them, and return the query positions that need a full rescan."""
+    ) -> list[int] | None:
+        """Re-score candidates in float64, rank them, and return the query positions that need a full rescan; None
+        when a candidate's float32 score is off its float64 score by more than the engine's bound (faiss-cpu's
+        bound is rigorous: should it ever fail, every query of the chunk is rescanned instead)."""
         valid = np.isfinite(cand_s32)
         safe_rows = np.where(valid, cand_rows, 0)
         q_norms = queries.norms[r0:r1]
         s64 = self._pair_scores(queries.block64(r0, r1), self._gather64(safe_rows), q_norms, self.norms[safe_rows])
         s64 = np.where(valid, s64, -np.inf)
+        if not self._within_bound(cand_s32, s64, valid, q_norms, dim):
+            return list(range(r0, r1)) if isinstance(self.engine, CpuEngine) else None
         order = np.lexsort((cand_rows, -s64), axis=-1)[:, :k]
         top_rows = np.take_along_axis(cand_rows, order, axis=1)
         top_s = np.take_along_axis(s64, order, axis=1)
@@ -419,6 +503,26 @@ class _Database:
         return self._store(
             r0, r1, top_rows, top_s, top_valid, out_rows, out_scores, [r0 + int(i) for i in np.flatnonzero(~certified)]
         )
+
+    def _within_bound(
+        self, cand_s32: np.ndarray, s64: np.ndarray, valid: np.ndarray, q_norms: np.ndarray, dim: int
+    ) -> bool:
+        """Whether every candidate's float32 score lies within the bound of its float64 score: a check of the
+        engine's rounding model on the items it proposed (the certificate assumes it for every item)."""
+        exact = s64 + q_norms[:, None] ** 2 if self.metric == "euclidean" else s64  # float32 scores omit -|q|^2
+        off = np.zeros_like(cand_s32)
+        off[valid] = np.abs(cand_s32[valid] - exact[valid])
+        off = off.max(axis=1)
+        ratio = off / self._tolerance(q_norms, dim)
+        if (ratio <= 1.0).all():
+            return True
+        LOG.warning(
+            "knn: %s scores are off by up to %.3g x the rounding bound it is certified with; rescanning in "
+            "float64 (and going on with faiss-cpu)",
+            self.engine.name,
+            float(ratio.max()),
+        )
+        return False
 
     def _store(
         self,

@@ -42,7 +42,13 @@ def run(params: dict, files: dict, out: str, log) -> int:
         metric,
     )
     table = difficulty_bands(
-        emb.vectors, np.asarray(emb.ids, dtype=object), spec, k=k, identity=identity, metric=metric
+        emb.vectors,
+        np.asarray(emb.ids, dtype=object),
+        spec,
+        k=k,
+        identity=identity,
+        metric=metric,
+        engine=str(cfg.get("engine", "cpu")),
     )
     write_difficulty(
         out,
