@@ -223,8 +223,9 @@ def test_raw_content_change_reruns_the_dependent_chain_only(demo: Path) -> None:
 
     others = mtimes(demo, "results/ingest/demo-mesh/*") | mtimes(demo, "results/splits/demo-scan/*")
     rewrite_tar_without_last_item(images)
-    # demo-img's chain: its images' and captions' embeddings and bands, and the text-3D alignment reading its captions
-    align = read_config(demo)["align_text3d"]
+    # demo-img's chain: its images' and captions' embeddings and bands, its PromptSG jobs and frozen-vector head, and
+    # the text-3D alignment reading its captions
+    config = read_config(demo)
     expected = {
         "ingest_dataset": 1,
         "fingerprint_dataset": 1,
@@ -232,13 +233,17 @@ def test_raw_content_change_reruns_the_dependent_chain_only(demo: Path) -> None:
         "embed_image": 1,
         "embed_text": 1,
         "difficulty_bands": 1,
-        "align_text3d": len(align["folds"]),
+        "train_retrieval_head": int("demo-img" in config["retrieval_head"]["datasets"]),
+        "train_promptsg": len(config["promptsg"]["variants"]) * ("demo-img" in config["promptsg"]["datasets"]),
+        "align_text3d": len(config["align_text3d"]["folds"]),
         "submit_text3d": 1,
         "report": 1,
         "all": 1,
     }
+    expected = {rule: n for rule, n in expected.items() if n}
     result = run_snakemake(demo, "-n", "all")
     assert job_counts(result.output) == expected, result.tail()
+    assert expected["train_promptsg"] and expected["train_retrieval_head"]  # the e2e config trains on demo-img
     assert all(
         "dataset=demo-img" in job.fields.get("wildcards", "")
         for job in planned_jobs(result.output)
