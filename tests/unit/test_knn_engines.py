@@ -49,7 +49,10 @@ def fake_gpu(monkeypatch):
 
     def make(bits):
         monkeypatch.setattr(knn_module, "faiss_gpus", lambda: 1)
-        monkeypatch.setattr(knn_module, "GpuEngine", lambda: engines.append(CutInputsEngine(bits)) or engines[-1])
+        monkeypatch.setenv("PIPELINE3D_DEVICE", "cuda:0")  # what job_device() says on a GPU node
+        monkeypatch.setattr(
+            knn_module, "GpuEngine", lambda device: engines.append(CutInputsEngine(bits)) or engines[-1]
+        )
         return engines
 
     return make
@@ -96,10 +99,15 @@ def test_faiss_cpu_stays_within_its_own_bound(caplog):
     assert "rounding bound" not in caplog.text
 
 
-def test_engine_names_and_a_missing_gpu():
+def test_engine_names_and_a_missing_gpu(monkeypatch):
     assert isinstance(candidate_engine("cpu"), CpuEngine)
     assert isinstance(candidate_engine("auto"), CpuEngine)  # faiss-cpu sees no GPU
-    with pytest.raises(ValueError, match="faiss sees no GPU.*install faiss-gpu"):
+    with pytest.raises(ValueError, match="faiss sees no GPU.*faiss-gpu"):
+        candidate_engine("gpu")
+    monkeypatch.setattr(knn_module, "faiss_gpus", lambda: 1)  # faiss-gpu installed, but the job is on the CPU
+    monkeypatch.setenv("PIPELINE3D_DEVICE", "cpu")
+    assert isinstance(candidate_engine("auto"), CpuEngine)
+    with pytest.raises(ValueError, match="the job runs on cpu"):
         candidate_engine("gpu")
     with pytest.raises(ValueError, match="knn engine must be one of"):
         knn(near_duplicates(10, 4, "bad"), 2, engine="cuda")

@@ -12,11 +12,11 @@ plus faiss's own tiles, never N x N.
 
 Engines (``engine``): ``cpu`` is faiss-cpu's ``faiss.knn``; ``gpu`` is faiss-gpu's brute-force ``knn_gpu`` (cuBLAS
 GEMM + GPU k-selection) on GPU nodes where faiss-gpu is installed in place of faiss-cpu; ``auto`` takes the GPU when
-faiss sees one. A GPU GEMM may round its inputs to TF32 (10 mantissa bits) on tensor cores, so the GPU's bound
-allows for that. Every candidate's float32 score is also checked against its float64 score: a candidate off by
-more than the bound means the engine is noisier than assumed, and then the block's queries are rescanned in float64
-and the search goes on with faiss-cpu (logged). The float64 stage decides every result, so the engines give the
-same bits.
+faiss sees one and the job runs on a GPU (``device.job_device``). A GPU GEMM may round its inputs to TF32 (10
+mantissa bits) on tensor cores, so the GPU's bound allows for that. Every candidate's float32 score is also checked
+against its float64 score: a candidate off by more than the bound means the engine is noisier than assumed, and then
+the block's queries are rescanned in float64 and the search goes on with faiss-cpu (logged). The float64 stage
+decides every result, so the engines give the same bits.
 
 Exclusions: an ``identity`` per item; an item never counts as a neighbour of a query with the same identity (the
 query itself included, by default every item is its own identity). faiss cannot mask per query, so the candidate
@@ -35,6 +35,7 @@ import faiss
 import numpy as np
 import torch  # only for the job's thread count (the stages set torch's)
 
+from ..device import job_device
 from ..log import Progress
 
 LOG = logging.getLogger(__name__)
@@ -68,20 +69,21 @@ class CpuEngine:
 
 
 class GpuEngine:
-    """faiss-gpu's brute-force search (one ``StandardGpuResources`` per search); calls asking for more than
-    ``_GPU_MAX_K`` candidates go to faiss-cpu."""
+    """faiss-gpu's brute-force search on CUDA device ``device`` (one ``StandardGpuResources`` per search); calls
+    asking for more than ``_GPU_MAX_K`` candidates go to faiss-cpu."""
 
     name = "faiss-gpu"
     input_unit = _U_TF32
 
-    def __init__(self) -> None:
+    def __init__(self, device: int) -> None:
+        self.device = int(device)
         self.resources = faiss.StandardGpuResources()
         self.cpu = CpuEngine()
 
     def top(self, q32: np.ndarray, xb: np.ndarray, n: int, metric: int) -> tuple[np.ndarray, np.ndarray]:
         if n > _GPU_MAX_K:
             return self.cpu.top(q32, xb, n, metric)
-        return faiss.knn_gpu(self.resources, q32, xb, n, metric=metric)
+        return faiss.knn_gpu(self.resources, q32, xb, n, metric=metric, device=self.device)
 
 
 def faiss_gpus() -> int:
@@ -90,16 +92,21 @@ def faiss_gpus() -> int:
 
 
 def candidate_engine(engine: str) -> CpuEngine | GpuEngine:
-    """The engine that proposes the float32 candidates: ``cpu``, ``gpu`` (an error without one) or ``auto``."""
+    """The engine that proposes the float32 candidates: ``cpu``, ``gpu`` (an error without one) or ``auto`` (the
+    GPU when faiss sees one and the job's device, ``device.job_device``, is a GPU)."""
     if engine not in ENGINES:
         raise ValueError(f"knn engine must be one of {ENGINES}, got {engine!r}")
-    gpus = faiss_gpus() if engine != "cpu" else 0
-    if engine == "gpu" and not gpus:
+    if engine == "cpu":
+        return CpuEngine()
+    device = job_device() if faiss_gpus() else None
+    if device is not None and device.type == "cuda":
+        return GpuEngine(device.index or 0)
+    if engine == "gpu":
         raise ValueError(
-            "knn engine 'gpu': faiss sees no GPU (faiss-cpu is installed, or no GPU is visible to this job); "
-            "on a GPU node install faiss-gpu in place of faiss-cpu (README, 'GPU nodes')"
+            f"knn engine 'gpu': {'the job runs on ' + str(device) if device else 'faiss sees no GPU'} (faiss-gpu "
+            "must be installed in place of faiss-cpu, and the job must see a GPU: README, 'GPU nodes')"
         )
-    return GpuEngine() if gpus else CpuEngine()
+    return CpuEngine()
 
 
 @dataclass(frozen=True)
