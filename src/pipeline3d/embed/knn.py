@@ -490,7 +490,8 @@ class _Database:
         q_norms = queries.norms[r0:r1]
         s64 = self._pair_scores(queries.block64(r0, r1), self._gather64(safe_rows), q_norms, self.norms[safe_rows])
         s64 = np.where(valid, s64, -np.inf)
-        if not self._within_bound(cand_s32, s64, valid, q_norms, dim):
+        tolerance = self._tolerance(q_norms, dim)
+        if not self._within_bound(cand_s32, s64, valid, q_norms, tolerance):
             return list(range(r0, r1)) if isinstance(self.engine, CpuEngine) else None
         order = np.lexsort((cand_rows, -s64), axis=-1)[:, :k]
         top_rows = np.take_along_axis(cand_rows, order, axis=1)
@@ -506,13 +507,13 @@ class _Database:
         if self.metric == "euclidean":  # float32 scores omit |q|^2
             kth = kth + q_norms**2
         worst32 = np.where(valid, cand_s32, np.inf).min(axis=1)
-        certified = (n_valid < n_cand) | (worst32 + self._tolerance(q_norms, dim) < kth)
+        certified = (n_valid < n_cand) | (worst32 + tolerance < kth)
         return self._store(
             r0, r1, top_rows, top_s, top_valid, out_rows, out_scores, [r0 + int(i) for i in np.flatnonzero(~certified)]
         )
 
     def _within_bound(
-        self, cand_s32: np.ndarray, s64: np.ndarray, valid: np.ndarray, q_norms: np.ndarray, dim: int
+        self, cand_s32: np.ndarray, s64: np.ndarray, valid: np.ndarray, q_norms: np.ndarray, tolerance: np.ndarray
     ) -> bool:
         """Whether every candidate's float32 score lies within the bound of its float64 score: a check of the
         engine's rounding model on the items it proposed (the certificate assumes it for every item)."""
@@ -520,7 +521,7 @@ class _Database:
         off = np.zeros_like(cand_s32)
         off[valid] = np.abs(cand_s32[valid] - exact[valid])
         off = off.max(axis=1)
-        ratio = off / self._tolerance(q_norms, dim)
+        ratio = off / tolerance
         if (ratio <= 1.0).all():
             return True
         LOG.warning(
