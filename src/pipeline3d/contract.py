@@ -14,3 +14,6 @@ UNPAIRED_SPLITS = (*UNPAIRED_BUCKETS, "eval")
 SPLIT_PRIMITIVE = {"train_mesh": "mesh", "train_pc": "pc", "train_udf": "udf", "eval": "all"}
 # Token backends (pipeline3d.tokens.backends registers one class per name).
 BACKENDS = ("mesh", "pointcloud", "pointcloud_noray", "udfgrid", "voxel")
+# The embed.image keys that build the image backbone (embed.backbones.configured_image_backbone reads exactly these;
+# batching and dataset lists are not among them): a PromptSG image job's params hold these only.
+IMAGE_BACKBONE_KEYS = ("model", "weights", "random_init", "img_size", "model_kwargs")

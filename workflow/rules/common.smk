@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 # workflow is the code that runs its jobs.
 
 from pipeline3d.config import ConfigError, stage_params as _stage_params, validate as _validate  # noqa: E402
-from pipeline3d.contract import BACKENDS, SPLIT_FAMILIES, UNPAIRED_SPLITS  # noqa: E402
+from pipeline3d.contract import BACKENDS, IMAGE_BACKBONE_KEYS, SPLIT_FAMILIES, UNPAIRED_SPLITS  # noqa: E402
 from pipeline3d.finetune_rows import all_row_names, row_architecture, row_kind  # noqa: E402
 from pipeline3d.io.rawpaths import raw_input_problems, raw_inputs, raw_paths  # noqa: E402
 from pipeline3d.io.rawdigest import listing_digest  # noqa: E402

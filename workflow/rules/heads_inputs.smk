@@ -205,12 +205,9 @@ def promptsg_inputs(wildcards):
     }
 
 
-IMAGE_BACKBONE = ("model", "weights", "random_init", "img_size", "model_kwargs")  # what builds it (not batching)
-
-
 def promptsg_cfg(wildcards):
     image = is_image_dataset(wildcards.dataset)
-    backbone = {"image": {k: EMBED["image"].get(k) for k in IMAGE_BACKBONE}} if image else {"tokens": config["tokens"]}
+    backbone = {"image": {k: EMBED["image"].get(k) for k in IMAGE_BACKBONE_KEYS}} if image else {"tokens": config["tokens"]}
     return stage_params(
         "train_promptsg",
         {

@@ -251,8 +251,8 @@ def build_image_backbone(
 
 
 def configured_image_backbone(img: dict[str, Any], *, seed: int) -> ImageBackbone:
-    """The backbone an ``embed.image`` config section describes (model, weights, random_init, img_size,
-    model_kwargs): what the embedding stage embeds with and what PromptSG trains on image datasets."""
+    """The backbone an ``embed.image`` config section describes (its ``contract.IMAGE_BACKBONE_KEYS``): what the
+    embedding stage embeds with and what PromptSG trains on image datasets."""
     return build_image_backbone(
         img["model"],
         img.get("weights"),
