@@ -207,7 +207,9 @@ def promptsg_inputs(wildcards):
 
 def promptsg_cfg(wildcards):
     image = is_image_dataset(wildcards.dataset)
-    backbone = {"image": {k: EMBED["image"].get(k) for k in IMAGE_BACKBONE_KEYS}} if image else {"tokens": config["tokens"]}
+    backbone = (
+        {"image": {k: EMBED["image"].get(k) for k in IMAGE_BACKBONE_KEYS}} if image else {"tokens": config["tokens"]}
+    )
     return stage_params(
         "train_promptsg",
         {
