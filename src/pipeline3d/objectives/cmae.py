@@ -7,6 +7,7 @@ continues with the exact teacher), updated by EMA in ``after_step()``. Both run 
           + lambda_feat * mean_k MSE(dec_k(student h), LN(teacher layer k))       on masked positions
           + lambda_nce  * InfoNCE(token_head(student h_i), teacher h_i)           masked tokens of the batch
           + lambda_view * InfoNCE(view_head(student pooled), teacher pooled(v2))  shapes of the batch
+          + lambda_stats * H(stats_head(student pooled), shape statistics)        MaskFeat-style target
 
 - Feature reconstruction: one small decoder per depth in ``feat_depths`` reads the student's final hidden
   states and regresses the teacher's residual stream after that block (per-token LayerNorm, no affine, so deep
@@ -17,6 +18,9 @@ continues with the exact teacher), updated by EMA in ``after_step()``. Both run 
   drawn (from the step's generator) so the N x N logits stay small at the reference size.
 - Two-view term: query = the student's pooled masked view 1, key = the teacher's pooled view 2 (``v2_*`` keys,
   an independent token draw of the same shape); the other shapes of the batch are negatives.
+- Shape statistics (patch tokens only): the student's pooled masked view predicts the shape distributions of the
+  whole sample's points (D2 / A3 / radial histograms and covariance eigenvalue ratios, ``objectives.shape_stats``):
+  a hand-crafted target (MaskFeat's idea) that says what a global shape descriptor would see.
 - A term whose lambda is 0 builds no head and is not computed; the rest are logged as ``<term>_loss``.
 """
 
@@ -29,10 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline3d.models.heads import MLPHead
+from pipeline3d.models.point_patch import uses_patches
 from pipeline3d.objectives.base import Logs, Objective
 from pipeline3d.objectives.ema import ema_update, frozen_copy
 from pipeline3d.objectives.losses import info_nce, masked_mse
 from pipeline3d.objectives.masks import sample_token_mask
+from pipeline3d.objectives.shape_stats import patch_points, shape_statistics, statistics_loss, statistics_width
 
 VIEW_KEYS = ("v2_feat", "v2_type_id", "v2_pos", "v2_valid")
 
@@ -67,6 +73,8 @@ class CmaeObjective(Objective):
         lambda_feat: float = 1.0,
         lambda_nce: float = 0.6,
         lambda_view: float = 0.3,
+        lambda_stats: float = 0.0,
+        stats_bins: int = 32,
         temperature: float = 0.1,
         feat_depths: list[int] | None = None,
         nce_max_tokens: int = 1024,
@@ -80,7 +88,11 @@ class CmaeObjective(Objective):
             raise ValueError(f"cmae temperature must be > 0, got {temperature}")
         if lambda_occ > 0 and occ_grid < 1:
             raise ValueError("cmae lambda_occ > 0 needs occ_grid >= 1 (and a dataset built with occ_grid)")
-        lambdas = dict(occ=lambda_occ, feat=lambda_feat, nce=lambda_nce, view=lambda_view)
+        if lambda_stats > 0 and not uses_patches(encoder):
+            raise ValueError("cmae lambda_stats > 0 needs a point-patch encoder (tokens.kind: patch)")
+        if stats_bins < 2:
+            raise ValueError(f"cmae stats_bins must be >= 2, got {stats_bins}")
+        lambdas = dict(occ=lambda_occ, feat=lambda_feat, nce=lambda_nce, view=lambda_view, stats=lambda_stats)
         if any(v < 0 for v in lambdas.values()) or not any(v > 0 for v in lambdas.values()):
             raise ValueError(f"cmae lambdas must be >= 0 with at least one > 0, got {lambdas}")
         depth, d = encoder.depth, encoder.d_model
@@ -96,6 +108,8 @@ class CmaeObjective(Objective):
         self.feat_decoders = nn.ModuleDict({str(k): MLPHead(d, d) for k in depths}) if "feat" in self.lambdas else None
         self.token_head = MLPHead(d, d, norm=True) if "nce" in self.lambdas else None
         self.view_head = MLPHead(d, d, norm=True) if "view" in self.lambdas else None
+        self.stats_bins = stats_bins
+        self.stats_head = MLPHead(d, statistics_width(stats_bins)) if "stats" in self.lambdas else None
 
     def train(self, mode: bool = True) -> "CmaeObjective":
         super().train(mode)
@@ -127,7 +141,7 @@ class CmaeObjective(Objective):
             )
         terms: dict[str, torch.Tensor] = {}
         logs: Logs = {}
-        needs_pool = self.occ_head is not None or self.view_head is not None
+        needs_pool = any(h is not None for h in (self.occ_head, self.view_head, self.stats_head))
         pooled = self.encoder.pool(student, batch, "mean") if needs_pool else None
         if self.occ_head is not None:
             terms["occ"] = self._occupancy(pooled, batch)
@@ -146,6 +160,10 @@ class CmaeObjective(Objective):
             terms["nce"] = self._token_nce(student.h, teacher.h, mask, generator)
         if self.view_head is not None:
             terms["view"] = self._view_nce(pooled, batch)
+        if self.stats_head is not None:
+            points = patch_points(batch, self.encoder.group_size, self.encoder.point_dim)
+            target = shape_statistics(points, generator, bins=self.stats_bins)
+            terms["stats"] = statistics_loss(self.stats_head(pooled), target, self.stats_bins)
         total = sum(self.lambdas[name] * value for name, value in terms.items())
         logs.update({f"{name}_loss": value.detach() for name, value in terms.items()})
         logs.update(cmae_loss=total.detach(), n_masked=mask.sum())
