@@ -49,3 +49,17 @@ def test_tokenizing_workers_change_only_the_cpus_of_embedding_and_retrieval_jobs
     assert without_threads(after) == without_threads(before)
     changed = sorted(set(after) - set(before))
     assert changed and all(re.search(r"pipeline3d\.stages\.(embed_shape|eval_ucpr) .* --threads 3", c) for c in changed)
+
+
+def test_objective_knobs_change_only_their_own_methods_pretraining(workdir: Path) -> None:
+    """pretrain.methods.<m>.objective_knobs: overrides of objectives.<objective> for that method alone."""
+    before = shell_commands(workdir)
+    config = repo_config()
+    config["pretrain"]["methods"]["mae"]["objective_knobs"] = {"mask_ratio": 0.25}
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    after = shell_commands(workdir)
+
+    changed = sorted(set(after) - set(before))
+    assert len(changed) == 1 and "pipeline3d.stages.pretrain_encoder" in changed[0]
+    assert '"method":"mae"' in changed[0] and '"mask_ratio":0.25' in changed[0]
+    assert config["objectives"]["mae"]["mask_ratio"] != 0.25  # the shared knob itself is unchanged

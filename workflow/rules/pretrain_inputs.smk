@@ -29,7 +29,10 @@ def pretrain_cfg(wildcards):
             "entry": method,
             "train": shared,
             **row_architecture(wildcards.method, config),
-            "objective": config["objectives"].get(method["objective"], {}),
+            "objective": {
+                **config["objectives"].get(method["objective"], {}),
+                **method.get("objective_knobs", {}),
+            },
         },
     )
 
