@@ -13,7 +13,7 @@ from pipeline3d.models import create_encoder
 from pipeline3d.models.query_nepa import pool_tokens
 from pipeline3d.objectives import build_objective
 from pipeline3d.objectives.masks import sample_token_mask
-from pipeline3d.tokens.augment import AugmentConfig, augment_points, augment_tokens
+from pipeline3d.tokens.augment import AugmentConfig, augment_points, augment_tokens, uniform_rotation
 from pipeline3d.tokens.layout import BOS, EOS, POINT
 from pipeline3d.tokens.patches import (
     PatchConfig,
@@ -105,6 +105,22 @@ def test_augmentation_is_off_unless_enabled_and_moves_points_when_on():
     )
     np.testing.assert_allclose(rot[:, 1], pts[:, 1], atol=1e-12)
     np.testing.assert_allclose(np.hypot(rot[:, 0], rot[:, 2]), np.hypot(pts[:, 0], pts[:, 2]), atol=1e-12)
+
+
+def test_any_rotation_is_rigid_reproducible_and_turns_every_axis():
+    pts = cloud(8)
+    cfg = AugmentConfig(enabled=True, scale=(1, 1), translate=0, jitter_sigma=0, rotate_any=True)
+    out, _ = augment_points(pts, None, cfg, np.random.default_rng(4))
+    again, _ = augment_points(pts, None, cfg, np.random.default_rng(4))
+    assert np.array_equal(out, again)
+    gram = lambda p: p @ p.T  # noqa: E731 (a rotation keeps every dot product)
+    np.testing.assert_allclose(gram(out), gram(pts), atol=1e-10)
+    assert not any(np.allclose(out[:, a], pts[:, a]) for a in range(3))  # not a rotation about one axis
+    rots = np.stack([uniform_rotation(np.random.default_rng(s)) for s in range(2000)])
+    np.testing.assert_allclose(np.linalg.det(rots), 1.0, atol=1e-12)
+    # uniform on SO(3): where the up axis lands is uniform on the sphere (mean ~0, each coordinate^2 ~ 1/3)
+    up = rots[:, :, 1]
+    assert np.abs(up.mean(axis=0)).max() < 0.05 and np.abs((up**2).mean(axis=0) - 1 / 3).max() < 0.03
 
 
 def test_query_token_augmentation_keeps_distances_consistent_with_positions():

@@ -1,8 +1,10 @@
-"""Training-draw augmentation: random scale and translation, rotation about the up axis, jitter, point dropout.
+"""Training-draw augmentation: random scale and translation, rotation (about the up axis, or any rotation), jitter,
+point dropout.
 
 Draws come from the sample's own generator (keyed by seed, shape id, epoch and draw), so an augmented run is as
-byte-reproducible as a plain one; evaluation draws are never augmented. Order of draws: scale, angle, translation,
-jitter, dropout (each only when switched on).
+byte-reproducible as a plain one; evaluation draws are never augmented. Order of draws: scale, rotation (a
+uniformly random one when ``rotate_any``: for data whose shapes come in arbitrary orientations, e.g. SHREC'07;
+else the angle about the up axis when ``rotate_up``), translation, jitter, dropout (each only when switched on).
 
 - Point patches (``augment_points``): the field's fine-tune recipe: per-axis scale (isotropic when
   ``anisotropic`` is off), translation, rotation about ``up_axis``, Gaussian jitter clipped to ``jitter_clip``, and
@@ -30,6 +32,7 @@ class AugmentConfig:
     anisotropic: bool = True
     translate: float = 0.1
     rotate_up: bool = True
+    rotate_any: bool = False
     up_axis: int = 1
     jitter_sigma: float = 0.01
     jitter_clip: float = 0.05
@@ -63,13 +66,31 @@ def rotation_about(axis: int, angle: float) -> np.ndarray:
     return rot
 
 
+def uniform_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A rotation drawn uniformly from SO(3): the unit quaternion of a 4-d standard normal draw."""
+    w, x, y, z = (q := rng.normal(size=4)) / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _rotation(cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    if cfg.rotate_any:
+        return uniform_rotation(rng)
+    return rotation_about(cfg.up_axis, rng.uniform(0.0, 2 * np.pi)) if cfg.rotate_up else np.eye(3)
+
+
 def _similarity(
     cfg: AugmentConfig, rng: np.random.Generator, anisotropic: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scale (3,), rotation (3,3), translation (3,)) drawn in the documented order."""
     lo, hi = cfg.scale
     scale = rng.uniform(lo, hi, size=3) if anisotropic else np.full(3, rng.uniform(lo, hi))
-    rot = rotation_about(cfg.up_axis, rng.uniform(0.0, 2 * np.pi)) if cfg.rotate_up else np.eye(3)
+    rot = _rotation(cfg, rng)
     shift = rng.uniform(-cfg.translate, cfg.translate, size=3) if cfg.translate > 0 else np.zeros(3)
     return scale, rot, shift
 
