@@ -15,6 +15,9 @@ rule pretrain_encoder:
         f"{RESULTS}/logs/pretrain_encoder/{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/pretrain_encoder/{{method}}.tsv"
+    # The longest jobs, and every fine-tune of their rows waits for them: started first, so the one-thread
+    # fine-tunes fill both cores at the end instead of a two-thread pretraining waiting for a free pair.
+    priority: 10
     threads: pretrain_threads  # 2 for torch + one per DataLoader worker (SLURM --cpus-per-task)
     resources:
         mem_mb=8000,
