@@ -63,3 +63,23 @@ def test_objective_knobs_change_only_their_own_methods_pretraining(workdir: Path
     assert len(changed) == 1 and "pipeline3d.stages.pretrain_encoder" in changed[0]
     assert '"method":"mae"' in changed[0] and '"mask_ratio":0.25' in changed[0]
     assert config["objectives"]["mae"]["mask_ratio"] != 0.25  # the shared knob itself is unchanged
+
+
+def test_pretrain_threads_set_the_cpus_and_the_params_of_pretrainings_only(workdir: Path) -> None:
+    """pretrain.threads: the torch threads of every pretraining (its CPUs = threads + workers), part of its params
+    (another thread count gives other bytes); no other job changes."""
+    before = shell_commands(workdir, "--cores", "64")
+    config = repo_config()
+    config["pretrain"]["threads"] = 1
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    after = shell_commands(workdir, "--cores", "64")
+
+    changed = sorted(set(after) - set(before))
+    pretrainings = [c for c in before if "pipeline3d.stages.pretrain_encoder" in c]
+    assert len(changed) == len(pretrainings) == len(config["pretrain"]["methods"])
+    workers = config["pretrain"].get("num_workers", 2)
+    for command in changed:
+        assert "pipeline3d.stages.pretrain_encoder" in command and '"threads":1' in command
+        assert re.search(rf" --threads {1 + workers}\b", command)
+    for command in pretrainings:
+        assert re.search(rf" --threads {2 + workers}\b", command) and '"threads"' not in command

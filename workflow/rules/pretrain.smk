@@ -18,7 +18,7 @@ rule pretrain_encoder:
     # The longest jobs, and every fine-tune of their rows waits for them: started first, so the one-thread
     # fine-tunes fill both cores at the end instead of a two-thread pretraining waiting for a free pair.
     priority: 10
-    threads: pretrain_threads  # 2 for torch + one per DataLoader worker (SLURM --cpus-per-task)
+    threads: pretrain_threads  # pretrain.threads (2) for torch + one per DataLoader worker (SLURM --cpus-per-task)
     resources:
         mem_mb=8000,
         runtime=scaled_runtime(24 * 60),

@@ -38,5 +38,6 @@ def pretrain_cfg(wildcards):
 
 
 def pretrain_threads(wildcards):
-    train = METHODS[wildcards.method].get("train") or {}
-    return PRETRAIN_COMPUTE_THREADS + int(train.get("num_workers", PRETRAIN["num_workers"]))
+    """torch threads (`pretrain.threads`, the method's `train.threads`; 2 when absent) + DataLoader workers."""
+    train = {**PRETRAIN, **(METHODS[wildcards.method].get("train") or {})}
+    return int(train.get("threads", PRETRAIN_COMPUTE_THREADS)) + int(train["num_workers"])
