@@ -21,12 +21,12 @@ HISTOGRAMS = ("d2", "a3", "radial")
 N_EIGEN = 5  # three normalised eigenvalues + l2/l1 + l3/l1
 
 
-def patch_points(batch: dict[str, torch.Tensor], group_size: int, point_dim: int, prefix: str = "") -> torch.Tensor:
+def patch_points(batch: dict[str, torch.Tensor], group_size: int, point_dim: int) -> torch.Tensor:
     """(B, P, 3) absolute xyz of every sample's patch points (patch tokens: relative points then the centre).
 
     Every sample of a patch batch has the same number of patches (the tokenizer's ``groups``).
     """
-    feat, type_id, valid = batch[prefix + "feat"], batch[prefix + "type_id"], batch[prefix + "valid"].to(torch.bool)
+    feat, type_id, valid = batch["feat"], batch["type_id"], batch["valid"].to(torch.bool)
     keep = content_tokens(type_id, valid)
     counts = keep.sum(dim=1)
     if counts.numel() and bool((counts != counts[0]).any()):
