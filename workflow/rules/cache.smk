@@ -10,6 +10,7 @@ rule build_cache_shard:
         store=f"{RESULTS}/ingest/{{dataset}}/items.h5",
     output:
         shard=f"{RESULTS}/cache/{{dataset}}/shard-{{shard}}.h5",
+    priority: PRIORITY_DATA
     log:
         f"{RESULTS}/logs/build_cache_shard/{{dataset}}/{{shard}}.log",
     benchmark:
@@ -31,6 +32,7 @@ rule index_cache:
     output:
         index=f"{RESULTS}/cache/{{dataset}}/index.parquet",
         rejects=f"{RESULTS}/cache/{{dataset}}/rejects.parquet",
+    priority: PRIORITY_DATA
     log:
         f"{RESULTS}/logs/index_cache/{{dataset}}.log",
     benchmark:

@@ -43,6 +43,12 @@ METHODS = PRETRAIN["methods"]
 FINETUNE = config["finetune"]
 EPISODES = FINETUNE["episodes"]  # which N-way K-shot episodes run as jobs (splits.episodes draws them)
 STATE = f"{RESULTS}/_state"  # undeclared resume state of long jobs (Snakemake deletes declared outputs first)
+# Which ready job starts first when cores are short (a local run; SLURM submits in this order too): the data stages
+# (short, and every job waits for them), then the pretrainings (the longest; their rows' fine-tunes wait for them),
+# then the rest. A rule's priority is its own jobs' only (Snakemake gives none to their inputs), so the data rules
+# need theirs: without it a pretraining's corpus cache waited behind fine-tunes for 25 min of a SHREC'07 run.
+PRIORITY_DATA = 20
+PRIORITY_PRETRAIN = 10
 # Training jobs read the logging section (W&B mirror) from the environment, not from params: switching it on or
 # off must not rerun anything. Exported at parse time, so every job inherits it (a SLURM job parses this again).
 export_logging(config["logging"])

@@ -15,6 +15,7 @@ if config["demo"]["enabled"]:
             scans_test=str(DEMO / "demo_scans/main_split_nobg/test_objectdataset.h5"),
             scan_names=str(DEMO / "demo_scans/main_split_nobg/shape_names.txt"),
             images=str(DEMO / "demo_images.tar"),
+        priority: PRIORITY_DATA
         log:
             f"{RESULTS}/logs/make_demo_data/make_demo_data.log",
         benchmark:

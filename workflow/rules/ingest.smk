@@ -17,6 +17,7 @@ rule ingest_dataset:
         manifest=f"{RESULTS}/ingest/{{dataset}}/manifest.parquet",
         rejects=f"{RESULTS}/ingest/{{dataset}}/rejects.parquet",
         store=f"{RESULTS}/ingest/{{dataset}}/items.h5",
+    priority: PRIORITY_DATA
     log:
         f"{RESULTS}/logs/ingest_dataset/{{dataset}}.log",
     benchmark:

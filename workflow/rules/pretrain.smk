@@ -15,10 +15,9 @@ rule pretrain_encoder:
         f"{RESULTS}/logs/pretrain_encoder/{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/pretrain_encoder/{{method}}.tsv"
-    # The longest jobs, and every fine-tune of their rows waits for them: among ready jobs that fit the free cores,
-    # they start first. Priority reserves nothing: on 2 cores a two-thread one still waits until both are free at
-    # once, which one-thread fine-tunes rarely leave (so config/shrec07.yaml sets pretrain.threads 1).
-    priority: 10
+    # Priority reserves no cores: on 2 cores a two-thread pretraining still waits until both are free at once,
+    # which one-thread fine-tunes rarely leave (so config/shrec07.yaml sets pretrain.threads 1).
+    priority: PRIORITY_PRETRAIN
     threads: pretrain_threads  # pretrain.threads (2) for torch + one per DataLoader worker (SLURM --cpus-per-task)
     resources:
         mem_mb=8000,

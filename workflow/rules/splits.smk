@@ -12,6 +12,7 @@ rule fingerprint_dataset:
     output:
         fingerprints=f"{RESULTS}/fingerprints/{{dataset}}/fingerprints.parquet",
         duplicates=f"{RESULTS}/fingerprints/{{dataset}}/duplicates.parquet",
+    priority: PRIORITY_DATA
     log:
         f"{RESULTS}/logs/fingerprint_dataset/{{dataset}}.log",
     benchmark:
@@ -36,6 +37,7 @@ rule make_splits:
         duplicates=f"{RESULTS}/fingerprints/{{dataset}}/duplicates.parquet",
     output:
         table=f"{RESULTS}/splits/{{dataset}}/{{family}}.parquet",
+    priority: PRIORITY_DATA
     log:
         f"{RESULTS}/logs/make_splits/{{dataset}}/{{family}}.log",
     benchmark:
@@ -60,6 +62,7 @@ rule materialize_unpaired:
         shards=get_shards,
     output:
         store=f"{RESULTS}/splits/{{dataset}}/unpaired/{{usplit}}.h5",
+    priority: PRIORITY_DATA
     log:
         f"{RESULTS}/logs/materialize_unpaired/{{dataset}}/{{usplit}}.log",
     benchmark:
