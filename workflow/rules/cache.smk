@@ -10,11 +10,11 @@ rule build_cache_shard:
         store=f"{RESULTS}/ingest/{{dataset}}/items.h5",
     output:
         shard=f"{RESULTS}/cache/{{dataset}}/shard-{{shard}}.h5",
-    priority: PRIORITY_DATA
     log:
         f"{RESULTS}/logs/build_cache_shard/{{dataset}}/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/build_cache_shard/{{dataset}}/{{shard}}.tsv"
+    priority: PRIORITY_DATA
     threads: config["cache"]["threads"]
     resources:
         mem_mb=1500,
@@ -32,11 +32,11 @@ rule index_cache:
     output:
         index=f"{RESULTS}/cache/{{dataset}}/index.parquet",
         rejects=f"{RESULTS}/cache/{{dataset}}/rejects.parquet",
-    priority: PRIORITY_DATA
     log:
         f"{RESULTS}/logs/index_cache/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/index_cache/{{dataset}}.tsv"
+    priority: PRIORITY_DATA
     threads: 1
     resources:
         mem_mb=1000,

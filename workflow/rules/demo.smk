@@ -15,11 +15,11 @@ if config["demo"]["enabled"]:
             scans_test=str(DEMO / "demo_scans/main_split_nobg/test_objectdataset.h5"),
             scan_names=str(DEMO / "demo_scans/main_split_nobg/shape_names.txt"),
             images=str(DEMO / "demo_images.tar"),
-        priority: PRIORITY_DATA
         log:
             f"{RESULTS}/logs/make_demo_data/make_demo_data.log",
         benchmark:
             f"{RESULTS}/benchmarks/make_demo_data/make_demo_data.tsv"
+        priority: PRIORITY_DATA
         threads: 1
         resources:
             mem_mb=2000,

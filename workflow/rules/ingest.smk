@@ -17,11 +17,11 @@ rule ingest_dataset:
         manifest=f"{RESULTS}/ingest/{{dataset}}/manifest.parquet",
         rejects=f"{RESULTS}/ingest/{{dataset}}/rejects.parquet",
         store=f"{RESULTS}/ingest/{{dataset}}/items.h5",
-    priority: PRIORITY_DATA
     log:
         f"{RESULTS}/logs/ingest_dataset/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/ingest_dataset/{{dataset}}.tsv"
+    priority: PRIORITY_DATA
     threads: config["ingest"]["workers"]
     resources:
         mem_mb=4000,

@@ -12,11 +12,11 @@ rule fingerprint_dataset:
     output:
         fingerprints=f"{RESULTS}/fingerprints/{{dataset}}/fingerprints.parquet",
         duplicates=f"{RESULTS}/fingerprints/{{dataset}}/duplicates.parquet",
-    priority: PRIORITY_DATA
     log:
         f"{RESULTS}/logs/fingerprint_dataset/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/fingerprint_dataset/{{dataset}}.tsv"
+    priority: PRIORITY_DATA
     threads: 1
     resources:
         mem_mb=2000,
@@ -37,11 +37,11 @@ rule make_splits:
         duplicates=f"{RESULTS}/fingerprints/{{dataset}}/duplicates.parquet",
     output:
         table=f"{RESULTS}/splits/{{dataset}}/{{family}}.parquet",
-    priority: PRIORITY_DATA
     log:
         f"{RESULTS}/logs/make_splits/{{dataset}}/{{family}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/make_splits/{{dataset}}/{{family}}.tsv"
+    priority: PRIORITY_DATA
     threads: 1
     resources:
         mem_mb=2000,
@@ -62,11 +62,11 @@ rule materialize_unpaired:
         shards=get_shards,
     output:
         store=f"{RESULTS}/splits/{{dataset}}/unpaired/{{usplit}}.h5",
-    priority: PRIORITY_DATA
     log:
         f"{RESULTS}/logs/materialize_unpaired/{{dataset}}/{{usplit}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/materialize_unpaired/{{dataset}}/{{usplit}}.tsv"
+    priority: PRIORITY_DATA
     threads: 1
     resources:
         mem_mb=1500,
