@@ -30,12 +30,10 @@ import numpy as np
 
 from ..data.selection import CacheRow
 from ..rng import rng_for
+from ..shape_distributions import D2_MAX, D3_MAX, RADIAL_MAX
 from ..tokens.backends import get_backend
 
 STAGE = "descriptor"
-# Histogram ranges in RMS-radius units. A sphere's D2 reaches 2 and a thin rod's sqrt(12) ~ 3.46; a rod's radial
-# distance reaches sqrt(3) ~ 1.73; an equilateral triangle on a unit sphere has sqrt(area) ~ 1.14.
-D2_MAX, RADIAL_MAX, D3_MAX = 3.5, 2.5, 1.25
 # The knobs of ``shape_distribution`` (and the ``finetune.descriptor`` config section) with their defaults.
 DEFAULTS: dict[str, Any] = {"n_points": 2048, "bins": 32, "n_pairs": 16384, "n_triples": 16384, "d3": True}
 C_GRID = (0.1, 1.0, 10.0, 100.0)  # 0.01 lost 5-10 points at every K on SHREC'07

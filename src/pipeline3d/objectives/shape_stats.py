@@ -14,8 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pipeline3d.eval.descriptor import D2_MAX, RADIAL_MAX
 from pipeline3d.models.token_types import content_tokens
+from pipeline3d.shape_distributions import D2_MAX, RADIAL_MAX
 
 HISTOGRAMS = ("d2", "a3", "radial")
 N_EIGEN = 5  # three normalised eigenvalues + l2/l1 + l3/l1
