@@ -1,8 +1,8 @@
 """Hand-crafted targets for pretraining: the shape distributions of a batch's own patch points, in torch.
 
 MaskFeat-style pretraining predicts hand-crafted features instead of raw inputs; here the target is the global
-shape distribution of each sample (the same statistics as the ``descriptor`` floor, ``eval.descriptor``): D2 (all
-point pairs), A3 (angles of triples drawn from the step's generator), the radial histogram and the covariance
+shape distribution of each sample (the same statistics as the ``descriptor`` floor, ``eval.descriptor``): D2 (point
+pairs drawn from the step's generator), A3 (angles of drawn triples), the radial histogram and the covariance
 eigenvalue ratios, computed on the points of the sample's patches (centred, divided by the RMS radius, so the
 scale / translation augmentation does not change them). No labels are read.
 """
@@ -77,10 +77,10 @@ def shape_statistics(
     ratios = torch.cat([eig / total.clamp_min(1e-30), eig[:, 1:] / eig[:, :1].clamp_min(1e-30)], dim=-1)
     ratios = torch.where(total > 0, ratios, ratios.new_tensor([1 / 3, 1 / 3, 1 / 3, 1.0, 1.0]))
     return {
-        "d2": _histogram(d2, D2_MAX, bins).float(),
-        "a3": _histogram(torch.arccos(cos), math.pi, bins, ok).float(),
-        "radial": _histogram(radius * scale, RADIAL_MAX, bins).float(),
-        "eigen": ratios.float(),
+        "d2": _histogram(d2, D2_MAX, bins),
+        "a3": _histogram(torch.arccos(cos), math.pi, bins, ok),
+        "radial": _histogram(radius * scale, RADIAL_MAX, bins),
+        "eigen": ratios,
     }
 
 

@@ -3,12 +3,14 @@ point dropout.
 
 Draws come from the sample's own generator (keyed by seed, shape id, epoch and draw), so an augmented run is as
 byte-reproducible as a plain one; evaluation draws are never augmented. Order of draws: scale, rotation (a
-uniformly random one when ``rotate_any``: for data whose shapes come in arbitrary orientations, e.g. SHREC'07;
-else the angle about the up axis when ``rotate_up``), translation, jitter, dropout (each only when switched on).
+uniformly random one when ``rotate_any``, for shapes in arbitrary orientations; on SHREC'07, whose classes share
+an orientation, it cost fine-tuning 0.3: BENCHMARKS.md; else the angle about the up axis when ``rotate_up``),
+translation, jitter, dropout (each only when switched on).
 
 - Point patches (``augment_points``): the field's fine-tune recipe: per-axis scale (isotropic when
-  ``anisotropic`` is off), translation, rotation about ``up_axis``, Gaussian jitter clipped to ``jitter_clip``, and
-  dropout of up to ``dropout`` of the points (replaced by the first point, as PointNet++ does, so counts stay fixed).
+  ``anisotropic`` is off), translation, rotation (about ``up_axis``, or any), Gaussian jitter clipped to
+  ``jitter_clip``, and dropout of up to ``dropout`` of the points (replaced by the first point, as PointNet++
+  does, so counts stay fixed).
   Normals rotate with the points (and are renormalised after an anisotropic scale).
 - Query tokens (``augment_tokens``): the same similarity transform applied consistently to every slot of the 15-d
   layout: positions and ray origins move, directions and normals rotate, distances and depths scale. The scale is
